@@ -1,0 +1,271 @@
+"""One config path: experiments.yaml -> validated dataclasses -> one hash per run.
+
+A preset is the `defaults` block of experiments.yaml with the preset's own keys on top, then any
+`--set key=value` overrides. Every value is checked once, here; a bad one raises ConfigError with
+the file, the key and the allowed values, and nothing has been written yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from studylib.models import VIT_SIZES
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "experiments.yaml"
+BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A bad setting. The message names where it came from, the key and what is allowed."""
+
+
+def data_dir() -> Path:
+    """Where datasets live (and where torchvision downloads them): $STUDYLIB_DATA, default <repo>/data."""
+    return Path(os.environ.get("STUDYLIB_DATA", REPO_ROOT / "data"))
+
+
+def runs_dir() -> Path:
+    """Where run folders live: $STUDYLIB_RUNS, default <repo>/runs."""
+    return Path(os.environ.get("STUDYLIB_RUNS", REPO_ROOT / "runs"))
+
+
+def results_dir(preset: str) -> Path:
+    """Where study tables go: $STUDYLIB_RESULTS/<preset>, default <repo>/results/<preset>."""
+    return Path(os.environ.get("STUDYLIB_RESULTS", REPO_ROOT / "results")) / preset
+
+
+def _check(allowed: str, ok: typing.Callable[[Any], bool], **kwargs: Any) -> Any:
+    return field(metadata={"allowed": allowed, "ok": ok}, **kwargs)
+
+
+def _positive(**kwargs: Any) -> Any:
+    return _check("> 0", lambda v: v > 0, **kwargs)
+
+
+def _at_least_zero(**kwargs: Any) -> Any:
+    return _check(">= 0", lambda v: v >= 0, **kwargs)
+
+
+def _probability(**kwargs: Any) -> Any:
+    return _check("in [0, 1]", lambda v: 0 <= v <= 1, **kwargs)
+
+
+def _dataset_name(name: str) -> bool:
+    return name in BUILTIN_DATASETS or "/" in name
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    pretrain: str = _check(f"one of {BUILTIN_DATASETS} or an image-folder path", _dataset_name,
+                           default="cifar100")
+    pretrain_fraction: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)
+    probe: list[str] = _check(f"a list of {BUILTIN_DATASETS} or image-folder paths",
+                              lambda v: len(v) > 0 and all(_dataset_name(n) for n in v),
+                              default_factory=lambda: ["cifar10", "cifar100"])
+    probe_train_per_class: int = _at_least_zero(default=0)  # 0: every training image
+    synthetic_train: int = _positive(default=2000)  # size of the generated `synthetic` dataset
+    synthetic_test: int = _positive(default=500)
+
+
+@dataclass(kw_only=True)
+class TagsConfig:
+    """The simulated hashtags (see studylib.weak_labels for what each knob does)."""
+
+    seed: int = 0
+    synonyms_per_class: int = _at_least_zero(default=2)
+    context_tags_per_superclass: int = _at_least_zero(default=3)
+    noise_vocab: int = _at_least_zero(default=300)
+    p_true: float = _probability(default=0.8)
+    p_wrong: float = _probability(default=0.05)
+    p_superclass: float = _probability(default=0.4)
+    p_synonym: float = _probability(default=0.25)
+    p_context: float = _probability(default=0.5)
+    noise_tags_mean: float = _at_least_zero(default=1.5)
+    zipf_exponent: float = _positive(default=1.1)
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    epochs: int = _positive(default=1)
+    batch_size: int = _positive(default=256)
+    base_lr: float = _positive(default=1e-3)  # lr = base_lr * batch_size / 256
+    min_lr: float = _at_least_zero(default=0.0)
+    warmup_epochs: float = _at_least_zero(default=0.0)
+    weight_decay: float = _at_least_zero(default=0.05)
+    clip_grad: float = _at_least_zero(default=1.0)  # 0: no clipping
+    crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.35)  # random-resized-crop area
+
+
+@dataclass(kw_only=True)
+class MAEConfig(TrainConfig):
+    mask_ratio: float = _check("in (0, 1)", lambda v: 0 < v < 1, default=0.75)
+    decoder_dim: int = _positive(default=128)
+    decoder_depth: int = _positive(default=2)
+    decoder_heads: int = _positive(default=4)
+    norm_pix_loss: bool = True
+
+
+@dataclass(kw_only=True)
+class WSPConfig(TrainConfig):
+    pass
+
+
+@dataclass(kw_only=True)
+class ProbeConfig(TrainConfig):
+    pass
+
+
+@dataclass(kw_only=True)
+class Experiment:
+    preset: str
+    model: str = _check(f"one of {list(VIT_SIZES)}", lambda v: v in VIT_SIZES, default="micro")
+    seed: int = 0
+    device: str = _check("one of ['auto', 'cpu', 'cuda']", lambda v: v in ("auto", "cpu", "cuda"),
+                         default="auto")
+    precision: str = _check("one of ['auto', 'bf16', 'fp32']", lambda v: v in ("auto", "bf16", "fp32"),
+                            default="auto")
+    data: DataConfig = field(default_factory=DataConfig)
+    tags: TagsConfig = field(default_factory=TagsConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    wsp: WSPConfig = field(default_factory=WSPConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_hash(obj: Any) -> str:
+    """Eight hex digits that change whenever anything in `obj` (a JSON-able value) changes."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'mae.epochs=3' -> ('mae.epochs', 3); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, for example mae.epochs=3")
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def load_experiment(preset: str, overrides: list[str] | tuple[str, ...] = (),
+                    config_file: str | Path | None = None) -> Experiment:
+    """The validated Experiment of `preset` in `config_file`, with `overrides` ('key=value') on top."""
+    path = Path(config_file) if config_file is not None else DEFAULT_CONFIG_FILE
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("presets"), dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'presets' key")
+    presets = document["presets"]
+    if preset not in presets:
+        raise ConfigError(f"{path}: unknown preset {preset!r}{_suggest(preset, presets)}; "
+                          f"allowed: {sorted(presets)}")
+    unknown_top = set(document) - {"defaults", "presets"}
+    if unknown_top:
+        raise ConfigError(f"{path}: unknown top-level key {sorted(unknown_top)[0]!r}; "
+                          "allowed: ['defaults', 'presets']")
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    _merge(values, origins, document.get("defaults") or {}, f"{path}: defaults")
+    _merge(values, origins, presets[preset] or {}, f"{path}: presets.{preset}")
+    for text in overrides:
+        key, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        _merge(values, origins, nested, "override")
+    return _build(Experiment, {**values, "preset": preset}, origins, prefix="")
+
+
+def _merge(values: dict, origins: dict, new: Any, origin: str, prefix: str = "") -> None:
+    if not isinstance(new, dict):
+        raise ConfigError(f"{origin}{'.' + prefix.rstrip('.') if prefix else ''}: expected a mapping, "
+                          f"got {new!r}")
+    for key, value in new.items():
+        key = str(key)
+        if isinstance(value, dict):
+            values.setdefault(key, {})
+            if not isinstance(values[key], dict):
+                values[key] = {}
+            _merge(values[key], origins, value, origin, f"{prefix}{key}.")
+        else:
+            values[key] = value
+            origins[prefix + key] = origin
+
+
+def _where(origins: dict[str, str], key: str) -> str:
+    origin = origins.get(key, "config")
+    if origin == "override":
+        return f"override {key}"
+    return f"{origin}.{key}"
+
+
+def _suggest(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls: type, values: dict[str, Any], origins: dict[str, str], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        full = prefix + key
+        if key not in known:
+            raise ConfigError(f"{_where(origins, full)}: unknown key{_suggest(key, known)}; "
+                              f"allowed: {sorted(known)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{_where(origins, full)}: expected a mapping of {sorted(f.name for f in dataclasses.fields(hint))}, got {value!r}")  # noqa: E501
+            kwargs[key] = _build(hint, value, origins, full + ".")
+            continue
+        value = _coerce(value, hint, _where(origins, full))
+        meta = known[key].metadata
+        if "ok" in meta and not meta["ok"](value):
+            raise ConfigError(f"{_where(origins, full)}: {value!r} is not allowed; must be {meta['allowed']}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a field's type; ints are accepted where floats are asked for."""
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {item.__name__}, got {value!r}")
+        return [_coerce(v, item, where) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {hint}, got {value!r}")
+    raise TypeError(f"unsupported config type {hint}")

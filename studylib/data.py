@@ -1,0 +1,285 @@
+"""Datasets by name, held in memory as uint8 tensors, and batches augmented on the training device.
+
+Names: `cifar100`, `cifar10`, `synthetic` (generated here, for tests), or a path to an image folder
+(`root/train/<class>/*.jpg` and `root/test/<class>/*.jpg`, or `root/<class>/*.jpg` for a training
+set alone). CIFAR is read from the data directory ($STUDYLIB_DATA): `cifar100.npz` or an image
+folder `cifar10/` (the layouts of ../shared/data/README.md), else torchvision's download folder,
+downloading into it when the data directory is the default one and nothing is there yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import pickle
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from studylib.config import ConfigError, DataConfig, data_dir
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as timm and MAE use
+STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    train_images: torch.Tensor  # (N, 3, H, W) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    fine_to_coarse: torch.Tensor | None = None  # (classes,) superclass of each class, where known
+    coarse_classes: list[str] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, fraction: float, seed: int) -> ImageDataset:
+        """The first `fraction` of the training set in a seeded shuffle; the test set stays whole."""
+        if fraction >= 1:
+            return self
+        keep = torch.randperm(len(self.train_labels), generator=torch.Generator().manual_seed(seed))
+        keep = keep[: max(1, int(len(keep) * fraction))].sort().values
+        return ImageDataset(self.name, self.train_images[keep], self.train_labels[keep], self.test_images,
+                            self.test_labels, self.classes, self.fine_to_coarse, self.coarse_classes)
+
+    def per_class(self, k: int, seed: int) -> torch.Tensor:
+        """Indices of `k` training images of every class (all of a class that has fewer), seeded."""
+        gen = torch.Generator().manual_seed(seed)
+        picks = []
+        for c in range(self.num_classes):
+            idx = (self.train_labels == c).nonzero().flatten()
+            picks.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
+        return torch.cat(picks).sort().values
+
+
+def load_dataset(name: str, config: DataConfig | None = None) -> ImageDataset:
+    """A dataset by name (see the module docstring); loaded once per process."""
+    config = config or DataConfig()
+    if name == "synthetic":
+        return synthetic(config.synthetic_train, config.synthetic_test)
+    return _load_named(name, str(data_dir().resolve()))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_named(name: str, root: str) -> ImageDataset:
+    if name == "cifar100":
+        return _cifar100(Path(root))
+    if name == "cifar10":
+        return _cifar10(Path(root))
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"dataset {name!r}: no such image folder; allowed: cifar10, cifar100, synthetic, "
+                          "or a folder path")
+    return image_folder(path)
+
+
+def _data_root(what: str) -> Path:
+    root = data_dir()
+    if not root.is_dir():
+        if "STUDYLIB_DATA" in os.environ:
+            raise ConfigError(f"STUDYLIB_DATA={root}: data directory does not exist (needed for {what})")
+        root.mkdir(parents=True)
+    return root
+
+
+def _cifar100(root: Path) -> ImageDataset:
+    root = _data_root("cifar100")
+    npz = root / "cifar100.npz"
+    if npz.exists():
+        with np.load(npz) as f:
+            return ImageDataset(
+                "cifar100", _nhwc(f["x_train"]), torch.from_numpy(f["y_train"]).long(), _nhwc(f["x_test"]),
+                torch.from_numpy(f["y_test"]).long(), [str(c) for c in f["classes"]],
+                torch.from_numpy(f["fine_to_coarse"]).long(), [str(c) for c in f["coarse_classes"]])
+    from torchvision.datasets import CIFAR100
+
+    folder = root / "cifar-100-python"
+    if not folder.exists() and "STUDYLIB_DATA" in os.environ:
+        raise ConfigError(f"STUDYLIB_DATA={root}: has neither cifar100.npz nor cifar-100-python/; "
+                          "unset STUDYLIB_DATA to download CIFAR-100 into the default data folder")
+    CIFAR100(str(root), download=not folder.exists())
+    splits = {s: pickle.load(open(folder / s, "rb"), encoding="latin1") for s in ("train", "test", "meta")}
+    fine_to_coarse = torch.zeros(100, dtype=torch.long)
+    fine_to_coarse[torch.tensor(splits["train"]["fine_labels"])] = torch.tensor(splits["train"]["coarse_labels"])
+    images = {s: torch.from_numpy(splits[s]["data"].reshape(-1, 3, 32, 32)) for s in ("train", "test")}
+    return ImageDataset("cifar100", images["train"], torch.tensor(splits["train"]["fine_labels"]),
+                        images["test"], torch.tensor(splits["test"]["fine_labels"]),
+                        splits["meta"]["fine_label_names"], fine_to_coarse, splits["meta"]["coarse_label_names"])
+
+
+def _cifar10(root: Path) -> ImageDataset:
+    root = _data_root("cifar10")
+    if (root / "cifar10").is_dir():
+        dataset = image_folder(root / "cifar10")
+        dataset.name = "cifar10"
+        return dataset
+    from torchvision.datasets import CIFAR10
+
+    if not (root / "cifar-10-batches-py").exists() and "STUDYLIB_DATA" in os.environ:
+        raise ConfigError(f"STUDYLIB_DATA={root}: has neither cifar10/ nor cifar-10-batches-py/; "
+                          "unset STUDYLIB_DATA to download CIFAR-10 into the default data folder")
+    train = CIFAR10(str(root), train=True, download=True)
+    test = CIFAR10(str(root), train=False)
+    return ImageDataset("cifar10", _nhwc(train.data), torch.tensor(train.targets), _nhwc(test.data),
+                        torch.tensor(test.targets), list(train.classes))
+
+
+def _nhwc(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+
+
+def image_folder(root: Path) -> ImageDataset:
+    """Read `root/{train,test}/<class>/<image>` (or `root/<class>/<image>`, training only) into memory.
+
+    Images of other sizes than the first one are resized to it.
+    """
+    split_roots = {"train": root / "train", "test": root / "test"}
+    if not split_roots["train"].is_dir():
+        split_roots = {"train": root}
+    classes = sorted(d.name for d in split_roots["train"].iterdir() if d.is_dir())
+    if not classes:
+        raise ConfigError(f"image folder {root}: no class folders; expected {root}/train/<class>/<image> "
+                          f"or {root}/<class>/<image>")
+    splits = {}
+    for split, split_root in split_roots.items():
+        files, labels = [], []
+        for label, name in enumerate(classes):
+            found = sorted(p for p in (split_root / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += found
+            labels += [label] * len(found)
+        if not files:
+            raise ConfigError(f"image folder {split_root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                              f"in its class folders {classes[:5]}")
+        splits[split] = (_read_images(files), torch.tensor(labels))
+    empty = (torch.zeros(0, *splits["train"][0].shape[1:], dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+    test = splits.get("test", empty)
+    return ImageDataset(str(root), *splits["train"], *test, classes)
+
+
+def _read_images(files: list[Path]) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    def read(path: Path) -> torch.Tensor:
+        try:
+            return decode_image(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8),
+                                mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as err:
+            raise ConfigError(f"{path}: not a readable image ({err})") from None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        images = list(pool.map(read, files, chunksize=256))
+    size = images[0].shape[1:]
+    images = [im if im.shape[1:] == size else F.interpolate(im[None].float(), size=tuple(size), mode="bilinear",
+                                                            antialias=True)[0].round().clamp(0, 255).byte()
+              for im in images]
+    return torch.stack(images)
+
+
+@functools.lru_cache(maxsize=4)
+def synthetic(num_train: int = 2000, num_test: int = 500, num_classes: int = 10, size: int = 32,
+              seed: int = 0) -> ImageDataset:
+    """Structured images for tests: each class is a colour pair and an oriented grating.
+
+    Every image has a random phase and pixel noise, so classes are easy to tell apart and masked
+    patches are predictable from the visible ones: MAE's loss falls and a linear probe learns.
+    Classes come in pairs under a superclass, so hashtags can be simulated on top.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    palette = torch.rand(num_classes, 2, 3, generator=gen)
+    angle = torch.arange(num_classes) * math.pi / num_classes
+    freq = 2.0 + (torch.arange(num_classes) % 3)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=gen)]
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        phase = torch.rand(n, 1, 1, generator=gen) * 2 * math.pi
+        a, f = angle[labels, None, None], freq[labels, None, None]
+        wave = torch.sin(2 * math.pi * f * (xx * torch.cos(a) + yy * torch.sin(a)) / size + phase)
+        mix = (wave + 1)[:, None] / 2  # (n, 1, H, W) in [0, 1]
+        lo, hi = palette[labels, 0, :, None, None], palette[labels, 1, :, None, None]
+        images = lo * (1 - mix) + hi * mix + 0.05 * torch.randn(n, 3, size, size, generator=gen)
+        return (images.clamp(0, 1) * 255).round().byte(), labels
+
+    train, test = make(num_train), make(num_test)
+    fine_to_coarse = torch.arange(num_classes) // 2
+    return ImageDataset("synthetic", *train, *test, [f"pattern{c}" for c in range(num_classes)],
+                        fine_to_coarse, [f"group{g}" for g in range(int(fine_to_coarse.max()) + 1)])
+
+
+class ImageTransform:
+    """uint8 batch -> normalised float batch at `image_size`, with random resized crop and flip
+    (one `affine_grid`/`grid_sample` for the whole batch, on its device) when `crop_min` is set."""
+
+    def __init__(self, image_size: int, crop_min: float | None = None) -> None:
+        self.image_size = image_size
+        self.crop_min = crop_min
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255)
+        n = x.shape[0]
+        if self.crop_min is not None:
+            x = self._random_resized_crop(x)
+        elif x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
+        mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).reshape(n, 3, self.image_size, self.image_size)
+
+    def _random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
+        n, dev = x.shape[0], x.device
+        area = torch.empty(n, device=dev).uniform_(self.crop_min, 1.0)
+        log_ratio = torch.empty(n, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3))
+        ratio = log_ratio.exp()
+        w = (area * ratio).sqrt().clamp(max=1.0)  # crop width and height as fractions of the image
+        h = (area / ratio).sqrt().clamp(max=1.0)
+        cx = (torch.rand(n, device=dev) * 2 - 1) * (1 - w)  # centre, in [-1, 1] coordinates
+        cy = (torch.rand(n, device=dev) * 2 - 1) * (1 - h)
+        flip = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
+        theta = torch.zeros(n, 2, 3, device=dev)
+        theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
+        theta[:, 1, 1], theta[:, 1, 2] = h, cy
+        grid = F.affine_grid(theta, [n, 3, self.image_size, self.image_size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class Batches:
+    """Batches of in-memory tensors on the training device: one shuffled pass per iteration.
+
+    Randomness (order, crops, flips) comes from torch's global generator, which the engine seeds at
+    every epoch, so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, device: torch.device,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, shuffle: bool = True,
+                 drop_last: bool = True) -> None:
+        self.inputs = inputs.to(device)
+        self.targets = targets.to(device)
+        self.batch_size = min(batch_size, len(inputs)) if drop_last else batch_size
+        self.transform = transform
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = len(self.inputs)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.inputs)
+        order = torch.randperm(n, device=self.inputs.device) if self.shuffle else None
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[sl] if order is not None else sl
+            x, y = self.inputs[idx], self.targets[idx]
+            yield (self.transform(x) if self.transform else x), y

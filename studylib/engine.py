@@ -1,0 +1,117 @@
+"""The one training loop that every stage (MAE, WSP, probes, fine-tuning, LiT) runs.
+
+AdamW with per-step linear warmup then cosine decay, lr = base_lr * batch_size / 256, bf16
+autocast where the device supports it, gradient clipping. After every epoch the model, optimizer
+and metric history go into the run's single checkpoint.pth (atomically), and a later call with
+the same run resumes from the epoch after it: a crash costs at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from timm.optim import param_groups_weight_decay
+from torch import nn
+from tqdm.auto import tqdm
+
+from studylib.config import ConfigError, TrainConfig
+from studylib.runs import Run, atomic_write
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint is from the epoch before."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' asked for, but torch sees no CUDA device; allowed here: auto, cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. 'auto' takes bf16 on a GPU that has it."""
+    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return None
+    return torch.bfloat16
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config: TrainConfig,
+          device: torch.device, dtype: torch.dtype | None, seed: int) -> dict[str, Any]:
+    """Train `model` for `config.epochs` on `batches` (re-iterated every epoch), resuming from the
+    run's checkpoint. Returns the final loss, wall time and images per second over all epochs."""
+    model.to(device)
+    peak = config.base_lr * config.batch_size / 256
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, config.weight_decay), lr=peak,
+                                  betas=(0.9, 0.95))
+    params = [p for p in model.parameters() if p.requires_grad]
+    history: list[dict[str, Any]] = []
+    if run.checkpoint.exists():
+        state = torch.load(run.checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        run.write_metrics(history)  # the checkpoint is the truth; drop lines of an unfinished epoch
+        print(f"[{run.name}] resuming after epoch {len(history)}/{config.epochs}", flush=True)
+
+    steps = len(batches)
+    total, warmup = steps * config.epochs, int(config.warmup_epochs * steps)
+    for epoch in range(len(history), config.epochs):
+        torch.manual_seed(epoch_seed(seed, epoch))
+        model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        images = 0
+        bar = tqdm(batches, desc=f"{run.name} {epoch + 1}/{config.epochs}", leave=False, disable=None)
+        for i, (inputs, targets) in enumerate(bar):
+            lr = lr_at(epoch * steps + i, total, warmup, peak, config.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = loss_fn(model, inputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad:
+                nn.utils.clip_grad_norm_(params, config.clip_grad)
+            optimizer.step()
+            loss_sum += loss.detach().float()
+            images += len(inputs)
+            if not bar.disable and i % 25 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        epoch_loss = (loss_sum / steps).item()
+        if not math.isfinite(epoch_loss):
+            raise DivergedError(f"{run.path}: loss is {epoch_loss} in epoch {epoch + 1}; "
+                                f"the checkpoint of epoch {len(history)} is kept")
+        seconds = time.perf_counter() - start
+        history.append({"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "seconds": seconds,
+                        "images_per_s": images / seconds})
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history}
+        atomic_write(run.checkpoint, lambda f, state=state: torch.save(state, f), mode="wb")
+        run.write_metrics(history)
+        print(f"[{run.name}] epoch {epoch + 1}/{config.epochs} loss {epoch_loss:.4f} lr {lr:.2e} "
+              f"{images / seconds:.0f} img/s {seconds:.1f} s", flush=True)
+
+    seconds = sum(r["seconds"] for r in history)
+    images_seen = sum(r["images_per_s"] * r["seconds"] for r in history)
+    return {"final_loss": history[-1]["loss"], "epochs": len(history), "wall_time_s": seconds,
+            "images_per_s": images_seen / seconds}

@@ -1,0 +1,41 @@
+"""MAE pre-pretraining: reconstruct 75% masked patches from the rest, no labels."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from studylib.config import Experiment
+from studylib.data import Batches, ImageTransform
+from studylib.engine import train
+from studylib.models import MAE, VIT_SIZES, encoder_state
+from studylib.runs import Run, atomic_write
+from studylib.stages import device_and_dtype, pretrain_identity, pretrain_images
+
+
+def build(exp: Experiment) -> MAE:
+    c = exp.mae
+    return MAE(exp.model, c.mask_ratio, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.norm_pix_loss)
+
+
+def mae_loss(model: MAE, images: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
+    return model(images)[0]
+
+
+def pretrain(exp: Experiment) -> Run:
+    """Pre-pretrain the encoder with MAE; the run's encoder.pth holds the encoder weights."""
+    run = Run(exp, "mae", {**pretrain_identity(exp), "mae": asdict(exp.mae)})
+    if run.done:
+        return run
+    data = pretrain_images(exp)
+    run.start()
+    device, dtype = device_and_dtype(exp)
+    torch.manual_seed(exp.seed)
+    model = build(exp)
+    transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], exp.mae.crop_min)
+    batches = Batches(data.train_images, data.train_labels, exp.mae.batch_size, device, transform)
+    summary = train(run, model, mae_loss, batches, exp.mae, device, dtype, exp.seed)
+    atomic_write(run.path / "encoder.pth", lambda f: torch.save(encoder_state(model.encoder), f), mode="wb")
+    run.finish(summary)
+    return run

@@ -1,0 +1,82 @@
+"""Linear probe: a BatchNorm (no affine) and a linear layer on frozen encoder features, as in MAE.
+
+Features are extracted once (no augmentation), then the head trains on them with the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from studylib.config import Experiment
+from studylib.data import Batches, ImageTransform, load_dataset
+from studylib.engine import train
+from studylib.models import VIT_SIZES, load_encoder, vit
+from studylib.runs import Run
+from studylib.stages import device_and_dtype
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, images: torch.Tensor, device: torch.device,
+                     dtype: torch.dtype | None, batch_size: int = 512) -> torch.Tensor:
+    """Class-token features of uint8 `images`, in order, as float32 on `device`."""
+    encoder.to(device).eval()
+    transform = ImageTransform(encoder.patch_embed.img_size[0])
+    batches = Batches(images, torch.zeros(len(images)), batch_size, device, transform, shuffle=False,
+                      drop_last=False)
+    features = []
+    for x, _ in batches:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            features.append(encoder(x).float())
+    return torch.cat(features)
+
+
+def frozen_encoder(exp: Experiment, encoder_run: Run) -> nn.Module:
+    encoder = vit(exp.model)
+    load_encoder(encoder, torch.load(encoder_run.path / "encoder.pth", map_location="cpu", weights_only=True))
+    return encoder.requires_grad_(False)
+
+
+def classification_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(inputs).float(), labels)
+
+
+def linear_probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
+    """Top-1 of a linear classifier on `encoder_run`'s frozen features, on `dataset`'s test set."""
+    identity = {"encoder": encoder_run.name, "dataset": dataset, "seed": exp.seed, "probe": asdict(exp.probe),
+                "train_per_class": exp.data.probe_train_per_class}
+    if dataset == "synthetic":
+        identity["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
+    run = Run(exp, "probe", identity)
+    if run.done:
+        return run
+    data = load_dataset(dataset, exp.data)
+    train_images, train_labels = data.train_images, data.train_labels
+    if exp.data.probe_train_per_class:
+        keep = data.per_class(exp.data.probe_train_per_class, exp.seed)
+        train_images, train_labels = train_images[keep], train_labels[keep]
+    run.start()
+    device, dtype = device_and_dtype(exp)
+    encoder = frozen_encoder(exp, encoder_run)
+    start = time.perf_counter()
+    train_features = extract_features(encoder, train_images, device, dtype)
+    test_features = extract_features(encoder, data.test_images, device, dtype)
+    feature_seconds = time.perf_counter() - start
+
+    torch.manual_seed(exp.seed)
+    head = nn.Sequential(nn.BatchNorm1d(encoder.embed_dim, affine=False, eps=1e-6),
+                         nn.Linear(encoder.embed_dim, data.num_classes))
+    batches = Batches(train_features, train_labels, exp.probe.batch_size, device)
+    summary = train(run, head, classification_loss, batches, exp.probe, device, None, exp.seed)
+    head.eval()
+    with torch.no_grad():
+        predictions = head(test_features).argmax(1).cpu()
+    top1 = (predictions == data.test_labels).float().mean().item() * 100
+    n_images = len(train_images) + len(data.test_images)
+    run.finish({**summary, "top1": top1, "dataset": dataset, "encoder": encoder_run.name,
+                "feature_seconds": feature_seconds, "feature_images_per_s": n_images / feature_seconds,
+                "wall_time_s": summary["wall_time_s"] + feature_seconds})
+    return run
