@@ -17,6 +17,7 @@ import time
 import pandas as pd
 
 from studylib.config import ConfigError, Experiment, load_experiment
+from studylib.engine import DivergedError
 
 
 def _experiment(args: argparse.Namespace) -> Experiment:
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"studylib: error: {err}", file=sys.stderr)
         return 2
+    except DivergedError as err:
+        print(f"studylib: diverged: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

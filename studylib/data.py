@@ -168,19 +168,20 @@ def image_folder(root: Path) -> ImageDataset:
 
 
 def _read_images(files: list[Path]) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
 
-    def read(path: Path) -> torch.Tensor:
+    def read(path: Path) -> np.ndarray:
         try:
-            return decode_image(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8),
-                                mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as err:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))
+        except OSError as err:
             raise ConfigError(f"{path}: not a readable image ({err})") from None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        images = list(pool.map(read, files, chunksize=256))
-    size = images[0].shape[1:]
-    images = [im if im.shape[1:] == size else F.interpolate(im[None].float(), size=tuple(size), mode="bilinear",
+        arrays = list(pool.map(read, files))
+    size = arrays[0].shape[:2]
+    images = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
+    images = [im if im.shape[1:] == size else F.interpolate(im[None].float(), size=size, mode="bilinear",
                                                             antialias=True)[0].round().clamp(0, 255).byte()
               for im in images]
     return torch.stack(images)

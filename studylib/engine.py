@@ -9,6 +9,7 @@ the same run resumes from the epoch after it: a crash costs at most the epoch in
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from studylib.config import ConfigError, TrainConfig
-from studylib.runs import Run, atomic_write
+from studylib.runs import Run, load_weights, save_weights
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,18 +57,30 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+def check_free_disk(run: Run, model: nn.Module) -> None:
+    """Fail before training when the run's disk cannot hold two checkpoints (weights + AdamW moments)."""
+    needed = 2 * 3 * sum(p.numel() * p.element_size() for p in model.parameters()) + (64 << 20)
+    folder = next(p for p in (run.path, *run.path.parents) if p.exists())
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ConfigError(f"{folder}: too little free disk for the checkpoints of {run.name}: "
+                          f"needs {needed / 2**30:.2f} GiB, has {free / 2**30:.2f} GiB")
+
+
 def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config: TrainConfig,
           device: torch.device, dtype: torch.dtype | None, seed: int) -> dict[str, Any]:
     """Train `model` for `config.epochs` on `batches` (re-iterated every epoch), resuming from the
     run's checkpoint. Returns the final loss, wall time and images per second over all epochs."""
+    check_free_disk(run, model)
+    run.start()
     model.to(device)
     peak = config.base_lr * config.batch_size / 256
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, config.weight_decay), lr=peak,
                                   betas=(0.9, 0.95))
     params = [p for p in model.parameters() if p.requires_grad]
     history: list[dict[str, Any]] = []
-    if run.checkpoint.exists():
-        state = torch.load(run.checkpoint, map_location=device, weights_only=True)
+    state = load_weights(run.checkpoint, map_location=device)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
@@ -81,6 +94,7 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
         model.train()
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
+        first_bad_step = torch.full((), -1, device=device)  # tracked on the device: no sync per step
         images = 0
         bar = tqdm(batches, desc=f"{run.name} {epoch + 1}/{config.epochs}", leave=False, disable=None)
         for i, (inputs, targets) in enumerate(bar):
@@ -95,18 +109,20 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
                 nn.utils.clip_grad_norm_(params, config.clip_grad)
             optimizer.step()
             loss_sum += loss.detach().float()
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()), i + 1,
+                                         first_bad_step)
             images += len(inputs)
             if not bar.disable and i % 25 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         epoch_loss = (loss_sum / steps).item()
         if not math.isfinite(epoch_loss):
-            raise DivergedError(f"{run.path}: loss is {epoch_loss} in epoch {epoch + 1}; "
-                                f"the checkpoint of epoch {len(history)} is kept")
+            raise DivergedError(f"{run.path}: loss is {epoch_loss} at epoch {epoch + 1}, step "
+                                f"{int(first_bad_step)}/{steps}; the checkpoint of epoch {len(history)} is kept")
         seconds = time.perf_counter() - start
         history.append({"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "seconds": seconds,
                         "images_per_s": images / seconds})
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history}
-        atomic_write(run.checkpoint, lambda f, state=state: torch.save(state, f), mode="wb")
+        save_weights(run.checkpoint, state, keep_previous=True)
         run.write_metrics(history)
         print(f"[{run.name}] epoch {epoch + 1}/{config.epochs} loss {epoch_loss:.4f} lr {lr:.2e} "
               f"{images / seconds:.0f} img/s {seconds:.1f} s", flush=True)

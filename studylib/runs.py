@@ -4,25 +4,32 @@
         config.yaml     what the hash covers, plus the whole resolved experiment
         meta.json       git SHA, package versions, command line, host, start time
         metrics.jsonl   one line per finished epoch
-        checkpoint.pth  model + optimizer after the last finished epoch (auto-resume)
+        checkpoint.pth  model + optimizer after the last finished epoch (auto-resume), and
+                        checkpoint.prev.pth the one before; each with a .sha256 beside it
         results.json    written last: its presence means the run is finished
+        .lock           held by the process training the run
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from studylib.config import Experiment, config_hash, runs_dir
@@ -43,6 +50,48 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_weights(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+    """torch.save `state` atomically with a sha256 beside it; with keep_previous, the file it replaces
+    becomes <name>.prev.pth, the fallback when the new one turns out corrupt."""
+    atomic_write(path.with_name(path.name + ".new"), lambda f: torch.save(state, f), mode="wb")
+    new = path.with_name(path.name + ".new")
+    digest = _sha256(new)
+    if keep_previous and path.exists():
+        previous = path.with_suffix(".prev.pth")
+        os.replace(path, previous)
+        if _sidecar(path).exists():
+            os.replace(_sidecar(path), _sidecar(previous))
+    os.replace(new, path)
+    atomic_write(_sidecar(path), lambda f: f.write(digest + "\n"))
+
+
+def load_weights(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load what save_weights wrote, with weights_only=True, after checking its sha256; a missing,
+    truncated or corrupt file falls back to <name>.prev.pth. None when neither is good."""
+    for candidate in (path, path.with_suffix(".prev.pth")):
+        if not candidate.exists():
+            continue
+        expected = _sidecar(candidate).read_text().strip() if _sidecar(candidate).exists() else None
+        if expected != _sha256(candidate):
+            print(f"warning: {candidate}: checksum does not match (truncated or corrupt); skipping it",
+                  file=sys.stderr, flush=True)
+            continue
+        return torch.load(candidate, map_location=map_location, weights_only=True)
+    return None
 
 
 def git_sha() -> str:
@@ -88,6 +137,26 @@ class Run:
     def done(self) -> bool:
         return (self.path / "results.json").exists()
 
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock: a second process training the same run waits here, told who holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                print(f"{self.path}: being trained by {f.read().strip() or 'another process'}; waiting for it",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            f.truncate(0)
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def start(self) -> None:
         """Create the folder and record what is being run; kept as is when the run resumes."""
         if (self.path / "config.yaml").exists():
@@ -110,3 +179,20 @@ class Run:
 
     def results(self) -> dict[str, Any]:
         return json.loads((self.path / "results.json").read_text())
+
+
+def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:
+    """Run `work` (which trains and returns the results) unless the run is finished, holding its lock;
+    a run that another process finished while this one waited is not trained again."""
+    if run.done:
+        return run
+    created = not run.path.exists()
+    try:
+        with run.lock():
+            if not run.done:
+                run.finish(work())
+    except BaseException:
+        if created and {p.name for p in run.path.iterdir()} <= {".lock"}:
+            shutil.rmtree(run.path)  # failed before writing anything: leave no trace
+        raise
+    return run

@@ -115,7 +115,6 @@ def simulate(dataset: ImageDataset, config: TagsConfig) -> Hashtags:
 
     if dataset.fine_to_coarse is not None and dataset.coarse_classes:
         coarse = dataset.fine_to_coarse.numpy()[labels]
-        num_coarse = len(dataset.coarse_classes)
         vocab += [_tag_name(c) for c in dataset.coarse_classes]
         hit = draw(config.p_superclass)
         pairs.append((image[hit], base + coarse[hit]))

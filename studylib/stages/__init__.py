@@ -8,9 +8,11 @@ from typing import Any
 
 import torch
 
-from studylib.config import Experiment
+from studylib.config import ConfigError, Experiment
 from studylib.data import ImageDataset, load_dataset
 from studylib.engine import resolve_device, resolve_precision
+from studylib.models import encoder_state, load_encoder
+from studylib.runs import Run, load_weights, save_weights
 
 
 def pretrain_identity(exp: Experiment) -> dict[str, Any]:
@@ -28,3 +30,20 @@ def pretrain_images(exp: Experiment) -> ImageDataset:
 def device_and_dtype(exp: Experiment) -> tuple[torch.device, torch.dtype | None]:
     device = resolve_device(exp.device)
     return device, resolve_precision(exp.precision, device)
+
+
+def save_encoder(run: Run, model: torch.nn.Module) -> None:
+    """The encoder (a ViT without its head) that the next stage starts from: <run>/encoder.pth."""
+    save_weights(run.path / "encoder.pth", encoder_state(model))
+
+
+def load_encoder_from(run: Run, model: torch.nn.Module) -> None:
+    path = run.path / "encoder.pth"
+    state = load_weights(path)
+    if state is None:
+        raise ConfigError(f"{path}: missing or corrupt encoder weights; delete {run.path} to retrain it")
+    try:
+        load_encoder(model, state)
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(f"{path}: weights of another model than {model.__class__.__name__} "
+                          f"{model.embed_dim}d x {len(model.blocks)} blocks: {str(err).splitlines()[0]}") from None

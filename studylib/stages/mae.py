@@ -9,9 +9,9 @@ import torch
 from studylib.config import Experiment
 from studylib.data import Batches, ImageTransform
 from studylib.engine import train
-from studylib.models import MAE, VIT_SIZES, encoder_state
-from studylib.runs import Run, atomic_write
-from studylib.stages import device_and_dtype, pretrain_identity, pretrain_images
+from studylib.models import MAE, VIT_SIZES
+from studylib.runs import Run, train_once
+from studylib.stages import device_and_dtype, pretrain_identity, pretrain_images, save_encoder
 
 
 def build(exp: Experiment) -> MAE:
@@ -23,19 +23,24 @@ def mae_loss(model: MAE, images: torch.Tensor, _labels: torch.Tensor) -> torch.T
     return model(images)[0]
 
 
+def run_for(exp: Experiment) -> Run:
+    """The run folder of MAE pre-pretraining under `exp`."""
+    return Run(exp, "mae", {**pretrain_identity(exp), "mae": asdict(exp.mae)})
+
+
 def pretrain(exp: Experiment) -> Run:
     """Pre-pretrain the encoder with MAE; the run's encoder.pth holds the encoder weights."""
-    run = Run(exp, "mae", {**pretrain_identity(exp), "mae": asdict(exp.mae)})
-    if run.done:
-        return run
-    data = pretrain_images(exp)
-    run.start()
-    device, dtype = device_and_dtype(exp)
-    torch.manual_seed(exp.seed)
-    model = build(exp)
-    transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], exp.mae.crop_min)
-    batches = Batches(data.train_images, data.train_labels, exp.mae.batch_size, device, transform)
-    summary = train(run, model, mae_loss, batches, exp.mae, device, dtype, exp.seed)
-    atomic_write(run.path / "encoder.pth", lambda f: torch.save(encoder_state(model.encoder), f), mode="wb")
-    run.finish(summary)
-    return run
+    run = run_for(exp)
+
+    def work() -> dict:
+        data = pretrain_images(exp)
+        device, dtype = device_and_dtype(exp)
+        torch.manual_seed(exp.seed)
+        model = build(exp)
+        transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], exp.mae.crop_min)
+        batches = Batches(data.train_images, data.train_labels, exp.mae.batch_size, device, transform)
+        summary = train(run, model, mae_loss, batches, exp.mae, device, dtype, exp.seed)
+        save_encoder(run, model.encoder)
+        return summary
+
+    return train_once(run, work)

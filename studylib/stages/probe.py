@@ -14,9 +14,9 @@ from torch import nn
 from studylib.config import Experiment
 from studylib.data import Batches, ImageTransform, load_dataset
 from studylib.engine import train
-from studylib.models import VIT_SIZES, load_encoder, vit
-from studylib.runs import Run
-from studylib.stages import device_and_dtype
+from studylib.models import vit
+from studylib.runs import Run, train_once
+from studylib.stages import device_and_dtype, load_encoder_from
 
 
 @torch.no_grad()
@@ -36,7 +36,7 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, device: torch.dev
 
 def frozen_encoder(exp: Experiment, encoder_run: Run) -> nn.Module:
     encoder = vit(exp.model)
-    load_encoder(encoder, torch.load(encoder_run.path / "encoder.pth", map_location="cpu", weights_only=True))
+    load_encoder_from(encoder_run, encoder)
     return encoder.requires_grad_(False)
 
 
@@ -44,39 +44,44 @@ def classification_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     return nn.functional.cross_entropy(model(inputs).float(), labels)
 
 
-def linear_probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
-    """Top-1 of a linear classifier on `encoder_run`'s frozen features, on `dataset`'s test set."""
+def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
+    """The run folder of a linear probe of `encoder_run` on `dataset`."""
     identity = {"encoder": encoder_run.name, "dataset": dataset, "seed": exp.seed, "probe": asdict(exp.probe),
                 "train_per_class": exp.data.probe_train_per_class}
     if dataset == "synthetic":
         identity["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
-    run = Run(exp, "probe", identity)
-    if run.done:
-        return run
-    data = load_dataset(dataset, exp.data)
-    train_images, train_labels = data.train_images, data.train_labels
-    if exp.data.probe_train_per_class:
-        keep = data.per_class(exp.data.probe_train_per_class, exp.seed)
-        train_images, train_labels = train_images[keep], train_labels[keep]
-    run.start()
-    device, dtype = device_and_dtype(exp)
-    encoder = frozen_encoder(exp, encoder_run)
-    start = time.perf_counter()
-    train_features = extract_features(encoder, train_images, device, dtype)
-    test_features = extract_features(encoder, data.test_images, device, dtype)
-    feature_seconds = time.perf_counter() - start
+    return Run(exp, "probe", identity)
 
-    torch.manual_seed(exp.seed)
-    head = nn.Sequential(nn.BatchNorm1d(encoder.embed_dim, affine=False, eps=1e-6),
-                         nn.Linear(encoder.embed_dim, data.num_classes))
-    batches = Batches(train_features, train_labels, exp.probe.batch_size, device)
-    summary = train(run, head, classification_loss, batches, exp.probe, device, None, exp.seed)
-    head.eval()
-    with torch.no_grad():
-        predictions = head(test_features).argmax(1).cpu()
-    top1 = (predictions == data.test_labels).float().mean().item() * 100
-    n_images = len(train_images) + len(data.test_images)
-    run.finish({**summary, "top1": top1, "dataset": dataset, "encoder": encoder_run.name,
+
+def linear_probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
+    """Top-1 of a linear classifier on `encoder_run`'s frozen features, on `dataset`'s test set."""
+    run = run_for(exp, encoder_run, dataset)
+
+    def work() -> dict:
+        data = load_dataset(dataset, exp.data)
+        train_images, train_labels = data.train_images, data.train_labels
+        if exp.data.probe_train_per_class:
+            keep = data.per_class(exp.data.probe_train_per_class, exp.seed)
+            train_images, train_labels = train_images[keep], train_labels[keep]
+        device, dtype = device_and_dtype(exp)
+        encoder = frozen_encoder(exp, encoder_run)
+        start = time.perf_counter()
+        train_features = extract_features(encoder, train_images, device, dtype)
+        test_features = extract_features(encoder, data.test_images, device, dtype)
+        feature_seconds = time.perf_counter() - start
+
+        torch.manual_seed(exp.seed)
+        head = nn.Sequential(nn.BatchNorm1d(encoder.embed_dim, affine=False, eps=1e-6),
+                             nn.Linear(encoder.embed_dim, data.num_classes))
+        batches = Batches(train_features, train_labels, exp.probe.batch_size, device)
+        summary = train(run, head, classification_loss, batches, exp.probe, device, None, exp.seed)
+        head.eval()
+        with torch.no_grad():
+            predictions = head(test_features).argmax(1).cpu()
+        top1 = (predictions == data.test_labels).float().mean().item() * 100
+        n_images = len(train_images) + len(data.test_images)
+        return {**summary, "top1": top1, "dataset": dataset, "encoder": encoder_run.name,
                 "feature_seconds": feature_seconds, "feature_images_per_s": n_images / feature_seconds,
-                "wall_time_s": summary["wall_time_s"] + feature_seconds})
-    return run
+                "wall_time_s": summary["wall_time_s"] + feature_seconds}
+
+    return train_once(run, work)

@@ -1,0 +1,27 @@
+# The README's two commands are `make study` and `make test`; both set up .venv first.
+PYTHON ?= python3
+PRESET ?= cpu
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup study test lint lab
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+study: setup  ## the default study: MAE->WSP vs WSP, then linear probes (PRESET=cpu|gpu|paper|smoke)
+	$(VENV)/bin/studylib study --preset $(PRESET)
+
+lint: setup
+	$(VENV)/bin/ruff check studylib tests
+
+test: lint  ## every test, on synthetic data
+	$(VENV)/bin/python -m pytest -q
+
+lab: setup  ## JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab notebooks/

@@ -1,0 +1,61 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from studylib.config import ConfigError, config_hash, load_experiment
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "paper"])
+def test_every_preset_is_valid(preset):
+    exp = load_experiment(preset)
+    assert exp.preset == preset and exp.mae.epochs > 0
+
+
+def test_overrides_change_values_and_the_hash():
+    base = load_experiment("smoke")
+    changed = load_experiment("smoke", ["mae.epochs=7", "mae.mask_ratio=0.6", "data.probe=[synthetic]"])
+    assert changed.mae.epochs == 7 and changed.mae.mask_ratio == 0.6
+    assert config_hash(changed.to_dict()) != config_hash(base.to_dict())
+    assert config_hash(load_experiment("smoke").to_dict()) == config_hash(base.to_dict())
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["mae.mask_ratio=1.5"], "override mae.mask_ratio: 1.5 is not allowed; must be in (0, 1)"),
+    (["mae.epochs=-1"], "override mae.epochs: -1 is not allowed; must be > 0"),
+    (["mae.epochs=three"], "override mae.epochs: expected int, got 'three'"),
+    (["mae.mask_ration=0.5"], "unknown key (did you mean 'mask_ratio'?)"),
+    (["model=huge"], "override model: 'huge' is not allowed; must be one of ['micro'"),
+    (["data.pretrain=imagenet"], "override data.pretrain: 'imagenet' is not allowed"),
+    (["device=tpu"], "must be one of ['auto', 'cpu', 'cuda']"),
+    (["mae=3"], "override mae: expected a mapping"),
+    (["novalue"], "expected KEY=VALUE"),
+])
+def test_bad_values_get_a_clear_error(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_experiment("smoke", overrides)
+    assert expected in str(err.value)
+
+
+def test_errors_name_the_file_and_preset(tmp_path):
+    config = tmp_path / "experiments.yaml"
+    config.write_text(yaml.safe_dump({"presets": {"mine": {"wsp": {"batch_size": 0}}}}))
+    with pytest.raises(ConfigError, match=r"experiments.yaml: presets.mine.wsp.batch_size: 0 is not allowed"):
+        load_experiment("mine", config_file=config)
+    with pytest.raises(ConfigError, match=r"unknown preset 'mien' \(did you mean 'mine'\?\); allowed: \['mine'\]"):
+        load_experiment("mien", config_file=config)
+
+
+def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    env = {"STUDYLIB_RUNS": str(tmp_path / "runs"), "STUDYLIB_RESULTS": str(tmp_path / "results"),
+           "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "studylib", "study", "--preset", "smoke", "--set",
+                             "mae.mask_ratio=0"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "studylib: error: override mae.mask_ratio: 0.0 is not allowed; must be in (0, 1)"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()

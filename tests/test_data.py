@@ -1,0 +1,61 @@
+import pytest
+import torch
+from PIL import Image
+
+from studylib.config import ConfigError
+from studylib.data import Batches, ImageTransform, image_folder, load_dataset, synthetic
+
+
+def _folder(root, classes=("cat", "dog"), per_class=3, size=8):
+    for split in ("train", "test"):
+        for i, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for j in range(per_class):
+                Image.new("RGB", (size, size), (40 * i, 10 * j, 200)).save(root / split / name / f"{j}.png")
+    return root
+
+
+def test_image_folder_reads_classes_and_splits(tmp_path):
+    data = image_folder(_folder(tmp_path))
+    assert data.classes == ["cat", "dog"]
+    assert data.train_images.shape == (6, 3, 8, 8) and data.train_images.dtype == torch.uint8
+    assert data.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.test_images.shape[0] == 6
+    assert data.train_images[3, 0, 0, 0] == 40  # dog's red channel
+
+
+def test_image_folder_errors_name_the_path(tmp_path):
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no images"):
+        image_folder(tmp_path / "empty")
+    folder = _folder(tmp_path / "bad")
+    (folder / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ConfigError, match=r"broken.jpg: not a readable image"):
+        image_folder(folder)
+    with pytest.raises(ConfigError, match="no such image folder"):
+        load_dataset(str(tmp_path / "missing"))
+
+
+def test_missing_data_directory_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYLIB_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="data directory does not exist"):
+        load_dataset("cifar100")
+
+
+def test_augmented_batches_are_normalised_and_sized():
+    data = synthetic(300, 10)
+    batches = Batches(data.train_images, data.train_labels, 64, torch.device("cpu"), ImageTransform(48, 0.3))
+    assert len(batches) == 4  # drop_last
+    torch.manual_seed(0)
+    x, y = next(iter(batches))
+    assert x.shape == (64, 3, 48, 48) and x.dtype == torch.float32 and y.shape == (64,)
+    assert -3 < x.mean() < 3 and x.std() > 0.1
+    torch.manual_seed(0)
+    again, _ = next(iter(batches))
+    assert torch.equal(x, again)  # the global seed decides every crop, flip and order
+
+
+def test_per_class_picks_exactly_k():
+    data = synthetic(300, 10)
+    picked = data.per_class(5, seed=0)
+    assert torch.bincount(data.train_labels[picked], minlength=10).tolist() == [5] * 10

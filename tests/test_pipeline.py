@@ -1,0 +1,96 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from studylib.config import load_experiment, results_dir
+from studylib.models import vit
+from studylib.stages import mae, probe, wsp
+from studylib.study import default_study, summary_text
+
+
+def test_default_study_end_to_end_on_smoke(smoke):
+    table = default_study(smoke)
+    csv = pd.read_csv(results_dir("smoke") / "default_study.csv")
+    assert len(csv) == len(table)
+    top1 = csv.query("metric == 'top1'").set_index("pretraining")["value"]
+    assert set(top1.index) == {"WSP", "MAE→WSP"}
+    assert (top1 > 100 / 10).all()  # both beat chance on 10 synthetic classes
+    text = summary_text(table)
+    assert "MAE final loss" in text and "Linear-probe top-1" in text and "images_per_s" in text
+    run_folders = {p.name.split("-")[0] for p in (results_dir("smoke").parent.parent / "runs" / "smoke").iterdir()}
+    assert run_folders == {"mae", "wsp", "probe"}
+
+
+def test_run_folder_records_config_sha_versions_and_metrics(smoke):
+    run = mae.pretrain(smoke)
+    files = {p.name for p in run.path.iterdir()}
+    assert {"config.yaml", "meta.json", "metrics.jsonl", "checkpoint.pth", "results.json", "encoder.pth"} <= files
+    meta = json.loads((run.path / "meta.json").read_text())
+    assert meta["git_sha"] and "torch" in meta["versions"]
+    assert [r["epoch"] for r in run.metrics()] == [1, 2]
+    assert run.hash in run.name
+
+
+def test_a_finished_run_is_never_trained_again(smoke):
+    first = mae.pretrain(smoke)
+    stamp = (first.path / "results.json").stat().st_mtime_ns
+    again = mae.pretrain(smoke)
+    assert again.path == first.path
+    assert (again.path / "results.json").stat().st_mtime_ns == stamp
+    other = mae.pretrain(load_experiment("smoke", ["mae.mask_ratio=0.5"]))
+    assert other.path != first.path
+
+
+def test_wsp_from_mae_loads_every_encoder_weight(smoke, monkeypatch):
+    mae_run = mae.pretrain(smoke)
+    mae_encoder = torch.load(mae_run.path / "encoder.pth", weights_only=True)
+    seen = {}
+    real_train = wsp.train
+
+    def capture(run, model, *args, **kwargs):
+        seen.update({k: v.clone() for k, v in model.state_dict().items()})
+        return real_train(run, model, *args, **kwargs)
+
+    monkeypatch.setattr(wsp, "train", capture)
+    wsp.pretrain(smoke, init=mae_run)
+    assert set(mae_encoder) == {k for k in seen if not k.startswith("head.")}
+    for key, value in mae_encoder.items():
+        assert torch.equal(seen[key], value), key
+    scratch = vit(smoke.model)
+    assert not torch.equal(scratch.blocks[0].attn.qkv.weight, mae_encoder["blocks.0.attn.qkv.weight"])
+
+
+def test_an_interrupted_run_resumes_at_the_next_epoch(smoke, monkeypatch, capsys, tmp_path):
+    exp = load_experiment("smoke", ["wsp.epochs=3"])
+    uninterrupted = wsp.pretrain(exp).results()
+    monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / "crashed"))  # the same run again, from nothing
+    steps = {"n": 0}
+    real_loss = wsp.wsp_loss
+
+    def crash_in_epoch_2(model, images, tags):
+        steps["n"] += 1
+        if steps["n"] == 8 + 3:  # 8 steps per epoch (512 images / 64): a crash mid-epoch 2
+            raise KeyboardInterrupt
+        return real_loss(model, images, tags)
+
+    monkeypatch.setattr(wsp, "wsp_loss", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        wsp.pretrain(exp)
+    crashed = wsp.run_for(exp)
+    assert [r["epoch"] for r in crashed.metrics()] == [1] and not crashed.done
+    monkeypatch.setattr(wsp, "wsp_loss", real_loss)
+    capsys.readouterr()
+    resumed = wsp.pretrain(exp)
+    out = capsys.readouterr().out
+    assert "resuming after epoch 1/3" in out and "epoch 1/3 loss" not in out
+    assert [r["epoch"] for r in resumed.metrics()] == [1, 2, 3]
+    assert resumed.results()["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-6)
+
+
+def test_linear_probe_learns_separable_features(smoke):
+    encoder_run = mae.pretrain(smoke)
+    result = probe.linear_probe(smoke, encoder_run, "synthetic").results()
+    assert result["top1"] > 25  # chance is 10%
+    assert result["feature_images_per_s"] > 0
