@@ -157,7 +157,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, for example mae.epochs=3")
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {key.strip()}: value {value!r} is not valid YAML") from None
 
 
 def load_experiment(preset: str, overrides: list[str] | tuple[str, ...] = (),
@@ -169,7 +172,7 @@ def load_experiment(preset: str, overrides: list[str] | tuple[str, ...] = (),
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(document, dict) or not isinstance(document.get("presets"), dict):
         raise ConfigError(f"{path}: expected a mapping with a 'presets' key")
     presets = document["presets"]

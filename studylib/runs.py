@@ -41,6 +41,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -176,6 +177,8 @@ class Run:
 
     def finish(self, results: dict[str, Any]) -> None:
         atomic_write(self.path / "results.json", lambda f: json.dump(results, f, indent=2))
+        for fallback in (self.checkpoint.with_suffix(".prev.pth"), _sidecar(self.checkpoint.with_suffix(".prev.pth"))):
+            fallback.unlink(missing_ok=True)  # only needed while the run can still crash
 
     def results(self) -> dict[str, Any]:
         return json.loads((self.path / "results.json").read_text())
