@@ -1,6 +1,8 @@
 """The `studylib` command.
 
     studylib study  [--preset cpu] [--set KEY=VALUE ...]   the default study (MAE->WSP vs WSP, probes)
+    studylib submit TARGET [--preset cpu] [--set ...]      the same as a submitit job (local, debug or SLURM:
+                                                           --set launch.executor=slurm), watched until done
     studylib tags   [--preset cpu]                         statistics of the simulated hashtags
     studylib models                                        parameters and FLOPs of every ViT size
 
@@ -36,6 +38,21 @@ def cmd_study(args: argparse.Namespace) -> None:
           f"table: {results_dir(exp.preset) / 'default_study.csv'}")
 
 
+def cmd_submit(args: argparse.Namespace) -> None:
+    from studylib.launch import submit, watch
+
+    job = submit(args.target, args.preset, args.overrides, args.config)
+    print(f"submitted {args.target} as job {job.job_id}; logs: {job.paths.stdout}", flush=True)
+    if not args.no_wait:
+        result = watch([job])[0]
+        if args.target == "study":
+            from studylib.study import summary_text
+
+            print(summary_text(result))
+        else:
+            print(result)
+
+
 def cmd_tags(args: argparse.Namespace) -> None:
     from studylib.stages import pretrain_images
     from studylib.weak_labels import simulate
@@ -59,10 +76,14 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="studylib", description=__doc__.split("\n")[0])
     sub = root.add_subparsers(dest="command", required=True)
     for name, func, text in (("study", cmd_study, "run the default study"),
+                             ("submit", cmd_submit, "submit a job through submitit and watch it"),
                              ("tags", cmd_tags, "print hashtag statistics"),
                              ("models", cmd_models, "print model sizes")):
         p = sub.add_parser(name, help=text)
         p.set_defaults(func=func)
+        if name == "submit":
+            p.add_argument("target", help="what the job runs: study, mae or wsp")
+            p.add_argument("--no-wait", action="store_true", help="submit and return")
         if name != "models":
             p.add_argument("--preset", default="cpu", help="preset of experiments.yaml (default: cpu)")
             p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

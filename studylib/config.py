@@ -128,6 +128,25 @@ class ProbeConfig(TrainConfig):
 
 
 @dataclass(kw_only=True)
+class LaunchConfig:
+    """Where jobs run (studylib.launch); none of it changes a run's result or its hash."""
+
+    executor: str = _check("one of ['auto', 'local', 'debug', 'slurm']",
+                           lambda v: v in ("auto", "local", "debug", "slurm"), default="auto")  # auto: slurm if sbatch
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = _positive(default=1)
+    tasks_per_node: int = _positive(default=1)  # one per GPU for DDP
+    gpus_per_node: int = _at_least_zero(default=0)
+    cpus_per_task: int = _positive(default=2)
+    mem_gb: int = _positive(default=16)
+    timeout_min: int = _positive(default=120)
+    max_requeues: int = _at_least_zero(default=3)  # after preemption or time-out
+    array_parallelism: int = _positive(default=16)
+
+
+@dataclass(kw_only=True)
 class Experiment:
     preset: str
     model: str = _check(f"one of {list(VIT_SIZES)}", lambda v: v in VIT_SIZES, default="micro")
@@ -141,6 +160,7 @@ class Experiment:
     mae: MAEConfig = field(default_factory=MAEConfig)
     wsp: WSPConfig = field(default_factory=WSPConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from studylib import distributed
 from studylib.config import ConfigError, DataConfig, data_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -173,7 +174,7 @@ def _read_images(files: list[Path]) -> torch.Tensor:
     def read(path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
+                return np.array(image.convert("RGB"))
         except OSError as err:
             raise ConfigError(f"{path}: not a readable image ({err})") from None
 
@@ -259,12 +260,18 @@ class Batches:
     """Batches of in-memory tensors on the training device: one shuffled pass per iteration.
 
     Randomness (order, crops, flips) comes from torch's global generator, which the engine seeds at
-    every epoch, so a resumed run sees exactly the batches an uninterrupted one would.
+    every epoch, so a resumed run sees exactly the batches an uninterrupted one would. In a job of
+    several tasks, `batch_size` is the global batch: every rank draws it the same way and keeps its
+    own slice, so the ranks together see what one process would.
     """
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, device: torch.device,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, shuffle: bool = True,
                  drop_last: bool = True) -> None:
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if batch_size % self.world:
+            raise ConfigError(f"batch_size {batch_size} does not split over {self.world} tasks; "
+                              f"allowed: multiples of {self.world}")
         self.inputs = inputs.to(device)
         self.targets = targets.to(device)
         self.batch_size = min(batch_size, len(inputs)) if drop_last else batch_size
@@ -283,4 +290,9 @@ class Batches:
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = order[sl] if order is not None else sl
             x, y = self.inputs[idx], self.targets[idx]
-            yield (self.transform(x) if self.transform else x), y
+            if self.transform:
+                x = self.transform(x)
+            if self.world > 1:
+                share = len(x) // self.world
+                x, y = x[self.rank * share:(self.rank + 1) * share], y[self.rank * share:(self.rank + 1) * share]
+            yield x, y

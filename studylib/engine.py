@@ -19,6 +19,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 from tqdm.auto import tqdm
 
+from studylib import distributed
 from studylib.config import ConfigError, TrainConfig
 from studylib.runs import Run, load_weights, save_weights
 
@@ -70,10 +71,19 @@ def check_free_disk(run: Run, model: nn.Module) -> None:
 def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config: TrainConfig,
           device: torch.device, dtype: torch.dtype | None, seed: int) -> dict[str, Any]:
     """Train `model` for `config.epochs` on `batches` (re-iterated every epoch), resuming from the
-    run's checkpoint. Returns the final loss, wall time and images per second over all epochs."""
-    check_free_disk(run, model)
-    run.start()
+    run's checkpoint. Returns the final loss, wall time and images per second over all epochs.
+
+    In a job of several tasks, the model is wrapped in DistributedDataParallel, each rank trains on
+    its share of every batch, and only rank 0 writes."""
+    main = distributed.is_main()
+    if main:
+        check_free_disk(run, model)
+        run.start()
     model.to(device)
+    trained = model
+    if distributed.world_size() > 1:
+        device_ids = [torch.cuda.current_device()] if device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     peak = config.base_lr * config.batch_size / 256
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, config.weight_decay), lr=peak,
                                   betas=(0.9, 0.95))
@@ -84,8 +94,9 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
-        run.write_metrics(history)  # the checkpoint is the truth; drop lines of an unfinished epoch
-        print(f"[{run.name}] resuming after epoch {len(history)}/{config.epochs}", flush=True)
+        if main:
+            run.write_metrics(history)  # the checkpoint is the truth; drop lines of an unfinished epoch
+            print(f"[{run.name}] resuming after epoch {len(history)}/{config.epochs}", flush=True)
 
     steps = len(batches)
     total, warmup = steps * config.epochs, int(config.warmup_epochs * steps)
@@ -96,13 +107,14 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
         loss_sum = torch.zeros((), device=device)
         first_bad_step = torch.full((), -1, device=device)  # tracked on the device: no sync per step
         images = 0
-        bar = tqdm(batches, desc=f"{run.name} {epoch + 1}/{config.epochs}", leave=False, disable=None)
+        bar = tqdm(batches, desc=f"{run.name} {epoch + 1}/{config.epochs}", leave=False,
+                   disable=None if main else True)
         for i, (inputs, targets) in enumerate(bar):
             lr = lr_at(epoch * steps + i, total, warmup, peak, config.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = loss_fn(model, inputs, targets)
+                loss = loss_fn(trained, inputs, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_grad:
@@ -111,16 +123,18 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
             loss_sum += loss.detach().float()
             first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()), i + 1,
                                          first_bad_step)
-            images += len(inputs)
+            images += len(inputs) * distributed.world_size()
             if not bar.disable and i % 25 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-        epoch_loss = (loss_sum / steps).item()
+        epoch_loss = distributed.mean(loss_sum / steps).item()
         if not math.isfinite(epoch_loss):
             raise DivergedError(f"{run.path}: loss is {epoch_loss} at epoch {epoch + 1}, step "
                                 f"{int(first_bad_step)}/{steps}; the checkpoint of epoch {len(history)} is kept")
         seconds = time.perf_counter() - start
         history.append({"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "seconds": seconds,
                         "images_per_s": images / seconds})
+        if not main:
+            continue
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history}
         save_weights(run.checkpoint, state, keep_previous=True)
         run.write_metrics(history)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import yaml
 
+from studylib import distributed
 from studylib.config import Experiment, config_hash, runs_dir
 
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "studylib")
@@ -189,13 +190,19 @@ def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:
     a run that another process finished while this one waited is not trained again."""
     if run.done:
         return run
-    created = not run.path.exists()
+    if not distributed.is_main():  # other ranks train alongside rank 0, which holds the lock and writes
+        work()
+        return run
+    new_folders = [p for p in (run.path, *run.path.parents) if not p.exists()]  # deepest first
     try:
         with run.lock():
             if not run.done:
                 run.finish(work())
     except BaseException:
-        if created and {p.name for p in run.path.iterdir()} <= {".lock"}:
+        if new_folders and {p.name for p in run.path.iterdir()} <= {".lock"}:
             shutil.rmtree(run.path)  # failed before writing anything: leave no trace
+            for folder in new_folders[1:]:
+                if not any(folder.iterdir()):
+                    folder.rmdir()
         raise
     return run

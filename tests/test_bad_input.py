@@ -136,14 +136,22 @@ def test_too_little_free_disk(tmp_path, capsys, monkeypatch):
         subprocess.run(["umount", str(small)], check=True)
 
 
-def test_unsafe_pickles_are_refused(smoke):
-    class Payload:
-        pass
+class Exploit:
+    """A pickle that would run a command when loaded without weights_only."""
 
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return subprocess.call, (["touch", str(self.marker)],)
+
+
+def test_unsafe_pickles_are_refused(smoke, tmp_path):
     run = Run(smoke, "mae", {"fake": 2})
-    save_weights(run.path / "encoder.pth", {"weights": torch.zeros(1), "code": Payload()})
+    save_weights(run.path / "encoder.pth", {"weights": torch.zeros(1), "code": Exploit(tmp_path / "pwned")})
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
         load_encoder_from(run, vit("micro"))
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_at_least_25_bad_input_cases():

@@ -10,6 +10,7 @@ import torch
 
 from studylib.config import ConfigError, Experiment
 from studylib.data import ImageDataset, load_dataset
+from studylib.distributed import is_main
 from studylib.engine import resolve_device, resolve_precision
 from studylib.models import encoder_state, load_encoder
 from studylib.runs import Run, load_weights, save_weights
@@ -34,7 +35,8 @@ def device_and_dtype(exp: Experiment) -> tuple[torch.device, torch.dtype | None]
 
 def save_encoder(run: Run, model: torch.nn.Module) -> None:
     """The encoder (a ViT without its head) that the next stage starts from: <run>/encoder.pth."""
-    save_weights(run.path / "encoder.pth", encoder_state(model))
+    if is_main():
+        save_weights(run.path / "encoder.pth", encoder_state(model))
 
 
 def load_encoder_from(run: Run, model: torch.nn.Module) -> None:

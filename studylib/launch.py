@@ -1,0 +1,128 @@
+"""Jobs through submitit: `local` (the default where there is no SLURM), `debug` (in this process, for
+stepping through) and `slurm` (partition, GPUs, nodes, time, account and QoS from the preset's
+`launch` section).
+
+A job runs a function of studylib by name (`TARGETS`) on a preset and overrides, never notebook
+code. Preempted or timed-out jobs are requeued (at most `launch.max_requeues` times) and resume
+from their run's checkpoint, losing at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from studylib import distributed
+from studylib.config import ConfigError, Experiment, load_experiment, runs_dir
+
+TARGETS = {
+    "study": "studylib.study:default_study",
+    "mae": "studylib.stages.mae:pretrain",
+    "wsp": "studylib.stages.wsp:pretrain",
+}
+
+
+class StudyJob(submitit.helpers.Checkpointable):
+    """Run `TARGETS[target]` on the experiment of (preset, overrides, config_file)."""
+
+    def __init__(self, target: str, max_requeues: int = 3) -> None:
+        if target not in TARGETS:
+            raise ConfigError(f"job target {target!r} is unknown; allowed: {sorted(TARGETS)}")
+        self.target = target
+        self.max_requeues = max_requeues
+
+    def __call__(self, preset: str, overrides: Sequence[str] = (), config_file: str | None = None) -> Any:
+        distributed.init()
+        exp = load_experiment(preset, list(overrides), config_file)
+        module, name = TARGETS[self.target].split(":")
+        return getattr(importlib.import_module(module), name)(exp)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+        """On preemption or time-out: requeue the same call, which resumes from the run's checkpoint."""
+        if int(os.environ.get("SLURM_RESTART_COUNT", "0")) >= self.max_requeues:
+            return None
+        return super().checkpoint(*args, **kwargs)
+
+
+def executor(exp: Experiment, folder: str | Path | None = None) -> submitit.Executor:
+    """The submitit executor that `exp.launch` asks for; job logs go to `folder`
+    (default <runs>/<preset>/jobs/)."""
+    launch = exp.launch
+    kind = launch.executor
+    if kind == "auto":
+        kind = "slurm" if shutil.which("sbatch") else "local"
+    folder = Path(folder) if folder else runs_dir() / exp.preset / "jobs"
+    ex = submitit.AutoExecutor(folder=folder / "%j", cluster=kind, slurm_max_num_timeout=launch.max_requeues)
+    ex.update_parameters(timeout_min=launch.timeout_min, nodes=launch.nodes, tasks_per_node=launch.tasks_per_node,
+                         cpus_per_task=launch.cpus_per_task, gpus_per_node=launch.gpus_per_node,
+                         name=f"studylib-{exp.preset}")
+    if kind == "slurm":
+        extra = {"slurm_partition": launch.partition, "slurm_account": launch.account, "slurm_qos": launch.qos}
+        ex.update_parameters(mem_gb=launch.mem_gb, slurm_array_parallelism=launch.array_parallelism,
+                             **{k: v for k, v in extra.items() if v is not None})
+    return ex
+
+
+def submit(target: str, preset: str, overrides: Sequence[str] = (), config_file: str | None = None,
+           folder: str | Path | None = None) -> submitit.Job:
+    """Submit one job: `target` (a key of TARGETS) on a preset and overrides."""
+    exp = load_experiment(preset, list(overrides), config_file)  # bad input fails here, not in the job
+    job = StudyJob(target, exp.launch.max_requeues)
+    return executor(exp, folder).submit(job, preset, list(overrides), config_file)
+
+
+def sweep(target: str, preset: str, points: Sequence[Sequence[str]], overrides: Sequence[str] = (),
+          config_file: str | None = None, folder: str | Path | None = None) -> list[submitit.Job]:
+    """Submit one job per point (a list of overrides on top of `overrides`), as one job array."""
+    experiments = [load_experiment(preset, [*overrides, *point], config_file) for point in points]
+    job = StudyJob(target, experiments[0].launch.max_requeues)
+    ex = executor(experiments[0], folder)
+    return ex.map_array(job, [preset] * len(points), [[*overrides, *p] for p in points],
+                        [config_file] * len(points))
+
+
+def progress(job: submitit.Job) -> str:
+    """The last epoch line the job printed, e.g. '[wsp-1a2b3c4d] epoch 3/20 loss 4.1', or ''."""
+    try:
+        out = job.stdout() or ""
+    except (OSError, AttributeError):
+        return ""
+    lines = [line for line in out.splitlines() if "] epoch " in line]
+    return lines[-1] if lines else ""
+
+
+def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
+    """Show each job's state and progress until all are done, then return their results in order
+    (a list of one result per task for a job of several tasks; a failed job raises its error)."""
+    shown = None
+    while True:
+        states = [(job.job_id, job.state, progress(job)) for job in jobs]
+        if states != shown:
+            _show(states)
+            shown = states
+        if all(job.done() for job in jobs):
+            return [_result(job) for job in jobs]
+        time.sleep(poll_s)
+
+
+def _result(job: submitit.Job) -> Any:
+    results = job.results()
+    return results[0] if len(results) == 1 else results
+
+
+def _show(states: list[tuple[str, str, str]]) -> None:
+    text = "\n".join(f"{job_id:>12}  {state:<10} {line}" for job_id, state, line in states)
+    try:
+        from IPython.display import clear_output
+
+        clear_output(wait=True)
+    except ImportError:
+        pass
+    print(text, flush=True)

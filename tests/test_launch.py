@@ -1,0 +1,112 @@
+"""Jobs through submitit on the local and debug executors, and on a real one-node SLURM cluster
+(scripts/slurm_cluster.sh, started here when it is not up)."""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from studylib.config import load_experiment
+from studylib.launch import StudyJob, progress, submit, sweep, watch
+from studylib.runs import load_weights
+from studylib.stages import wsp
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["launch.cpus_per_task=1", "launch.mem_gb=1", "launch.timeout_min=10"]
+
+
+def test_debug_executor_runs_in_process():
+    job = submit("mae", "smoke", ["launch.executor=debug"])
+    run = job.result()
+    assert run.done and run.results()["epochs"] == 2
+
+
+def test_local_executor_runs_a_real_process(tmp_path):
+    job = submit("wsp", "smoke", ["launch.executor=local", *SMALL], folder=tmp_path / "jobs")
+    (run,) = watch([job], poll_s=0.5)
+    assert run.done and "epoch 2/2" in progress(job)
+
+
+def test_unknown_target_is_a_clear_error():
+    with pytest.raises(Exception, match=r"job target 'train' is unknown; allowed: \['mae', 'study', 'wsp'\]"):
+        StudyJob("train")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    result = subprocess.run(["bash", str(REPO / "scripts" / "slurm_cluster.sh"), "start"], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"the SLURM cluster did not start:\n{result.stdout}\n{result.stderr}")
+        pytest.skip(f"no SLURM cluster here: {result.stderr.strip().splitlines()[-1:]}")
+    return "slurm"
+
+
+def _slurm(*extra):
+    return ["launch.executor=slurm", *SMALL, *extra]
+
+
+def _wait_epochs(run, n, timeout=300):
+    deadline = time.monotonic() + timeout
+    while len(run.metrics()) < n:
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.5)
+
+
+def test_slurm_job_lands_its_results_in_the_run_folder(slurm, tmp_path):
+    job = submit("mae", "smoke", _slurm(), folder=tmp_path / "jobs")
+    assert job.job_id.isdigit()
+    (run,) = watch([job], poll_s=1)
+    assert (run.path / "results.json").exists() and (run.path / "encoder.pth").exists()
+    assert "epoch 2/2" in job.stdout()
+
+
+def test_two_task_ddp_job_matches_one_process(slurm, tmp_path, monkeypatch):
+    """Gloo DDP over 2 tasks vs one process with the same global batch (64): same epochs, losses within
+    1e-4 relative and weights within 1e-3 absolute (float sums in another order, amplified a little by Adam)."""
+    overrides = ["wsp.epochs=2"]
+    single = wsp.pretrain(load_experiment("smoke", overrides))
+    monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / "ddp-runs"))
+    job = submit("wsp", "smoke", _slurm("launch.tasks_per_node=2", *overrides), folder=tmp_path / "jobs")
+    results = watch([job], poll_s=1)[0]
+    assert len(results) == 2  # one result per task
+    ddp = results[0]
+    assert ddp.path != single.path and ddp.name == single.name
+    for a, b in zip(single.metrics(), ddp.metrics(), strict=True):
+        assert a["epoch"] == b["epoch"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    one, two = load_weights(single.path / "encoder.pth"), load_weights(ddp.path / "encoder.pth")
+    assert one.keys() == two.keys()
+    worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    assert worst < 1e-3, worst
+    assert results[1].path == ddp.path  # rank 1 trained the same run
+    assert not list(ddp.path.glob(".*.tmp")) and not list(ddp.path.glob("*.new"))
+
+
+def test_requeued_job_resumes_without_repeating_epochs(slurm, tmp_path):
+    job = submit("wsp", "smoke", _slurm("wsp.epochs=8"), folder=tmp_path / "jobs")
+    run = wsp.run_for(load_experiment("smoke", ["wsp.epochs=8"]))
+    _wait_epochs(run, 2)
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True)
+    (finished,) = watch([job], poll_s=1)
+    assert [m["epoch"] for m in finished.metrics()] == list(range(1, 9))
+    log = job.stdout()
+    assert "resuming after epoch" in log
+    resumed_at = int(log.split("resuming after epoch ")[1].split("/")[0])
+    assert resumed_at >= 2
+    epoch_lines = [line.split(" epoch ")[1].split()[0] for line in log.splitlines() if "] epoch " in line]
+    assert epoch_lines[-(8 - resumed_at):] == [f"{e}/8" for e in range(resumed_at + 1, 9)]
+
+
+def test_sweep_runs_as_a_job_array(slurm, tmp_path):
+    points = [["mae.mask_ratio=0.5"], ["mae.mask_ratio=0.6"], ["mae.mask_ratio=0.75"]]
+    jobs = sweep("mae", "smoke", points, _slurm(), folder=tmp_path / "jobs")
+    assert len({job.job_id.split("_")[0] for job in jobs}) == 1  # one array
+    assert sorted(job.job_id.split("_")[1] for job in jobs) == ["0", "1", "2"]
+    runs = watch(jobs, poll_s=1)
+    assert len({run.path for run in runs}) == 3 and all(run.done for run in runs)
+    assert [run.experiment.mae.mask_ratio for run in runs] == [0.5, 0.6, 0.75]
+    assert torch.is_tensor(load_weights(runs[0].path / "encoder.pth")["cls_token"])
