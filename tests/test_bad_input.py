@@ -166,7 +166,7 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-5, 5000), st.floats(al
                    st.dictionaries(st.sampled_from(["epochs", "a"]), st.integers(), max_size=2))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(keys, values, max_size=4))
 def test_any_config_is_valid_or_a_clear_error(overrides):
     texts = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
