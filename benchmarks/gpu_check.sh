@@ -14,5 +14,5 @@ python3 -m studylib study --preset gpu --set data.pretrain=synthetic --set 'data
   --set data.synthetic_train=50000 --set data.synthetic_test=10000 --set mae.epochs=3 --set wsp.epochs=2 \
   --set probe.epochs=5
 echo "== training-step speed, bf16"
-python3 benchmarks/step_speed.py --models micro tiny small --batch 512 --precision bf16
-python3 benchmarks/step_speed.py --models B/16 --batch 128 --precision bf16
+python3 benchmarks/benchmark.py --models micro tiny small --batch 512 --precisions bf16
+python3 benchmarks/benchmark.py --models B/16 --batch 128 --precisions bf16

@@ -106,6 +106,7 @@ class TrainConfig:
     weight_decay: float = _at_least_zero(default=0.05)
     clip_grad: float = _at_least_zero(default=1.0)  # 0: no clipping
     crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.35)  # random-resized-crop area
+    compile: bool = False  # torch.compile the model: +27% for B/16 on an H200, slower for the 32 px sizes
 
 
 @dataclass(kw_only=True)

@@ -84,6 +84,8 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
     if distributed.world_size() > 1:
         device_ids = [torch.cuda.current_device()] if device.type == "cuda" else None
         trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if config.compile:
+        trained = torch.compile(trained)
     peak = config.base_lr * config.batch_size / 256
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, config.weight_decay), lr=peak,
                                   betas=(0.9, 0.95))

@@ -4,11 +4,12 @@ studylib.engine.train: `mae` (pre-pretraining), `wsp` (weakly-supervised pretrai
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from studylib.config import ConfigError, Experiment
+from studylib.config import ConfigError, Experiment, TrainConfig
 from studylib.data import ImageDataset, load_dataset
 from studylib.distributed import is_main
 from studylib.engine import resolve_device, resolve_precision
@@ -22,6 +23,13 @@ def pretrain_identity(exp: Experiment) -> dict[str, Any]:
     if exp.data.pretrain == "synthetic":
         data["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
     return {"model": exp.model, "seed": exp.seed, "data": data}
+
+
+def settings(section: TrainConfig) -> dict[str, Any]:
+    """A stage's settings as they enter its run hash: all but `compile`, which changes speed, not results."""
+    values = asdict(section)
+    values.pop("compile")
+    return values
 
 
 def pretrain_images(exp: Experiment) -> ImageDataset:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 
 from studylib.config import Experiment
@@ -11,7 +9,7 @@ from studylib.data import Batches, ImageTransform
 from studylib.engine import train
 from studylib.models import MAE, VIT_SIZES
 from studylib.runs import Run, train_once
-from studylib.stages import device_and_dtype, pretrain_identity, pretrain_images, save_encoder
+from studylib.stages import device_and_dtype, pretrain_identity, pretrain_images, save_encoder, settings
 
 
 def build(exp: Experiment) -> MAE:
@@ -25,7 +23,7 @@ def mae_loss(model: MAE, images: torch.Tensor, _labels: torch.Tensor) -> torch.T
 
 def run_for(exp: Experiment) -> Run:
     """The run folder of MAE pre-pretraining under `exp`."""
-    return Run(exp, "mae", {**pretrain_identity(exp), "mae": asdict(exp.mae)})
+    return Run(exp, "mae", {**pretrain_identity(exp), "mae": settings(exp.mae)})
 
 
 def pretrain(exp: Experiment) -> Run:

@@ -15,7 +15,14 @@ from studylib.data import Batches, ImageTransform
 from studylib.engine import train
 from studylib.models import VIT_SIZES, vit
 from studylib.runs import Run, train_once
-from studylib.stages import device_and_dtype, load_encoder_from, pretrain_identity, pretrain_images, save_encoder
+from studylib.stages import (
+    device_and_dtype,
+    load_encoder_from,
+    pretrain_identity,
+    pretrain_images,
+    save_encoder,
+    settings,
+)
 from studylib.weak_labels import multi_hot, simulate
 
 
@@ -27,7 +34,7 @@ def wsp_loss(model: torch.nn.Module, images: torch.Tensor, tags: torch.Tensor) -
 
 def run_for(exp: Experiment, init: Run | None = None) -> Run:
     """The run folder of WSP under `exp` from `init` (an MAE run) or from scratch (None)."""
-    return Run(exp, "wsp", {**pretrain_identity(exp), "tags": asdict(exp.tags), "wsp": asdict(exp.wsp),
+    return Run(exp, "wsp", {**pretrain_identity(exp), "tags": asdict(exp.tags), "wsp": settings(exp.wsp),
                             "init": init.name if init else "scratch"})
 
 
