@@ -18,6 +18,7 @@ import time
 
 import pandas as pd
 
+from studylib import distributed
 from studylib.config import ConfigError, Experiment, load_experiment
 from studylib.engine import DivergedError
 
@@ -31,6 +32,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     from studylib.study import default_study, summary_text
 
     exp = _experiment(args)
+    distributed.init()  # several processes under torchrun: one DDP study
     start = time.perf_counter()
     table = default_study(exp)
     print(summary_text(table))
@@ -45,6 +47,8 @@ def cmd_submit(args: argparse.Namespace) -> None:
     print(f"submitted {args.target} as job {job.job_id}; logs: {job.paths.stdout}", flush=True)
     if not args.no_wait:
         result = watch([job])[0]
+        if isinstance(result, list):  # a job of several tasks: rank 0's result
+            result = result[0]
         if args.target == "study":
             from studylib.study import summary_text
 

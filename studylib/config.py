@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -63,15 +64,15 @@ def _probability(**kwargs: Any) -> Any:
 
 
 def _dataset_name(name: str) -> bool:
-    return name in BUILTIN_DATASETS or "/" in name
+    return name in BUILTIN_DATASETS or ("/" in name and Path(name).expanduser().is_dir())
 
 
 @dataclass(kw_only=True)
 class DataConfig:
-    pretrain: str = _check(f"one of {BUILTIN_DATASETS} or an image-folder path", _dataset_name,
+    pretrain: str = _check(f"one of {BUILTIN_DATASETS} or the path of an existing image folder", _dataset_name,
                            default="cifar100")
     pretrain_fraction: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)
-    probe: list[str] = _check(f"a list of {BUILTIN_DATASETS} or image-folder paths",
+    probe: list[str] = _check(f"a list of {BUILTIN_DATASETS} or paths of existing image folders",
                               lambda v: len(v) > 0 and all(_dataset_name(n) for n in v),
                               default_factory=lambda: ["cifar10", "cifar100"])
     probe_train_per_class: int = _at_least_zero(default=0)  # 0: every training image
@@ -83,7 +84,7 @@ class DataConfig:
 class TagsConfig:
     """The simulated hashtags (see studylib.weak_labels for what each knob does)."""
 
-    seed: int = 0
+    seed: int = _at_least_zero(default=0)
     synonyms_per_class: int = _at_least_zero(default=2)
     context_tags_per_superclass: int = _at_least_zero(default=3)
     noise_vocab: int = _at_least_zero(default=300)
@@ -151,7 +152,7 @@ class LaunchConfig:
 class Experiment:
     preset: str
     model: str = _check(f"one of {list(VIT_SIZES)}", lambda v: v in VIT_SIZES, default="micro")
-    seed: int = 0
+    seed: int = _at_least_zero(default=0)
     device: str = _check("one of ['auto', 'cpu', 'cuda']", lambda v: v in ("auto", "cpu", "cuda"),
                          default="auto")
     precision: str = _check("one of ['auto', 'bf16', 'fp32']", lambda v: v in ("auto", "bf16", "fp32"),
@@ -271,8 +272,14 @@ def _build(cls: type, values: dict[str, Any], origins: dict[str, str], prefix: s
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check `value` against a field's type; ints are accepted where floats are asked for."""
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and not isinstance(value, bool) and isinstance(value, int | float | str):
+        try:  # YAML reads 1e-3 (no dot) as text
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: {value!r} is not allowed; must be a finite number")
+        return number
     if hint in (int, float, str, bool):
         if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
             return value

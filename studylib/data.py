@@ -13,7 +13,7 @@ import functools
 import math
 import os
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +74,11 @@ def load_dataset(name: str, config: DataConfig | None = None) -> ImageDataset:
 
 @functools.lru_cache(maxsize=4)
 def _load_named(name: str, root: str) -> ImageDataset:
+    """`root` (the data directory) is part of the cache key only."""
     if name == "cifar100":
-        return _cifar100(Path(root))
+        return _cifar100()
     if name == "cifar10":
-        return _cifar10(Path(root))
+        return _cifar10()
     path = Path(name).expanduser()
     if not path.is_dir():
         raise ConfigError(f"dataset {name!r}: no such image folder; allowed: cifar10, cifar100, synthetic, "
@@ -94,7 +95,7 @@ def _data_root(what: str) -> Path:
     return root
 
 
-def _cifar100(root: Path) -> ImageDataset:
+def _cifar100() -> ImageDataset:
     root = _data_root("cifar100")
     npz = root / "cifar100.npz"
     if npz.exists():
@@ -119,7 +120,7 @@ def _cifar100(root: Path) -> ImageDataset:
                         splits["meta"]["fine_label_names"], fine_to_coarse, splits["meta"]["coarse_label_names"])
 
 
-def _cifar10(root: Path) -> ImageDataset:
+def _cifar10() -> ImageDataset:
     root = _data_root("cifar10")
     if (root / "cifar10").is_dir():
         dataset = image_folder(root / "cifar10")
@@ -228,19 +229,21 @@ class ImageTransform:
         self.image_size = image_size
         self.crop_min = crop_min
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255)
-        n = x.shape[0]
+    def __call__(self, images: torch.Tensor, part: slice = slice(None)) -> torch.Tensor:
+        """Transform `images[part]`; the random crops and flips are drawn for the whole batch, so a
+        rank that transforms its part gets what one process transforming everything would."""
+        x = images[part].float().div_(255)
         if self.crop_min is not None:
-            x = self._random_resized_crop(x)
-        elif x.shape[-1] != self.image_size:
+            x = F.grid_sample(x, self._random_crop_grid(len(images), x.device)[part], mode="bilinear",
+                              padding_mode="reflection", align_corners=False)
+        elif x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
         mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).reshape(n, 3, self.image_size, self.image_size)
+        return (x - mean) / std
 
-    def _random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
-        n, dev = x.shape[0], x.device
+    def _random_crop_grid(self, n: int, dev: torch.device) -> torch.Tensor:
+        """Sampling grids of `n` random resized crops with random horizontal flips."""
         area = torch.empty(n, device=dev).uniform_(self.crop_min, 1.0)
         log_ratio = torch.empty(n, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3))
         ratio = log_ratio.exp()
@@ -252,8 +255,7 @@ class ImageTransform:
         theta = torch.zeros(n, 2, 3, device=dev)
         theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
         theta[:, 1, 1], theta[:, 1, 2] = h, cy
-        grid = F.affine_grid(theta, [n, 3, self.image_size, self.image_size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return F.affine_grid(theta, [n, 3, self.image_size, self.image_size], align_corners=False)
 
 
 class Batches:
@@ -262,13 +264,14 @@ class Batches:
     Randomness (order, crops, flips) comes from torch's global generator, which the engine seeds at
     every epoch, so a resumed run sees exactly the batches an uninterrupted one would. In a job of
     several tasks, `batch_size` is the global batch: every rank draws it the same way and keeps its
-    own slice, so the ranks together see what one process would.
+    own slice, so the ranks together see what one process would. shard=False gives every rank the
+    whole batch (feature extraction).
     """
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, device: torch.device,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, shuffle: bool = True,
-                 drop_last: bool = True) -> None:
-        self.rank, self.world = distributed.rank(), distributed.world_size()
+                 transform: ImageTransform | None = None, shuffle: bool = True, drop_last: bool = True,
+                 shard: bool = True) -> None:
+        self.rank, self.world = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
         if batch_size % self.world:
             raise ConfigError(f"batch_size {batch_size} does not split over {self.world} tasks; "
                               f"allowed: multiples of {self.world}")
@@ -290,9 +293,6 @@ class Batches:
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = order[sl] if order is not None else sl
             x, y = self.inputs[idx], self.targets[idx]
-            if self.transform:
-                x = self.transform(x)
-            if self.world > 1:
-                share = len(x) // self.world
-                x, y = x[self.rank * share:(self.rank + 1) * share], y[self.rank * share:(self.rank + 1) * share]
-            yield x, y
+            share = len(x) // self.world
+            part = slice(self.rank * share, (self.rank + 1) * share) if self.world > 1 else slice(None)
+            yield (self.transform(x, part) if self.transform else x[part]), y[part]

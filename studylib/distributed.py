@@ -46,3 +46,17 @@ def mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value)
         value /= dist.get_world_size()
     return value
+
+
+def agree(flag: bool) -> bool:
+    """Rank 0's `flag`, on every rank."""
+    if not dist.is_initialized():
+        return flag
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

@@ -59,8 +59,10 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def check_free_disk(run: Run, model: nn.Module) -> None:
-    """Fail before training when the run's disk cannot hold two checkpoints (weights + AdamW moments)."""
-    needed = 2 * 3 * sum(p.numel() * p.element_size() for p in model.parameters()) + (64 << 20)
+    """Fail before training when the run's disk cannot hold what it writes at its peak: three checkpoints
+    (current, previous and the one being written) of weights and AdamW moments, plus the encoder."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = 3 * 3 * weights + weights + (64 << 20)
     folder = next(p for p in (run.path, *run.path.parents) if p.exists())
     free = shutil.disk_usage(folder).free
     if free < needed:

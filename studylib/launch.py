@@ -30,7 +30,8 @@ TARGETS = {
 
 
 class StudyJob(submitit.helpers.Checkpointable):
-    """Run `TARGETS[target]` on the experiment of (preset, overrides, config_file)."""
+    """Run `TARGETS[target]` on an experiment, validated when it was submitted (a queued job is not
+    changed by later edits of experiments.yaml)."""
 
     def __init__(self, target: str, max_requeues: int = 3) -> None:
         if target not in TARGETS:
@@ -38,9 +39,8 @@ class StudyJob(submitit.helpers.Checkpointable):
         self.target = target
         self.max_requeues = max_requeues
 
-    def __call__(self, preset: str, overrides: Sequence[str] = (), config_file: str | None = None) -> Any:
+    def __call__(self, exp: Experiment) -> Any:
         distributed.init()
-        exp = load_experiment(preset, list(overrides), config_file)
         module, name = TARGETS[self.target].split(":")
         return getattr(importlib.import_module(module), name)(exp)
 
@@ -75,7 +75,7 @@ def submit(target: str, preset: str, overrides: Sequence[str] = (), config_file:
     """Submit one job: `target` (a key of TARGETS) on a preset and overrides."""
     exp = load_experiment(preset, list(overrides), config_file)  # bad input fails here, not in the job
     job = StudyJob(target, exp.launch.max_requeues)
-    return executor(exp, folder).submit(job, preset, list(overrides), config_file)
+    return executor(exp, folder).submit(job, exp)
 
 
 def sweep(target: str, preset: str, points: Sequence[Sequence[str]], overrides: Sequence[str] = (),
@@ -83,9 +83,7 @@ def sweep(target: str, preset: str, points: Sequence[Sequence[str]], overrides: 
     """Submit one job per point (a list of overrides on top of `overrides`), as one job array."""
     experiments = [load_experiment(preset, [*overrides, *point], config_file) for point in points]
     job = StudyJob(target, experiments[0].launch.max_requeues)
-    ex = executor(experiments[0], folder)
-    return ex.map_array(job, [preset] * len(points), [[*overrides, *p] for p in points],
-                        [config_file] * len(points))
+    return executor(experiments[0], folder).map_array(job, experiments)
 
 
 def progress(job: submitit.Job) -> str:

@@ -13,6 +13,8 @@ from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from studylib import distributed
+
 # name -> timm VisionTransformer arguments. The 32 px sizes (patch 4, 64 patches) are for CPU and
 # single-GPU studies on CIFAR; the others are the paper's, at 224 px.
 VIT_SIZES: dict[str, dict] = {
@@ -67,10 +69,12 @@ def random_masking(n: int, length: int, mask_ratio: float, device: torch.device
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the kept patches (n, keep) and the mask (n, length), 1 where a patch is hidden.
 
-    Exactly round(length * (1 - mask_ratio)) patches are kept in every sample.
+    Exactly round(length * (1 - mask_ratio)) patches are kept in every sample. In a job of several
+    tasks, the noise is drawn for the global batch and each rank takes its rows, as one process would.
     """
     keep = int(round(length * (1 - mask_ratio)))
-    noise = torch.rand(n, length, device=device)
+    rank, world = distributed.rank(), distributed.world_size()
+    noise = torch.rand(n * world, length, device=device)[rank * n:(rank + 1) * n]
     ids_keep = noise.argsort(dim=1)[:, :keep]
     mask = torch.ones(n, length, device=device)
     mask.scatter_(1, ids_keep, 0.0)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -66,29 +67,39 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _variants(path: Path) -> tuple[Path, Path, Path]:
+    """Newest first: the file being written, the current one, the one before."""
+    return path.with_name(path.name + ".new"), path, path.with_suffix(".prev.pth")
+
+
 def save_weights(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
-    """torch.save `state` atomically with a sha256 beside it; with keep_previous, the file it replaces
-    becomes <name>.prev.pth, the fallback when the new one turns out corrupt."""
-    atomic_write(path.with_name(path.name + ".new"), lambda f: torch.save(state, f), mode="wb")
-    new = path.with_name(path.name + ".new")
+    """torch.save `state` atomically with its sha256 beside it; with keep_previous, the file it replaces
+    becomes <name>.prev.pth, the fallback when the new one turns out corrupt.
+
+    Every step is a rename, and load_weights accepts a file whose content matches any of the
+    sidecars, so a kill between any two steps leaves at least the newest complete file loadable."""
+    new, _, previous = _variants(path)
+    atomic_write(new, lambda f: torch.save(state, f), mode="wb")
     digest = _sha256(new)
+    atomic_write(_sidecar(new), lambda f: f.write(digest + "\n"))
     if keep_previous and path.exists():
-        previous = path.with_suffix(".prev.pth")
-        os.replace(path, previous)
         if _sidecar(path).exists():
             os.replace(_sidecar(path), _sidecar(previous))
+        os.replace(path, previous)
     os.replace(new, path)
-    atomic_write(_sidecar(path), lambda f: f.write(digest + "\n"))
+    os.replace(_sidecar(new), _sidecar(path))
 
 
 def load_weights(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """Load what save_weights wrote, with weights_only=True, after checking its sha256; a missing,
-    truncated or corrupt file falls back to <name>.prev.pth. None when neither is good."""
-    for candidate in (path, path.with_suffix(".prev.pth")):
+    """Load the newest complete file that save_weights wrote for `path` (weights_only=True): a
+    truncated or corrupt one, whose sha256 matches no sidecar, is reported and skipped. None when
+    there is none."""
+    variants = _variants(path)
+    known = {_sidecar(v).read_text().strip() for v in variants if _sidecar(v).exists()}
+    for candidate in variants:
         if not candidate.exists():
             continue
-        expected = _sidecar(candidate).read_text().strip() if _sidecar(candidate).exists() else None
-        if expected != _sha256(candidate):
+        if _sha256(candidate) not in known:
             print(f"warning: {candidate}: checksum does not match (truncated or corrupt); skipping it",
                   file=sys.stderr, flush=True)
             continue
@@ -142,8 +153,10 @@ class Run:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run's lock: a second process training the same run waits here, told who holds it."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "a+") as f:
+        path = self.path / ".lock"
+        while True:
+            self.path.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a+")
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -151,13 +164,14 @@ class Run:
                 print(f"{self.path}: being trained by {f.read().strip() or 'another process'}; waiting for it",
                       file=sys.stderr, flush=True)
                 fcntl.flock(f, fcntl.LOCK_EX)
+            if path.exists() and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+            f.close()  # the holder removed the folder it had made in vain: lock the new file instead
+        with f:
             f.truncate(0)
             f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             f.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+            yield
 
     def start(self) -> None:
         """Create the folder and record what is being run; kept as is when the run resumes."""
@@ -178,7 +192,8 @@ class Run:
 
     def finish(self, results: dict[str, Any]) -> None:
         atomic_write(self.path / "results.json", lambda f: json.dump(results, f, indent=2))
-        for fallback in (self.checkpoint.with_suffix(".prev.pth"), _sidecar(self.checkpoint.with_suffix(".prev.pth"))):
+        previous = self.checkpoint.with_suffix(".prev.pth")
+        for fallback in (previous, _sidecar(previous)):
             fallback.unlink(missing_ok=True)  # only needed while the run can still crash
 
     def results(self) -> dict[str, Any]:
@@ -187,22 +202,25 @@ class Run:
 
 def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:
     """Run `work` (which trains and returns the results) unless the run is finished, holding its lock;
-    a run that another process finished while this one waited is not trained again."""
-    if run.done:
-        return run
-    if not distributed.is_main():  # other ranks train alongside rank 0, which holds the lock and writes
-        work()
+    a run that another process finished while this one waited is not trained again.
+
+    In a job of several tasks, rank 0 takes the lock and tells the other ranks whether to train;
+    all of them train, rank 0 alone writes, and they leave together."""
+    if run.done and distributed.world_size() == 1:
         return run
     new_folders = [p for p in (run.path, *run.path.parents) if not p.exists()]  # deepest first
-    try:
-        with run.lock():
-            if not run.done:
-                run.finish(work())
-    except BaseException:
-        if new_folders and {p.name for p in run.path.iterdir()} <= {".lock"}:
-            shutil.rmtree(run.path)  # failed before writing anything: leave no trace
-            for folder in new_folders[1:]:
-                if not any(folder.iterdir()):
-                    folder.rmdir()
-        raise
+    with run.lock() if distributed.is_main() else contextlib.nullcontext():
+        try:
+            if not distributed.agree(run.done):
+                results = work()
+                if distributed.is_main():
+                    run.finish(results)
+        except BaseException:
+            if new_folders and run.path.exists() and {p.name for p in run.path.iterdir()} <= {".lock"}:
+                shutil.rmtree(run.path)  # failed before writing anything: leave no trace
+                for folder in new_folders[1:]:
+                    if folder.exists() and not any(folder.iterdir()):
+                        folder.rmdir()
+            raise
+    distributed.barrier()
     return run

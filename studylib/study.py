@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from studylib.config import Experiment, results_dir
+from studylib.distributed import is_main
 from studylib.runs import Run, atomic_write
 from studylib.stages import mae, probe, wsp
 
@@ -35,8 +36,8 @@ def default_study(exp: Experiment) -> pd.DataFrame:
             probe_run = probe.linear_probe(exp, wsp_run, dataset)
             rows += _stage_rows(probe_run, "linear_probe", PRETRAINING_NAMES[init_name], dataset)
     table = pd.DataFrame(rows)
-    out = results_dir(exp.preset) / "default_study.csv"
-    atomic_write(out, lambda f: table.to_csv(f, index=False))
+    if is_main():
+        atomic_write(results_dir(exp.preset) / "default_study.csv", lambda f: table.to_csv(f, index=False))
     return table
 
 

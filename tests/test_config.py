@@ -59,3 +59,17 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "studylib: error: override mae.mask_ratio: 0.0 is not allowed; must be in (0, 1)"]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_floats_in_exponent_form_are_read_as_numbers():
+    assert load_experiment("smoke", ["wsp.base_lr=1e-3"]).wsp.base_lr == 0.001  # YAML reads 1e-3 as text
+
+
+def test_run_hash_ignores_speed_and_launch_settings_only():
+    from studylib.stages import mae
+
+    base = mae.run_for(load_experiment("smoke")).name
+    same = ["mae.compile=true", "launch.executor=slurm", "launch.nodes=4", "device=cpu", "wsp.epochs=9"]
+    assert mae.run_for(load_experiment("smoke", same)).name == base
+    for changed in (["mae.mask_ratio=0.6"], ["seed=1"], ["model=tiny"], ["data.pretrain_fraction=0.5"]):
+        assert mae.run_for(load_experiment("smoke", changed)).name != base, changed

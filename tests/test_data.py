@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from studylib.config import ConfigError
-from studylib.data import Batches, ImageTransform, image_folder, load_dataset, synthetic
+from studylib.data import MEAN, STD, Batches, ImageTransform, image_folder, load_dataset, synthetic
 
 
 def _folder(root, classes=("cat", "dog"), per_class=3, size=8):
@@ -59,3 +59,21 @@ def test_per_class_picks_exactly_k():
     data = synthetic(300, 10)
     picked = data.per_class(5, seed=0)
     assert torch.bincount(data.train_labels[picked], minlength=10).tolist() == [5] * 10
+
+
+def test_random_resized_crop_takes_a_window_of_the_image():
+    """On a horizontal ramp (pixel value = column), every output row must be a contiguous, evenly spaced
+    piece of the ramp, increasing or (flipped) decreasing, inside the image; both directions occur."""
+    ramp = torch.arange(64, dtype=torch.float32).repeat(64, 1)  # (64, 64), value = column
+    images = (ramp * 4).clamp(max=255).byte().expand(256, 3, 64, 64)
+    transform = ImageTransform(16, crop_min=0.3)
+    torch.manual_seed(0)
+    x = transform(images)
+    row = (x[:, 0, 8] * STD[0] + MEAN[0]) * 255 / 4  # back to column numbers
+    steps = row[:, 1:] - row[:, :-1]
+    assert (steps.abs().std(dim=1) < 0.05).all()  # evenly spaced
+    widths = (row[:, -1] - row[:, 0]).abs() * 16 / 15
+    assert (widths > 64 * 0.3**0.5 * 0.75 - 1).all() and (widths <= 64 + 1e-3).all()
+    assert (row.min(dim=1).values >= -0.5).all() and (row.max(dim=1).values <= 63.5).all()
+    flipped = (steps.mean(dim=1) < 0).float().mean()
+    assert 0.35 < flipped < 0.65

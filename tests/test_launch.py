@@ -12,7 +12,7 @@ import torch
 from studylib.config import load_experiment
 from studylib.launch import StudyJob, progress, submit, sweep, watch
 from studylib.runs import load_weights
-from studylib.stages import wsp
+from studylib.stages import mae, wsp
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["launch.cpus_per_task=1", "launch.mem_gb=1", "launch.timeout_min=10"]
@@ -33,6 +33,14 @@ def test_local_executor_runs_a_real_process(tmp_path):
 def test_unknown_target_is_a_clear_error():
     with pytest.raises(Exception, match=r"job target 'train' is unknown; allowed: \['mae', 'study', 'wsp'\]"):
         StudyJob("train")
+
+
+def test_requeues_are_bounded(monkeypatch, smoke):
+    job = StudyJob("mae", max_requeues=2)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert job.checkpoint(smoke) is not None
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert job.checkpoint(smoke) is None
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +73,15 @@ def test_slurm_job_lands_its_results_in_the_run_folder(slurm, tmp_path):
     assert "epoch 2/2" in job.stdout()
 
 
-def test_two_task_ddp_job_matches_one_process(slurm, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stage", [wsp, mae], ids=["wsp", "mae"])
+def test_two_task_ddp_job_matches_one_process(stage, slurm, tmp_path, monkeypatch):
     """Gloo DDP over 2 tasks vs one process with the same global batch (64): same epochs, losses within
     1e-4 relative and weights within 1e-3 absolute (float sums in another order, amplified a little by Adam)."""
     overrides = ["wsp.epochs=2"]
-    single = wsp.pretrain(load_experiment("smoke", overrides))
+    single = stage.pretrain(load_experiment("smoke", overrides))
     monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / "ddp-runs"))
-    job = submit("wsp", "smoke", _slurm("launch.tasks_per_node=2", *overrides), folder=tmp_path / "jobs")
+    target = stage.__name__.rsplit(".", 1)[1]
+    job = submit(target, "smoke", _slurm("launch.tasks_per_node=2", *overrides), folder=tmp_path / "jobs")
     results = watch([job], poll_s=1)[0]
     assert len(results) == 2  # one result per task
     ddp = results[0]
@@ -81,6 +91,7 @@ def test_two_task_ddp_job_matches_one_process(slurm, tmp_path, monkeypatch):
     one, two = load_weights(single.path / "encoder.pth"), load_weights(ddp.path / "encoder.pth")
     assert one.keys() == two.keys()
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    print(f"largest weight difference, {target}: {worst:.2e}")
     assert worst < 1e-3, worst
     assert results[1].path == ddp.path  # rank 1 trained the same run
     assert not list(ddp.path.glob(".*.tmp")) and not list(ddp.path.glob("*.new"))

@@ -59,3 +59,32 @@ def test_paper_sizes_have_the_published_parameter_and_flop_counts():
     assert count_params(base) == pytest.approx(86e6, rel=0.02)
     assert count_flops(base, 224) == pytest.approx(2 * 17.6e9, rel=0.03)  # 17.6 GMACs
     assert set(VIT_SIZES) >= {"micro", "tiny", "small", "base", "B/16", "L/16", "H/14", "2B/14"}
+
+
+def test_decoder_puts_visible_tokens_back_in_their_places():
+    model = MAE("micro", decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    ids_keep, _ = random_masking(2, 64, 0.75, torch.device("cpu"))
+    seen = {}
+    model.decoder_blocks.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0]))
+    latent = torch.randn(2, 1 + 16, model.encoder.embed_dim)
+    model.forward_decoder(latent, ids_keep, 64)
+    tokens = seen["x"][:, 1:] - model.decoder_pos_embed[:, 1:]  # (2, 64, 16) before position embedding
+    visible = model.decoder_embed(latent)[:, 1:]
+    for b in range(2):
+        assert torch.allclose(tokens[b, ids_keep[b]], visible[b], atol=1e-6)
+        hidden = torch.ones(64, dtype=torch.bool)
+        hidden[ids_keep[b]] = False
+        assert torch.allclose(tokens[b, hidden], model.mask_token[0].expand(int(hidden.sum()), -1), atol=1e-6)
+
+
+def test_loss_counts_only_masked_patches():
+    model = MAE("micro", norm_pix_loss=False)
+    images = torch.randn(2, 3, 32, 32)
+    target = patchify(images, 4)
+    mask = torch.zeros(2, 64)
+    mask[:, :48] = 1
+    pred = target.clone()
+    pred[:, 48:] += 10.0  # wrong only where patches were visible
+    assert model.loss(images, pred, mask).item() == pytest.approx(0.0, abs=1e-6)
+    pred[:, :48] += 1.0  # now off by 1 on every masked pixel
+    assert model.loss(images, pred, mask).item() == pytest.approx(1.0, rel=1e-5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from studylib.config import Experiment
+from studylib.config import ConfigError, Experiment
 from studylib.data import Batches, ImageTransform
 from studylib.engine import train
 from studylib.models import MAE, VIT_SIZES
@@ -14,7 +14,12 @@ from studylib.stages import device_and_dtype, pretrain_identity, pretrain_images
 
 def build(exp: Experiment) -> MAE:
     c = exp.mae
-    return MAE(exp.model, c.mask_ratio, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.norm_pix_loss)
+    model = MAE(exp.model, c.mask_ratio, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.norm_pix_loss)
+    patches = model.encoder.patch_embed.num_patches
+    if not 0 < round(patches * (1 - c.mask_ratio)) < patches:
+        raise ConfigError(f"mae.mask_ratio: {c.mask_ratio} hides no patch or every patch of {exp.model}'s "
+                          f"{patches}; allowed: in ({0.5 / patches:.3f}, {1 - 0.5 / patches:.3f})")
+    return model
 
 
 def mae_loss(model: MAE, images: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import time
 import torch
 from torch import nn
 
-from studylib.config import Experiment
+from studylib.config import ConfigError, Experiment
 from studylib.data import Batches, ImageTransform, load_dataset
 from studylib.engine import train
 from studylib.models import vit
@@ -24,8 +24,10 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, device: torch.dev
     """Class-token features of uint8 `images`, in order, as float32 on `device`."""
     encoder.to(device).eval()
     transform = ImageTransform(encoder.patch_embed.img_size[0])
+    if len(images) == 0:
+        raise ConfigError("this dataset has no images in one of its splits; a probe needs train/ and test/")
     batches = Batches(images, torch.zeros(len(images)), batch_size, device, transform, shuffle=False,
-                      drop_last=False)
+                      drop_last=False, shard=False)
     features = []
     for x, _ in batches:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
