@@ -9,6 +9,8 @@ downloading into it when the data directory is the default one and nothing is th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import math
 import os
@@ -86,6 +88,14 @@ def _load_named(name: str, root: str) -> ImageDataset:
     return image_folder(path)
 
 
+@contextlib.contextmanager
+def _download_lock(root: Path) -> Iterator[None]:
+    """One download at a time into `root` (array jobs may all start by loading CIFAR)."""
+    with open(root / ".download.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def _data_root(what: str) -> Path:
     root = data_dir()
     if not root.is_dir():
@@ -110,7 +120,8 @@ def _cifar100() -> ImageDataset:
     if not folder.exists() and "STUDYLIB_DATA" in os.environ:
         raise ConfigError(f"STUDYLIB_DATA={root}: has neither cifar100.npz nor cifar-100-python/; "
                           "unset STUDYLIB_DATA to download CIFAR-100 into the default data folder")
-    CIFAR100(str(root), download=not folder.exists())
+    with _download_lock(root):
+        CIFAR100(str(root), download=not folder.exists())
     splits = {s: pickle.load(open(folder / s, "rb"), encoding="latin1") for s in ("train", "test", "meta")}
     fine_to_coarse = torch.zeros(100, dtype=torch.long)
     fine_to_coarse[torch.tensor(splits["train"]["fine_labels"])] = torch.tensor(splits["train"]["coarse_labels"])
@@ -131,7 +142,8 @@ def _cifar10() -> ImageDataset:
     if not (root / "cifar-10-batches-py").exists() and "STUDYLIB_DATA" in os.environ:
         raise ConfigError(f"STUDYLIB_DATA={root}: has neither cifar10/ nor cifar-10-batches-py/; "
                           "unset STUDYLIB_DATA to download CIFAR-10 into the default data folder")
-    train = CIFAR10(str(root), train=True, download=True)
+    with _download_lock(root):
+        train = CIFAR10(str(root), train=True, download=True)
     test = CIFAR10(str(root), train=False)
     return ImageDataset("cifar10", _nhwc(train.data), torch.tensor(train.targets), _nhwc(test.data),
                         torch.tensor(test.targets), list(train.classes))

@@ -2,7 +2,8 @@
 
     runs/<preset>/<stage>-<hash>/
         config.yaml     what the hash covers, plus the whole resolved experiment
-        meta.json       git SHA, package versions, command line, host, start time
+        meta.json       per attempt (first run and every resume): git SHA, package versions, command
+                        line, host, start time
         metrics.jsonl   one line per finished epoch
         checkpoint.pth  model + optimizer after the last finished epoch (auto-resume), and
                         checkpoint.prev.pth the one before; each with a .sha256 beside it
@@ -174,14 +175,16 @@ class Run:
             yield
 
     def start(self) -> None:
-        """Create the folder and record what is being run; kept as is when the run resumes."""
-        if (self.path / "config.yaml").exists():
-            return
-        config = {"identity": self.identity, "experiment": self.experiment.to_dict()}
-        meta = {"git_sha": git_sha(), "versions": versions(), "argv": sys.argv, "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        atomic_write(self.path / "meta.json", lambda f: json.dump(meta, f, indent=2))
-        atomic_write(self.path / "config.yaml", lambda f: yaml.safe_dump(config, f, sort_keys=False))
+        """Create the folder, record what is being run (once) and who runs it (every attempt, resumes
+        included: git SHA, package versions, command line, host, time)."""
+        attempt = {"git_sha": git_sha(), "versions": versions(), "argv": sys.argv, "host": socket.gethostname(),
+                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        meta_path = self.path / "meta.json"
+        attempts = json.loads(meta_path.read_text())["attempts"] if meta_path.exists() else []
+        atomic_write(meta_path, lambda f: json.dump({"attempts": [*attempts, attempt]}, f, indent=2))
+        if not (self.path / "config.yaml").exists():
+            config = {"identity": self.identity, "experiment": self.experiment.to_dict()}
+            atomic_write(self.path / "config.yaml", lambda f: yaml.safe_dump(config, f, sort_keys=False))
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         atomic_write(self.path / "metrics.jsonl", lambda f: f.writelines(json.dumps(r) + "\n" for r in history))

@@ -121,3 +121,18 @@ def test_sweep_runs_as_a_job_array(slurm, tmp_path):
     assert len({run.path for run in runs}) == 3 and all(run.done for run in runs)
     assert [run.experiment.mae.mask_ratio for run in runs] == [0.5, 0.6, 0.75]
     assert torch.is_tensor(load_weights(runs[0].path / "encoder.pth")["cls_token"])
+
+
+def test_two_task_ddp_study_job_runs_every_stage_once(slurm, tmp_path, isolated_dirs):
+    """The whole study as one 2-task job: rank 0 decides and writes, rank 1 trains alongside; probes
+    extract features of every image on both ranks, so labels line up."""
+    job = submit("study", "smoke", _slurm("launch.tasks_per_node=2"), folder=tmp_path / "jobs")
+    tables = watch([job], poll_s=1)[0]
+    assert len(tables) == 2
+    top1 = tables[0].query("metric == 'top1'")
+    assert len(top1) == 2 and (top1["value"] > 10).all()  # above chance on 10 classes
+    assert tables[0].equals(tables[1])  # both ranks report the same finished runs
+    runs = isolated_dirs / "runs" / "smoke"
+    assert sorted(p.name.split("-")[0] for p in runs.iterdir() if p.name != "jobs") == \
+        ["mae", "probe", "probe", "wsp", "wsp"]
+    assert (isolated_dirs / "results" / "smoke" / "default_study.csv").exists()

@@ -27,8 +27,8 @@ def test_run_folder_records_config_sha_versions_and_metrics(smoke):
     run = mae.pretrain(smoke)
     files = {p.name for p in run.path.iterdir()}
     assert {"config.yaml", "meta.json", "metrics.jsonl", "checkpoint.pth", "results.json", "encoder.pth"} <= files
-    meta = json.loads((run.path / "meta.json").read_text())
-    assert meta["git_sha"] and "torch" in meta["versions"]
+    (attempt,) = json.loads((run.path / "meta.json").read_text())["attempts"]
+    assert attempt["git_sha"] and "torch" in attempt["versions"] and attempt["argv"]
     assert [r["epoch"] for r in run.metrics()] == [1, 2]
     assert run.hash in run.name
 
@@ -86,6 +86,7 @@ def test_an_interrupted_run_resumes_at_the_next_epoch(smoke, monkeypatch, capsys
     out = capsys.readouterr().out
     assert "resuming after epoch 1/3" in out and "epoch 1/3 loss" not in out
     assert [r["epoch"] for r in resumed.metrics()] == [1, 2, 3]
+    assert len(json.loads((resumed.path / "meta.json").read_text())["attempts"]) == 2
     assert resumed.results()["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-6)
 
 
