@@ -108,10 +108,16 @@ class TrainConfig:
     clip_grad: float = _at_least_zero(default=1.0)  # 0: no clipping
     crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.35)  # random-resized-crop area
     compile: bool = False  # torch.compile the model: +27% for B/16 on an H200, slower for the 32 px sizes
+    layer_decay: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)  # lr x decay^(depth - layer)
 
 
 @dataclass(kw_only=True)
 class MAEConfig(TrainConfig):
+    # MAE's own images: "pretrain" (the WSP pool, data.pretrain) or another dataset, and the fraction
+    # of them taken (of the pool's size for another dataset): the data-size study varies these
+    data: str = _check(f"'pretrain', one of {BUILTIN_DATASETS} or the path of an existing image folder",
+                       lambda v: v == "pretrain" or _dataset_name(v), default="pretrain")
+    data_fraction: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)
     mask_ratio: float = _check("in (0, 1)", lambda v: 0 < v < 1, default=0.75)
     decoder_dim: int = _positive(default=128)
     decoder_depth: int = _positive(default=2)
@@ -127,6 +133,87 @@ class WSPConfig(TrainConfig):
 @dataclass(kw_only=True)
 class ProbeConfig(TrainConfig):
     pass
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(TrainConfig):
+    train_per_class: int = _at_least_zero(default=0)  # 0: every training image
+    label_smoothing: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)
+
+
+@dataclass(kw_only=True)
+class LowShotConfig:
+    shots: list[int] = _check("a non-empty list of ints > 0", lambda v: len(v) > 0 and min(v) > 0,
+                              default_factory=lambda: [1, 5, 10])
+    draws: int = _positive(default=5)  # random draws of the k examples per class
+    weight_decay: float = _at_least_zero(default=1e-3)  # L2 penalty of the logistic regression
+
+
+@dataclass(kw_only=True)
+class LiTConfig(TrainConfig):
+    """Locked-image tuning: the image tower frozen, a text tower trained on hashtag captions."""
+
+    text_dim: int = _positive(default=128)
+    text_depth: int = _positive(default=2)
+    text_heads: int = _positive(default=4)
+    max_tokens: int = _positive(default=16)
+    templates: list[str] = _check("a non-empty list of texts, each with one {}",
+                                  lambda v: len(v) > 0 and all(t.count("{}") == 1 for t in v),
+                                  default_factory=lambda: ["{}", "#{}", "a photo of a {}.", "a picture of the {}."])
+
+
+@dataclass(kw_only=True)
+class RobustnessConfig:
+    corruptions: list[str] = _check("a non-empty list of studylib.corruptions.CORRUPTIONS",
+                                    lambda v: len(v) > 0 and all(c in _corruptions() for c in v),
+                                    default_factory=lambda: list(_corruptions()))
+    test_per_class: int = _at_least_zero(default=0)  # 0: the whole test set
+
+
+TRANSFER_TASKS = ("finetune", "linear", "lowshot", "zeroshot", "robustness")
+
+
+@dataclass(kw_only=True)
+class TransferConfig:
+    tasks: list[str] = _check(f"a non-empty list of {list(TRANSFER_TASKS)}",
+                              lambda v: len(v) > 0 and all(t in TRANSFER_TASKS for t in v),
+                              default_factory=lambda: list(TRANSFER_TASKS))
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    lowshot: LowShotConfig = field(default_factory=LowShotConfig)
+    lit: LiTConfig = field(default_factory=LiTConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+
+
+def _mae_data_point(text: str) -> bool:
+    name, sep, fraction = text.rpartition(":")
+    try:
+        return bool(sep) and (name == "pretrain" or _dataset_name(name)) and 0 < float(fraction) <= 1
+    except ValueError:
+        return False
+
+
+@dataclass(kw_only=True)
+class StudiesConfig:
+    """What the scaling studies sweep (studylib.study); each point is a set of ordinary runs."""
+
+    seeds: list[int] = _check("a non-empty list of ints >= 0", lambda v: len(v) > 0 and min(v) >= 0,
+                              default_factory=lambda: [0])
+    model_sizes: list[str] = _check(f"a non-empty list of {list(VIT_SIZES)}",
+                                    lambda v: len(v) > 0 and all(m in VIT_SIZES for m in v),
+                                    default_factory=lambda: ["nano", "micro"])
+    # MAE's images as DATASET:FRACTION, DATASET 'pretrain' (the pool) or a dataset; MAE takes the same
+    # number of steps at every point (its epochs scale with 1/FRACTION)
+    mae_data: list[str] = _check("a non-empty list of 'pretrain:F' or 'DATASET:F', F in (0, 1]",
+                                 lambda v: len(v) > 0 and all(_mae_data_point(p) for p in v),
+                                 default_factory=lambda: ["pretrain:0.2", "pretrain:1", "cifar10:1"])
+    wsp_epochs: list[int] = _check("a non-empty list of ints > 0", lambda v: len(v) > 0 and min(v) > 0,
+                                   default_factory=lambda: [1, 2, 4])
+
+
+def _corruptions() -> tuple[str, ...]:
+    from studylib.corruptions import CORRUPTIONS
+
+    return CORRUPTIONS
 
 
 @dataclass(kw_only=True)
@@ -162,6 +249,8 @@ class Experiment:
     mae: MAEConfig = field(default_factory=MAEConfig)
     wsp: WSPConfig = field(default_factory=WSPConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    studies: StudiesConfig = field(default_factory=StudiesConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def to_dict(self) -> dict[str, Any]:

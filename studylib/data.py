@@ -56,12 +56,14 @@ class ImageDataset:
         return ImageDataset(self.name, self.train_images[keep], self.train_labels[keep], self.test_images,
                             self.test_labels, self.classes, self.fine_to_coarse, self.coarse_classes)
 
-    def per_class(self, k: int, seed: int) -> torch.Tensor:
-        """Indices of `k` training images of every class (all of a class that has fewer), seeded."""
+    def per_class(self, k: int, seed: int, split: str = "train") -> torch.Tensor:
+        """Indices of `k` images of every class (all of a class that has fewer) in `split`, seeded;
+        for one seed, the k images are the first k of the same shuffle, so smaller k are subsets."""
+        labels = self.train_labels if split == "train" else self.test_labels
         gen = torch.Generator().manual_seed(seed)
         picks = []
         for c in range(self.num_classes):
-            idx = (self.train_labels == c).nonzero().flatten()
+            idx = (labels == c).nonzero().flatten()
             picks.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
         return torch.cat(picks).sort().values
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from timm.optim import param_groups_weight_decay
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -70,6 +70,15 @@ def check_free_disk(run: Run, model: nn.Module) -> None:
                           f"needs {needed / 2**30:.2f} GiB, has {free / 2**30:.2f} GiB")
 
 
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norms; with layer_decay < 1 (fine-tuning, as in
+    MAE), each block's lr is scaled by layer_decay ** (blocks above it + 1), the head's by 1."""
+    if config.layer_decay < 1:
+        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        return param_groups_layer_decay(model, config.weight_decay, skip, layer_decay=config.layer_decay)
+    return param_groups_weight_decay(model, config.weight_decay)
+
+
 def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config: TrainConfig,
           device: torch.device, dtype: torch.dtype | None, seed: int) -> dict[str, Any]:
     """Train `model` for `config.epochs` on `batches` (re-iterated every epoch), resuming from the
@@ -80,7 +89,6 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
     main = distributed.is_main()
     if main:
         check_free_disk(run, model)
-        run.start()
     model.to(device)
     trained = model
     if distributed.world_size() > 1:
@@ -89,8 +97,7 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
     if config.compile:
         trained = torch.compile(trained)
     peak = config.base_lr * config.batch_size / 256
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, config.weight_decay), lr=peak,
-                                  betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=peak, betas=(0.9, 0.95))
     params = [p for p in model.parameters() if p.requires_grad]
     history: list[dict[str, Any]] = []
     state = load_weights(run.checkpoint, map_location=device)
@@ -116,7 +123,7 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
         for i, (inputs, targets) in enumerate(bar):
             lr = lr_at(epoch * steps + i, total, warmup, peak, config.min_lr)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss = loss_fn(trained, inputs, targets)
             optimizer.zero_grad(set_to_none=True)

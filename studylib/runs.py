@@ -37,6 +37,7 @@ import yaml
 from studylib import distributed
 from studylib.config import Experiment, config_hash, runs_dir
 
+UNTRAINED = {".lock", "meta.json", "config.yaml"}  # a run folder holding only these has nothing to lose
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "studylib")
 
 
@@ -215,11 +216,13 @@ def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:
     with run.lock() if distributed.is_main() else contextlib.nullcontext():
         try:
             if not distributed.agree(run.done):
+                if distributed.is_main():
+                    run.start()
                 results = work()
                 if distributed.is_main():
                     run.finish(results)
         except BaseException:
-            if new_folders and run.path.exists() and {p.name for p in run.path.iterdir()} <= {".lock"}:
+            if new_folders and run.path.exists() and {p.name for p in run.path.iterdir()} <= UNTRAINED:
                 shutil.rmtree(run.path)  # failed before writing anything: leave no trace
                 for folder in new_folders[1:]:
                     if folder.exists() and not any(folder.iterdir()):

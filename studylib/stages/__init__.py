@@ -17,10 +17,12 @@ from studylib.models import encoder_state, load_encoder
 from studylib.runs import Run, load_weights, save_weights
 
 
-def pretrain_identity(exp: Experiment) -> dict[str, Any]:
-    """What decides a pretraining run's result: model, seed and pretraining images."""
-    data = {"dataset": exp.data.pretrain, "fraction": exp.data.pretrain_fraction}
-    if exp.data.pretrain == "synthetic":
+def pretrain_identity(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> dict[str, Any]:
+    """What decides a pretraining run's result: model, seed and pretraining images (by default the
+    pool, data.pretrain; MAE may take `fraction` of it or of another `dataset`)."""
+    dataset = dataset or exp.data.pretrain
+    data = {"dataset": dataset, "fraction": exp.data.pretrain_fraction * fraction}
+    if dataset == "synthetic":
         data["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
     return {"model": exp.model, "seed": exp.seed, "data": data}
 
@@ -32,8 +34,11 @@ def settings(section: TrainConfig) -> dict[str, Any]:
     return values
 
 
-def pretrain_images(exp: Experiment) -> ImageDataset:
-    return load_dataset(exp.data.pretrain, exp.data).subset(exp.data.pretrain_fraction, exp.seed)
+def pretrain_images(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> ImageDataset:
+    """The pool's training images (or `dataset`'s), `fraction` of them, nested: a smaller fraction
+    is a subset of a larger one."""
+    return load_dataset(dataset or exp.data.pretrain, exp.data).subset(exp.data.pretrain_fraction * fraction,
+                                                                       exp.seed)
 
 
 def device_and_dtype(exp: Experiment) -> tuple[torch.device, torch.dtype | None]:

@@ -26,9 +26,17 @@ def mae_loss(model: MAE, images: torch.Tensor, _labels: torch.Tensor) -> torch.T
     return model(images)[0]
 
 
+def images(exp: Experiment) -> tuple[str | None, float]:
+    """MAE's dataset (None: the pool) and fraction."""
+    return (None if exp.mae.data == "pretrain" else exp.mae.data), exp.mae.data_fraction
+
+
 def run_for(exp: Experiment) -> Run:
     """The run folder of MAE pre-pretraining under `exp`."""
-    return Run(exp, "mae", {**pretrain_identity(exp), "mae": settings(exp.mae)})
+    mae_settings = settings(exp.mae)
+    for key in ("data", "data_fraction"):  # in the identity's data section
+        mae_settings.pop(key)
+    return Run(exp, "mae", {**pretrain_identity(exp, *images(exp)), "mae": mae_settings})
 
 
 def pretrain(exp: Experiment) -> Run:
@@ -36,7 +44,7 @@ def pretrain(exp: Experiment) -> Run:
     run = run_for(exp)
 
     def work() -> dict:
-        data = pretrain_images(exp)
+        data = pretrain_images(exp, *images(exp))
         device, dtype = device_and_dtype(exp)
         torch.manual_seed(exp.seed)
         model = build(exp)

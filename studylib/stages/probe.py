@@ -21,7 +21,8 @@ from studylib.stages import device_and_dtype, load_encoder_from, settings
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int = 512) -> torch.Tensor:
-    """Class-token features of uint8 `images`, in order, as float32 on `device`."""
+    """`encoder`'s outputs for uint8 `images`, in order, as float32 on `device`: class-token features
+    for a bare encoder, logits for a classifier."""
     encoder.to(device).eval()
     transform = ImageTransform(encoder.patch_embed.img_size[0])
     if len(images) == 0:

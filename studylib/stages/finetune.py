@@ -1,0 +1,73 @@
+"""Full fine-tuning of a pretrained encoder on a labelled dataset, with MAE's layer-wise lr decay.
+
+The fine-tuned classifier (model.pth) is also what the robustness task evaluates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from studylib.config import ConfigError, Experiment
+from studylib.data import Batches, ImageTransform, load_dataset
+from studylib.distributed import is_main
+from studylib.engine import train
+from studylib.models import VIT_SIZES, vit
+from studylib.runs import Run, load_weights, save_weights, train_once
+from studylib.stages import device_and_dtype, load_encoder_from, settings
+from studylib.stages.probe import extract_features
+
+
+def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
+    """The run folder of fine-tuning `encoder_run` on `dataset`."""
+    identity = {"encoder": encoder_run.name, "dataset": dataset, "seed": exp.seed,
+                "finetune": settings(exp.transfer.finetune)}
+    if dataset == "synthetic":
+        identity["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
+    return Run(exp, "finetune", identity)
+
+
+def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+         dtype: torch.dtype | None) -> float:
+    """Top-1 accuracy (%) of a classifier on uint8 `images`."""
+    predictions = extract_features(model, images, device, dtype).argmax(1).cpu()
+    return (predictions == labels).float().mean().item() * 100
+
+
+def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
+    """Fine-tune every weight of `encoder_run`'s encoder with a new head on `dataset`; top-1 on its test set."""
+    config = exp.transfer.finetune
+    run = run_for(exp, encoder_run, dataset)
+
+    def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(images).float(), labels, label_smoothing=config.label_smoothing)
+
+    def work() -> dict:
+        data = load_dataset(dataset, exp.data)
+        images, labels = data.train_images, data.train_labels
+        if config.train_per_class:
+            keep = data.per_class(config.train_per_class, exp.seed)
+            images, labels = images[keep], labels[keep]
+        device, dtype = device_and_dtype(exp)
+        torch.manual_seed(exp.seed)
+        model = vit(exp.model, num_classes=data.num_classes)
+        load_encoder_from(encoder_run, model)
+        transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], config.crop_min)
+        batches = Batches(images, labels, config.batch_size, device, transform)
+        summary = train(run, model, loss, batches, config, device, dtype, exp.seed)
+        if is_main():
+            save_weights(run.path / "model.pth", model.state_dict())
+        return {**summary, "top1": top1(model, data.test_images, data.test_labels, device, dtype),
+                "dataset": dataset, "encoder": encoder_run.name, "train_images": len(images)}
+
+    return train_once(run, work)
+
+
+def load_finetuned(exp: Experiment, run: Run, num_classes: int) -> nn.Module:
+    """The classifier a finished fine-tuning run saved."""
+    state = load_weights(run.path / "model.pth")
+    if state is None:
+        raise ConfigError(f"{run.path / 'model.pth'}: missing or corrupt; delete {run.path} to fine-tune again")
+    model = vit(exp.model, num_classes=num_classes)
+    model.load_state_dict(state)
+    return model

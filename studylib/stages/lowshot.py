@@ -1,0 +1,92 @@
+"""Low-shot transfer: k labelled images per class (k in transfer.lowshot.shots), several random draws,
+a logistic regression on frozen features, top-1 on the whole test set.
+
+The classifier is solved to convergence with L-BFGS on the full (tiny) training set rather than
+trained by the engine: with 1 to 10 examples per class there are no epochs to speak of.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from studylib.config import Experiment
+from studylib.data import ImageDataset, load_dataset
+from studylib.runs import Run, train_once
+from studylib.stages import device_and_dtype
+from studylib.stages.probe import extract_features, frozen_encoder
+
+
+def draw_seed(exp: Experiment, draw: int) -> int:
+    return exp.seed * 1000 + draw
+
+
+def draw_indices(data: ImageDataset, shots: int, seed: int) -> torch.Tensor:
+    """Training indices of `shots` images of every class, drawn with `seed`."""
+    return data.per_class(shots, seed)
+
+
+def fit_logistic(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float,
+                 max_iter: int = 200) -> nn.Linear:
+    """Multinomial logistic regression with an L2 penalty, solved by L-BFGS."""
+    head = nn.Linear(features.shape[1], num_classes).to(features.device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    solver = torch.optim.LBFGS(head.parameters(), max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        solver.zero_grad()
+        loss = nn.functional.cross_entropy(head(features), labels) + weight_decay * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        solver.step(closure)
+    return head
+
+
+def normalise(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    return nn.functional.normalize(features - mean, dim=1)
+
+
+def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
+    identity = {"encoder": encoder_run.name, "dataset": dataset, "seed": exp.seed,
+                "lowshot": asdict(exp.transfer.lowshot)}
+    if dataset == "synthetic":
+        identity["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
+    return Run(exp, "lowshot", identity)
+
+
+def lowshot(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
+    """Top-1 for every k in shots and every draw; results hold the list per k and its mean and std."""
+    config = exp.transfer.lowshot
+    run = run_for(exp, encoder_run, dataset)
+
+    def work() -> dict:
+        data = load_dataset(dataset, exp.data)
+        device, dtype = device_and_dtype(exp)
+        encoder = frozen_encoder(exp, encoder_run)
+        picks = {(k, d): draw_indices(data, k, draw_seed(exp, d)) for k in config.shots for d in range(config.draws)}
+        needed = torch.cat(list(picks.values())).unique()  # sorted: extract each image once
+        features = extract_features(encoder, data.train_images[needed], device, dtype)
+        test = extract_features(encoder, data.test_images, device, dtype)
+        results: dict = {"dataset": dataset, "encoder": encoder_run.name, "top1": {}}
+        for k in config.shots:
+            accuracies = []
+            for d in range(config.draws):
+                rows = torch.searchsorted(needed, picks[k, d])
+                x, y = features[rows], data.train_labels[picks[k, d]].to(device)
+                mean = x.mean(0)
+                head = fit_logistic(normalise(x, mean), y, data.num_classes, config.weight_decay)
+                with torch.no_grad():
+                    predictions = head(normalise(test, mean)).argmax(1).cpu()
+                accuracies.append((predictions == data.test_labels).float().mean().item() * 100)
+            results["top1"][str(k)] = accuracies
+            results[f"top1_{k}shot_mean"] = statistics.mean(accuracies)
+            results[f"top1_{k}shot_std"] = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+        return results
+
+    return train_once(run, work)

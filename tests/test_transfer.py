@@ -1,0 +1,119 @@
+import pandas as pd
+import pytest
+import torch
+
+from studylib.config import load_experiment
+from studylib.data import synthetic
+from studylib.engine import param_groups
+from studylib.models import vit
+from studylib.stages import finetune, lit, lowshot, mae, wsp
+from studylib.transfer import import_checkpoint, summary, transfer_suite
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """The whole suite on smoke, once for this module: MAE -> WSP, then every task."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STUDYLIB_RUNS", str(tmp_path_factory.mktemp("runs")))
+        exp = load_experiment("smoke")
+        encoder_run = wsp.pretrain(exp, init=mae.pretrain(exp))
+        yield exp, encoder_run, transfer_suite(exp, encoder_run)
+
+
+def test_suite_writes_one_table_with_every_task(suite):
+    exp, encoder_run, table = suite
+    assert set(table.task) == {"finetune", "linear", "lowshot", "zeroshot", "robustness"}
+    saved = pd.read_csv(encoder_run.path / "transfer.csv")
+    assert len(saved) == len(table) and set(saved.columns) >= {"task", "dataset", "variant", "metric", "value",
+                                                              "seed", "run"}
+    assert not table.duplicated(["task", "dataset", "variant", "metric", "seed"]).any()
+    lines = summary(table)
+    draws = lines.loc[(encoder_run.name, "lowshot", "synthetic", "5-shot", "top1"), "count"]
+    assert draws == exp.transfer.lowshot.draws
+
+
+def test_rerun_skips_every_finished_task(suite):
+    exp, encoder_run, table = suite
+    stamps = {run: (encoder_run.path.parent / run / "results.json").stat().st_mtime_ns for run in set(table.run)}
+    again = transfer_suite(exp, encoder_run)
+    pd.testing.assert_frame_equal(again, table)
+    assert stamps == {run: (encoder_run.path.parent / run / "results.json").stat().st_mtime_ns for run in stamps}
+
+
+def test_finetuning_learns_and_uses_layer_decay(suite):
+    exp, _, table = suite
+    top1 = table.query("task == 'finetune'")["value"].item()
+    assert top1 > 50  # 10 synthetic classes: chance is 10
+    groups = param_groups(vit("micro", num_classes=10), exp.transfer.finetune)
+    scales = {round(g["lr_scale"], 6) for g in groups}
+    decay, depth = exp.transfer.finetune.layer_decay, 6
+    assert scales == {round(decay ** (depth + 1 - i), 6) for i in range(depth + 2)}
+
+
+def test_corruption_accuracy_falls_as_severity_rises(suite):
+    _, _, table = suite
+    rob = table.query("task == 'robustness' and variant.str.contains('/')", engine="python")
+    by_severity = rob.assign(severity=rob.variant.str.split("/").str[1].astype(int)).groupby("severity")["value"].mean()
+    assert by_severity[5] < by_severity[1]
+    clean = table.query("task == 'robustness' and variant == 'clean'")["value"].item()
+    assert by_severity[5] < clean
+    drop = table.query("task == 'robustness' and metric == 'drop'")["value"].item()
+    mean = table.query("task == 'robustness' and variant == 'mean' and metric == 'top1'")["value"].item()
+    assert drop == pytest.approx(clean - mean)
+
+
+def test_zero_shot_beats_chance_on_separable_synthetic_data(suite):
+    _, _, table = suite
+    zero = table.query("task == 'zeroshot'").pivot_table(index="variant", columns="metric", values="value")
+    assert (zero["top1"] > 2 * zero["chance"]).all(), zero
+    assert set(zero.index) == {"fine", "coarse"}
+
+
+def test_lowshot_draws_exactly_k_per_class_and_draws_differ():
+    data = synthetic(512, 256)
+    for k in (1, 5, 10):
+        picks = lowshot.draw_indices(data, k, seed=3)
+        assert torch.bincount(data.train_labels[picks], minlength=10).tolist() == [k] * 10
+    assert set(lowshot.draw_indices(data, 1, 3).tolist()) <= set(lowshot.draw_indices(data, 5, 3).tolist())
+    assert not torch.equal(lowshot.draw_indices(data, 5, 1), lowshot.draw_indices(data, 5, 2))
+
+
+def test_lowshot_rows_are_one_per_draw(suite):
+    exp, _, table = suite
+    rows = table.query("task == 'lowshot'")
+    assert sorted(rows.variant.unique()) == sorted(f"{k}-shot" for k in exp.transfer.lowshot.shots)
+    assert rows.groupby("variant")["seed"].nunique().eq(exp.transfer.lowshot.draws).all()
+
+
+def test_logistic_regression_separates_separable_features():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=gen) * 5
+    labels = torch.arange(40) % 4
+    features = centres[labels] + torch.randn(40, 16, generator=gen)
+    head = lowshot.fit_logistic(features, labels, 4, weight_decay=1e-3)
+    assert (head(features).argmax(1) == labels).all()
+
+
+def test_tokenizer_splits_hashtags_and_maps_unknown_words():
+    tokenizer = lit.Tokenizer(["#aquarium_fish #fish_daily", "#apple"])
+    assert tokenizer.vocab == ["apple", "aquarium", "daily", "fish"]
+    ids = tokenizer(["a photo of a aquarium fish."], max_tokens=6)
+    unknown = lit.UNKNOWN
+    assert ids.tolist() == [[lit.CLS, unknown, unknown, unknown, unknown, tokenizer.ids["aquarium"],
+                             tokenizer.ids["fish"]]]
+    assert tokenizer(["apple"], max_tokens=3).tolist() == [[lit.CLS, tokenizer.ids["apple"], lit.PAD, lit.PAD]]
+
+
+def test_outside_timm_checkpoint_runs_through_the_suite(tmp_path, smoke):
+    source = vit("micro", num_classes=7)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "timm_vit.pth")
+    run = import_checkpoint(smoke, tmp_path / "timm_vit.pth")
+    assert run.done and (run.path / "encoder.pth").exists()
+    exp = load_experiment("smoke", ["transfer.tasks=[linear]"])
+    table = transfer_suite(exp, run)
+    assert table.task.tolist() == ["linear"] and 0 <= table.value.item() <= 100
+    model = finetune.vit("micro")
+    finetune.load_encoder_from(run, model)
+    x = torch.randn(2, 3, 32, 32)
+    source.eval(), model.eval()
+    torch.testing.assert_close(model(x), source.forward_head(source.forward_features(x), pre_logits=True))
