@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/python -m ipykernel install --sys-prefix --name studylib --display-name "studylib (.venv)" >/dev/null
 	touch $(STAMP)
 
 setup: $(STAMP)

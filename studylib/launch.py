@@ -24,6 +24,8 @@ from studylib.config import ConfigError, Experiment, load_experiment, runs_dir
 
 TARGETS = {
     "study": "studylib.study:default_study",
+    **{name: f"studylib.study:{name}_study" for name in ("explore", "model_size", "data_size", "wsp_epochs",
+                                                          "transfer")},
     "mae": "studylib.stages.mae:pretrain",
     "wsp": "studylib.stages.wsp:pretrain",
 }

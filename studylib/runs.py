@@ -191,7 +191,12 @@ class Run:
         atomic_write(self.path / "metrics.jsonl", lambda f: f.writelines(json.dumps(r) + "\n" for r in history))
 
     def metrics(self) -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
+        return self.metrics_of(self.path)
+
+    @staticmethod
+    def metrics_of(folder: Path) -> list[dict[str, Any]]:
+        """The per-epoch lines of the run folder `folder`'s metrics.jsonl."""
+        path = folder / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def finish(self, results: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from studylib.config import Experiment, results_dir
+from studylib.config import Experiment, results_dir, runs_dir
 from studylib.data import MEAN, STD, ImageTransform
 from studylib.distributed import is_main
 from studylib.models import MAE, VIT_SIZES, count_flops, count_params, patchify, vit
@@ -213,6 +213,11 @@ STUDIES: dict[str, Callable[[Experiment], pd.DataFrame]] = {
     "explore": explore_study, "default": default_study, "model_size": model_size_study,
     "data_size": data_size_study, "wsp_epochs": wsp_epochs_study, "transfer": transfer_study,
 }
+
+
+def run_metrics(preset: str, run_name: str) -> pd.DataFrame:
+    """The per-epoch metrics of a run folder of `preset`."""
+    return pd.DataFrame(Run.metrics_of(runs_dir() / preset / run_name))
 
 
 def summary_text(table: pd.DataFrame) -> str:

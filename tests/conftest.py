@@ -1,3 +1,5 @@
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -5,6 +7,11 @@ import pytest
 from studylib.config import load_experiment
 
 REPO = Path(__file__).resolve().parent.parent
+# The session's own folders, for what runs outside a test function's fixtures: the notebooks under
+# nbval (their kernels inherit this environment) and the batch test that shares their runs.
+SESSION = Path(tempfile.mkdtemp(prefix="studylib-tests-"))
+for _name in ("RUNS", "RESULTS", "FIGURES"):
+    os.environ[f"STUDYLIB_{_name}"] = str(SESSION / _name.lower())
 
 
 @pytest.fixture(autouse=True)
@@ -12,6 +19,7 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test writes its runs and results under its own temporary folder."""
     monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("STUDYLIB_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("STUDYLIB_FIGURES", str(tmp_path / "figures"))
     return tmp_path
 
 

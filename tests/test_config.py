@@ -29,7 +29,7 @@ def test_overrides_change_values_and_the_hash():
     (["mae.epochs=-1"], "override mae.epochs: -1 is not allowed; must be > 0"),
     (["mae.epochs=three"], "override mae.epochs: expected int, got 'three'"),
     (["mae.mask_ration=0.5"], "unknown key (did you mean 'mask_ratio'?)"),
-    (["model=huge"], "override model: 'huge' is not allowed; must be one of ['micro'"),
+    (["model=huge"], "override model: 'huge' is not allowed; must be one of ['nano', 'micro'"),
     (["data.pretrain=imagenet"], "override data.pretrain: 'imagenet' is not allowed"),
     (["device=tpu"], "must be one of ['auto', 'cpu', 'cuda']"),
     (["mae=3"], "override mae: expected a mapping"),

@@ -135,4 +135,4 @@ def test_two_task_ddp_study_job_runs_every_stage_once(slurm, tmp_path, isolated_
     runs = isolated_dirs / "runs" / "smoke"
     assert sorted(p.name.split("-")[0] for p in runs.iterdir() if p.name != "jobs") == \
         ["mae", "probe", "probe", "wsp", "wsp"]
-    assert (isolated_dirs / "results" / "smoke" / "default_study.csv").exists()
+    assert (isolated_dirs / "results" / "smoke" / "default.csv").exists()

@@ -12,7 +12,7 @@ from studylib.study import default_study, summary_text
 
 def test_default_study_end_to_end_on_smoke(smoke):
     table = default_study(smoke)
-    csv = pd.read_csv(results_dir("smoke") / "default_study.csv")
+    csv = pd.read_csv(results_dir("smoke") / "default.csv")
     assert len(csv) == len(table)
     top1 = csv.query("metric == 'top1'").set_index("pretraining")["value"]
     assert set(top1.index) == {"WSP", "MAE→WSP"}

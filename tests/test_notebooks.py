@@ -1,0 +1,56 @@
+"""The study notebooks in batch (papermill, real kernel, submitit local jobs) on smoke.
+
+This test shares the session's run folders with the nbval run of the same notebooks (conftest), so
+whichever comes second reuses the first one's finished runs."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from studylib.config import ConfigError
+from studylib.figures import FIGURES, FORMATS
+from studylib.notebooks import notebooks, run_notebooks, select
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def session_dirs(monkeypatch: pytest.MonkeyPatch) -> Path:
+    from conftest import SESSION
+
+    for name in ("RUNS", "RESULTS", "FIGURES"):
+        monkeypatch.setenv(f"STUDYLIB_{name}", str(SESSION / name.lower()))
+    return SESSION
+
+
+def test_every_notebook_has_a_parameters_cell_and_stays_small():
+    assert len(notebooks()) == 8
+    for path in notebooks():
+        book = nbformat.read(path, as_version=4)
+        tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1 and 'preset = "smoke"' in tagged[0].source, path
+        assert path.stat().st_size < 20_000, f"{path}: commit notebooks without bulky outputs"
+        assert all(o.get("output_type") != "display_data" for c in book.cells for o in c.get("outputs", []))
+
+
+def test_all_studies_in_batch_make_every_figure_then_rerun_trains_nothing(session_dirs, tmp_path):
+    executed = run_notebooks("smoke", output=tmp_path / "executed")
+    assert [p.name for p in executed] == [p.name for p in notebooks()]
+    figures = session_dirs / "figures" / "smoke"
+    for name in FIGURES:
+        for suffix in (*FORMATS, "json"):
+            assert (figures / f"{name}.{suffix}").stat().st_size > 0, f"{name}.{suffix} missing"
+        provenance = json.loads((figures / f"{name}.json").read_text())
+        assert provenance["preset"] == "smoke" and provenance["git_sha"] and provenance["runs"]
+    finished = {p: p.stat().st_mtime_ns for p in (session_dirs / "runs" / "smoke").glob("*/results.json")}
+    run_notebooks("smoke", only=["wsp", "transfer"], output=tmp_path / "again")
+    assert {p: p.stat().st_mtime_ns for p in (session_dirs / "runs" / "smoke").glob("*/results.json")} == finished
+
+
+def test_unknown_notebook_names_the_allowed_ones():
+    with pytest.raises(ConfigError, match="allowed: .*model_size"):
+        select(["modelsize"])
+    assert [p.stem for p in select(["explore", "08_figures"])] == ["01_explore", "08_figures"]
+
