@@ -4,7 +4,7 @@ PRESET ?= cpu
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup study test lint lab
+.PHONY: setup study studies test lint lab
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ setup: $(STAMP)
 
 study: setup  ## the default study: MAE->WSP vs WSP, then linear probes (PRESET=cpu|gpu|paper|smoke)
 	$(VENV)/bin/studylib study --preset $(PRESET)
+
+studies: setup  ## every study notebook in batch with papermill (executed copies in output/notebooks/PRESET/)
+	$(VENV)/bin/studylib notebooks --preset $(PRESET)
 
 lint: setup
 	$(VENV)/bin/ruff check studylib tests

@@ -108,13 +108,12 @@ class TrainConfig:
     clip_grad: float = _at_least_zero(default=1.0)  # 0: no clipping
     crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.35)  # random-resized-crop area
     compile: bool = False  # torch.compile the model: +27% for B/16 on an H200, slower for the 32 px sizes
-    layer_decay: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)  # lr x decay^(depth - layer)
 
 
 @dataclass(kw_only=True)
 class MAEConfig(TrainConfig):
-    # MAE's own images: "pretrain" (the WSP pool, data.pretrain) or another dataset, and the fraction
-    # of them taken (of the pool's size for another dataset): the data-size study varies these
+    # MAE's own images: "pretrain" (the WSP pool, data.pretrain) or another dataset, and the share of
+    # them taken (times data.pretrain_fraction, as for the pool): the data-size study varies these
     data: str = _check(f"'pretrain', one of {BUILTIN_DATASETS} or the path of an existing image folder",
                        lambda v: v == "pretrain" or _dataset_name(v), default="pretrain")
     data_fraction: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)
@@ -137,6 +136,8 @@ class ProbeConfig(TrainConfig):
 
 @dataclass(kw_only=True)
 class FinetuneConfig(TrainConfig):
+    layer_decay: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.75)  # block lr x decay^(blocks above)
+    drop_path: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)  # stochastic depth rate
     train_per_class: int = _at_least_zero(default=0)  # 0: every training image
     label_smoothing: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)
 
@@ -201,8 +202,8 @@ class StudiesConfig:
     model_sizes: list[str] = _check(f"a non-empty list of {list(VIT_SIZES)}",
                                     lambda v: len(v) > 0 and all(m in VIT_SIZES for m in v),
                                     default_factory=lambda: ["nano", "micro"])
-    # MAE's images as DATASET:FRACTION, DATASET 'pretrain' (the pool) or a dataset; MAE takes the same
-    # number of steps at every point (its epochs scale with 1/FRACTION)
+    # MAE's images as DATASET:FRACTION, DATASET 'pretrain' (the pool) or a dataset; MAE takes as many
+    # steps at every point as on the whole pool (its epochs scale with pool size / its images)
     mae_data: list[str] = _check("a non-empty list of 'pretrain:F' or 'DATASET:F', F in (0, 1]",
                                  lambda v: len(v) > 0 and all(_mae_data_point(p) for p in v),
                                  default_factory=lambda: ["pretrain:0.2", "pretrain:1", "cifar10:1"])
@@ -305,7 +306,24 @@ def load_experiment(preset: str, overrides: list[str] | tuple[str, ...] = (),
         for part in reversed(key.split(".")):
             nested = {part: nested}
         _merge(values, origins, nested, "override")
-    return _build(Experiment, {**values, "preset": preset}, origins, prefix="")
+    exp = _build(Experiment, {**values, "preset": preset}, origins, prefix="")
+    _check_together(exp, origins)
+    return exp
+
+
+def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
+    """Checks of several values at once, which single fields cannot make."""
+    lit = exp.transfer.lit
+    for key, dim, heads in (("mae.decoder_dim", exp.mae.decoder_dim, exp.mae.decoder_heads),
+                            ("transfer.lit.text_dim", lit.text_dim, lit.text_heads)):
+        if dim % heads:
+            raise ConfigError(f"{_where(origins, key)}: {dim} does not split into {heads} heads; "
+                              f"allowed: multiples of {key.rsplit('_', 1)[0]}_heads = {heads}")
+    for key, values in (("studies.seeds", exp.studies.seeds), ("studies.model_sizes", exp.studies.model_sizes),
+                        ("studies.mae_data", exp.studies.mae_data), ("studies.wsp_epochs", exp.studies.wsp_epochs),
+                        ("transfer.lowshot.shots", exp.transfer.lowshot.shots)):
+        if len(set(values)) < len(values):
+            raise ConfigError(f"{_where(origins, key)}: {values} repeats a value; allowed: distinct values")
 
 
 def _merge(values: dict, origins: dict, new: Any, origin: str, prefix: str = "") -> None:

@@ -71,12 +71,14 @@ def check_free_disk(run: Run, model: nn.Module) -> None:
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases and norms; with layer_decay < 1 (fine-tuning, as in
-    MAE), each block's lr is scaled by layer_decay ** (blocks above it + 1), the head's by 1."""
-    if config.layer_decay < 1:
-        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-        return param_groups_layer_decay(model, config.weight_decay, skip, layer_decay=config.layer_decay)
-    return param_groups_weight_decay(model, config.weight_decay)
+    """AdamW groups: no weight decay on biases, norms and the model's no_weight_decay() (class token,
+    position embedding); for fine-tuning (a config with layer_decay < 1, as in MAE) each block's lr is
+    also scaled by layer_decay ** (blocks above it + 1), the head's by 1."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    layer_decay = getattr(config, "layer_decay", 1.0)  # only FinetuneConfig has it
+    if layer_decay < 1:
+        return param_groups_layer_decay(model, config.weight_decay, skip, layer_decay=layer_decay)
+    return param_groups_weight_decay(model, config.weight_decay, skip)
 
 
 def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config: TrainConfig,

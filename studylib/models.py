@@ -30,12 +30,14 @@ VIT_SIZES: dict[str, dict] = {
 }
 
 
-def vit(size: str, num_classes: int = 0) -> VisionTransformer:
+def vit(size: str, num_classes: int = 0, drop_path: float = 0.0) -> VisionTransformer:
     """A ViT of a named size with fixed 2-D sin-cos position embeddings (as in MAE).
 
-    num_classes=0 gives the bare encoder, whose output is the normalised class token.
+    num_classes=0 gives the bare encoder, whose output is the normalised class token; drop_path is
+    the stochastic-depth rate (fine-tuning).
     """
-    model = VisionTransformer(**VIT_SIZES[size], num_classes=num_classes, global_pool="token")
+    model = VisionTransformer(**VIT_SIZES[size], num_classes=num_classes, global_pool="token",
+                              drop_path_rate=drop_path)
     grid = model.patch_embed.grid_size
     sincos = build_sincos2d_pos_embed(list(grid), model.embed_dim)
     with torch.no_grad():

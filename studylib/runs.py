@@ -57,7 +57,8 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
         raise
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """The file's sha256, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -82,7 +83,7 @@ def save_weights(path: Path, state: dict[str, Any], keep_previous: bool = False)
     sidecars, so a kill between any two steps leaves at least the newest complete file loadable."""
     new, _, previous = _variants(path)
     atomic_write(new, lambda f: torch.save(state, f), mode="wb")
-    digest = _sha256(new)
+    digest = sha256(new)
     atomic_write(_sidecar(new), lambda f: f.write(digest + "\n"))
     if keep_previous and path.exists():
         if _sidecar(path).exists():
@@ -101,7 +102,7 @@ def load_weights(path: Path, map_location: str | torch.device = "cpu") -> Any:
     for candidate in variants:
         if not candidate.exists():
             continue
-        if _sha256(candidate) not in known:
+        if sha256(candidate) not in known:
             print(f"warning: {candidate}: checksum does not match (truncated or corrupt); skipping it",
                   file=sys.stderr, flush=True)
             continue

@@ -126,16 +126,17 @@ def parse_mae_data(text: str) -> tuple[str, float]:
 
 
 def data_size_study(exp: Experiment) -> pd.DataFrame:
-    """MAE on each images point of studies.mae_data (same number of MAE steps at every point), then
-    MAE -> WSP and linear probes; WSP from scratch as the reference."""
+    """MAE on each images point of studies.mae_data (as many MAE steps at every point as on the whole
+    pool), then MAE -> WSP and linear probes; WSP from scratch as the reference."""
     def point(e: Experiment) -> list[dict]:
         rows = [{**row, "mae_data": "none"} for row in pretrain_and_probe(e, None, ("scratch",))]
+        pool = len(pretrain_images(e).train_labels)
         for text in exp.studies.mae_data:
             dataset, fraction = parse_mae_data(text)
-            epochs = max(1, round(e.mae.epochs / fraction))
-            sized = with_values(e, mae={"data": dataset, "data_fraction": fraction, "epochs": epochs})
+            point = with_values(e, mae={"data": dataset, "data_fraction": fraction})
+            images = len(pretrain_images(point, *mae.images(point)).train_labels)
+            sized = with_values(point, mae={"epochs": max(1, round(e.mae.epochs * pool / images))})
             mae_run = mae.pretrain(sized)
-            images = len(pretrain_images(sized, *mae.images(sized)).train_labels)
             rows.append({"mae_data": text, "stage": "mae", "metric": "images", "value": images, "run": mae_run.name})
             rows += _rows(mae_run, "mae", mae_data=text, pretraining="MAE", dataset=dataset)
             rows += pretrain_and_probe(sized, mae_run, ("mae",), mae_data=text)

@@ -12,14 +12,13 @@ variant, metric, value, seed, encoder, run) goes to <encoder run>/transfer.csv.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
 
 from studylib.config import ConfigError, Experiment
 from studylib.distributed import is_main
-from studylib.runs import Run, atomic_write, save_weights, train_once
+from studylib.runs import Run, atomic_write, save_weights, sha256, train_once
 from studylib.stages import finetune, lit, lowshot, probe, robustness
 
 
@@ -31,12 +30,13 @@ def import_checkpoint(exp: Experiment, path: str | Path, layout: str = "auto") -
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such checkpoint file")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256(path)
     run = Run(exp, "import", {"sha256": digest, "layout": layout, "model": exp.model})
 
     def work() -> dict:
         state = load_external(path, layout, size=exp.model)
-        save_weights(run.path / "encoder.pth", state)
+        if is_main():
+            save_weights(run.path / "encoder.pth", state)
         return {"source": str(path.resolve()), "sha256": digest, "layout": layout, "model": exp.model}
 
     return train_once(run, work)

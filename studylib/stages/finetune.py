@@ -1,4 +1,6 @@
-"""Full fine-tuning of a pretrained encoder on a labelled dataset, with MAE's layer-wise lr decay.
+"""Full fine-tuning of a pretrained encoder on a labelled dataset, after MAE's recipe: AdamW with
+layer-wise lr decay, stochastic depth, label smoothing (not its mixup/cutmix, nor its global pooling:
+the class token is kept, as the encoder was pretrained with it).
 
 The fine-tuned classifier (model.pth) is also what the robustness task evaluates.
 """
@@ -50,7 +52,7 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
             images, labels = images[keep], labels[keep]
         device, dtype = device_and_dtype(exp)
         torch.manual_seed(exp.seed)
-        model = vit(exp.model, num_classes=data.num_classes)
+        model = vit(exp.model, num_classes=data.num_classes, drop_path=config.drop_path)
         load_encoder_from(encoder_run, model)
         transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], config.crop_min)
         batches = Batches(images, labels, config.batch_size, device, transform)

@@ -4,6 +4,9 @@ The pretrained image tower is frozen; a small text transformer, trained from scr
 map each pretraining image's hashtag caption next to the image's features, with a CLIP-style
 symmetric contrastive loss and a learnable temperature. Zero-shot classification then embeds
 class names in a few prompt templates and picks the nearest class for each test image.
+
+In a job of several tasks each rank contrasts its own share of the batch (no all-gather), so the
+negatives per image are batch_size / tasks.
 """
 
 from __future__ import annotations
