@@ -45,8 +45,10 @@ def cmd_study(args: argparse.Namespace) -> None:
     table = STUDIES[args.name](exp)
     if args.name == "default":
         print(summary_text(table))
+    elif args.name == "explore":
+        print(table[table.stage == "hashtags"][["metric", "value"]].to_string(index=False))
     else:
-        top1 = table[(table.metric == "top1") & ~table.variant.fillna("").str.contains("/")]
+        top1 = table[(table.metric == "top1") & ~table.variant.astype("string").fillna("").str.contains("/")]
         columns = ("model", "mae_data", "wsp_epochs", "stage", "variant", "pretraining")
         index = [c for c in columns if top1[c].notna().any()]
         print(top1.pivot_table(index=index, columns="dataset", values="value").round(2).to_string())
@@ -67,6 +69,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     from studylib.transfer import import_checkpoint, summary, transfer_suite
 
     exp = _experiment(args)
+    distributed.init()
     if args.checkpoint:
         encoders = [import_checkpoint(exp, args.checkpoint, args.layout)]
     else:

@@ -36,7 +36,8 @@ def figures_dir(preset: str) -> Path:
 
 
 def style() -> None:
-    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95, rc={"figure.dpi": 110})
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95,
+                  rc={"figure.dpi": 110, "svg.hashsalt": "studylib"})  # fixed SVG ids: same results, same file
 
 
 def read(preset: str, study: str) -> pd.DataFrame:
@@ -142,8 +143,7 @@ def transfer(preset: str) -> list[Path]:
                 ax=axes[0])
     axes[0].set(title="fine-tune and linear probe", xlabel="", ylabel="top-1 (%)")
     axes[0].tick_params(axis="x", rotation=20)
-    low = top1[top1.stage == "lowshot"].assign(shots=lambda t: t.variant.str.split("-").str[0].astype(int),
-                                                 series=lambda t: t.pretraining + " " + t.dataset)
+    low = top1[top1.stage == "lowshot"].assign(shots=lambda t: t.variant.str.split("-").str[0].astype(int))
     sns.lineplot(low, x="shots", y="value", hue="pretraining", hue_order=ORDER, style="dataset", palette=PALETTE,
                  marker="o", errorbar="sd", err_style="bars", ax=axes[1])
     axes[1].set(title="low-shot (mean ± sd over draws)", xlabel="labelled images per class", ylabel="top-1 (%)",
@@ -153,7 +153,7 @@ def transfer(preset: str) -> list[Path]:
                 palette=PALETTE, errorbar="sd", ax=axes[2])
     for i, chance in enumerate(zero[zero.metric == "chance"].drop_duplicates("variant")["value"]):
         axes[2].hlines(chance, i - 0.4, i + 0.4, color="black", ls=":", label="chance" if i == 0 else None)
-    axes[2].set(title="zero-shot (LiT), CIFAR-100 class names", xlabel="class names", ylabel="top-1 (%)")
+    axes[2].set(title=f"zero-shot (LiT) on {zero.dataset.iloc[0]}", xlabel="class names", ylabel="top-1 (%)")
     axes[2].legend()
     robust = top1[(top1.stage == "robustness") & top1.variant.str.contains("/")]
     robust = robust.assign(severity=robust.variant.str.split("/").str[1].astype(int))

@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,10 @@ REPO = Path(__file__).resolve().parent.parent
 SESSION = Path(tempfile.mkdtemp(prefix="studylib-tests-"))
 for _name in ("RUNS", "RESULTS", "FIGURES"):
     os.environ[f"STUDYLIB_{_name}"] = str(SESSION / _name.lower())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SESSION, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,15 @@
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from studylib.config import load_experiment
-from studylib.data import synthetic
-from studylib.engine import param_groups
+from studylib.data import Batches, synthetic
+from studylib.engine import param_groups, train
 from studylib.models import vit
+from studylib.runs import Run, load_weights
 from studylib.stages import finetune, lit, lowshot, mae, wsp
 from studylib.transfer import import_checkpoint, summary, transfer_suite
 
@@ -20,6 +24,13 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple:
         yield exp, encoder_run, transfer_suite(exp, encoder_run)
 
 
+@pytest.fixture
+def suite_runs(suite, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """The suite, with this test's runs folder set to the suite's (not a fresh, empty one)."""
+    monkeypatch.setenv("STUDYLIB_RUNS", str(suite[1].path.parent.parent))
+    return suite
+
+
 def test_suite_writes_one_table_with_every_task(suite):
     exp, encoder_run, table = suite
     assert set(table.task) == {"finetune", "linear", "lowshot", "zeroshot", "robustness"}
@@ -32,12 +43,26 @@ def test_suite_writes_one_table_with_every_task(suite):
     assert draws == exp.transfer.lowshot.draws
 
 
-def test_rerun_skips_every_finished_task(suite):
-    exp, encoder_run, table = suite
+def test_rerun_skips_every_finished_task(suite_runs):
+    exp, encoder_run, table = suite_runs
     stamps = {run: (encoder_run.path.parent / run / "results.json").stat().st_mtime_ns for run in set(table.run)}
     again = transfer_suite(exp, encoder_run)
     pd.testing.assert_frame_equal(again, table)
     assert stamps == {run: (encoder_run.path.parent / run / "results.json").stat().st_mtime_ns for run in stamps}
+
+
+def test_engine_scales_each_groups_lr_by_its_layer_decay(smoke):
+    config = dataclasses.replace(smoke.transfer.finetune, epochs=1, layer_decay=0.5)
+    model = vit("micro", num_classes=10)
+    data = synthetic(64, 32)
+    run = Run(smoke, "finetune", {"test": "layer decay"})
+    batches = Batches(data.train_images.float(), data.train_labels, 32, torch.device("cpu"))
+    train(run, model, lambda m, x, y: nn.functional.cross_entropy(m(x), y), batches, config, torch.device("cpu"),
+          None, 0)
+    groups = load_weights(run.checkpoint)["optimizer"]["param_groups"]
+    last_lr = max(g["lr"] for g in groups)
+    assert {round(g["lr"] / last_lr, 6) for g in groups} == {round(0.5 ** k, 6) for k in range(8)}
+    assert all(g["lr"] == pytest.approx(last_lr * g["lr_scale"]) for g in groups)
 
 
 def test_finetuning_learns_and_uses_layer_decay(suite):
@@ -78,9 +103,10 @@ def test_lowshot_draws_exactly_k_per_class_and_draws_differ():
     assert not torch.equal(lowshot.draw_indices(data, 5, 1), lowshot.draw_indices(data, 5, 2))
 
 
-def test_lowshot_rows_are_one_per_draw(suite):
+def test_lowshot_rows_are_one_per_draw_and_learn(suite):
     exp, _, table = suite
     rows = table.query("task == 'lowshot'")
+    assert rows.query("variant == '10-shot'")["value"].mean() > 2 * 100 / 10  # 10 classes
     assert sorted(rows.variant.unique()) == sorted(f"{k}-shot" for k in exp.transfer.lowshot.shots)
     assert rows.groupby("variant")["seed"].nunique().eq(exp.transfer.lowshot.draws).all()
 
