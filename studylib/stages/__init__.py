@@ -27,6 +27,15 @@ def pretrain_identity(exp: Experiment, dataset: str | None = None, fraction: flo
     return {"model": exp.model, "seed": exp.seed, "data": data}
 
 
+def dataset_run(exp: Experiment, stage: str, dataset: str, identity: dict[str, Any]) -> Run:
+    """The run folder of `stage` on a downstream `dataset`: `identity` plus the dataset, the seed and,
+    for generated data, its size."""
+    identity = {**identity, "dataset": dataset, "seed": exp.seed}
+    if dataset == "synthetic":
+        identity["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
+    return Run(exp, stage, identity)
+
+
 def settings(section: TrainConfig) -> dict[str, Any]:
     """A stage's settings as they enter its run hash: all but `compile`, which changes speed, not results."""
     values = asdict(section)

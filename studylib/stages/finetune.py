@@ -16,17 +16,14 @@ from studylib.distributed import is_main
 from studylib.engine import train
 from studylib.models import VIT_SIZES, vit
 from studylib.runs import Run, load_weights, save_weights, train_once
-from studylib.stages import device_and_dtype, load_encoder_from, settings
+from studylib.stages import dataset_run, device_and_dtype, load_encoder_from, settings
 from studylib.stages.probe import extract_features
 
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     """The run folder of fine-tuning `encoder_run` on `dataset`."""
-    identity = {"encoder": encoder_run.name, "dataset": dataset, "seed": exp.seed,
-                "finetune": settings(exp.transfer.finetune)}
-    if dataset == "synthetic":
-        identity["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
-    return Run(exp, "finetune", identity)
+    return dataset_run(exp, "finetune", dataset, {"encoder": encoder_run.name,
+                                                  "finetune": settings(exp.transfer.finetune)})
 
 
 def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,

@@ -16,7 +16,7 @@ from torch import nn
 from studylib.config import Experiment
 from studylib.data import ImageDataset, load_dataset
 from studylib.runs import Run, train_once
-from studylib.stages import device_and_dtype
+from studylib.stages import dataset_run, device_and_dtype
 from studylib.stages.probe import extract_features, frozen_encoder
 
 
@@ -53,11 +53,7 @@ def normalise(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
-    identity = {"encoder": encoder_run.name, "dataset": dataset, "seed": exp.seed,
-                "lowshot": asdict(exp.transfer.lowshot)}
-    if dataset == "synthetic":
-        identity["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
-    return Run(exp, "lowshot", identity)
+    return dataset_run(exp, "lowshot", dataset, {"encoder": encoder_run.name, "lowshot": asdict(exp.transfer.lowshot)})
 
 
 def lowshot(exp: Experiment, encoder_run: Run, dataset: str) -> Run:

@@ -15,7 +15,7 @@ from studylib.data import Batches, ImageTransform, load_dataset
 from studylib.engine import train
 from studylib.models import vit
 from studylib.runs import Run, train_once
-from studylib.stages import device_and_dtype, load_encoder_from, settings
+from studylib.stages import dataset_run, device_and_dtype, load_encoder_from, settings
 
 
 @torch.no_grad()
@@ -48,11 +48,8 @@ def classification_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     """The run folder of a linear probe of `encoder_run` on `dataset`."""
-    identity = {"encoder": encoder_run.name, "dataset": dataset, "seed": exp.seed, "probe": settings(exp.probe),
-                "train_per_class": exp.data.probe_train_per_class}
-    if dataset == "synthetic":
-        identity["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
-    return Run(exp, "probe", identity)
+    return dataset_run(exp, "probe", dataset, {"encoder": encoder_run.name, "probe": settings(exp.probe),
+                                               "train_per_class": exp.data.probe_train_per_class})
 
 
 def linear_probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:

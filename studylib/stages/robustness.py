@@ -11,16 +11,13 @@ from studylib.config import Experiment
 from studylib.corruptions import SEVERITIES, corrupt
 from studylib.data import load_dataset
 from studylib.runs import Run, train_once
-from studylib.stages import device_and_dtype
+from studylib.stages import dataset_run, device_and_dtype
 from studylib.stages.finetune import load_finetuned, top1
 
 
 def run_for(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
-    identity = {"finetuned": finetune_run.name, "dataset": dataset, "seed": exp.seed,
-                "robustness": asdict(exp.transfer.robustness)}
-    if dataset == "synthetic":
-        identity["size"] = [exp.data.synthetic_train, exp.data.synthetic_test]
-    return Run(exp, "robustness", identity)
+    return dataset_run(exp, "robustness", dataset, {"finetuned": finetune_run.name,
+                                                    "robustness": asdict(exp.transfer.robustness)})
 
 
 def robustness(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
