@@ -24,7 +24,7 @@ import torch
 from studylib.config import Experiment, results_dir, runs_dir
 from studylib.data import MEAN, STD, ImageTransform
 from studylib.distributed import is_main
-from studylib.models import MAE, VIT_SIZES, count_flops, count_params, patchify, vit
+from studylib.models import VIT_SIZES, count_flops, count_params, patchify, vit
 from studylib.runs import Run, atomic_write, load_weights
 from studylib.stages import mae, pretrain_images, probe, wsp
 from studylib.transfer import transfer_suite
@@ -45,8 +45,7 @@ def train_flops(exp: Experiment, stage: str, run: Run) -> float:
     """Training FLOPs of a finished MAE or WSP run: 3x the forward FLOPs (forward + backward) per image seen."""
     with torch.device("meta"):
         if stage == "mae":
-            c = exp.mae
-            model = MAE(exp.model, c.mask_ratio, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.norm_pix_loss)
+            model = mae.build(exp)
         else:
             model = vit(exp.model, num_classes=run.results()["vocab_size"])
     images = sum(r["images_per_s"] * r["seconds"] for r in run.metrics())
