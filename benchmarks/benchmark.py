@@ -1,18 +1,23 @@
 """Training-step speed against this device's own limit and a stock timm reference, in one run.
 
-    python benchmarks/benchmark.py                      # CPU: micro and tiny, fp32 and bf16
-    python benchmarks/benchmark.py --models B/16 --batch 128 --precisions bf16 --compile
+    python benchmarks/benchmark.py                      # CPU: micro and tiny, fp32 and bf16, cpu preset
+    python benchmarks/benchmark.py --preset paper --models B/16 --batch 256 --precisions bf16 --compile
 
 Measures the matmul peak (fp32 and bf16); for each model size the MAE step and the WSP step in
 images per second and as model-FLOPs utilisation (MFU: 3x forward FLOPs per image, counted by torch,
 over the measured peak of the same dtype); a stock timm `VisionTransformer` classification step at
 the same size, batch and dtype as the reference; and the augmented data pipeline. Prints a table and
 writes JSON (--out).
+
+Every step is the engine's own `train_step` (fused AdamW, the preset's gradient clipping, autocast)
+on the model the stage builds under --preset (the MAE with that preset's decoder), so the figures are
+those of training; the stock reference differs only in its model (stock timm attention) and loss.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -22,10 +27,12 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from studylib.config import Experiment, TrainConfig, load_experiment
 from studylib.data import Batches, ImageTransform, synthetic
-from studylib.engine import resolve_device
-from studylib.models import MAE, VIT_SIZES, count_flops, vit
-from studylib.stages.mae import mae_loss
+from studylib.engine import optimizer_for, resolve_device, train_step
+from studylib.models import VIT_SIZES, choose_attention, count_flops, vit
+from studylib.runs import git_sha
+from studylib.stages import mae
 from studylib.stages.wsp import wsp_loss
 
 VOCAB = 680  # the cpu preset's hashtag vocabulary
@@ -51,20 +58,15 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, min_seconds: float) ->
     return 2 * n**3 / timed(lambda: a @ b, device, min_seconds)
 
 
-def train_step(model: torch.nn.Module, loss_of: Callable, images: torch.Tensor, targets: torch.Tensor,
-               dtype: torch.dtype | None, compile_model: bool) -> Callable[[], None]:
+def stage_step(model: torch.nn.Module, loss_fn: Callable, images: torch.Tensor, targets: torch.Tensor,
+               config: TrainConfig, dtype: torch.dtype | None, stock: bool = False) -> Callable[[], None]:
+    """The engine's training step of `model` as its stage trains it (a stock model keeps its attention)."""
     model.to(images.device).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=None)
-    forward = torch.compile(model) if compile_model else model
-
-    def step() -> None:
-        with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = loss_of(forward, images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    if not stock:
+        choose_attention(model, images.device, dtype)
+    optimizer = optimizer_for(model, config)
+    forward = torch.compile(model) if config.compile else model
+    return lambda: train_step(forward, loss_fn, images, targets, optimizer, config, dtype)
 
 
 def stock_timm(name: str) -> VisionTransformer:
@@ -75,8 +77,18 @@ def stock_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
     return F.cross_entropy(model(images), labels)
 
 
+STEPS = {"wsp": wsp_loss, "timm-stock": stock_loss, "mae": mae.mae_loss}
+
+
+def build_model(step_name: str, exp: Experiment) -> torch.nn.Module:
+    if step_name == "wsp":
+        return vit(exp.model, num_classes=VOCAB)
+    return stock_timm(exp.model) if step_name == "timm-stock" else mae.build(exp)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="cpu", help="whose MAE decoder and optimiser settings to use")
     parser.add_argument("--models", nargs="+", default=["micro", "tiny"], choices=list(VIT_SIZES))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
@@ -86,6 +98,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    exp = load_experiment(args.preset)
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
     peaks = {p: matmul_peak(device, dtypes[p] or torch.float32, args.seconds) for p in args.precisions}
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
@@ -101,14 +114,18 @@ def main() -> None:
         images = torch.randn(args.batch, 3, size, size, device=device)
         tags = torch.randint(0, VOCAB, (args.batch, 4), device=device)
         labels = tags[:, 0]
+        sized = dataclasses.replace(exp, model=model_name)
+        wsp_config = dataclasses.replace(exp.wsp, compile=args.compile)
+        mae_config = dataclasses.replace(exp.mae, compile=args.compile)
         encoder_flops = count_flops(vit(model_name), size)
-        mae_flops = count_flops(MAE(model_name), size)
+        mae_flops = count_flops(mae.build(sized), size)
         for precision in args.precisions:
-            cases = (("wsp", vit(model_name, num_classes=VOCAB), wsp_loss, tags, encoder_flops),
-                     ("timm-stock", stock_timm(model_name), stock_loss, labels, encoder_flops),
-                     ("mae", MAE(model_name), mae_loss, labels, mae_flops))
-            for step_name, model, loss_of, targets, flops in cases:
-                step = train_step(model, loss_of, images, targets, dtypes[precision], args.compile)
+            for step_name in STEPS:
+                model = build_model(step_name, sized)  # one at a time: one model and its optimizer in memory
+                config = mae_config if step_name == "mae" else wsp_config
+                step = stage_step(model, STEPS[step_name], images, tags if step_name == "wsp" else labels, config,
+                                  dtypes[precision], stock=step_name == "timm-stock")
+                flops = mae_flops if step_name == "mae" else encoder_flops
                 seconds = timed(step, device, args.seconds)
                 mfu = 3 * flops * args.batch / seconds / peaks[precision]
                 rows.append({"model": model_name, "step": step_name, "precision": precision, "batch": args.batch,
@@ -126,7 +143,8 @@ def main() -> None:
           f"fastest step")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "peaks": peaks, "rows": rows,
+            json.dump({"device": name, "torch": torch.__version__, "commit": git_sha(), "preset": args.preset,
+                       "peaks": peaks, "rows": rows,
                        "data_pipeline_images_per_s": pipeline, "date": time.strftime("%Y-%m-%d")}, f, indent=2)
 
 

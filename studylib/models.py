@@ -47,6 +47,16 @@ def vit(size: str, num_classes: int = 0, drop_path: float = 0.0) -> VisionTransf
     return model
 
 
+def choose_attention(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+    """Fused attention (torch's scaled_dot_product_attention) everywhere except bf16 on a CPU, where
+    torch's CPU flash-attention backward runs ~9x slower than in fp32 and the explicit softmax(q k^T) v
+    of timm's blocks, on AMX matmuls, is ~2x faster (benchmarks/RESULTS.md)."""
+    fused = not (device.type == "cpu" and dtype == torch.bfloat16)
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):  # timm's Attention
+            module.fused_attn = fused
+
+
 def encoder_state(model: VisionTransformer) -> dict[str, torch.Tensor]:
     """A ViT's weights without its classification head: what one stage hands to the next."""
     return {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}

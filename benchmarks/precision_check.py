@@ -1,0 +1,70 @@
+"""Does bf16 autocast change what a short run learns? The default study's stages in fp32 and in bf16.
+
+    STUDYLIB_DATA=../shared/data python benchmarks/precision_check.py     # cpu preset, short schedule
+    python benchmarks/precision_check.py --preset smoke --set             # seconds, synthetic data
+
+For each precision and seed: MAE, WSP from scratch and from the MAE encoder, a linear probe of each on
+every probe dataset. Prints top-1 per precision (mean and sd over seeds), the bf16 - fp32 difference,
+and each pretraining's training throughput; writes JSON (--out). Precision is not part of a run's
+identity (like device and compile), so each precision trains in its own runs folder under --runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from studylib.config import load_experiment, runs_dir
+from studylib.runs import git_sha
+from studylib.stages import mae
+from studylib.study import pretrain_and_probe
+
+SHORT = ["data.pretrain_fraction=0.2", "mae.epochs=4", "wsp.epochs=2"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--set", nargs="*", default=SHORT, dest="overrides", metavar="KEY=VALUE",
+                        help=f"overrides of the preset (default: {' '.join(SHORT)})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--runs", type=Path, default=runs_dir() / "precision_check")
+    parser.add_argument("--out", default=None, help="write the table as JSON here")
+    args = parser.parse_args()
+
+    rows = []
+    for precision in ("fp32", "bf16"):
+        os.environ["STUDYLIB_RUNS"] = str(args.runs / precision)
+        exp = load_experiment(args.preset, [*args.overrides, f"precision={precision}"])
+        for seed in args.seeds:
+            seeded = dataclasses.replace(exp, seed=seed)
+            mae_run = mae.pretrain(seeded)
+            mae_speed = {"pretraining": "MAE", "stage": "mae", "metric": "images_per_s",
+                         "value": mae_run.results()["images_per_s"]}
+            rows += [{**row, "precision": precision, "seed": seed}
+                     for row in [mae_speed, *pretrain_and_probe(seeded, mae_run)]]
+    table = pd.DataFrame(rows)
+
+    top1 = table[table.metric == "top1"].pivot_table(index=["pretraining", "dataset"], columns="precision",
+                                                     values="value", aggfunc=["mean", "std"])
+    top1[("bf16 - fp32", "")] = top1[("mean", "bf16")] - top1[("mean", "fp32")]
+    speed = table[table.metric == "images_per_s"].pivot_table(index=["stage", "pretraining"], columns="precision",
+                                                              values="value", aggfunc="mean")
+    speed["bf16 / fp32"] = speed["bf16"] / speed["fp32"]
+    print(f"{args.preset} {' '.join(args.overrides)}, seeds {args.seeds}")
+    print("linear-probe top-1 (%): mean and sd over seeds\n" + top1.round(2).to_string())
+    print("training images/s, mean over seeds\n" + speed.round(2).to_string())
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"preset": args.preset, "overrides": args.overrides, "seeds": args.seeds, "commit": git_sha(),
+                       "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
