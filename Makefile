@@ -22,7 +22,7 @@ studies: setup  ## every study notebook in batch with papermill (executed copies
 	$(VENV)/bin/studylib notebooks --preset $(PRESET)
 
 lint: setup
-	$(VENV)/bin/ruff check studylib tests
+	$(VENV)/bin/ruff check studylib tests benchmarks notebooks
 
 test: lint  ## every test, on synthetic data
 	$(VENV)/bin/python -m pytest -q

@@ -45,20 +45,23 @@ def main() -> None:
         for seed in args.seeds:
             seeded = dataclasses.replace(exp, seed=seed)
             mae_run = mae.pretrain(seeded)
-            mae_speed = {"pretraining": "MAE", "stage": "mae", "metric": "images_per_s",
-                         "value": mae_run.results()["images_per_s"]}
+            mae_rows = [{"pretraining": "MAE", "stage": "mae", "dataset": exp.data.pretrain, "metric": metric,
+                         "value": mae_run.results()[metric]} for metric in ("final_loss", "images_per_s")]
             rows += [{**row, "precision": precision, "seed": seed}
-                     for row in [mae_speed, *pretrain_and_probe(seeded, mae_run)]]
+                     for row in [*mae_rows, *pretrain_and_probe(seeded, mae_run)]]
     table = pd.DataFrame(rows)
 
     top1 = table[table.metric == "top1"].pivot_table(index=["pretraining", "dataset"], columns="precision",
                                                      values="value", aggfunc=["mean", "std"])
     top1[("bf16 - fp32", "")] = top1[("mean", "bf16")] - top1[("mean", "fp32")]
+    loss = table[table.metric == "final_loss"].pivot_table(index=["stage", "pretraining", "dataset"],
+                                                           columns="precision", values="value", aggfunc=["mean", "std"])
     speed = table[table.metric == "images_per_s"].pivot_table(index=["stage", "pretraining"], columns="precision",
                                                               values="value", aggfunc="mean")
     speed["bf16 / fp32"] = speed["bf16"] / speed["fp32"]
     print(f"{args.preset} {' '.join(args.overrides)}, seeds {args.seeds}")
     print("linear-probe top-1 (%): mean and sd over seeds\n" + top1.round(2).to_string())
+    print("final training loss: mean and sd over seeds\n" + loss.round(4).to_string())
     print("training images/s, mean over seeds\n" + speed.round(2).to_string())
     if args.out:
         with open(args.out, "w") as f:

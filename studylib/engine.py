@@ -112,7 +112,7 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
     if main:
         check_free_disk(run, model)
     model.to(device)
-    choose_attention(model, device, dtype)
+    choose_attention(model, device)
     trained = model
     if distributed.world_size() > 1:
         device_ids = [torch.cuda.current_device()] if device.type == "cuda" else None

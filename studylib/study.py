@@ -86,7 +86,7 @@ def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]]) -> lis
 def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(rows).assign(study=study)
     table = table.reindex(columns=COLUMNS + [c for c in table.columns if c not in COLUMNS])
-    table["model"] = table["model"].fillna(exp.model)
+    table["model"] = table["model"].astype(object).fillna(exp.model)  # all-NaN (float) when no point sets it
     if is_main():
         atomic_write(results_dir(exp.preset) / f"{study}.csv", lambda f: table.to_csv(f, index=False))
     return table

@@ -2,7 +2,17 @@ import pytest
 import torch
 
 from studylib.data import Batches, ImageTransform, synthetic
-from studylib.models import MAE, VIT_SIZES, count_flops, count_params, encoder_state, patchify, random_masking, vit
+from studylib.models import (
+    MAE,
+    VIT_SIZES,
+    choose_attention,
+    count_flops,
+    count_params,
+    encoder_state,
+    patchify,
+    random_masking,
+    vit,
+)
 
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75, 0.9])
@@ -88,3 +98,21 @@ def test_loss_counts_only_masked_patches():
     assert model.loss(images, pred, mask).item() == pytest.approx(0.0, abs=1e-6)
     pred[:, :48] += 1.0  # now off by 1 on every masked pixel
     assert model.loss(images, pred, mask).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_cpu_takes_the_explicit_attention_which_computes_the_same():
+    torch.manual_seed(0)
+    model = MAE("micro", decoder_dim=64).eval()
+    images = torch.randn(4, 3, 32, 32)
+    ids_keep, _ = random_masking(4, 64, 0.75, torch.device("cpu"))
+    fused = model.forward_decoder(model.forward_encoder(images, ids_keep), ids_keep, 64)
+    attentions = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    assert len(attentions) == 6 + 2  # every encoder and decoder block
+
+    choose_attention(model, torch.device("cpu"))
+    assert not any(m.fused_attn for m in attentions)
+    explicit = model.forward_decoder(model.forward_encoder(images, ids_keep), ids_keep, 64)
+    torch.testing.assert_close(explicit, fused, rtol=1e-4, atol=1e-5)
+
+    choose_attention(model, torch.device("cuda"))
+    assert all(m.fused_attn for m in attentions)

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
+from studylib import engine
 from studylib.config import load_experiment, results_dir
 from studylib.models import vit
 from studylib.stages import mae, probe, wsp
@@ -21,6 +22,22 @@ def test_default_study_end_to_end_on_smoke(smoke):
     assert "MAE final loss" in text and "Linear-probe top-1" in text and "images_per_s" in text
     run_folders = {p.name.split("-")[0] for p in (results_dir("smoke").parent.parent / "runs" / "smoke").iterdir()}
     assert run_folders == {"mae", "wsp", "probe"}
+
+
+def test_bf16_on_cpu_trains_every_block_with_explicit_attention_and_fused_adamw(smoke, monkeypatch):
+    seen = {}
+    real_step = engine.train_step
+
+    def capture(model, *args, **kwargs):
+        seen["attention"] = {m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
+        seen["fused_adamw"] = args[3].defaults["fused"]
+        return real_step(model, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", capture)
+    run = wsp.pretrain(load_experiment("smoke", ["precision=bf16"]))
+    assert seen == {"attention": {False}, "fused_adamw": True}
+    losses = [r["loss"] for r in run.metrics()]
+    assert losses[-1] < losses[0]
 
 
 def test_run_folder_records_config_sha_versions_and_metrics(smoke):
