@@ -30,8 +30,8 @@ for section in $sections; do
       grep -h '"wall_time_s"\|"images_per_s"' "$STUDYLIB_RUNS"/gpu/{finetune,lit}-*/results.json || true ;;
     speed)
       echo "== training-step speed, bf16"
-      python3 benchmarks/benchmark.py --models micro tiny small --batch 512 --precisions bf16
-      python3 benchmarks/benchmark.py --models B/16 --batch 128 --precisions bf16 ;;
+      python3 benchmarks/benchmark.py --preset gpu --models micro tiny small --batch 512 --precisions bf16
+      python3 benchmarks/benchmark.py --preset paper --models B/16 --batch 256 --precisions bf16 --compile ;;
     *) echo "unknown section $section; allowed: studies default transfer speed" >&2; exit 2 ;;
   esac
 done
