@@ -22,8 +22,7 @@ import pandas as pd
 
 from studylib.config import load_experiment, runs_dir
 from studylib.runs import git_sha
-from studylib.stages import mae
-from studylib.study import pretrain_and_probe
+from studylib.study import default_point
 
 SHORT = ["data.pretrain_fraction=0.2", "mae.epochs=4", "wsp.epochs=2"]
 
@@ -43,12 +42,8 @@ def main() -> None:
         os.environ["STUDYLIB_RUNS"] = str(args.runs / precision)
         exp = load_experiment(args.preset, [*args.overrides, f"precision={precision}"])
         for seed in args.seeds:
-            seeded = dataclasses.replace(exp, seed=seed)
-            mae_run = mae.pretrain(seeded)
-            mae_rows = [{"pretraining": "MAE", "stage": "mae", "dataset": exp.data.pretrain, "metric": metric,
-                         "value": mae_run.results()[metric]} for metric in ("final_loss", "images_per_s")]
             rows += [{**row, "precision": precision, "seed": seed}
-                     for row in [*mae_rows, *pretrain_and_probe(seeded, mae_run)]]
+                     for row in default_point(dataclasses.replace(exp, seed=seed))]
     table = pd.DataFrame(rows)
 
     top1 = table[table.metric == "top1"].pivot_table(index=["pretraining", "dataset"], columns="precision",

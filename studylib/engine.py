@@ -96,7 +96,7 @@ def train_step(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.clip_grad:
-        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], config.clip_grad)
+        nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)  # frozen ones have no grad: skipped
     optimizer.step()
     return loss.detach()
 

@@ -92,13 +92,15 @@ def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
     return table
 
 
+def default_point(exp: Experiment) -> list[dict]:
+    """One seed of the default study: MAE, WSP from scratch and from MAE, linear probes of both."""
+    mae_run = mae.pretrain(exp)
+    return _rows(mae_run, "mae", pretraining="MAE", dataset=exp.data.pretrain) + pretrain_and_probe(exp, mae_run)
+
+
 def default_study(exp: Experiment) -> pd.DataFrame:
     """MAE -> WSP against WSP from scratch, then linear probes on every probe dataset."""
-    def point(e: Experiment) -> list[dict]:
-        mae_run = mae.pretrain(e)
-        return _rows(mae_run, "mae", pretraining="MAE", dataset=e.data.pretrain) + pretrain_and_probe(e, mae_run)
-
-    return _table(exp, "default", _per_seed(exp, point))
+    return _table(exp, "default", _per_seed(exp, default_point))
 
 
 def model_size_study(exp: Experiment) -> pd.DataFrame:
