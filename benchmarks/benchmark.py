@@ -29,7 +29,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from studylib.config import Experiment, TrainConfig, load_experiment
 from studylib.data import Batches, ImageTransform, synthetic
-from studylib.engine import optimizer_for, resolve_device, train_step
+from studylib.distributed import native_bf16, resolve_device
+from studylib.engine import optimizer_for, train_step
 from studylib.models import VIT_SIZES, choose_attention, count_flops, vit
 from studylib.runs import git_sha
 from studylib.stages import mae
@@ -66,8 +67,7 @@ def best_times(steps: dict[str, Callable[[], None]], device: torch.device, round
 MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}  # large enough to reach each device's peak
 
 
-def matmul(device: torch.device, dtype: torch.dtype) -> Callable[[], None]:
-    n = MATMUL_SIZE[device.type]
+def matmul(device: torch.device, dtype: torch.dtype, n: int) -> Callable[[], None]:
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return lambda: a @ b
 
@@ -110,18 +110,24 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the models")
     parser.add_argument("--seconds", type=float, default=2.0, help="timing window per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="timings per measurement; the best one counts")
+    parser.add_argument("--matmul-size", type=int, default=None,
+                        help=f"side of the square matmul that measures the peak (default: {MATMUL_SIZE})")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     device = resolve_device(args.device)
     exp = load_experiment(args.preset)
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
-    matmuls = {p: matmul(device, dtypes[p] or torch.float32) for p in args.precisions}
+    side = args.matmul_size or MATMUL_SIZE[device.type]
+    matmuls = {p: matmul(device, dtypes[p] or torch.float32, side) for p in args.precisions}
     matmul_seconds = best_times(matmuls, device, args.rounds, args.seconds)
-    peaks = {p: 2 * MATMUL_SIZE[device.type] ** 3 / seconds for p, seconds in matmul_seconds.items()}
+    peaks = {p: 2 * side ** 3 / seconds for p, seconds in matmul_seconds.items()}
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {name} ({device}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     for p, peak in peaks.items():
         print(f"matmul peak {p}: {peak / 1e9:,.0f} GFLOP/s")
+    if "bf16" in peaks and device.type == "cpu" and not native_bf16():
+        print("note: this CPU has neither AMX nor avx512_bf16; torch emulates bf16, so its bf16 'peak' and MFU are "
+              "not comparable with fp32's")
 
     rows = []
     header = f"{'model':6s} {'step':10s} {'dtype':5s} {'batch':>5s} {'img/s':>9s} {'MFU':>6s}"
@@ -159,7 +165,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "commit": git_sha(), "preset": args.preset,
-                       "peaks": peaks, "rows": rows,
+                       "peaks": peaks, "native_bf16": device.type == "cuda" or native_bf16(), "rows": rows,
                        "data_pipeline_images_per_s": pipeline, "date": time.strftime("%Y-%m-%d")}, f, indent=2)
 
 

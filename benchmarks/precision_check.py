@@ -3,10 +3,10 @@
     STUDYLIB_DATA=../shared/data python benchmarks/precision_check.py     # cpu preset, short schedule
     python benchmarks/precision_check.py --preset smoke --set             # seconds, synthetic data
 
-For each precision and seed: MAE, WSP from scratch and from the MAE encoder, a linear probe of each on
-every probe dataset. Prints top-1 per precision (mean and sd over seeds), the bf16 - fp32 difference,
-and each pretraining's training throughput; writes JSON (--out). Precision is not part of a run's
-identity (like device and compile), so each precision trains in its own runs folder under --runs.
+For each precision and seed: every arm of the preset's studies.arms, a linear probe of each on every
+probe dataset. Prints top-1 per precision (mean and sd over seeds), the bf16 - fp32 difference, and
+each arm's training throughput; writes JSON (--out). The resolved precision is part of every run's
+identity, so the two precisions never share a run folder.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
-from pathlib import Path
 
 import pandas as pd
 
-from studylib.config import load_experiment, runs_dir
+from studylib.config import load_experiment
 from studylib.runs import git_sha
 from studylib.study import default_point
 
@@ -33,25 +31,23 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=SHORT, dest="overrides", metavar="KEY=VALUE",
                         help=f"overrides of the preset (default: {' '.join(SHORT)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--runs", type=Path, default=runs_dir() / "precision_check")
     parser.add_argument("--out", default=None, help="write the table as JSON here")
     args = parser.parse_args()
 
     rows = []
     for precision in ("fp32", "bf16"):
-        os.environ["STUDYLIB_RUNS"] = str(args.runs / precision)
         exp = load_experiment(args.preset, [*args.overrides, f"precision={precision}"])
         for seed in args.seeds:
             rows += [{**row, "precision": precision, "seed": seed}
                      for row in default_point(dataclasses.replace(exp, seed=seed))]
     table = pd.DataFrame(rows)
 
-    top1 = table[table.metric == "top1"].pivot_table(index=["pretraining", "dataset"], columns="precision",
+    top1 = table[table.metric == "top1"].pivot_table(index=["arm", "dataset"], columns="precision",
                                                      values="value", aggfunc=["mean", "std"])
     top1[("bf16 - fp32", "")] = top1[("mean", "bf16")] - top1[("mean", "fp32")]
-    loss = table[table.metric == "final_loss"].pivot_table(index=["stage", "pretraining", "dataset"],
+    loss = table[table.metric == "final_loss"].pivot_table(index=["stage", "arm", "dataset"],
                                                            columns="precision", values="value", aggfunc=["mean", "std"])
-    speed = table[table.metric == "images_per_s"].pivot_table(index=["stage", "pretraining"], columns="precision",
+    speed = table[table.metric == "images_per_s"].pivot_table(index=["stage", "arm"], columns="precision",
                                                               values="value", aggfunc="mean")
     speed["bf16 / fp32"] = speed["bf16"] / speed["fp32"]
     print(f"{args.preset} {' '.join(args.overrides)}, seeds {args.seeds}")

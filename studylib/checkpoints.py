@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from studylib.config import ConfigError
+from studylib.errors import ConfigError
 from studylib.models import VIT_SIZES, vit
 
 LAYOUTS = ("timm", "mae", "maws")

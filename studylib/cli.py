@@ -1,14 +1,17 @@
 """The `studylib` command.
 
-    studylib study [NAME] [--preset cpu] [--set KEY=VALUE ...]  a study (default: MAE->WSP vs WSP, probes;
-                                                               also explore, model_size, data_size,
-                                                               wsp_epochs, transfer)
+    studylib study [NAME] [--preset cpu] [--set KEY=VALUE ...]  a study of studylib.registry.STUDIES
+                                                               (default: `default`, every arm and probes)
     studylib notebooks [--preset cpu] [--only NAME ...]        every study notebook in batch (papermill)
-    studylib transfer [--checkpoint FILE] [--layout auto]      the transfer suite on the preset's WSP and
-                                                               MAE->WSP runs, or on an outside checkpoint
-    studylib figures [--preset cpu]                            every figure from the results
-    studylib submit TARGET [--preset cpu] [--set ...]          a study or stage as a submitit job (local,
+    studylib transfer [--arm NAME ...] [--checkpoint FILE]     the transfer suite on arms' encoders, or on
+                                                               an outside checkpoint
+    studylib figures [--preset cpu] [--set ...]                every figure from the results
+    studylib submit TARGET [--preset cpu] [--set ...]          a study or an arm as a submitit job (local,
                                                                debug or SLURM: --set launch.executor=slurm)
+    studylib config [--preset cpu] [--set ...]                 the resolved configuration, where its tables go
+    studylib findings [--preset cpu] [--readme]                the paper's claims against the results, by a
+                                                               stated rule (results/<key>/findings.md)
+    studylib registry [--readme]                               arms, studies, tasks and stages (README tables)
     studylib tags   [--preset cpu]                             statistics of the simulated hashtags
     studylib models                                            parameters and FLOPs of every ViT size
 
@@ -19,41 +22,46 @@ and exits with status 2, before anything is written.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
 import pandas as pd
+import yaml
 
-from studylib import distributed
-from studylib.config import ConfigError, Experiment, load_experiment
-from studylib.engine import DivergedError
+from studylib import distributed, registry
+from studylib.config import REPO_ROOT, Experiment, load_experiment, result_settings, results_dir
+from studylib.errors import ConfigError, StudylibError
 
 
 def _experiment(args: argparse.Namespace) -> Experiment:
     return load_experiment(args.preset, args.overrides, getattr(args, "config", None))
 
 
-def cmd_study(args: argparse.Namespace) -> None:
-    from studylib.config import results_dir
-    from studylib.study import STUDIES, summary_text
+def _choose(kind: str, name: str, choices: dict) -> None:
+    if name not in choices:
+        raise ConfigError(f"{kind} {name!r} is unknown; allowed: {list(choices)}")
 
-    if args.name not in STUDIES:
-        raise ConfigError(f"study {args.name!r} is unknown; allowed: {sorted(STUDIES)}")
+
+def cmd_study(args: argparse.Namespace) -> None:
+    from studylib.study import summary_text
+
+    _choose("study", args.name, registry.STUDIES)
     exp = _experiment(args)
     distributed.init()  # several processes under torchrun: one DDP study
     start = time.perf_counter()
-    table = STUDIES[args.name](exp)
+    table = registry.call(registry.STUDIES[args.name].run, exp)
     if args.name == "default":
         print(summary_text(table))
     elif args.name == "explore":
         print(table[table.stage == "hashtags"][["metric", "value"]].to_string(index=False))
     else:
         top1 = table[(table.metric == "top1") & ~table.variant.astype("string").fillna("").str.contains("/")]
-        columns = ("model", "mae_data", "wsp_epochs", "stage", "variant", "pretraining")
+        columns = ("model", "mae_data", "wsp_epochs", "stage", "variant", "arm")
         index = [c for c in columns if top1[c].notna().any()]
         print(top1.pivot_table(index=index, columns="dataset", values="value").round(2).to_string())
     print(f"Elapsed in this call: {(time.perf_counter() - start) / 60:.1f} min; "
-          f"table: {results_dir(exp.preset) / (args.name + '.csv')}")
+          f"table: {results_dir(exp.results_key) / (args.name + '.csv')}")
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:
@@ -65,15 +73,17 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from studylib.stages import mae, wsp
+    from studylib.study import pretrain_arm
     from studylib.transfer import import_checkpoint, summary, transfer_suite
 
+    for name in args.arms:
+        _choose("arm", name, registry.ARMS)
     exp = _experiment(args)
     distributed.init()
     if args.checkpoint:
         encoders = [import_checkpoint(exp, args.checkpoint, args.layout)]
     else:
-        encoders = [wsp.pretrain(exp), wsp.pretrain(exp, init=mae.pretrain(exp))]
+        encoders = [pretrain_arm(exp, registry.ARMS[name])[0] for name in args.arms]
     for encoder in encoders:
         start = time.perf_counter()
         table = transfer_suite(exp, encoder)
@@ -85,25 +95,69 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 def cmd_figures(args: argparse.Namespace) -> None:
     from studylib.figures import make_all
 
-    for name, paths in make_all(args.preset).items():
+    for name, paths in make_all(_experiment(args).results_key).items():
         print(f"{name}: {', '.join(str(p) for p in paths)}")
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    from studylib.launch import submit, watch
+    from studylib.launch import submit, targets, watch
 
+    _choose("job target", args.target, targets())
     job = submit(args.target, args.preset, args.overrides, args.config)
     print(f"submitted {args.target} as job {job.job_id}; logs: {job.paths.stdout}", flush=True)
     if not args.no_wait:
         result = watch([job])[0]
-        if isinstance(result, list):  # a job of several tasks: rank 0's result
-            result = result[0]
-        if args.target == "study":
+        if isinstance(result, list) and result and isinstance(result[0], pd.DataFrame):
+            result = result[0]  # a job of several tasks: rank 0's result
+        if args.target == "default":
             from studylib.study import summary_text
 
             print(summary_text(result))
         else:
             print(result)
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    """The resolved experiment (every value that decides results), and where its tables go."""
+    exp = _experiment(args)
+    print(yaml.safe_dump(result_settings(exp), sort_keys=False).rstrip())
+    print(f"# overrides that change results: {exp.overrides or 'none'}")
+    print(f"# tables: {results_dir(exp.results_key)}")
+
+
+def fill_readme(block: str, text: str) -> None:
+    """Replace what stands between `<!-- BLOCK: begin -->` and `<!-- BLOCK: end -->` in the README."""
+    readme = REPO_ROOT / "README.md"
+    pattern = re.compile(rf"(<!-- {block}: begin -->\n).*?(<!-- {block}: end -->)", re.DOTALL)
+    old = readme.read_text()
+    if not pattern.search(old):
+        raise ConfigError(f"{readme}: no '<!-- {block}: begin -->' ... '<!-- {block}: end -->' block to fill")
+    readme.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), old))
+    print(f"{readme}: {block} rewritten")
+
+
+def cmd_registry(args: argparse.Namespace) -> None:
+    text = registry.markdown()
+    if args.readme:
+        fill_readme("registry", text)
+    else:
+        print(text, end="")
+
+
+def cmd_findings(args: argparse.Namespace) -> None:
+    """The paper's claims against the study tables of a preset (and overrides): results/<key>/findings.md."""
+    from studylib.findings import write
+
+    key = _experiment(args).results_key
+    text = write(key)
+    if args.readme:
+        if key != "cpu":
+            raise ConfigError(f"--readme: the README's findings come from the cpu preset's own results, not {key!r}; "
+                              "allowed: --preset cpu without result-changing --set")
+        fill_readme("findings", text)
+    else:
+        print(text, end="")
+    print(f"written: {results_dir(key) / 'findings.md'}, findings.csv")
 
 
 def cmd_tags(args: argparse.Namespace) -> None:
@@ -126,6 +180,8 @@ def cmd_models(_args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from studylib.launch import targets
+
     root = argparse.ArgumentParser(prog="studylib", description=__doc__.split("\n")[0])
     sub = root.add_subparsers(dest="command", required=True)
     for name, func, text in (("study", cmd_study, "run a study (default: the default study)"),
@@ -133,24 +189,30 @@ def parser() -> argparse.ArgumentParser:
                              ("transfer", cmd_transfer, "run the transfer suite"),
                              ("figures", cmd_figures, "make every figure from the results"),
                              ("submit", cmd_submit, "submit a job through submitit and watch it"),
+                             ("config", cmd_config, "print the resolved configuration"),
+                             ("findings", cmd_findings, "check the paper's claims against the results"),
+                             ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
                              ("tags", cmd_tags, "print hashtag statistics"),
                              ("models", cmd_models, "print model sizes")):
         p = sub.add_parser(name, help=text)
         p.set_defaults(func=func)
         if name == "study":
-            p.add_argument("name", nargs="?", default="default",
-                           help="default, explore, model_size, data_size, wsp_epochs or transfer")
+            p.add_argument("name", nargs="?", default="default", help=f"one of {list(registry.STUDIES)}")
         if name == "notebooks":
             p.add_argument("--only", nargs="+", default=[], metavar="NAME", help="only these notebooks")
             p.add_argument("--executor", default="local", help="where each notebook's job runs (default: local)")
         if name == "transfer":
+            p.add_argument("--arm", dest="arms", nargs="+", default=list(registry.STUDIES["transfer"].arms),
+                           metavar="ARM", help=f"arms whose encoders to evaluate, of {list(registry.ARMS)} "
+                                               f"(default: {' '.join(registry.STUDIES['transfer'].arms)})")
             p.add_argument("--checkpoint", help="an outside checkpoint file (timm, MAE or MAWS weights)")
             p.add_argument("--layout", default="auto", help="its layout: auto, timm, mae or maws")
         if name == "submit":
-            p.add_argument("target", help="what the job runs: study, explore, model_size, data_size, wsp_epochs, "
-                                          "transfer, mae or wsp")
+            p.add_argument("target", help=f"what the job runs: a study or an arm, one of {list(targets())}")
             p.add_argument("--no-wait", action="store_true", help="submit and return")
-        if name not in ("models",):
+        if name in ("registry", "findings"):
+            p.add_argument("--readme", action="store_true", help=f"rewrite the README's {name} tables")
+        if name not in ("models", "registry"):
             p.add_argument("--preset", default="cpu", help="preset of experiments.yaml (default: cpu)")
             p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                            help="override a config value, e.g. --set mae.epochs=3 (repeatable)")
@@ -163,12 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except ConfigError as err:
-        print(f"studylib: error: {err}", file=sys.stderr)
-        return 2
-    except DivergedError as err:
-        print(f"studylib: diverged: {err}", file=sys.stderr)
-        return 1
+    except StudylibError as err:
+        print(f"studylib: {err.kind}: {err}", file=sys.stderr)
+        return err.exit_code
     return 0
 
 

@@ -1,8 +1,9 @@
 """One config path: experiments.yaml -> validated dataclasses -> one hash per run.
 
-A preset is the `defaults` block of experiments.yaml with the preset's own keys on top, then any
-`--set key=value` overrides. Every value is checked once, here; a bad one raises ConfigError with
-the file, the key and the allowed values, and nothing has been written yet.
+The dataclasses below hold every default, once: a preset of experiments.yaml changes some of them,
+then `--set key=value` overrides change any. Every value is checked once, here; a bad one raises
+ConfigError with the file, the key and the allowed values, and nothing has been written yet.
+`studylib config --preset NAME` prints a preset resolved. This module imports neither torch nor timm.
 """
 
 from __future__ import annotations
@@ -21,15 +22,12 @@ from typing import Any
 
 import yaml
 
-from studylib.models import VIT_SIZES
+from studylib.errors import ConfigError
+from studylib.registry import ARMS, CORRUPTIONS, TASKS, VIT_SIZES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "experiments.yaml"
 BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")
-
-
-class ConfigError(ValueError):
-    """A bad setting. The message names where it came from, the key and what is allowed."""
 
 
 def data_dir() -> Path:
@@ -42,9 +40,10 @@ def runs_dir() -> Path:
     return Path(os.environ.get("STUDYLIB_RUNS", REPO_ROOT / "runs"))
 
 
-def results_dir(preset: str) -> Path:
-    """Where study tables go: $STUDYLIB_RESULTS/<preset>, default <repo>/results/<preset>."""
-    return Path(os.environ.get("STUDYLIB_RESULTS", REPO_ROOT / "results")) / preset
+def results_dir(key: str) -> Path:
+    """Where study tables go: $STUDYLIB_RESULTS/<key>, default <repo>/results/<key>; the key is the
+    preset, or the preset and the hash of its overrides (`results_key`)."""
+    return Path(os.environ.get("STUDYLIB_RESULTS", REPO_ROOT / "results")) / key
 
 
 def _check(allowed: str, ok: typing.Callable[[Any], bool], **kwargs: Any) -> Any:
@@ -63,19 +62,33 @@ def _probability(**kwargs: Any) -> Any:
     return _check("in [0, 1]", lambda v: 0 <= v <= 1, **kwargs)
 
 
+def _one_of(choices: typing.Iterable[str], **kwargs: Any) -> Any:
+    choices = list(choices)
+    return _check(f"one of {choices}", lambda v: v in choices, **kwargs)
+
+
+def _list_of(choices: typing.Collection[str], **kwargs: Any) -> Any:
+    """A non-empty list of names in `choices`, read when checked (a registry may grow after import)."""
+    return field(metadata={"allowed": lambda: f"a non-empty list of {list(choices)}",
+                           "ok": lambda v: len(v) > 0 and all(x in choices for x in v)}, **kwargs)
+
+
 def _dataset_name(name: str) -> bool:
     return name in BUILTIN_DATASETS or ("/" in name and Path(name).expanduser().is_dir())
 
 
+SPEED_ONLY = {"identity": False}  # field metadata: changes speed, never results, so no run hash or table
+
+
 @dataclass(kw_only=True)
 class DataConfig:
+    # images for MAE and, with simulated hashtags, for WSP: the pool
     pretrain: str = _check(f"one of {BUILTIN_DATASETS} or the path of an existing image folder", _dataset_name,
                            default="cifar100")
     pretrain_fraction: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)
     probe: list[str] = _check(f"a list of {BUILTIN_DATASETS} or paths of existing image folders",
                               lambda v: len(v) > 0 and all(_dataset_name(n) for n in v),
                               default_factory=lambda: ["cifar10", "cifar100"])
-    probe_train_per_class: int = _at_least_zero(default=0)  # 0: every training image
     synthetic_train: int = _positive(default=2000)  # size of the generated `synthetic` dataset
     synthetic_test: int = _positive(default=500)
 
@@ -99,6 +112,8 @@ class TagsConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
+    """What the engine reads. Each stage's section below sets its own recipe with `_recipe`."""
+
     epochs: int = _positive(default=1)
     batch_size: int = _positive(default=256)
     base_lr: float = _positive(default=1e-3)  # lr = base_lr * batch_size / 256
@@ -106,36 +121,71 @@ class TrainConfig:
     warmup_epochs: float = _at_least_zero(default=0.0)
     weight_decay: float = _at_least_zero(default=0.05)
     clip_grad: float = _at_least_zero(default=1.0)  # 0: no clipping
-    crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.35)  # random-resized-crop area
-    compile: bool = False  # torch.compile the model: +27% for B/16 on an H200, slower for the 32 px sizes
+    compile: bool = field(default=False, metadata=SPEED_ONLY)  # torch.compile: +27% for B/16 on an H200
+
+
+_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _recipe(name: str, default: Any) -> Any:
+    """TrainConfig's field `name`, with its check, and this section's default."""
+    return field(default=default, metadata=_TRAIN_FIELDS[name].metadata)
 
 
 @dataclass(kw_only=True)
-class MAEConfig(TrainConfig):
+class ImageTrainConfig(TrainConfig):
+    """A stage that trains on augmented images (not on cached features)."""
+
+    crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.35)  # random-resized-crop area
+
+
+@dataclass(kw_only=True)
+class MAEConfig(ImageTrainConfig):
+    """MAE's recipe: AdamW(0.9, 0.95), wd 0.05, mask 75%, normalised-pixel loss."""
+
+    epochs: int = _recipe("epochs", 10)
+    base_lr: float = _recipe("base_lr", 1.5e-3)  # MAE's 1.5e-4 is for 800+ epochs; short schedules need more
+    warmup_epochs: float = _recipe("warmup_epochs", 1.0)
+    clip_grad: float = _recipe("clip_grad", 0.0)
+    crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.2)
     # MAE's own images: "pretrain" (the WSP pool, data.pretrain) or another dataset, and the share of
     # them taken (times data.pretrain_fraction, as for the pool): the data-size study varies these
     data: str = _check(f"'pretrain', one of {BUILTIN_DATASETS} or the path of an existing image folder",
                        lambda v: v == "pretrain" or _dataset_name(v), default="pretrain")
     data_fraction: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)
     mask_ratio: float = _check("in (0, 1)", lambda v: 0 < v < 1, default=0.75)
-    decoder_dim: int = _positive(default=128)
+    decoder_dim: int = _positive(default=64)  # light: at 32 px the decoder sees 4x the encoder's tokens
     decoder_depth: int = _positive(default=2)
     decoder_heads: int = _positive(default=4)
     norm_pix_loss: bool = True
 
 
 @dataclass(kw_only=True)
-class WSPConfig(TrainConfig):
-    pass
+class WSPConfig(ImageTrainConfig):
+    epochs: int = _recipe("epochs", 3)
+    warmup_epochs: float = _recipe("warmup_epochs", 0.5)
+    weight_decay: float = _recipe("weight_decay", 0.1)
 
 
 @dataclass(kw_only=True)
 class ProbeConfig(TrainConfig):
-    pass
+    """Linear probe on cached features: cheap."""
+
+    epochs: int = _recipe("epochs", 30)
+    warmup_epochs: float = _recipe("warmup_epochs", 1.0)
+    weight_decay: float = _recipe("weight_decay", 0.0)
+    clip_grad: float = _recipe("clip_grad", 0.0)
+    train_per_class: int = _at_least_zero(default=0)  # 0: every training image
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig(TrainConfig):
+class FinetuneConfig(ImageTrainConfig):
+    """After MAE's recipe: layer-wise lr decay, stochastic depth, label smoothing, wd 0.05."""
+
+    epochs: int = _recipe("epochs", 10)
+    batch_size: int = _recipe("batch_size", 128)
+    warmup_epochs: float = _recipe("warmup_epochs", 1.0)
+    clip_grad: float = _recipe("clip_grad", 0.0)
     layer_decay: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.75)  # block lr x decay^(blocks above)
     drop_path: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)  # stochastic depth rate
     train_per_class: int = _at_least_zero(default=0)  # 0: every training image
@@ -151,9 +201,11 @@ class LowShotConfig:
 
 
 @dataclass(kw_only=True)
-class LiTConfig(TrainConfig):
-    """Locked-image tuning: the image tower frozen, a text tower trained on hashtag captions."""
+class ZeroShotConfig(TrainConfig):
+    """Locked-image tuning (LiT): the image tower frozen, a text tower trained on hashtag captions."""
 
+    epochs: int = _recipe("epochs", 10)
+    warmup_epochs: float = _recipe("warmup_epochs", 1.0)
     text_dim: int = _positive(default=128)
     text_depth: int = _positive(default=2)
     text_heads: int = _positive(default=4)
@@ -165,23 +217,18 @@ class LiTConfig(TrainConfig):
 
 @dataclass(kw_only=True)
 class RobustnessConfig:
-    corruptions: list[str] = _check("a non-empty list of studylib.corruptions.CORRUPTIONS",
-                                    lambda v: len(v) > 0 and all(c in _corruptions() for c in v),
-                                    default_factory=lambda: list(_corruptions()))
+    corruptions: list[str] = _list_of(CORRUPTIONS, default_factory=lambda: list(CORRUPTIONS))  # severities 1-5
     test_per_class: int = _at_least_zero(default=0)  # 0: the whole test set
-
-
-TRANSFER_TASKS = ("finetune", "linear", "lowshot", "zeroshot", "robustness")
 
 
 @dataclass(kw_only=True)
 class TransferConfig:
-    tasks: list[str] = _check(f"a non-empty list of {list(TRANSFER_TASKS)}",
-                              lambda v: len(v) > 0 and all(t in TRANSFER_TASKS for t in v),
-                              default_factory=lambda: list(TRANSFER_TASKS))
+    """The transfer suite (studylib transfer): every task on each pretrained encoder."""
+
+    tasks: list[str] = _list_of(TASKS, default_factory=lambda: list(TASKS))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lowshot: LowShotConfig = field(default_factory=LowShotConfig)
-    lit: LiTConfig = field(default_factory=LiTConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
 
 
@@ -195,13 +242,11 @@ def _mae_data_point(text: str) -> bool:
 
 @dataclass(kw_only=True)
 class StudiesConfig:
-    """What the scaling studies sweep (studylib.study); each point is a set of ordinary runs."""
+    """What the scaling studies sweep (studylib.study); each point is a set of ordinary runs, once per seed."""
 
     seeds: list[int] = _check("a non-empty list of ints >= 0", lambda v: len(v) > 0 and min(v) >= 0,
                               default_factory=lambda: [0])
-    model_sizes: list[str] = _check(f"a non-empty list of {list(VIT_SIZES)}",
-                                    lambda v: len(v) > 0 and all(m in VIT_SIZES for m in v),
-                                    default_factory=lambda: ["nano", "micro"])
+    model_sizes: list[str] = _list_of(VIT_SIZES, default_factory=lambda: ["nano", "micro"])
     # MAE's images as DATASET:FRACTION, DATASET 'pretrain' (the pool) or a dataset; MAE takes as many
     # steps at every point as on the whole pool (its epochs scale with pool size / its images)
     mae_data: list[str] = _check("a non-empty list of 'pretrain:F' or 'DATASET:F', F in (0, 1]",
@@ -209,20 +254,14 @@ class StudiesConfig:
                                  default_factory=lambda: ["pretrain:0.2", "pretrain:1", "cifar10:1"])
     wsp_epochs: list[int] = _check("a non-empty list of ints > 0", lambda v: len(v) > 0 and min(v) > 0,
                                    default_factory=lambda: [1, 2, 4])
-
-
-def _corruptions() -> tuple[str, ...]:
-    from studylib.corruptions import CORRUPTIONS
-
-    return CORRUPTIONS
+    arms: list[str] = _list_of(ARMS, default_factory=lambda: list(ARMS))  # arms the studies compare
 
 
 @dataclass(kw_only=True)
 class LaunchConfig:
-    """Where jobs run (studylib.launch); none of it changes a run's result or its hash."""
+    """Where jobs run (studylib.launch); none of it changes a run's result, its hash or its table."""
 
-    executor: str = _check("one of ['auto', 'local', 'debug', 'slurm']",
-                           lambda v: v in ("auto", "local", "debug", "slurm"), default="auto")  # auto: slurm if sbatch
+    executor: str = _one_of(["auto", "local", "debug", "slurm"], default="auto")  # auto: slurm where sbatch exists
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -236,15 +275,17 @@ class LaunchConfig:
     array_parallelism: int = _positive(default=16)
 
 
+INTERNAL = {"internal": True}  # field metadata: set by load_experiment, never by a config file or --set
+
+
 @dataclass(kw_only=True)
 class Experiment:
-    preset: str
-    model: str = _check(f"one of {list(VIT_SIZES)}", lambda v: v in VIT_SIZES, default="micro")
-    seed: int = _at_least_zero(default=0)
-    device: str = _check("one of ['auto', 'cpu', 'cuda']", lambda v: v in ("auto", "cpu", "cuda"),
-                         default="auto")
-    precision: str = _check("one of ['auto', 'bf16', 'fp32']", lambda v: v in ("auto", "bf16", "fp32"),
-                            default="auto")
+    preset: str = field(default="", metadata=INTERNAL)
+    overrides: dict[str, Any] = field(default_factory=dict, metadata=INTERNAL)  # what differs from the preset
+    model: str = _one_of(VIT_SIZES, default="micro")
+    seed: int = _at_least_zero(default=0)  # of single runs; studies run every seed of studies.seeds
+    device: str = field(default="auto", metadata={**_one_of(["auto", "cpu", "cuda"]).metadata, **SPEED_ONLY})
+    precision: str = _one_of(["auto", "bf16", "fp32"], default="auto")  # auto: bf16 on GPUs that have it, else fp32
     data: DataConfig = field(default_factory=DataConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
@@ -252,10 +293,31 @@ class Experiment:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     studies: StudiesConfig = field(default_factory=StudiesConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig, metadata=SPEED_ONLY)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def section(self, name: str) -> Any:
+        """A section (dotted for nested ones: 'transfer.finetune') or a top-level value."""
+        value: Any = self
+        for part in name.split("."):
+            value = getattr(value, part)
+        return value
+
+    @property
+    def results_key(self) -> str:
+        """Where this experiment's study tables and figures go: the preset's own folder, or, with
+        overrides that change results, `<preset>+<hash of the overrides>`, so neither replaces the other."""
+        return self.preset if not self.overrides else f"{self.preset}+{config_hash(self.overrides)}"
+
+
+def result_settings(value: Any) -> Any:
+    """A config section as it decides results: its values without the speed-only ones."""
+    if not dataclasses.is_dataclass(value):
+        return value
+    return {f.name: result_settings(getattr(value, f.name)) for f in dataclasses.fields(value)
+            if f.metadata.get("identity", True) and not f.metadata.get("internal")}
 
 
 def config_hash(obj: Any) -> str:
@@ -291,36 +353,65 @@ def load_experiment(preset: str, overrides: list[str] | tuple[str, ...] = (),
     if preset not in presets:
         raise ConfigError(f"{path}: unknown preset {preset!r}{_suggest(preset, presets)}; "
                           f"allowed: {sorted(presets)}")
-    unknown_top = set(document) - {"defaults", "presets"}
+    unknown_top = set(document) - {"presets"}
     if unknown_top:
-        raise ConfigError(f"{path}: unknown top-level key {sorted(unknown_top)[0]!r}; "
-                          "allowed: ['defaults', 'presets']")
+        raise ConfigError(f"{path}: unknown top-level key {sorted(unknown_top)[0]!r}; allowed: ['presets'] "
+                          "(defaults live in studylib/config.py)")
 
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
-    _merge(values, origins, document.get("defaults") or {}, f"{path}: defaults")
     _merge(values, origins, presets[preset] or {}, f"{path}: presets.{preset}")
+    own = _build(Experiment, values, origins, prefix="")
+    set_by_override = set()
     for text in overrides:
         key, value = parse_override(text)
+        set_by_override.add(key)
         nested: Any = value
         for part in reversed(key.split(".")):
             nested = {part: nested}
         _merge(values, origins, nested, "override")
-    exp = _build(Experiment, {**values, "preset": preset}, origins, prefix="")
+    exp = _build(Experiment, values, origins, prefix="")
+    if "seed" in set_by_override:  # a seed asked for on the command line is the seed the studies run
+        if "studies.seeds" not in set_by_override:
+            exp.studies.seeds = [exp.seed]
+        elif exp.seed not in exp.studies.seeds:
+            raise ConfigError(f"override seed: {exp.seed} is not among studies.seeds {exp.studies.seeds}, "
+                              "which the studies run; allowed: one of them, or leave seed out")
     _check_together(exp, origins)
+    exp.preset = preset
+    mine, theirs = _flatten(result_settings(exp)), _flatten(result_settings(own))
+    exp.overrides = {k: v for k, v in mine.items() if theirs.get(k) != v}
     return exp
+
+
+def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
     """Checks of several values at once, which single fields cannot make."""
-    lit = exp.transfer.lit
+    zeroshot = exp.transfer.zeroshot
     for key, dim, heads in (("mae.decoder_dim", exp.mae.decoder_dim, exp.mae.decoder_heads),
-                            ("transfer.lit.text_dim", lit.text_dim, lit.text_heads)):
+                            ("transfer.zeroshot.text_dim", zeroshot.text_dim, zeroshot.text_heads)):
         if dim % heads:
             raise ConfigError(f"{_where(origins, key)}: {dim} does not split into {heads} heads; "
                               f"allowed: multiples of {key.rsplit('_', 1)[0]}_heads = {heads}")
+    for size in dict.fromkeys([exp.model, *exp.studies.model_sizes]):
+        spec = VIT_SIZES[size]
+        patches = (spec["img_size"] // spec["patch_size"]) ** 2
+        if not 0 < round(patches * (1 - exp.mae.mask_ratio)) < patches:
+            raise ConfigError(f"{_where(origins, 'mae.mask_ratio')}: {exp.mae.mask_ratio} hides no patch or every "
+                              f"patch of {size}'s {patches}; "
+                              f"allowed: in ({0.5 / patches:.3f}, {1 - 0.5 / patches:.3f})")
     for key, values in (("studies.seeds", exp.studies.seeds), ("studies.model_sizes", exp.studies.model_sizes),
                         ("studies.mae_data", exp.studies.mae_data), ("studies.wsp_epochs", exp.studies.wsp_epochs),
+                        ("studies.arms", exp.studies.arms), ("transfer.tasks", exp.transfer.tasks),
                         ("transfer.lowshot.shots", exp.transfer.lowshot.shots)):
         if len(set(values)) < len(values):
             raise ConfigError(f"{_where(origins, key)}: {values} repeats a value; allowed: distinct values")
@@ -356,7 +447,7 @@ def _suggest(name: str, choices: typing.Iterable[str]) -> str:
 
 def _build(cls: type, values: dict[str, Any], origins: dict[str, str], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         full = prefix + key
@@ -372,7 +463,8 @@ def _build(cls: type, values: dict[str, Any], origins: dict[str, str], prefix: s
         value = _coerce(value, hint, _where(origins, full))
         meta = known[key].metadata
         if "ok" in meta and not meta["ok"](value):
-            raise ConfigError(f"{_where(origins, full)}: {value!r} is not allowed; must be {meta['allowed']}")
+            allowed = meta["allowed"]() if callable(meta["allowed"]) else meta["allowed"]
+            raise ConfigError(f"{_where(origins, full)}: {value!r} is not allowed; must be {allowed}")
         kwargs[key] = value
     return cls(**kwargs)
 

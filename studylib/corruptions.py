@@ -18,24 +18,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from studylib.config import ConfigError
+from studylib.errors import ConfigError
+from studylib.registry import CORRUPTIONS
 
 SEVERITIES = (1, 2, 3, 4, 5)
-PARAMS: dict[str, tuple] = {
-    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # sigma on [0, 1]
-    "shot_noise": (500, 250, 100, 75, 50),  # Poisson rate at full intensity
-    "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),  # salt-and-pepper fraction
-    "speckle_noise": (0.06, 0.1, 0.12, 0.16, 0.2),  # multiplicative sigma
-    "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),  # sigma in pixels
-    "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),  # disk radius, alias blur
-    "zoom_blur": (7, 12, 16, 21, 26),  # zooms 1.00, 1.01, ...: np.arange(1, 1.06 ... 1.26, 0.01) lengths
-    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # factor about the per-channel mean
-    "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),  # added to HSV value
-    "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),  # HSV saturation * a + b
-    "jpeg_compression": (80, 65, 58, 50, 40),  # quality
-    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),  # box-downscale factor, then box-upscale back
-}
-CORRUPTIONS: tuple[str, ...] = tuple(PARAMS)
 
 
 def _filter_matrix(n: int, kernel: torch.Tensor, mode: str) -> torch.Tensor:
@@ -146,7 +132,7 @@ _UINT8_FUNCS = {"jpeg_compression": _jpeg, "pixelate": _pixelate}  # these take 
 
 def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
     """Corrupt uint8 images (N, 3, H, W) with `name` at `severity` (1-5); deterministic given `seed`."""
-    if name not in PARAMS:
+    if name not in CORRUPTIONS:
         raise ConfigError(f"corruption {name!r} is unknown; allowed: {', '.join(CORRUPTIONS)}")
     if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
         raise ConfigError(f"severity {severity!r} is not allowed; allowed: {', '.join(map(str, SEVERITIES))}")
@@ -154,7 +140,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
         raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
     if len(images) == 0:
         return images.clone()
-    c, gen, device = PARAMS[name][severity - 1], torch.Generator().manual_seed(seed), images.device
+    c, gen, device = CORRUPTIONS[name][severity - 1], torch.Generator().manual_seed(seed), images.device
     images = images.cpu().contiguous()
     if name in _UINT8_FUNCS:
         return _UINT8_FUNCS[name](images, c, gen).to(device)

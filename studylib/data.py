@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import math
 import os
 import pickle
@@ -25,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from studylib import distributed
-from studylib.config import ConfigError, DataConfig, data_dir
+from studylib.config import DataConfig, data_dir
+from studylib.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as timm and MAE use
@@ -69,25 +71,66 @@ class ImageDataset:
 
 
 def load_dataset(name: str, config: DataConfig | None = None) -> ImageDataset:
-    """A dataset by name (see the module docstring); loaded once per process."""
+    """A dataset by name (see the module docstring); loaded once per process and source."""
     config = config or DataConfig()
     if name == "synthetic":
         return synthetic(config.synthetic_train, config.synthetic_test)
-    return _load_named(name, str(data_dir().resolve()))
+    path = source(name)
+    stat = path.stat()
+    return _load(name, str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def source(name: str) -> Path:
+    """The file or folder that the dataset `name` is read from, resolved: cifar100.npz or cifar10/ in the
+    data directory (else torchvision's download folder, downloaded first where that is allowed), or
+    the image folder `name` itself."""
+    if name == "cifar100":
+        return _cifar_source("cifar100", "cifar100.npz", "cifar-100-python")
+    if name == "cifar10":
+        return _cifar_source("cifar10", "cifar10", "cifar-10-batches-py")
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise DataError(f"dataset {name!r}: no such image folder; allowed: cifar10, cifar100, synthetic, "
+                        "or a folder path")
+    return path.resolve()
+
+
+def fingerprint(name: str, config: DataConfig | None = None) -> str:
+    """What a run's identity holds of its data: a hash of the file's bytes (cifar100.npz), of the
+    download folder's files, or of an image folder's manifest (its resolved path, every file's name and
+    size); the sizes of generated data. Cached per source, size and modification time."""
+    config = config or DataConfig()
+    if name == "synthetic":
+        return f"synthetic-{config.synthetic_train}-{config.synthetic_test}"
+    path = source(name)
+    stat = path.stat()
+    return _fingerprint(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(path: str, _mtime_ns: int, _size: int) -> str:
+    root = Path(path)
+    digest = hashlib.sha256()
+    if root.is_file():
+        with open(root, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()[:16]
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    manifest = [str(root)] + [f"{p.relative_to(root)} {p.stat().st_size}" for p in files]
+    digest.update("\n".join(manifest).encode())
+    return digest.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=4)
-def _load_named(name: str, root: str) -> ImageDataset:
-    """`root` (the data directory) is part of the cache key only."""
+def _load(name: str, path: str, _mtime_ns: int, _size: int) -> ImageDataset:
+    source_path = Path(path)
     if name == "cifar100":
-        return _cifar100()
+        return _cifar100(source_path)
+    dataset = image_folder(source_path) if source_path.name != "cifar-10-batches-py" else _cifar10_download(source_path)
     if name == "cifar10":
-        return _cifar10()
-    path = Path(name).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"dataset {name!r}: no such image folder; allowed: cifar10, cifar100, synthetic, "
-                          "or a folder path")
-    return image_folder(path)
+        dataset.name = "cifar10"
+    return dataset
 
 
 @contextlib.contextmanager
@@ -98,33 +141,34 @@ def _download_lock(root: Path) -> Iterator[None]:
         yield
 
 
-def _data_root(what: str) -> Path:
+def _cifar_source(name: str, ours: str, downloaded: str) -> Path:
+    """The data directory's copy of CIFAR in this project's layout (../shared/data/README.md) or
+    torchvision's; downloads torchvision's into the default data directory when neither is there."""
     root = data_dir()
-    if not root.is_dir():
-        if "STUDYLIB_DATA" in os.environ:
-            raise ConfigError(f"STUDYLIB_DATA={root}: data directory does not exist (needed for {what})")
-        root.mkdir(parents=True)
-    return root
+    if "STUDYLIB_DATA" in os.environ and not root.is_dir():
+        raise DataError(f"STUDYLIB_DATA={root}: data directory does not exist (needed for {name})")
+    for candidate in (root / ours, root / downloaded):
+        if candidate.exists():
+            return candidate.resolve()
+    if "STUDYLIB_DATA" in os.environ:
+        raise DataError(f"STUDYLIB_DATA={root}: has neither {ours} nor {downloaded}/; "
+                        f"unset STUDYLIB_DATA to download {name} into the default data folder")
+    root.mkdir(parents=True, exist_ok=True)
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    with _download_lock(root):
+        (CIFAR100 if name == "cifar100" else CIFAR10)(str(root), download=True)
+    return (root / downloaded).resolve()
 
 
-def _cifar100() -> ImageDataset:
-    root = _data_root("cifar100")
-    npz = root / "cifar100.npz"
-    if npz.exists():
-        with np.load(npz) as f:
+def _cifar100(path: Path) -> ImageDataset:
+    if path.is_file():
+        with np.load(path) as f:
             return ImageDataset(
                 "cifar100", _nhwc(f["x_train"]), torch.from_numpy(f["y_train"]).long(), _nhwc(f["x_test"]),
                 torch.from_numpy(f["y_test"]).long(), [str(c) for c in f["classes"]],
                 torch.from_numpy(f["fine_to_coarse"]).long(), [str(c) for c in f["coarse_classes"]])
-    from torchvision.datasets import CIFAR100
-
-    folder = root / "cifar-100-python"
-    if not folder.exists() and "STUDYLIB_DATA" in os.environ:
-        raise ConfigError(f"STUDYLIB_DATA={root}: has neither cifar100.npz nor cifar-100-python/; "
-                          "unset STUDYLIB_DATA to download CIFAR-100 into the default data folder")
-    with _download_lock(root):
-        CIFAR100(str(root), download=not folder.exists())
-    splits = {s: pickle.load(open(folder / s, "rb"), encoding="latin1") for s in ("train", "test", "meta")}
+    splits = {s: pickle.load(open(path / s, "rb"), encoding="latin1") for s in ("train", "test", "meta")}
     fine_to_coarse = torch.zeros(100, dtype=torch.long)
     fine_to_coarse[torch.tensor(splits["train"]["fine_labels"])] = torch.tensor(splits["train"]["coarse_labels"])
     images = {s: torch.from_numpy(splits[s]["data"].reshape(-1, 3, 32, 32)) for s in ("train", "test")}
@@ -133,20 +177,10 @@ def _cifar100() -> ImageDataset:
                         splits["meta"]["fine_label_names"], fine_to_coarse, splits["meta"]["coarse_label_names"])
 
 
-def _cifar10() -> ImageDataset:
-    root = _data_root("cifar10")
-    if (root / "cifar10").is_dir():
-        dataset = image_folder(root / "cifar10")
-        dataset.name = "cifar10"
-        return dataset
+def _cifar10_download(path: Path) -> ImageDataset:
     from torchvision.datasets import CIFAR10
 
-    if not (root / "cifar-10-batches-py").exists() and "STUDYLIB_DATA" in os.environ:
-        raise ConfigError(f"STUDYLIB_DATA={root}: has neither cifar10/ nor cifar-10-batches-py/; "
-                          "unset STUDYLIB_DATA to download CIFAR-10 into the default data folder")
-    with _download_lock(root):
-        train = CIFAR10(str(root), train=True, download=True)
-    test = CIFAR10(str(root), train=False)
+    train, test = CIFAR10(str(path.parent), train=True), CIFAR10(str(path.parent), train=False)
     return ImageDataset("cifar10", _nhwc(train.data), torch.tensor(train.targets), _nhwc(test.data),
                         torch.tensor(test.targets), list(train.classes))
 
@@ -165,7 +199,7 @@ def image_folder(root: Path) -> ImageDataset:
         split_roots = {"train": root}
     classes = sorted(d.name for d in split_roots["train"].iterdir() if d.is_dir())
     if not classes:
-        raise ConfigError(f"image folder {root}: no class folders; expected {root}/train/<class>/<image> "
+        raise DataError(f"image folder {root}: no class folders; expected {root}/train/<class>/<image> "
                           f"or {root}/<class>/<image>")
     splits = {}
     for split, split_root in split_roots.items():
@@ -175,7 +209,7 @@ def image_folder(root: Path) -> ImageDataset:
             files += found
             labels += [label] * len(found)
         if not files:
-            raise ConfigError(f"image folder {split_root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+            raise DataError(f"image folder {split_root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                               f"in its class folders {classes[:5]}")
         splits[split] = (_read_images(files), torch.tensor(labels))
     empty = (torch.zeros(0, *splits["train"][0].shape[1:], dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
@@ -191,7 +225,7 @@ def _read_images(files: list[Path]) -> torch.Tensor:
             with Image.open(path) as image:
                 return np.array(image.convert("RGB"))
         except OSError as err:
-            raise ConfigError(f"{path}: not a readable image ({err})") from None
+            raise DataError(f"{path}: not a readable image ({err})") from None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         arrays = list(pool.map(read, files))

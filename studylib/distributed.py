@@ -1,4 +1,5 @@
-"""torch.distributed for jobs of several tasks: one task per GPU (nccl), or per CPU slot (gloo).
+"""Where computation runs: the device, the precision, and torch.distributed for jobs of several
+tasks: one task per GPU (nccl), or per CPU slot (gloo).
 
 Under SLURM, submitit's job environment says who is who; torchrun's variables work too. Every rank
 sees its own share of each batch; only rank 0 writes files.
@@ -10,6 +11,45 @@ import os
 
 import torch
 import torch.distributed as dist
+
+from studylib.config import Experiment
+from studylib.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' asked for, but torch sees no CUDA device; allowed here: auto, cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. 'auto' takes bf16 on a GPU that has it."""
+    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return None
+    return torch.bfloat16
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or avx512_bf16); elsewhere torch emulates it slowly."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def device_and_dtype(exp: Experiment) -> tuple[torch.device, torch.dtype | None]:
+    device = resolve_device(exp.device)
+    return device, resolve_precision(exp.precision, device)
+
+
+def precision_name(exp: Experiment) -> str:
+    """The precision `exp` resolves to here: 'bf16' or 'fp32' (part of every run's identity)."""
+    return "bf16" if device_and_dtype(exp)[1] is torch.bfloat16 else "fp32"
 
 
 def init() -> None:

@@ -20,32 +20,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from studylib import distributed
-from studylib.config import ConfigError, TrainConfig
+from studylib.config import TrainConfig
+from studylib.errors import DivergedError, RunFolderError
 from studylib.models import choose_attention
-from studylib.runs import Run, load_weights, save_weights
+from studylib.runs import Run
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class DivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint is from the epoch before."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' asked for, but torch sees no CUDA device; allowed here: auto, cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. 'auto' takes bf16 on a GPU that has it."""
-    if name == "fp32" or (name == "auto" and device.type != "cuda"):
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return None
-    return torch.bfloat16
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
@@ -67,7 +47,7 @@ def check_free_disk(run: Run, model: nn.Module) -> None:
     folder = next(p for p in (run.path, *run.path.parents) if p.exists())
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise ConfigError(f"{folder}: too little free disk for the checkpoints of {run.name}: "
+        raise RunFolderError(f"{folder}: too little free disk for the checkpoints of {run.name}: "
                           f"needs {needed / 2**30:.2f} GiB, has {free / 2**30:.2f} GiB")
 
 
@@ -122,7 +102,7 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
     optimizer = optimizer_for(model, config)
     peak = optimizer.defaults["lr"]  # base_lr * batch_size / 256
     history: list[dict[str, Any]] = []
-    state = load_weights(run.checkpoint, map_location=device)
+    state = run.load(run.checkpoint.name, map_location=device)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -154,15 +134,16 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         epoch_loss = distributed.mean(loss_sum / steps).item()
         if not math.isfinite(epoch_loss):
+            kept = f"the checkpoint of epoch {len(history)} is kept" if history else "no checkpoint was written"
             raise DivergedError(f"{run.path}: loss is {epoch_loss} at epoch {epoch + 1}, step "
-                                f"{int(first_bad_step)}/{steps}; the checkpoint of epoch {len(history)} is kept")
+                                f"{int(first_bad_step)}/{steps}; {kept}")
         seconds = time.perf_counter() - start
         history.append({"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "seconds": seconds,
                         "images_per_s": images / seconds})
         if not main:
             continue
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history}
-        save_weights(run.checkpoint, state, keep_previous=True)
+        run.save(run.checkpoint.name, state, keep_previous=True)
         run.write_metrics(history)
         print(f"[{run.name}] epoch {epoch + 1}/{config.epochs} loss {epoch_loss:.4f} lr {lr:.2e} "
               f"{images / seconds:.0f} img/s {seconds:.1f} s", flush=True)
@@ -170,4 +151,4 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
     seconds = sum(r["seconds"] for r in history)
     images_seen = sum(r["images_per_s"] * r["seconds"] for r in history)
     return {"final_loss": history[-1]["loss"], "epochs": len(history), "wall_time_s": seconds,
-            "images_per_s": images_seen / seconds}
+            "images_per_s": images_seen / seconds, "images_seen": round(images_seen)}

@@ -1,9 +1,11 @@
-"""The study's figures, made from the tables under results/<preset>/ only, in one seaborn style.
+"""The study's figures (studylib.registry.FIGURES), made from the tables under results/<key>/ only, in
+one seaborn style; arms in the registry's order, colours and labels.
 
-Each figure is saved as PNG and SVG in figures/<preset>/ (or $STUDYLIB_FIGURES/<preset>/) with a
-provenance file beside it: preset, git SHA, the runs whose results it shows, its source tables
-and the date. Where a preset has several seeds, points show the mean and error bars one standard
-deviation.
+Each figure is saved as PNG and SVG in figures/<key>/ (or $STUDYLIB_FIGURES/<key>/) with a
+provenance file beside it: preset, overrides, git SHA, the runs whose results it shows, its source
+tables and the date. The key is the preset, or the preset and its overrides' hash (see
+Experiment.results_key). Where a study has several seeds, points show the mean and error bars one
+standard deviation.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -22,41 +24,62 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+import yaml  # noqa: E402
 
-from studylib.config import REPO_ROOT, results_dir  # noqa: E402
+from studylib.config import REPO_ROOT, load_experiment, results_dir  # noqa: E402
+from studylib.registry import ARMS, FIGURES, STUDIES, call  # noqa: E402
 from studylib.runs import atomic_write, git_sha  # noqa: E402
 
-PALETTE = {"WSP": "#4C72B0", "MAE→WSP": "#DD8452", "MAE": "#55A868"}
-ORDER = ["WSP", "MAE→WSP"]
 FORMATS = ("png", "svg")
 
 
-def figures_dir(preset: str) -> Path:
-    return Path(os.environ.get("STUDYLIB_FIGURES", REPO_ROOT / "figures")) / preset
+def figures_dir(key: str) -> Path:
+    return Path(os.environ.get("STUDYLIB_FIGURES", REPO_ROOT / "figures")) / key
+
+
+def arms(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+    """`table` with each arm's label in the column `label`, then the labels of the arms it holds in the
+    registry's order (the legend's order) and their colours."""
+    present = [arm for name, arm in ARMS.items() if name in set(table.arm.dropna())]
+    labelled = table.assign(label=table.arm.map({a.name: a.label for a in present}))
+    return labelled, [a.label for a in present], {a.label: a.color for a in present}
+
+
+def _relative(path: Path) -> str:
+    """`path` relative to the repository where it lies inside it: provenance that reads the same anywhere."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def style() -> None:
     sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95,
-                  rc={"figure.dpi": 110, "svg.hashsalt": "studylib"})  # fixed SVG ids: same results, same file
+                  rc={"figure.dpi": 110, "svg.hashsalt": "studylib",  # fixed SVG ids: same results, same file
+                      "svg.fonttype": "none"})  # SVG text as text: searchable, and small
 
 
-def read(preset: str, study: str) -> pd.DataFrame:
-    path = results_dir(preset) / f"{study}.csv"
+def read(key: str, study: str) -> pd.DataFrame:
+    path = results_dir(key) / f"{study}.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no results yet; run the {study} study first (studylib studies)")
+        raise FileNotFoundError(f"{path}: no results yet; run the study first (studylib study {study})")
     return pd.read_csv(path)
 
 
-def save(fig: plt.Figure, name: str, preset: str, sources: list[str], table: pd.DataFrame) -> list[Path]:
+def save(fig: plt.Figure, name: str, key: str, sources: list[str], table: pd.DataFrame) -> list[Path]:
     """Write `fig` in every format and its provenance; returns the paths written."""
-    folder = figures_dir(preset)
+    folder = figures_dir(key)
     paths = [folder / f"{name}.{fmt}" for fmt in FORMATS]
     for path in paths:
         atomic_write(path, lambda f, fmt=path.suffix[1:]: fig.savefig(f, format=fmt, bbox_inches="tight",
                                                                        dpi=150, metadata=_metadata(fmt)), mode="wb")
     runs = sorted({r for r in table.get("run", pd.Series(dtype=str)).dropna().unique()})
-    provenance = {"figure": name, "preset": preset, "git_sha": git_sha(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "sources": [str(results_dir(preset) / f"{s}.csv") for s in sources], "runs": runs}
+    record = results_dir(key) / "experiment.yaml"
+    recorded = yaml.safe_load(record.read_text()) if record.exists() else {}
+    provenance = {"figure": name, "results_key": key, "preset": recorded.get("preset", key),
+                  "overrides": recorded.get("overrides", {}), "git_sha": git_sha(),
+                  "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "sources": [_relative(results_dir(key) / f"{s}.csv") for s in sources], "runs": runs}
     atomic_write(folder / f"{name}.json", lambda f: json.dump(provenance, f, indent=2))
     plt.close(fig)
     return [*paths, folder / f"{name}.json"]
@@ -67,90 +90,105 @@ def _metadata(fmt: str) -> dict:
 
 
 def _probes(table: pd.DataFrame) -> pd.DataFrame:
-    return table[(table.stage == "linear_probe") & (table.metric == "top1")]
+    return table[(table.stage == "probe") & (table.metric == "top1")]
 
 
-def convergence(preset: str) -> list[Path]:
+def _seeds(table: pd.DataFrame) -> str:
+    n = table.seed.nunique()
+    return f"{n} seed{'s' if n > 1 else ''}" + (", mean ± sd" if n > 1 else "")
+
+
+def default(key: str) -> list[Path]:
+    """Linear-probe top-1 of every arm on every probe dataset."""
+    table = read(key, "default")
+    probes, order, palette = arms(_probes(table))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    sns.pointplot(probes, x="dataset", y="value", hue="label", hue_order=order, palette=palette, errorbar="sd",
+                  dodge=0.4, linestyle="none", ax=ax)
+    ax.set(xlabel="probe dataset", ylabel="linear-probe top-1 (%)", title=f"Every arm, linear probe ({_seeds(table)})")
+    ax.legend(title=None, fontsize=8)
+    fig.tight_layout()
+    return save(fig, "default", key, ["default"], table)
+
+
+def convergence(key: str) -> list[Path]:
     """Linear-probe top-1 against WSP epochs and against total training FLOPs (MAE's included)."""
-    table = read(preset, "wsp_epochs")
-    flops = table[table.metric == "train_flops"][["pretraining", "wsp_epochs", "seed", "value"]]
-    probes = _probes(table).merge(flops.rename(columns={"value": "train_flops"}), on=["pretraining", "wsp_epochs",
-                                                                                      "seed"])
+    table = read(key, "wsp_epochs")
+    flops = table[(table.stage == "pretraining") & (table.metric == "train_flops")]
+    flops = flops[["arm", "wsp_epochs", "seed", "value"]].rename(columns={"value": "train_flops"})
+    probes, order, palette = arms(_probes(table).merge(flops, on=["arm", "wsp_epochs", "seed"]))
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(2, len(datasets), figsize=(4.6 * len(datasets), 7), squeeze=False)
     for col, dataset in enumerate(datasets):
         part = probes[probes.dataset == dataset]
         for row, x in enumerate(("wsp_epochs", "train_flops")):
             ax = axes[row, col]
-            sns.lineplot(part, x=x, y="value", hue="pretraining", hue_order=ORDER, palette=PALETTE, marker="o",
-                         errorbar="sd", ax=ax)
+            sns.lineplot(part[part.train_flops > 0] if row == 1 else part, x=x, y="value", hue="label",
+                         hue_order=order, palette=palette, marker="o", errorbar="sd", ax=ax)
             ax.set(ylabel=f"{dataset} linear-probe top-1 (%)",
                    xlabel="WSP epochs" if row == 0 else "total training FLOPs (MAE included)")
             if row == 1:
                 ax.set_xscale("log")
-    fig.suptitle("Convergence: MAE→WSP against WSP from scratch")
+    fig.suptitle(f"Convergence: every arm against WSP epochs and training FLOPs ({_seeds(table)})")
     fig.tight_layout()
-    return save(fig, "convergence", preset, ["wsp_epochs"], table)
+    return save(fig, "convergence", key, ["wsp_epochs"], table)
 
 
-def model_size(preset: str) -> list[Path]:
-    """Linear-probe top-1 against encoder parameters, both pretrainings."""
-    table = read(preset, "model_size")
+def model_size(key: str) -> list[Path]:
+    """Linear-probe top-1 against encoder parameters, every arm."""
+    table = read(key, "model_size")
     params = table[table.metric == "params"][["model", "value"]].drop_duplicates("model")
-    probes = _probes(table).merge(params.rename(columns={"value": "params"}), on="model")
+    probes, order, palette = arms(_probes(table).merge(params.rename(columns={"value": "params"}), on="model"))
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        sns.lineplot(probes[probes.dataset == dataset], x="params", y="value", hue="pretraining", hue_order=ORDER,
-                     palette=PALETTE, marker="o", errorbar="sd", ax=ax)
+        sns.lineplot(probes[probes.dataset == dataset], x="params", y="value", hue="label", hue_order=order,
+                     palette=palette, marker="o", errorbar="sd", ax=ax)
         for name, count in zip(params.model, params.value, strict=True):
             ax.annotate(name, (count, ax.get_ylim()[0]), textcoords="offset points", xytext=(2, 4), fontsize=8,
                         color="grey")
         ax.set(xscale="log", xlabel="encoder parameters", ylabel=f"{dataset} linear-probe top-1 (%)")
-    fig.suptitle("Model size: MAE→WSP against WSP")
+    fig.suptitle(f"Model size: every arm ({_seeds(table)})")
     fig.tight_layout()
-    return save(fig, "model_size", preset, ["model_size"], table)
+    return save(fig, "model_size", key, ["model_size"], table)
 
 
-def data_size(preset: str) -> list[Path]:
-    """Linear-probe top-1 of MAE→WSP for each MAE data point; WSP from scratch as a dashed line."""
-    table = read(preset, "data_size")
-    probes = _probes(table)
+def data_size(key: str) -> list[Path]:
+    """Linear-probe top-1 of every arm at each point of MAE's images (the arms without MAE are the
+    same runs at every point): points with error bars on an axis from zero."""
+    table = read(key, "data_size")
+    probes, order, palette = arms(_probes(table))
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        part = probes[probes.dataset == dataset]
-        mae_points = part[part.pretraining == "MAE→WSP"]
-        sns.barplot(mae_points, x="mae_data", y="value", color=PALETTE["MAE→WSP"], errorbar="sd", ax=ax)
-        baseline = part[part.pretraining == "WSP"]["value"].mean()
-        ax.axhline(baseline, ls="--", color=PALETTE["WSP"], label=f"WSP from scratch ({baseline:.1f})")
-        low = min(baseline, mae_points["value"].min())
-        ax.set_ylim(max(0, low - 5), None)
+        sns.pointplot(probes[probes.dataset == dataset], x="mae_data", y="value", hue="label", hue_order=order,
+                      palette=palette, errorbar="sd", dodge=0.3, ax=ax)
+        ax.set_ylim(0, None)
         ax.set(xlabel="MAE's images (dataset:fraction of the pool)", ylabel=f"{dataset} linear-probe top-1 (%)")
-        ax.legend(loc="lower right")
-    fig.suptitle("Pre-pretraining data: MAE on part of the pool, the pool, another dataset")
+        ax.legend(title=None, fontsize=8, loc="lower right")
+    fig.suptitle(f"Pre-pretraining data: MAE on part of the pool, the pool, another dataset ({_seeds(table)})")
     fig.tight_layout()
-    return save(fig, "data_size", preset, ["data_size"], table)
+    return save(fig, "data_size", key, ["data_size"], table)
 
 
-def transfer(preset: str) -> list[Path]:
-    """Every transfer task, both pretrainings: fine-tune and linear; low-shot; zero-shot; robustness."""
-    table = read(preset, "transfer")
+def transfer(key: str) -> list[Path]:
+    """Every transfer task, every arm of the study: fine-tune and linear; low-shot; zero-shot; robustness."""
+    table, order, palette = arms(read(key, "transfer").fillna({"variant": ""}))
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     top1 = table[table.metric == "top1"]
-    whole = top1[top1.stage.isin(["finetune", "linear"])].assign(task=lambda t: t.stage + " " + t.dataset)
-    sns.barplot(whole, x="task", y="value", hue="pretraining", hue_order=ORDER, palette=PALETTE, errorbar="sd",
+    whole = top1[top1.stage.isin(["finetune", "probe"])].assign(task=lambda t: t.stage + " " + t.dataset)
+    sns.barplot(whole, x="task", y="value", hue="label", hue_order=order, palette=palette, errorbar="sd",
                 ax=axes[0])
     axes[0].set(title="fine-tune and linear probe", xlabel="", ylabel="top-1 (%)")
     axes[0].tick_params(axis="x", rotation=20)
     low = top1[top1.stage == "lowshot"].assign(shots=lambda t: t.variant.str.split("-").str[0].astype(int))
-    sns.lineplot(low, x="shots", y="value", hue="pretraining", hue_order=ORDER, style="dataset", palette=PALETTE,
+    sns.lineplot(low, x="shots", y="value", hue="label", hue_order=order, style="dataset", palette=palette,
                  marker="o", errorbar="sd", err_style="bars", ax=axes[1])
     axes[1].set(title="low-shot (mean ± sd over draws)", xlabel="labelled images per class", ylabel="top-1 (%)",
                 xscale="log", xticks=sorted(low.shots.unique()), xticklabels=sorted(low.shots.unique()))
     zero = table[table.stage == "zeroshot"]
-    sns.barplot(zero[zero.metric == "top1"], x="variant", y="value", hue="pretraining", hue_order=ORDER,
-                palette=PALETTE, errorbar="sd", ax=axes[2])
+    sns.barplot(zero[zero.metric == "top1"], x="variant", y="value", hue="label", hue_order=order,
+                palette=palette, errorbar="sd", ax=axes[2])
     for i, chance in enumerate(zero[zero.metric == "chance"].drop_duplicates("variant")["value"]):
         axes[2].hlines(chance, i - 0.4, i + 0.4, color="black", ls=":", label="chance" if i == 0 else None)
     axes[2].set(title=f"zero-shot (LiT) on {zero.dataset.iloc[0]}", xlabel="class names", ylabel="top-1 (%)")
@@ -158,16 +196,17 @@ def transfer(preset: str) -> list[Path]:
     robust = top1[(top1.stage == "robustness") & top1.variant.str.contains("/")]
     robust = robust.assign(severity=robust.variant.str.split("/").str[1].astype(int))
     clean = top1[(top1.stage == "robustness") & (top1.variant == "clean")].assign(severity=0)
-    sns.lineplot(pd.concat([clean, robust]), x="severity", y="value", hue="pretraining", hue_order=ORDER,
-                 style="dataset", palette=PALETTE, marker="o", errorbar=None, ax=axes[3])
+    sns.lineplot(pd.concat([clean, robust]), x="severity", y="value", hue="label", hue_order=order,
+                 style="dataset", palette=palette, marker="o", errorbar=None, ax=axes[3])
     axes[3].set(title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)")
+    fig.suptitle(f"Transfer ({_seeds(table)}; low-shot: sd over draws)")
     fig.tight_layout()
-    return save(fig, "transfer", preset, ["transfer"], table)
+    return save(fig, "transfer", key, ["transfer"], table)
 
 
-def reconstructions(preset: str) -> list[Path]:
+def reconstructions(key: str) -> list[Path]:
     """MAE's reconstructions of test images: original, the 25% it sees, its reconstruction."""
-    path = results_dir(preset) / "reconstructions.npz"
+    path = results_dir(key) / "reconstructions.npz"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no reconstructions yet; run the explore study first")
     with np.load(path) as f:
@@ -182,15 +221,15 @@ def reconstructions(preset: str) -> list[Path]:
         axes[r, 0].set_ylabel(label, fontsize=9)
     fig.suptitle(f"MAE reconstructions ({run})")
     fig.tight_layout()
-    return save(fig, "reconstructions", preset, ["explore"], pd.DataFrame({"run": [run]}))
+    return save(fig, "reconstructions", key, ["explore"], pd.DataFrame({"run": [run]}))
 
 
-def hashtags(preset: str) -> list[Path]:
+def hashtags(key: str) -> list[Path]:
     """How often each simulated hashtag is used, by rank: the long tail WSP learns from."""
-    table = read(preset, "explore")
+    table = read(key, "explore")
     counts = table[table.stage == "tag_count"].sort_values("value", ascending=False).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.loglog(np.arange(1, len(counts) + 1), counts["value"], marker=".", ls="none", color=PALETTE["WSP"])
+    ax.loglog(np.arange(1, len(counts) + 1), counts["value"], marker=".", ls="none", color=ARMS["wsp"].color)
     for i in range(min(5, len(counts))):
         ax.annotate(counts.dataset[i], (i + 1, counts.value[i]), fontsize=8, xytext=(4, 0), textcoords="offset points")
     stats = table[table.stage == "hashtags"].set_index("metric")["value"]
@@ -198,22 +237,23 @@ def hashtags(preset: str) -> list[Path]:
            title=f"{int(stats['vocab_size'])} hashtags, {stats['tags_per_image_mean']:.1f} per image, "
                  f"{stats['missing_true_tag'] * 100:.0f}% miss the true one")
     fig.tight_layout()
-    return save(fig, "hashtags", preset, ["explore"], table)
+    return save(fig, "hashtags", key, ["explore"], table)
 
 
-FIGURES: dict[str, Callable[[str], list[Path]]] = {
-    "hashtags": hashtags, "reconstructions": reconstructions, "convergence": convergence,
-    "model_size": model_size, "data_size": data_size, "transfer": transfer,
-}
-
-
-def make_all(preset: str) -> dict[str, list[Path]]:
-    """Every figure whose results exist; the others are reported and skipped."""
+def make_all(key: str, names: Sequence[str] | None = None) -> dict[str, list[Path]]:
+    """The figures `names` (default: every figure of the registry) whose results exist under
+    results/<key>/; the others are reported and skipped."""
     style()
     made = {}
-    for name, make in FIGURES.items():
+    for name in names if names is not None else FIGURES:
         try:
-            made[name] = make(preset)
+            made[name] = call(FIGURES[name].draw, key)
         except FileNotFoundError as err:
             print(f"skipping {name}: {err}")
     return made
+
+
+def draw(preset: str, overrides: Sequence[str] = (), study: str | None = None) -> dict[str, list[Path]]:
+    """What a notebook calls: the figures of `study` (default: all) for a preset and its overrides."""
+    key = load_experiment(preset, list(overrides)).results_key
+    return make_all(key, STUDIES[study].figures if study else None)

@@ -2,14 +2,13 @@
 stepping through) and `slurm` (partition, GPUs, nodes, time, account and QoS from the preset's
 `launch` section).
 
-A job runs a function of studylib by name (`TARGETS`) on a preset and overrides, never notebook
-code. Preempted or timed-out jobs are requeued (at most `launch.max_requeues` times) and resume
+A job runs a study or an arm of studylib.registry by name (`targets()`) on a preset and overrides,
+never notebook code. Preempted or timed-out jobs are requeued (at most `launch.max_requeues` times) and resume
 from their run's checkpoint, losing at most the epoch in progress.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import time
@@ -20,31 +19,32 @@ from typing import Any
 import submitit
 
 from studylib import distributed
-from studylib.config import ConfigError, Experiment, load_experiment, runs_dir
+from studylib.config import Experiment, load_experiment, runs_dir
+from studylib.errors import ConfigError
+from studylib.registry import ARMS, STUDIES, call
 
-TARGETS = {
-    "study": "studylib.study:default_study",
-    **{name: f"studylib.study:{name}_study" for name in ("explore", "model_size", "data_size", "wsp_epochs",
-                                                          "transfer")},
-    "mae": "studylib.stages.mae:pretrain",
-    "wsp": "studylib.stages.wsp:pretrain",
-}
+
+def targets() -> dict[str, str]:
+    """What a job can run, name -> what it is: every study (its table) and every arm (its chain of runs)."""
+    return {**{name: f"study: {s.summary}" for name, s in STUDIES.items()},
+            **{name: f"arm: {a.summary}" for name, a in ARMS.items() if name not in STUDIES}}
 
 
 class StudyJob(submitit.helpers.Checkpointable):
-    """Run `TARGETS[target]` on an experiment, validated when it was submitted (a queued job is not
-    changed by later edits of experiments.yaml)."""
+    """Run a target on an experiment, validated when it was submitted (a queued job is not changed by
+    later edits of experiments.yaml)."""
 
     def __init__(self, target: str, max_requeues: int = 3) -> None:
-        if target not in TARGETS:
-            raise ConfigError(f"job target {target!r} is unknown; allowed: {sorted(TARGETS)}")
+        if target not in targets():
+            raise ConfigError(f"job target {target!r} is unknown; allowed: {list(targets())}")
         self.target = target
         self.max_requeues = max_requeues
 
     def __call__(self, exp: Experiment) -> Any:
         distributed.init()
-        module, name = TARGETS[self.target].split(":")
-        return getattr(importlib.import_module(module), name)(exp)
+        if self.target in STUDIES:
+            return call(STUDIES[self.target].run, exp)
+        return call(ARMS[self.target].pretrain, exp)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
         """On preemption or time-out: requeue the same call, which resumes from the run's checkpoint."""
@@ -74,7 +74,7 @@ def executor(exp: Experiment, folder: str | Path | None = None) -> submitit.Exec
 
 def submit(target: str, preset: str, overrides: Sequence[str] = (), config_file: str | None = None,
            folder: str | Path | None = None) -> submitit.Job:
-    """Submit one job: `target` (a key of TARGETS) on a preset and overrides."""
+    """Submit one job: `target` (a name of `targets()`) on a preset and overrides."""
     exp = load_experiment(preset, list(overrides), config_file)  # bad input fails here, not in the job
     job = StudyJob(target, exp.launch.max_requeues)
     return executor(exp, folder).submit(job, exp)
@@ -86,6 +86,13 @@ def sweep(target: str, preset: str, points: Sequence[Sequence[str]], overrides: 
     experiments = [load_experiment(preset, [*overrides, *point], config_file) for point in points]
     job = StudyJob(target, experiments[0].launch.max_requeues)
     return executor(experiments[0], folder).map_array(job, experiments)
+
+
+def run(target: str, preset: str, overrides: Sequence[str] = (), executor: str = "local") -> Any:
+    """What a notebook calls: submit `target` as a job where `executor` says, show its progress until it
+    ends, and return its result (a study's table; an arm's chain of runs)."""
+    job = submit(target, preset, [*overrides, f"launch.executor={executor}"])
+    return watch([job])[0]
 
 
 def progress(job: submitit.Job) -> str:

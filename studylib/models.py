@@ -14,20 +14,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from studylib import distributed
-
-# name -> timm VisionTransformer arguments. The 32 px sizes (patch 4, 64 patches) are for CPU and
-# single-GPU studies on CIFAR; the others are the paper's, at 224 px.
-VIT_SIZES: dict[str, dict] = {
-    "nano": dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2),
-    "micro": dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4),
-    "tiny": dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3),
-    "small": dict(img_size=32, patch_size=4, embed_dim=384, depth=12, num_heads=6),
-    "base": dict(img_size=32, patch_size=4, embed_dim=768, depth=12, num_heads=12),
-    "B/16": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    "L/16": dict(img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-    "H/14": dict(img_size=224, patch_size=14, embed_dim=1280, depth=32, num_heads=16),
-    "2B/14": dict(img_size=224, patch_size=14, embed_dim=2560, depth=24, num_heads=32),
-}
+from studylib.registry import VIT_SIZES
 
 
 def vit(size: str, num_classes: int = 0, drop_path: float = 0.0) -> VisionTransformer:

@@ -11,7 +11,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from studylib.config import REPO_ROOT, ConfigError
+from studylib.config import REPO_ROOT
+from studylib.errors import ConfigError
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 KERNEL = "studylib"  # registered by `make setup` (python -m ipykernel install --sys-prefix --name studylib)

@@ -1,7 +1,12 @@
-"""Run folders: one per resolved stage config, named by its hash.
+"""Run folders: one per run identity, named by its hash.
+
+A run's identity is what decides its result: the config sections its stage declares
+(studylib.registry.STAGES), hashed whole, the data it reads (a fingerprint of the file or folder),
+the runs it starts from, the resolved precision and RUN_VERSION. Every weights file in the folder
+carries the identity's hash and is refused by any other run.
 
     runs/<preset>/<stage>-<hash>/
-        config.yaml     what the hash covers, plus the whole resolved experiment
+        config.yaml     the identity, plus the whole resolved experiment
         meta.json       per attempt (first run and every resume): git SHA, package versions, command
                         line, host, start time
         metrics.jsonl   one line per finished epoch
@@ -35,8 +40,11 @@ import torch
 import yaml
 
 from studylib import distributed
-from studylib.config import Experiment, config_hash, runs_dir
+from studylib.config import Experiment, config_hash, result_settings, runs_dir
+from studylib.errors import RunFolderError
+from studylib.registry import STAGES
 
+RUN_VERSION = 2  # bump when a change is meant to retrain every run (a fix that changes results)
 UNTRAINED = {".lock", "meta.json", "config.yaml"}  # a run folder holding only these has nothing to lose
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "studylib")
 
@@ -134,10 +142,14 @@ def versions() -> dict[str, str]:
 
 
 class Run:
-    def __init__(self, experiment: Experiment, stage: str, identity: dict[str, Any]) -> None:
+    """The run of `stage` under `experiment`, reading `inputs` (data fingerprints, upstream runs)."""
+
+    def __init__(self, experiment: Experiment, stage: str, inputs: dict[str, Any]) -> None:
         self.experiment = experiment
         self.stage = stage
-        self.identity = {"stage": stage, **identity}
+        sections = {name: result_settings(experiment.section(name)) for name in STAGES[stage].sections}
+        self.identity = {"stage": stage, "version": RUN_VERSION, "precision": distributed.precision_name(experiment),
+                         **sections, **inputs}
         self.hash = config_hash(self.identity)
         self.path = runs_dir() / experiment.preset / f"{stage}-{self.hash}"
         self.checkpoint = self.path / "checkpoint.pth"
@@ -187,6 +199,22 @@ class Run:
         if not (self.path / "config.yaml").exists():
             config = {"identity": self.identity, "experiment": self.experiment.to_dict()}
             atomic_write(self.path / "config.yaml", lambda f: yaml.safe_dump(config, f, sort_keys=False))
+
+    def save(self, name: str, state: Any, keep_previous: bool = False) -> None:
+        """save_weights into the run folder, with this run's name (stage and identity hash) inside the file."""
+        save_weights(self.path / name, {"run": self.name, "state": state}, keep_previous)
+
+    def load(self, name: str, map_location: str | torch.device = "cpu") -> Any:
+        """What `save` wrote, or None when there is none; weights of another run are refused."""
+        path = self.path / name
+        saved = load_weights(path, map_location)
+        if saved is None:
+            return None
+        found = saved.get("run") if isinstance(saved, dict) else None
+        if found != self.name:
+            raise RunFolderError(f"{path}: weights of {'run ' + found if found else 'no known run'}, not of "
+                                 f"{self.name}; move the file away or delete {self.path}")
+        return saved["state"]
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         atomic_write(self.path / "metrics.jsonl", lambda f: f.writelines(json.dumps(r) + "\n" for r in history))

@@ -1,15 +1,10 @@
-"""The paper's studies, each a function of an Experiment that runs (or reuses) ordinary stage runs and
-returns one tidy table, also written to results/<preset>/<study>.csv:
+"""The paper's studies (studylib.registry.STUDIES), each a function of an Experiment that runs (or
+reuses) ordinary stage runs and returns one tidy table, also written to results/<key>/<study>.csv,
+where the key is the preset, or the preset and a hash of its overrides (Experiment.results_key).
 
-    default      MAE -> WSP against WSP from scratch at the same WSP epochs, linear probes
-    model_size   the default study at every size of studies.model_sizes
-    data_size    MAE on part of the pool, the whole pool, another dataset (studies.mae_data), then WSP
-    wsp_epochs   both pretrainings at every WSP length of studies.wsp_epochs (convergence, and per FLOP)
-    transfer     the whole transfer suite on both pretrainings
-    explore      hashtag statistics and MAE reconstructions (results/<preset>/reconstructions.npz)
-
-Every point runs once per seed of studies.seeds. Every stage is a run folder keyed by its config
-hash, so rerunning a study trains only what is missing or unfinished.
+Every study compares the arms of studylib.registry.ARMS that it and studies.arms name, once per seed
+of studies.seeds. Every stage is a run folder keyed by its identity, so rerunning a study trains only
+what is missing or unfinished.
 """
 
 from __future__ import annotations
@@ -20,19 +15,21 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from studylib.config import Experiment, results_dir, runs_dir
-from studylib.data import MEAN, STD, ImageTransform
+from studylib.data import MEAN, STD, ImageTransform, load_dataset
 from studylib.distributed import is_main
 from studylib.models import VIT_SIZES, count_flops, count_params, patchify, vit
-from studylib.runs import Run, atomic_write, load_weights
-from studylib.stages import mae, pretrain_images, probe, wsp
+from studylib.registry import ARMS, STUDIES, Arm, call, labels
+from studylib.runs import Run, atomic_write
+from studylib.stages import mae, pretrain_images, probe
 from studylib.transfer import transfer_suite
 from studylib.weak_labels import simulate
 
-PRETRAINING_NAMES = {"scratch": "WSP", "mae": "MAE→WSP"}
-COLUMNS = ["study", "model", "seed", "pretraining", "mae_data", "wsp_epochs", "stage", "dataset", "variant",
-           "metric", "value", "run"]
+COLUMNS = ["study", "model", "seed", "arm", "mae_data", "wsp_epochs", "stage", "dataset", "variant", "metric",
+           "value", "draw", "run"]
+RESULT_METRICS = ("final_loss", "top1", "wall_time_s", "images_per_s", "train_flops")
 
 
 def with_values(exp: Experiment, **sections: dict) -> Experiment:
@@ -41,65 +38,76 @@ def with_values(exp: Experiment, **sections: dict) -> Experiment:
     return dataclasses.replace(exp, **changed)
 
 
-def train_flops(exp: Experiment, stage: str, run: Run) -> float:
-    """Training FLOPs of a finished MAE or WSP run: 3x the forward FLOPs (forward + backward) per image seen."""
-    with torch.device("meta"):
-        if stage == "mae":
-            model = mae.build(exp)
-        else:
-            model = vit(exp.model, num_classes=run.results()["vocab_size"])
-    images = sum(r["images_per_s"] * r["seconds"] for r in run.metrics())
-    return 3.0 * count_flops(model, VIT_SIZES[exp.model]["img_size"]) * images
-
-
-def _rows(run: Run, stage: str, **columns: object) -> list[dict]:
+def _rows(run: Run, **columns: object) -> list[dict]:
+    """A finished run's headline results, one row per metric."""
     results = run.results()
-    metrics = {k: results[k] for k in ("final_loss", "top1", "wall_time_s", "images_per_s") if k in results}
+    metrics = {k: results[k] for k in RESULT_METRICS if k in results}
     if "feature_images_per_s" in results:
         metrics["images_per_s"] = results["feature_images_per_s"]
-    return [{**columns, "stage": stage, "metric": k, "value": v, "run": run.name} for k, v in metrics.items()]
+    dataset = results.get("dataset") or run.identity.get("data", {}).get("dataset")
+    return [{"dataset": dataset, **columns, "stage": run.stage, "metric": k, "value": v, "run": run.name}
+            for k, v in metrics.items()]
 
 
-def pretrain_and_probe(exp: Experiment, mae_run: Run | None, init_names: tuple[str, ...] = ("scratch", "mae"),
-                       **columns: object) -> list[dict]:
-    """WSP from scratch and/or from `mae_run`, linear probes on each; rows carry `columns` and the
-    pretraining's total training FLOPs (MAE's included for MAE -> WSP)."""
+def arms_of(exp: Experiment, study: str) -> list[Arm]:
+    """The arms `study` compares: those of studies.arms that the study takes, in registry order."""
+    taken = STUDIES[study].arms
+    return [arm for name, arm in ARMS.items() if name in exp.studies.arms and (taken is None or name in taken)]
+
+
+def pretrain_arm(exp: Experiment, arm: Arm, **columns: object) -> tuple[Run, list[dict]]:
+    """Train (or reuse) an arm's chain of runs; its encoder run and rows for every run of the chain and
+    the arm's total training FLOPs (MAE's included for MAE→WSP)."""
+    chain: list[Run] = call(arm.pretrain, exp)
+    where = {**columns, "arm": arm.name}
+    rows = [row for run in chain for row in _rows(run, **where)]
+    rows.append({**where, "stage": "pretraining", "metric": "train_flops", "run": chain[-1].name,
+                 "value": sum(run.results().get("train_flops", 0.0) for run in chain)})
+    return chain[-1], rows
+
+
+def probe_arms(exp: Experiment, study: str, **columns: object) -> list[dict]:
+    """Every arm of `study`, then a linear probe of its encoder on every dataset of data.probe."""
     rows = []
-    mae_flops = train_flops(exp, "mae", mae_run) if mae_run else 0.0
-    for init_name in init_names:
-        wsp_run = wsp.pretrain(exp, init=mae_run if init_name == "mae" else None)
-        flops = train_flops(exp, "wsp", wsp_run) + (mae_flops if init_name == "mae" else 0.0)
-        where = {**columns, "pretraining": PRETRAINING_NAMES[init_name]}
-        rows += _rows(wsp_run, "wsp", **where, dataset=exp.data.pretrain)
-        rows.append({**where, "stage": "wsp", "dataset": exp.data.pretrain, "metric": "train_flops", "value": flops,
-                     "run": wsp_run.name})
+    for arm in arms_of(exp, study):
+        encoder, arm_rows = pretrain_arm(exp, arm, **columns)
+        rows += arm_rows
         for dataset in exp.data.probe:
-            rows += _rows(probe.linear_probe(exp, wsp_run, dataset), "linear_probe", **where, dataset=dataset)
+            rows += _rows(probe.probe(exp, encoder, dataset), **columns, arm=arm.name)
     return rows
 
 
-def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]]) -> list[dict]:
+def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datasets: tuple[str, ...] = ()) -> list[dict]:
+    """`point` once per seed of studies.seeds. Every dataset the study reads (the pool, MAE's images,
+    the probe datasets and `datasets`) is loaded first, so bad data stops it before anything trains."""
+    for name in dict.fromkeys([exp.data.pretrain, exp.mae.data, *exp.data.probe, *datasets]):
+        if name != "pretrain":
+            load_dataset(name, exp.data)
     return [{**row, "seed": seed} for seed in exp.studies.seeds
             for row in point(dataclasses.replace(exp, seed=seed))]
 
 
 def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
+    """The study's table, written to results/<key>/<study>.csv beside experiment.yaml, which records
+    the preset, its overrides and the whole resolved experiment."""
     table = pd.DataFrame(rows).assign(study=study)
     table = table.reindex(columns=COLUMNS + [c for c in table.columns if c not in COLUMNS])
     table["model"] = table["model"].astype(object).fillna(exp.model)  # all-NaN (float) when no point sets it
     if is_main():
-        atomic_write(results_dir(exp.preset) / f"{study}.csv", lambda f: table.to_csv(f, index=False))
+        folder = results_dir(exp.results_key)
+        record = {"preset": exp.preset, "overrides": exp.overrides, "experiment": exp.to_dict()}
+        atomic_write(folder / "experiment.yaml", lambda f: yaml.safe_dump(record, f, sort_keys=False))
+        atomic_write(folder / f"{study}.csv", lambda f: table.to_csv(f, index=False))
     return table
 
 
 def default_point(exp: Experiment) -> list[dict]:
-    """One seed of the default study: MAE, WSP from scratch and from MAE, linear probes of both."""
-    mae_run = mae.pretrain(exp)
-    return _rows(mae_run, "mae", pretraining="MAE", dataset=exp.data.pretrain) + pretrain_and_probe(exp, mae_run)
+    """One seed of the default study: every arm, linear probes of each."""
+    return probe_arms(exp, "default")
 
 
 def default_study(exp: Experiment) -> pd.DataFrame:
-    """MAE -> WSP against WSP from scratch, then linear probes on every probe dataset."""
+    """Every arm, then linear probes on every probe dataset."""
     return _table(exp, "default", _per_seed(exp, default_point))
 
 
@@ -108,13 +116,12 @@ def model_size_study(exp: Experiment) -> pd.DataFrame:
     def point(e: Experiment) -> list[dict]:
         rows = []
         for size in exp.studies.model_sizes:
-            sized = dataclasses.replace(e, model=size)
             with torch.device("meta"):
                 encoder = vit(size)
             rows.append({"model": size, "stage": "model", "metric": "params", "value": count_params(encoder)})
             rows.append({"model": size, "stage": "model", "metric": "gflops_per_image",
                          "value": count_flops(encoder, VIT_SIZES[size]["img_size"]) / 1e9})
-            rows += pretrain_and_probe(sized, mae.pretrain(sized), model=size)
+            rows += probe_arms(dataclasses.replace(e, model=size), "model_size", model=size)
         return rows
 
     return _table(exp, "model_size", _per_seed(exp, point))
@@ -127,43 +134,42 @@ def parse_mae_data(text: str) -> tuple[str, float]:
 
 
 def data_size_study(exp: Experiment) -> pd.DataFrame:
-    """MAE on each images point of studies.mae_data (as many MAE steps at every point as on the whole
-    pool), then MAE -> WSP and linear probes; WSP from scratch as the reference."""
+    """Every arm with MAE's images at each point of studies.mae_data (as many MAE steps at every point
+    as on the whole pool); the arms without MAE are the same runs at every point."""
     def point(e: Experiment) -> list[dict]:
-        rows = [{**row, "mae_data": "none"} for row in pretrain_and_probe(e, None, ("scratch",))]
+        rows = []
         pool = len(pretrain_images(e).train_labels)
         for text in exp.studies.mae_data:
             dataset, fraction = parse_mae_data(text)
-            point = with_values(e, mae={"data": dataset, "data_fraction": fraction})
-            images = len(pretrain_images(point, *mae.images(point)).train_labels)
-            sized = with_values(point, mae={"epochs": max(1, round(e.mae.epochs * pool / images))})
-            mae_run = mae.pretrain(sized)
-            rows.append({"mae_data": text, "stage": "mae", "metric": "images", "value": images, "run": mae_run.name})
-            rows += _rows(mae_run, "mae", mae_data=text, pretraining="MAE", dataset=dataset)
-            rows += pretrain_and_probe(sized, mae_run, ("mae",), mae_data=text)
+            at = with_values(e, mae={"data": dataset, "data_fraction": fraction})
+            images = len(pretrain_images(at, *mae.images(at)).train_labels)
+            at = with_values(at, mae={"epochs": max(1, round(e.mae.epochs * pool / images))})
+            rows.append({"mae_data": text, "stage": "mae", "metric": "images", "value": images})
+            rows += probe_arms(at, "data_size", mae_data=text)
         return rows
 
-    return _table(exp, "data_size", _per_seed(exp, point))
+    datasets = tuple(parse_mae_data(text)[0] for text in exp.studies.mae_data)
+    return _table(exp, "data_size", _per_seed(exp, point, datasets))
 
 
 def wsp_epochs_study(exp: Experiment) -> pd.DataFrame:
-    """Both pretrainings at every WSP length of studies.wsp_epochs (each a full schedule)."""
+    """Every arm at every WSP length of studies.wsp_epochs (each a full schedule); the arms without WSP
+    are the same runs at every length."""
     def point(e: Experiment) -> list[dict]:
-        mae_run = mae.pretrain(e)
         return [row for epochs in exp.studies.wsp_epochs
-                for row in pretrain_and_probe(with_values(e, wsp={"epochs": epochs}), mae_run, wsp_epochs=epochs)]
+                for row in probe_arms(with_values(e, wsp={"epochs": epochs}), "wsp_epochs", wsp_epochs=epochs)]
 
     return _table(exp, "wsp_epochs", _per_seed(exp, point))
 
 
 def transfer_study(exp: Experiment) -> pd.DataFrame:
-    """The transfer suite on WSP from scratch and on MAE -> WSP."""
+    """The transfer suite on the encoder of every arm the study takes."""
     def point(e: Experiment) -> list[dict]:
         rows = []
-        for init_name, init in (("scratch", None), ("mae", mae.pretrain(e))):
-            table = transfer_suite(e, wsp.pretrain(e, init=init)).rename(columns={"task": "stage"})
-            rows += table.drop(columns=["encoder", "seed"]).assign(pretraining=PRETRAINING_NAMES[init_name],
-                                                                   draw_seed=table.seed).to_dict("records")
+        for arm in arms_of(e, "transfer"):
+            encoder, _ = pretrain_arm(e, arm)
+            table = transfer_suite(e, encoder).rename(columns={"task": "stage"}).drop(columns=["encoder"])
+            rows += table.assign(arm=arm.name).to_dict("records")
         return rows
 
     return _table(exp, "transfer", _per_seed(exp, point))
@@ -175,7 +181,7 @@ def reconstructions(exp: Experiment, mae_run: Run, count: int = 8) -> dict[str, 
     uint8 (count, H, W, 3) arrays."""
     data = pretrain_images(exp, *mae.images(exp))
     model = mae.build(exp).eval()
-    model.load_state_dict(load_weights(mae_run.checkpoint)["model"])
+    model.load_state_dict(mae_run.load(mae_run.checkpoint.name)["model"])
     x = ImageTransform(VIT_SIZES[exp.model]["img_size"])(data.test_images[:count])
     torch.manual_seed(exp.seed)
     _, pred, mask = model(x)
@@ -205,16 +211,10 @@ def explore_study(exp: Experiment) -> pd.DataFrame:
     mae_run = mae.pretrain(exp)
     if is_main():
         images = reconstructions(exp, mae_run)
-        path = results_dir(exp.preset) / "reconstructions.npz"
+        path = results_dir(exp.results_key) / "reconstructions.npz"
         atomic_write(path, lambda f: np.savez(f, **images, run=mae_run.name), mode="wb")
-    rows += _rows(mae_run, "mae", pretraining="MAE", dataset=exp.data.pretrain)
+    rows += _rows(mae_run, arm="mae")
     return _table(exp, "explore", [{**row, "seed": exp.seed} for row in rows])
-
-
-STUDIES: dict[str, Callable[[Experiment], pd.DataFrame]] = {
-    "explore": explore_study, "default": default_study, "model_size": model_size_study,
-    "data_size": data_size_study, "wsp_epochs": wsp_epochs_study, "transfer": transfer_study,
-}
 
 
 def run_metrics(preset: str, run_name: str) -> pd.DataFrame:
@@ -223,14 +223,15 @@ def run_metrics(preset: str, run_name: str) -> pd.DataFrame:
 
 
 def summary_text(table: pd.DataFrame) -> str:
-    """The default study's headline numbers as plain text."""
+    """The default study's headline numbers as plain text, arms by their labels."""
+    table = table.assign(arm=table.arm.map(labels()).fillna(table.arm))
     lines = []
-    mae_loss = table.query("stage == 'mae' and metric == 'final_loss'")["value"]
-    lines.append(f"MAE final loss: {mae_loss.iloc[0]:.4f}")
-    top1 = table.query("metric == 'top1'").pivot_table(index="pretraining", columns="dataset", values="value")
-    lines += ["", "Linear-probe top-1 (%):", top1.round(2).to_string()]
-    speed = table[table.metric.isin(["wall_time_s", "images_per_s"])].pivot_table(
-        index=["stage", "pretraining", "dataset"], columns="metric", values="value", sort=False)
-    lines += ["", "Wall time and throughput per stage:", speed.round(1).to_string(),
+    for loss in table.query("stage == 'mae' and metric == 'final_loss'").drop_duplicates("run").itertuples():
+        lines.append(f"MAE final loss: {loss.value:.4f} (seed {loss.seed})")
+    top1 = table.query("metric == 'top1'").pivot_table(index="arm", columns="dataset", values="value", sort=False)
+    lines += ["", "Linear-probe top-1 (%), mean over seeds:", top1.round(2).to_string()]
+    speed = table[table.metric.isin(["wall_time_s", "images_per_s"])].drop_duplicates(["run", "metric"]).pivot_table(
+        index=["stage", "dataset", "run"], columns="metric", values="value", sort=False)
+    lines += ["", "Wall time and throughput of every run:", speed.round(1).to_string(),
               "", f"Total wall time: {speed['wall_time_s'].sum() / 60:.1f} min"]
     return "\n".join(lines)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studylib.config import ConfigError, config_hash, load_experiment
+from studylib.config import config_hash, load_experiment
+from studylib.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

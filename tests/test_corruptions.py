@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from studylib.config import ConfigError
-from studylib.corruptions import CORRUPTIONS, PARAMS, SEVERITIES, corrupt
+from studylib.corruptions import SEVERITIES, corrupt
 from studylib.data import synthetic
+from studylib.errors import ConfigError
+from studylib.registry import CORRUPTIONS
 
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
 # Runs of severities over which the original's parameter strengthens the corruption. saturate's does not:
@@ -30,10 +31,10 @@ def test_names_and_severities():
     assert len(CORRUPTIONS) >= 10 and SEVERITIES == (1, 2, 3, 4, 5)
     assert {"gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "gaussian_blur", "contrast",
             "brightness", "saturate", "jpeg_compression", "pixelate"} <= set(CORRUPTIONS)
-    assert all(len(PARAMS[name]) == len(SEVERITIES) for name in CORRUPTIONS)
+    assert all(len(CORRUPTIONS[name]) == len(SEVERITIES) for name in CORRUPTIONS)
 
 
-@pytest.mark.parametrize("name", CORRUPTIONS)
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
 def test_shape_dtype_and_severity_order(images, name):
     outs = {s: corrupt(images, name, s) for s in SEVERITIES}
     for out in outs.values():
@@ -42,11 +43,11 @@ def test_shape_dtype_and_severity_order(images, name):
     dist = {s: mad(out, images) for s, out in outs.items()}
     for run in MONOTONE_RUNS.get(name, (SEVERITIES,)):
         for lo, hi in zip(run, run[1:], strict=False):
-            params_differ = PARAMS[name][lo - 1] != PARAMS[name][hi - 1]
+            params_differ = CORRUPTIONS[name][lo - 1] != CORRUPTIONS[name][hi - 1]
             assert dist[hi] > dist[lo] if params_differ else dist[hi] >= dist[lo], (name, dist)
 
 
-@pytest.mark.parametrize("name", CORRUPTIONS)
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
 def test_deterministic_per_seed(images, name):
     a = corrupt(images, name, 3, seed=1)
     assert torch.equal(a, corrupt(images, name, 3, seed=1))
@@ -83,11 +84,11 @@ def test_pixelate_and_jpeg_match_pil(images):
         pix, jpg = corrupt(images, "pixelate", sev), corrupt(images, "jpeg_compression", sev)
         for i in range(0, len(images), 8):
             img = pil.fromarray(images[i].permute(1, 2, 0).numpy())
-            side = int(32 * PARAMS["pixelate"][sev - 1])
+            side = int(32 * CORRUPTIONS["pixelate"][sev - 1])
             ref = img.resize((side, side), pil.BOX).resize((32, 32), pil.BOX)
             assert np.array_equal(np.asarray(ref), pix[i].permute(1, 2, 0).numpy())
             buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=PARAMS["jpeg_compression"][sev - 1])
+            img.save(buf, "JPEG", quality=CORRUPTIONS["jpeg_compression"][sev - 1])
             assert np.array_equal(np.asarray(pil.open(buf)), jpg[i].permute(1, 2, 0).numpy())
 
 
@@ -98,7 +99,7 @@ def test_hsv_edits_match_colorsys(name):
     x[0, :, 0, :4] = torch.tensor([0, 0, 0])[:, None]  # black and grey pixels: hue 0, saturation 0
     x[0, :, 1, :4] = torch.tensor([128, 128, 128])[:, None]
     for sev in SEVERITIES:
-        c = PARAMS[name][sev - 1]
+        c = CORRUPTIONS[name][sev - 1]
         ref = []
         for r, g, b in (x[0].reshape(3, -1).T.double() / 255).tolist():
             h, s, v = colorsys.rgb_to_hsv(r, g, b)

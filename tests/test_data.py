@@ -2,8 +2,8 @@ import pytest
 import torch
 from PIL import Image
 
-from studylib.config import ConfigError
 from studylib.data import MEAN, STD, Batches, ImageTransform, image_folder, load_dataset, synthetic
+from studylib.errors import DataError
 
 
 def _folder(root, classes=("cat", "dog"), per_class=3, size=8):
@@ -26,19 +26,19 @@ def test_image_folder_reads_classes_and_splits(tmp_path):
 
 def test_image_folder_errors_name_the_path(tmp_path):
     (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
-    with pytest.raises(ConfigError, match="no images"):
+    with pytest.raises(DataError, match="no images"):
         image_folder(tmp_path / "empty")
     folder = _folder(tmp_path / "bad")
     (folder / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(ConfigError, match=r"broken.jpg: not a readable image"):
+    with pytest.raises(DataError, match=r"broken.jpg: not a readable image"):
         image_folder(folder)
-    with pytest.raises(ConfigError, match="no such image folder"):
+    with pytest.raises(DataError, match="no such image folder"):
         load_dataset(str(tmp_path / "missing"))
 
 
 def test_missing_data_directory_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDYLIB_DATA", str(tmp_path / "nowhere"))
-    with pytest.raises(ConfigError, match="data directory does not exist"):
+    with pytest.raises(DataError, match="data directory does not exist"):
         load_dataset("cifar100")
 
 

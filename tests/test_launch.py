@@ -11,7 +11,6 @@ import torch
 
 from studylib.config import load_experiment
 from studylib.launch import StudyJob, progress, submit, sweep, watch
-from studylib.runs import load_weights
 from studylib.stages import mae, wsp
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,18 +19,18 @@ SMALL = ["launch.cpus_per_task=1", "launch.mem_gb=1", "launch.timeout_min=10"]
 
 def test_debug_executor_runs_in_process():
     job = submit("mae", "smoke", ["launch.executor=debug"])
-    run = job.result()
+    (run,) = job.result()  # the arm "mae": a chain of one run
     assert run.done and run.results()["epochs"] == 2
 
 
 def test_local_executor_runs_a_real_process(tmp_path):
     job = submit("wsp", "smoke", ["launch.executor=local", *SMALL], folder=tmp_path / "jobs")
-    (run,) = watch([job], poll_s=0.5)
+    ((run,),) = watch([job], poll_s=0.5)
     assert run.done and "epoch 2/2" in progress(job)
 
 
 def test_unknown_target_is_a_clear_error():
-    with pytest.raises(Exception, match=r"job target 'train' is unknown; allowed: \[.*'mae'.*'study'.*'wsp'"):
+    with pytest.raises(Exception, match=r"job target 'train' is unknown; allowed: \[.*'default'.*'mae'.*'wsp'"):
         StudyJob("train")
 
 
@@ -68,7 +67,7 @@ def _wait_epochs(run, n, timeout=300):
 def test_slurm_job_lands_its_results_in_the_run_folder(slurm, tmp_path):
     job = submit("mae", "smoke", _slurm(), folder=tmp_path / "jobs")
     assert job.job_id.isdigit()
-    (run,) = watch([job], poll_s=1)
+    ((run,),) = watch([job], poll_s=1)
     assert (run.path / "results.json").exists() and (run.path / "encoder.pth").exists()
     assert "epoch 2/2" in job.stdout()
 
@@ -83,17 +82,17 @@ def test_two_task_ddp_job_matches_one_process(stage, slurm, tmp_path, monkeypatc
     target = stage.__name__.rsplit(".", 1)[1]
     job = submit(target, "smoke", _slurm("launch.tasks_per_node=2", *overrides), folder=tmp_path / "jobs")
     results = watch([job], poll_s=1)[0]
-    assert len(results) == 2  # one result per task
-    ddp = results[0]
+    assert len(results) == 2  # one result per task, each the arm's chain of runs
+    ddp = results[0][-1]
     assert ddp.path != single.path and ddp.name == single.name
     for a, b in zip(single.metrics(), ddp.metrics(), strict=True):
         assert a["epoch"] == b["epoch"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
-    one, two = load_weights(single.path / "encoder.pth"), load_weights(ddp.path / "encoder.pth")
+    one, two = single.load("encoder.pth"), ddp.load("encoder.pth")
     assert one.keys() == two.keys()
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
     print(f"largest weight difference, {target}: {worst:.2e}")
     assert worst < 1e-3, worst
-    assert results[1].path == ddp.path  # rank 1 trained the same run
+    assert results[1][-1].path == ddp.path  # rank 1 trained the same run
     assert not list(ddp.path.glob(".*.tmp")) and not list(ddp.path.glob("*.new"))
 
 
@@ -102,7 +101,7 @@ def test_requeued_job_resumes_without_repeating_epochs(slurm, tmp_path):
     run = wsp.run_for(load_experiment("smoke", ["wsp.epochs=8"]))
     _wait_epochs(run, 2)
     subprocess.run(["scontrol", "requeue", job.job_id], check=True)
-    (finished,) = watch([job], poll_s=1)
+    ((finished,),) = watch([job], poll_s=1)  # one job, whose arm is one run
     assert [m["epoch"] for m in finished.metrics()] == list(range(1, 9))
     log = job.stdout()
     assert "resuming after epoch" in log
@@ -117,16 +116,17 @@ def test_sweep_runs_as_a_job_array(slurm, tmp_path):
     jobs = sweep("mae", "smoke", points, _slurm(), folder=tmp_path / "jobs")
     assert len({job.job_id.split("_")[0] for job in jobs}) == 1  # one array
     assert sorted(job.job_id.split("_")[1] for job in jobs) == ["0", "1", "2"]
-    runs = watch(jobs, poll_s=1)
+    runs = [chain[-1] for chain in watch(jobs, poll_s=1)]
     assert len({run.path for run in runs}) == 3 and all(run.done for run in runs)
     assert [run.experiment.mae.mask_ratio for run in runs] == [0.5, 0.6, 0.75]
-    assert torch.is_tensor(load_weights(runs[0].path / "encoder.pth")["cls_token"])
+    assert torch.is_tensor(runs[0].load("encoder.pth")["cls_token"])
 
 
 def test_two_task_ddp_study_job_runs_every_stage_once(slurm, tmp_path, isolated_dirs):
     """The whole study as one 2-task job: rank 0 decides and writes, rank 1 trains alongside; probes
     extract features of every image on both ranks, so labels line up."""
-    job = submit("study", "smoke", _slurm("launch.tasks_per_node=2"), folder=tmp_path / "jobs")
+    job = submit("default", "smoke", _slurm("launch.tasks_per_node=2", "studies.arms=[wsp,mae_wsp]"),
+                 folder=tmp_path / "jobs")
     tables = watch([job], poll_s=1)[0]
     assert len(tables) == 2
     top1 = tables[0].query("metric == 'top1'")
@@ -135,4 +135,5 @@ def test_two_task_ddp_study_job_runs_every_stage_once(slurm, tmp_path, isolated_
     runs = isolated_dirs / "runs" / "smoke"
     assert sorted(p.name.split("-")[0] for p in runs.iterdir() if p.name != "jobs") == \
         ["mae", "probe", "probe", "wsp", "wsp"]
-    assert (isolated_dirs / "results" / "smoke" / "default.csv").exists()
+    key = load_experiment("smoke", ["studies.arms=[wsp,mae_wsp]"]).results_key
+    assert (isolated_dirs / "results" / key / "default.csv").exists()

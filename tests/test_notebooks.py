@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from studylib.config import ConfigError
+from studylib.errors import ConfigError
 from studylib.figures import FIGURES, FORMATS
 from studylib.notebooks import notebooks, run_notebooks, select
 

@@ -15,13 +15,15 @@ def test_default_study_end_to_end_on_smoke(smoke):
     table = default_study(smoke)
     csv = pd.read_csv(results_dir("smoke") / "default.csv")
     assert len(csv) == len(table)
-    top1 = csv.query("metric == 'top1'").set_index("pretraining")["value"]
-    assert set(top1.index) == {"WSP", "MAE→WSP"}
-    assert (top1 > 100 / 10).all()  # both beat chance on 10 synthetic classes
+    top1 = csv.query("metric == 'top1'").set_index("arm")["value"]
+    assert list(top1.index) == ["random", "mae", "wsp", "mae_wsp"]  # every arm, in the registry's order
+    assert (top1 > 100 / 10).all()  # all beat chance on 10 synthetic classes
+    flops = csv.query("stage == 'pretraining'").set_index("arm")["value"]
+    assert flops["random"] == 0 and flops["mae_wsp"] == pytest.approx(flops["mae"] + flops["wsp"])
     text = summary_text(table)
-    assert "MAE final loss" in text and "Linear-probe top-1" in text and "images_per_s" in text
+    assert "MAE final loss" in text and "Linear-probe top-1" in text and "images_per_s" in text and "MAE→WSP" in text
     run_folders = {p.name.split("-")[0] for p in (results_dir("smoke").parent.parent / "runs" / "smoke").iterdir()}
-    assert run_folders == {"mae", "wsp", "probe"}
+    assert run_folders == {"init", "mae", "wsp", "probe"}
 
 
 def test_bf16_on_cpu_trains_every_block_with_explicit_attention_and_fused_adamw(smoke, monkeypatch):
@@ -62,7 +64,7 @@ def test_a_finished_run_is_never_trained_again(smoke):
 
 def test_wsp_from_mae_loads_every_encoder_weight(smoke, monkeypatch):
     mae_run = mae.pretrain(smoke)
-    mae_encoder = torch.load(mae_run.path / "encoder.pth", weights_only=True)
+    mae_encoder = mae_run.load("encoder.pth")
     seen = {}
     real_train = wsp.train
 
@@ -109,6 +111,6 @@ def test_an_interrupted_run_resumes_at_the_next_epoch(smoke, monkeypatch, capsys
 
 def test_linear_probe_learns_separable_features(smoke):
     encoder_run = mae.pretrain(smoke)
-    result = probe.linear_probe(smoke, encoder_run, "synthetic").results()
+    result = probe.probe(smoke, encoder_run, "synthetic").results()
     assert result["top1"] > 25  # chance is 10%
     assert result["feature_images_per_s"] > 0

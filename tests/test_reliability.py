@@ -12,7 +12,7 @@ import pytest
 
 from studylib.cli import main
 from studylib.config import load_experiment
-from studylib.engine import DivergedError
+from studylib.errors import DivergedError
 from studylib.runs import load_weights
 from studylib.stages import wsp
 
@@ -94,7 +94,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupt
     process.wait()
     checkpoint = folder / "checkpoint.pth"
     checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])  # truncated
-    previous = load_weights(checkpoint)["history"]  # falls back: one epoch fewer
+    previous = load_weights(checkpoint)["state"]["history"]  # falls back: one epoch fewer
     assert len(previous) == _epochs(folder) - 1
     out, err = _launch(runs).communicate(timeout=300)
     assert "checkpoint.pth: checksum does not match" in err
@@ -130,7 +130,7 @@ def test_nan_loss_stops_with_run_epoch_and_step(smoke, monkeypatch, capsys):
                                             r"of epoch 1 is kept"):
         wsp.pretrain(smoke)
     run = wsp.run_for(smoke)
-    assert len(load_weights(run.checkpoint)["history"]) == 1 and not run.done
+    assert len(run.load(run.checkpoint.name)["history"]) == 1 and not run.done
     steps["n"] = 0
     monkeypatch.setattr(wsp, "wsp_loss", lambda m, x, t: real(m, x, t) * float("inf"))
     assert main(["study", "--preset", "smoke"]) == 1  # the CLI reports it and fails

@@ -9,8 +9,8 @@ from studylib.config import load_experiment
 from studylib.data import Batches, synthetic
 from studylib.engine import param_groups, train
 from studylib.models import vit
-from studylib.runs import Run, load_weights
-from studylib.stages import finetune, lit, lowshot, mae, wsp
+from studylib.runs import Run
+from studylib.stages import finetune, lowshot, mae, wsp, zeroshot
 from studylib.transfer import import_checkpoint, summary, transfer_suite
 
 
@@ -33,11 +33,11 @@ def suite_runs(suite, monkeypatch: pytest.MonkeyPatch) -> tuple:
 
 def test_suite_writes_one_table_with_every_task(suite):
     exp, encoder_run, table = suite
-    assert set(table.task) == {"finetune", "linear", "lowshot", "zeroshot", "robustness"}
+    assert list(table.task.unique()) == ["finetune", "probe", "lowshot", "zeroshot", "robustness"]  # registry order
     saved = pd.read_csv(encoder_run.path / "transfer.csv")
     assert len(saved) == len(table) and set(saved.columns) >= {"task", "dataset", "variant", "metric", "value",
-                                                              "seed", "run"}
-    assert not table.duplicated(["task", "dataset", "variant", "metric", "seed"]).any()
+                                                              "draw", "run"}
+    assert not table.duplicated(["task", "dataset", "variant", "metric", "draw"]).any()
     lines = summary(table)
     draws = lines.loc[(encoder_run.name, "lowshot", "synthetic", "5-shot", "top1"), "count"]
     assert draws == exp.transfer.lowshot.draws
@@ -59,7 +59,7 @@ def test_engine_scales_each_groups_lr_by_its_layer_decay(smoke):
     batches = Batches(data.train_images.float(), data.train_labels, 32, torch.device("cpu"))
     train(run, model, lambda m, x, y: nn.functional.cross_entropy(m(x), y), batches, config, torch.device("cpu"),
           None, 0)
-    groups = load_weights(run.checkpoint)["optimizer"]["param_groups"]
+    groups = run.load(run.checkpoint.name)["optimizer"]["param_groups"]
     last_lr = max(g["lr"] for g in groups)
     assert {round(g["lr"] / last_lr, 6) for g in groups} == {round(0.5 ** k, 6) for k in range(8)}
     assert all(g["lr"] == pytest.approx(last_lr * g["lr_scale"]) for g in groups)
@@ -87,7 +87,7 @@ def test_corruption_accuracy_falls_as_severity_rises(suite):
     assert drop == pytest.approx(clean - mean)
 
 
-def test_zero_shot_beats_chance_on_separable_synthetic_data(suite):
+def test_zeroshot_beats_chance_on_separable_synthetic_data(suite):
     _, _, table = suite
     zero = table.query("task == 'zeroshot'").pivot_table(index="variant", columns="metric", values="value")
     assert (zero["top1"] > 2 * zero["chance"]).all(), zero
@@ -108,7 +108,7 @@ def test_lowshot_rows_are_one_per_draw_and_learn(suite):
     rows = table.query("task == 'lowshot'")
     assert rows.query("variant == '10-shot'")["value"].mean() > 2 * 100 / 10  # 10 classes
     assert sorted(rows.variant.unique()) == sorted(f"{k}-shot" for k in exp.transfer.lowshot.shots)
-    assert rows.groupby("variant")["seed"].nunique().eq(exp.transfer.lowshot.draws).all()
+    assert rows.groupby("variant")["draw"].nunique().eq(exp.transfer.lowshot.draws).all()
 
 
 def test_logistic_regression_separates_separable_features():
@@ -121,13 +121,14 @@ def test_logistic_regression_separates_separable_features():
 
 
 def test_tokenizer_splits_hashtags_and_maps_unknown_words():
-    tokenizer = lit.Tokenizer(["#aquarium_fish #fish_daily", "#apple"])
+    tokenizer = zeroshot.Tokenizer(["#aquarium_fish #fish_daily", "#apple"])
     assert tokenizer.vocab == ["apple", "aquarium", "daily", "fish"]
     ids = tokenizer(["a photo of a aquarium fish."], max_tokens=6)
-    unknown = lit.UNKNOWN
-    assert ids.tolist() == [[lit.CLS, unknown, unknown, unknown, unknown, tokenizer.ids["aquarium"],
+    unknown = zeroshot.UNKNOWN
+    assert ids.tolist() == [[zeroshot.CLS, unknown, unknown, unknown, unknown, tokenizer.ids["aquarium"],
                              tokenizer.ids["fish"]]]
-    assert tokenizer(["apple"], max_tokens=3).tolist() == [[lit.CLS, tokenizer.ids["apple"], lit.PAD, lit.PAD]]
+    assert tokenizer(["apple"], max_tokens=3).tolist() == [[zeroshot.CLS, tokenizer.ids["apple"], zeroshot.PAD,
+                                                             zeroshot.PAD]]
 
 
 def test_outside_timm_checkpoint_runs_through_the_suite(tmp_path, smoke):
@@ -135,9 +136,9 @@ def test_outside_timm_checkpoint_runs_through_the_suite(tmp_path, smoke):
     torch.save({"state_dict": source.state_dict()}, tmp_path / "timm_vit.pth")
     run = import_checkpoint(smoke, tmp_path / "timm_vit.pth")
     assert run.done and (run.path / "encoder.pth").exists()
-    exp = load_experiment("smoke", ["transfer.tasks=[linear]"])
+    exp = load_experiment("smoke", ["transfer.tasks=[probe]"])
     table = transfer_suite(exp, run)
-    assert table.task.tolist() == ["linear"] and 0 <= table.value.item() <= 100
+    assert table.task.tolist() == ["probe"] and 0 <= table.value.item() <= 100
     model = finetune.vit("micro")
     finetune.load_encoder_from(run, model)
     x = torch.randn(2, 3, 32, 32)

@@ -10,20 +10,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from studylib.config import ConfigError, Experiment
+from studylib.config import Experiment
 from studylib.data import Batches, ImageTransform, load_dataset
-from studylib.distributed import is_main
+from studylib.distributed import device_and_dtype, is_main
 from studylib.engine import train
+from studylib.errors import RunFolderError
 from studylib.models import VIT_SIZES, vit
-from studylib.runs import Run, load_weights, save_weights, train_once
-from studylib.stages import dataset_run, device_and_dtype, load_encoder_from, settings
+from studylib.runs import Run, train_once
+from studylib.stages import data_identity, load_encoder_from
 from studylib.stages.probe import extract_features
 
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     """The run folder of fine-tuning `encoder_run` on `dataset`."""
-    return dataset_run(exp, "finetune", dataset, {"encoder": encoder_run.name,
-                                                  "finetune": settings(exp.transfer.finetune)})
+    return Run(exp, "finetune", {"encoder": encoder_run.name, "data": data_identity(exp, dataset)})
+
+
+def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
+    run = finetune(exp, encoder_run, dataset)
+    return [{"dataset": dataset, "metric": "top1", "value": run.results()["top1"], "run": run.name}]
 
 
 def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
@@ -55,7 +60,7 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
         batches = Batches(images, labels, config.batch_size, device, transform)
         summary = train(run, model, loss, batches, config, device, dtype, exp.seed)
         if is_main():
-            save_weights(run.path / "model.pth", model.state_dict())
+            run.save("model.pth", model.state_dict())
         return {**summary, "top1": top1(model, data.test_images, data.test_labels, device, dtype),
                 "dataset": dataset, "encoder": encoder_run.name, "train_images": len(images)}
 
@@ -64,9 +69,9 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
 
 def load_finetuned(exp: Experiment, run: Run, num_classes: int) -> nn.Module:
     """The classifier a finished fine-tuning run saved."""
-    state = load_weights(run.path / "model.pth")
+    state = run.load("model.pth")
     if state is None:
-        raise ConfigError(f"{run.path / 'model.pth'}: missing or corrupt; delete {run.path} to fine-tune again")
+        raise RunFolderError(f"{run.path / 'model.pth'}: missing or corrupt; delete {run.path} to fine-tune again")
     model = vit(exp.model, num_classes=num_classes)
     model.load_state_dict(state)
     return model

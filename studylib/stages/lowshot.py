@@ -8,15 +8,15 @@ trained by the engine: with 1 to 10 examples per class there are no epochs to sp
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict
 
 import torch
 from torch import nn
 
 from studylib.config import Experiment
 from studylib.data import ImageDataset, load_dataset
+from studylib.distributed import device_and_dtype
 from studylib.runs import Run, train_once
-from studylib.stages import dataset_run, device_and_dtype
+from studylib.stages import data_identity
 from studylib.stages.probe import extract_features, frozen_encoder
 
 
@@ -53,7 +53,14 @@ def normalise(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
-    return dataset_run(exp, "lowshot", dataset, {"encoder": encoder_run.name, "lowshot": asdict(exp.transfer.lowshot)})
+    return Run(exp, "lowshot", {"encoder": encoder_run.name, "data": data_identity(exp, dataset)})
+
+
+def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
+    """Top-1 of every draw of every k, each row with its draw's seed."""
+    run = lowshot(exp, encoder_run, dataset)
+    return [{"dataset": dataset, "variant": f"{k}-shot", "metric": "top1", "value": a, "draw": draw_seed(exp, d),
+             "run": run.name} for k, accuracies in run.results()["top1"].items() for d, a in enumerate(accuracies)]
 
 
 def lowshot(exp: Experiment, encoder_run: Run, dataset: str) -> Run:

@@ -10,12 +10,14 @@ import time
 import torch
 from torch import nn
 
-from studylib.config import ConfigError, Experiment
+from studylib.config import Experiment
 from studylib.data import Batches, ImageTransform, load_dataset
+from studylib.distributed import device_and_dtype
 from studylib.engine import train
+from studylib.errors import DataError
 from studylib.models import vit
 from studylib.runs import Run, train_once
-from studylib.stages import dataset_run, device_and_dtype, load_encoder_from, settings
+from studylib.stages import data_identity, load_encoder_from
 
 
 @torch.no_grad()
@@ -26,7 +28,7 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, device: torch.dev
     encoder.to(device).eval()
     transform = ImageTransform(encoder.patch_embed.img_size[0])
     if len(images) == 0:
-        raise ConfigError("this dataset has no images in one of its splits; a probe needs train/ and test/")
+        raise DataError("this dataset has no images in one of its splits; a probe needs train/ and test/")
     batches = Batches(images, torch.zeros(len(images)), batch_size, device, transform, shuffle=False,
                       drop_last=False, shard=False)
     features = []
@@ -48,19 +50,23 @@ def classification_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     """The run folder of a linear probe of `encoder_run` on `dataset`."""
-    return dataset_run(exp, "probe", dataset, {"encoder": encoder_run.name, "probe": settings(exp.probe),
-                                               "train_per_class": exp.data.probe_train_per_class})
+    return Run(exp, "probe", {"encoder": encoder_run.name, "data": data_identity(exp, dataset)})
 
 
-def linear_probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
+def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
+    run = probe(exp, encoder_run, dataset)
+    return [{"dataset": dataset, "metric": "top1", "value": run.results()["top1"], "run": run.name}]
+
+
+def probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     """Top-1 of a linear classifier on `encoder_run`'s frozen features, on `dataset`'s test set."""
     run = run_for(exp, encoder_run, dataset)
 
     def work() -> dict:
         data = load_dataset(dataset, exp.data)
         train_images, train_labels = data.train_images, data.train_labels
-        if exp.data.probe_train_per_class:
-            keep = data.per_class(exp.data.probe_train_per_class, exp.seed)
+        if exp.probe.train_per_class:
+            keep = data.per_class(exp.probe.train_per_class, exp.seed)
             train_images, train_labels = train_images[keep], train_labels[keep]
         device, dtype = device_and_dtype(exp)
         encoder = frozen_encoder(exp, encoder_run)

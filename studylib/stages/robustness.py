@@ -5,19 +5,29 @@ from clean accuracy on the same images."""
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict
 
 from studylib.config import Experiment
 from studylib.corruptions import SEVERITIES, corrupt
 from studylib.data import load_dataset
+from studylib.distributed import device_and_dtype
 from studylib.runs import Run, train_once
-from studylib.stages import dataset_run, device_and_dtype
+from studylib.stages import data_identity, finetune
 from studylib.stages.finetune import load_finetuned, top1
 
 
 def run_for(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
-    return dataset_run(exp, "robustness", dataset, {"finetuned": finetune_run.name,
-                                                    "robustness": asdict(exp.transfer.robustness)})
+    return Run(exp, "robustness", {"finetuned": finetune_run.name, "data": data_identity(exp, dataset)})
+
+
+def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
+    """Clean, every corruption at every severity, and the mean and drop, of the encoder fine-tuned on `dataset`."""
+    run = robustness(exp, finetune.finetune(exp, encoder_run, dataset), dataset)
+    result = run.results()
+    found = [("clean", "top1", result["top1_clean"])]
+    found += [(f"{name}/{s}", "top1", a) for name, per_severity in result["top1_corrupted"].items()
+              for s, a in enumerate(per_severity, 1)]
+    found += [("mean", "top1", result["mean_corruption_top1"]), ("mean", "drop", result["drop_from_clean"])]
+    return [{"dataset": dataset, "variant": v, "metric": m, "value": x, "run": run.name} for v, m, x in found]
 
 
 def robustness(exp: Experiment, finetune_run: Run, dataset: str) -> Run:

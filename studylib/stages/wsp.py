@@ -6,23 +6,15 @@ multi-hot tags normalised to sum 1, as in the paper.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 
 from studylib.config import Experiment
 from studylib.data import Batches, ImageTransform
+from studylib.distributed import device_and_dtype
 from studylib.engine import train
 from studylib.models import VIT_SIZES, vit
 from studylib.runs import Run, train_once
-from studylib.stages import (
-    device_and_dtype,
-    load_encoder_from,
-    pretrain_identity,
-    pretrain_images,
-    save_encoder,
-    settings,
-)
+from studylib.stages import load_encoder_from, pool_identity, pretrain_images, save_encoder, train_flops
 from studylib.weak_labels import multi_hot, simulate
 
 
@@ -33,13 +25,12 @@ def wsp_loss(model: torch.nn.Module, images: torch.Tensor, tags: torch.Tensor) -
 
 
 def run_for(exp: Experiment, init: Run | None = None) -> Run:
-    """The run folder of WSP under `exp` from `init` (an MAE run) or from scratch (None)."""
-    return Run(exp, "wsp", {**pretrain_identity(exp), "tags": asdict(exp.tags), "wsp": settings(exp.wsp),
-                            "init": init.name if init else "scratch"})
+    """The run folder of WSP under `exp` from `init` (an encoder run) or from scratch (None)."""
+    return Run(exp, "wsp", {"data": pool_identity(exp), "init": init.name if init else "scratch"})
 
 
 def pretrain(exp: Experiment, init: Run | None = None) -> Run:
-    """WSP from random init (init=None) or from the encoder of a finished MAE run."""
+    """WSP from random init (init=None) or from the encoder of a finished run."""
     run = run_for(exp, init)
 
     def work() -> dict:
@@ -50,10 +41,12 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
         model = vit(exp.model, num_classes=hashtags.vocab_size)
         if init is not None:
             load_encoder_from(init, model)
-        transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], exp.wsp.crop_min)
-        batches = Batches(data.train_images, hashtags.tags, exp.wsp.batch_size, device, transform)
+        img_size = VIT_SIZES[exp.model]["img_size"]
+        batches = Batches(data.train_images, hashtags.tags, exp.wsp.batch_size, device,
+                          ImageTransform(img_size, exp.wsp.crop_min))
         summary = train(run, model, wsp_loss, batches, exp.wsp, device, dtype, exp.seed)
         save_encoder(run, model)
-        return {**summary, "init": run.identity["init"], "vocab_size": hashtags.vocab_size}
+        return {**summary, "init": run.identity["init"], "vocab_size": hashtags.vocab_size,
+                "train_flops": train_flops(model, img_size, summary["images_seen"])}
 
     return train_once(run, work)

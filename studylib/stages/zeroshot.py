@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict
 
 import torch
 from torch import nn
 
-from studylib.config import Experiment, LiTConfig
+from studylib.config import Experiment, ZeroShotConfig
 from studylib.data import Batches, ImageDataset
+from studylib.distributed import device_and_dtype
 from studylib.engine import train
 from studylib.runs import Run, train_once
-from studylib.stages import device_and_dtype, pretrain_identity, pretrain_images, settings
+from studylib.stages import pool_identity, pretrain_images
 from studylib.stages.probe import extract_features, frozen_encoder
 from studylib.weak_labels import simulate
 
@@ -57,7 +57,7 @@ class TextTower(nn.Module):
     """Token and position embeddings, a pre-norm transformer, the CLS token projected to the image
     feature space; plus the contrastive temperature (log of CLIP's 1/0.07 at start)."""
 
-    def __init__(self, vocab_size: int, config: LiTConfig, out_dim: int) -> None:
+    def __init__(self, vocab_size: int, config: ZeroShotConfig, out_dim: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, config.text_dim, padding_idx=PAD)
         self.pos_embed = nn.Parameter(torch.randn(1, config.max_tokens + 1, config.text_dim) * 0.02)
@@ -90,7 +90,7 @@ def class_names(data: ImageDataset, level: str) -> list[str]:
 
 
 @torch.no_grad()
-def zero_shot_weights(tower: TextTower, tokenizer: Tokenizer, names: list[str], config: LiTConfig,
+def zeroshot_weights(tower: TextTower, tokenizer: Tokenizer, names: list[str], config: ZeroShotConfig,
                       device: torch.device) -> torch.Tensor:
     """(classes, dim) text embeddings, averaged over the prompt templates (CLIP's prompt ensemble)."""
     tower.eval()
@@ -100,14 +100,22 @@ def zero_shot_weights(tower: TextTower, tokenizer: Tokenizer, names: list[str], 
 
 
 def run_for(exp: Experiment, encoder_run: Run) -> Run:
-    return Run(exp, "lit", {**pretrain_identity(exp), "encoder": encoder_run.name, "tags": asdict(exp.tags),
-                            "lit": settings(exp.transfer.lit)})
+    return Run(exp, "zeroshot", {"encoder": encoder_run.name, "data": pool_identity(exp)})
 
 
-def zero_shot(exp: Experiment, encoder_run: Run) -> Run:
+def rows(exp: Experiment, encoder_run: Run, _dataset: None = None) -> list[dict]:
+    """Top-1 and chance with fine and (where there are) coarse class names, on the pool's test set."""
+    run = zeroshot(exp, encoder_run)
+    result = run.results()
+    return [{"dataset": result["dataset"], "variant": level, "metric": metric, "value": result[f"{metric}_{level}"],
+             "run": run.name} for level in ("fine", "coarse") if f"top1_{level}" in result
+            for metric in ("top1", "chance")]
+
+
+def zeroshot(exp: Experiment, encoder_run: Run) -> Run:
     """Train a text tower against `encoder_run`'s frozen image features on the pool's hashtag captions,
     then zero-shot top-1 on the pool dataset's test set with fine and (where it has them) coarse names."""
-    config = exp.transfer.lit
+    config = exp.transfer.zeroshot
     run = run_for(exp, encoder_run)
 
     def work() -> dict:
@@ -129,7 +137,7 @@ def zero_shot(exp: Experiment, encoder_run: Run) -> Run:
             if not names:
                 continue
             labels = data.test_labels if level == "fine" else data.fine_to_coarse[data.test_labels]
-            weights = zero_shot_weights(tower, tokenizer, names, config, device)
+            weights = zeroshot_weights(tower, tokenizer, names, config, device)
             predictions = (test @ weights.T).argmax(1).cpu()
             results[f"top1_{level}"] = (predictions == labels).float().mean().item() * 100
             results[f"chance_{level}"] = 100 / len(names)

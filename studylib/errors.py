@@ -1,0 +1,32 @@
+"""studylib's errors, in a module that imports nothing, so every other module can raise them.
+
+Each one reaches the user as one line (`studylib: error: ...`) and its exit code; none is a traceback.
+"""
+
+from __future__ import annotations
+
+
+class StudylibError(Exception):
+    """An error the user can act on; its message names the file, key or path and what is allowed."""
+
+    exit_code = 2
+    kind = "error"  # the word after 'studylib:' in the one line the user sees
+
+
+class ConfigError(StudylibError, ValueError):
+    """A bad setting: a config key or value, a command-line argument, an environment variable."""
+
+
+class DataError(StudylibError):
+    """A dataset that cannot be read or does not hold what it should."""
+
+
+class RunFolderError(StudylibError):
+    """A run folder whose files cannot be used as they are: weights of another run, too little disk."""
+
+
+class DivergedError(StudylibError, RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint is from the epoch before."""
+
+    exit_code = 1
+    kind = "diverged"

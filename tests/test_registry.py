@@ -1,0 +1,108 @@
+"""Each concept is declared once, in studylib.registry: an arm or a study registered from here alone
+shows up in the study table, the figures, the CLI's choices and the job targets."""
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from studylib import registry
+from studylib.cli import main, parser
+from studylib.config import load_experiment
+from studylib.figures import make_all
+from studylib.launch import targets
+from studylib.notebooks import notebooks
+from studylib.stages import mae
+from studylib.study import _table, default_study, with_values
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mae_one_epoch(exp):
+    return [mae.pretrain(with_values(exp, mae={"epochs": 1}))]
+
+
+def count_arms(exp):
+    """A study of the test's own: how many arms the experiment compares."""
+    return _table(exp, "arm_count", [{"stage": "count", "metric": "arms", "value": len(exp.studies.arms)}])
+
+
+def draw_arm_count(key):
+    from studylib import figures
+
+    table = figures.read(key, "arm_count")
+    fig = figures.plt.figure()
+    fig.gca().bar(["arms"], table.value)
+    return figures.save(fig, "arm_count", key, ["arm_count"], table)
+
+
+@pytest.fixture
+def registered():
+    items = [registry.Arm("mae_short", "MAE (1 epoch)", "#9467BD", mae_one_epoch, "MAE for one epoch"),
+             registry.Study("arm_count", count_arms, "how many arms", figures=("arm_count",)),
+             registry.Figure("arm_count", draw_arm_count, "arm_count")]
+    for item in items:
+        registry.register(item)
+    yield items
+    for table in (registry.ARMS, registry.STUDIES, registry.FIGURES):
+        for item in items:
+            table.pop(item.name, None)
+
+
+def test_a_new_arm_and_study_from_test_code_show_up_everywhere(registered, capsys, isolated_dirs):
+    assert load_experiment("smoke").studies.arms[-1] == "mae_short"  # every registered arm, by default
+    exp = load_experiment("smoke", ["studies.arms=[random, mae_short]"])
+    table = default_study(exp)
+    top1 = table.query("stage == 'probe' and metric == 'top1'")
+    assert list(top1.arm) == ["random", "mae_short"] and (top1.value > 10).all()
+    svg = make_all(exp.results_key, ["default"])["default"][1].read_text()
+    assert "MAE (1 epoch)" in svg and "random init" in svg  # the legend, with the registry's labels
+
+    assert main(["study", "arm_count", "--preset", "smoke"]) == 0
+    assert pd.read_csv(isolated_dirs / "results" / "smoke" / "arm_count.csv").value.item() == 5
+    assert (isolated_dirs / "figures" / "smoke" / "arm_count.png").exists() is False
+    assert "arm_count" in make_all("smoke")
+    assert (isolated_dirs / "figures" / "smoke" / "arm_count.png").stat().st_size > 0
+
+    assert {"mae_short", "arm_count"} <= set(targets())
+    help_text = {name: sub.format_help() for name, sub in parser()._subparsers._group_actions[0].choices.items()}
+    assert "arm_count" in help_text["study"] and "arm_count" in help_text["submit"]
+    assert "mae_short" in help_text["transfer"] and "mae_short" in help_text["submit"]
+
+
+def test_unknown_names_are_refused_with_the_registered_ones(capsys):
+    assert main(["study", "nonsense", "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study 'nonsense' is unknown; allowed: ['explore', 'default'" in err[0]
+    assert main(["transfer", "--arm", "bogus", "--preset", "smoke"]) == 2
+    assert "arm 'bogus' is unknown" in capsys.readouterr().err
+    assert main(["study", "--preset", "smoke", "--set", "studies.arms=[wsp, bogus]"]) == 2
+    assert "studies.arms: ['wsp', 'bogus'] is not allowed; must be a non-empty list of ['random'" in \
+        capsys.readouterr().err
+
+
+def test_every_study_notebook_runs_its_registered_target():
+    by_stem = {path.stem: path.read_text() for path in notebooks()}
+    for study in registry.STUDIES.values():
+        if study.notebook:
+            assert f'launch.run(\\"{study.name}\\"' in by_stem.pop(study.notebook), study.name
+    runs = {stem: re.findall(r'launch\.run\(\\"(\w+)\\"', text) for stem, text in by_stem.items()}
+    assert all(set(found) <= set(targets()) for found in runs.values()), runs
+    assert all(found or "figures.draw(" in by_stem[stem] for stem, found in runs.items()), runs
+
+
+def test_readme_tables_are_the_registry():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- registry: begin -->\n")[1].split("<!-- registry: end -->")[0]
+    assert block == registry.markdown(), "run `studylib registry --readme` after changing the registry"
+
+
+def test_one_name_per_concept():
+    """Tables use the registry's names; labels (with arrows) are for people only."""
+    assert all(re.fullmatch(r"[a-z_]+", name) for table in (registry.ARMS, registry.TASKS, registry.STUDIES,
+                                                           registry.STAGES) for name in table)
+    assert set(registry.TASKS) <= set(registry.STAGES)  # a task's runs are its stage's
+    for study in registry.STUDIES.values():
+        assert set(study.figures) <= set(registry.FIGURES)
+        assert all(registry.FIGURES[f].study == study.name for f in study.figures)
