@@ -1,0 +1,59 @@
+"""Findings are computed from the tables by the stated rule, never typed."""
+
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from studylib import findings
+from studylib.config import REPO_ROOT
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_interval_is_students_t_and_the_rule_gives_each_verdict():
+    c = findings.Comparison("a", "x", [1.0, 2.0, 3.0])
+    # mean 2, sd 1, n 3: half width t(0.975, 2) / sqrt(3) = 4.303 / 1.732
+    assert c.mean == 2 and c.half_width == pytest.approx(4.303 / math.sqrt(3), rel=1e-4)
+    assert c.verdict == "inconclusive"  # [-0.48, +4.48] holds 0
+    assert findings.Comparison("a", "x", [2.0, 2.1, 1.9, 2.0]).verdict == "holds"
+    assert findings.Comparison("a", "x", [-2.0, -2.1, -1.9]).verdict == "contradicted"
+    assert findings.Comparison("a", "x", [5.0]).verdict == "inconclusive"  # one seed: no interval
+    big = findings.Comparison("a", "x", [float(i % 7) for i in range(50)])
+    assert big.half_width == pytest.approx(1.96 * statistics.stdev(big.differences) / math.sqrt(50))
+    verdict = findings.claim_verdict
+    assert verdict(["holds", "holds"]) == "holds" and verdict(["contradicted"]) == "contradicted"
+    assert verdict(["holds", "contradicted"]) == "mixed" and verdict(["holds", "inconclusive"]) == "inconclusive"
+
+
+def _default_table(gaps: dict[str, float], seeds: int = 3) -> pd.DataFrame:
+    rows = []
+    for seed in range(seeds):
+        for arm, value in gaps.items():
+            rows.append({"seed": seed, "arm": arm, "stage": "probe", "metric": "top1", "dataset": "cifar100",
+                         "value": value + 0.1 * seed * (1 if arm == "mae_wsp" else 0.5)})
+    return pd.DataFrame(rows)
+
+
+def test_report_from_tables_pairs_by_seed_and_flags_arms_below_random(isolated_dirs):
+    folder = isolated_dirs / "results" / "mine"
+    folder.mkdir(parents=True)
+    _default_table({"random": 20.0, "mae": 19.0, "wsp": 25.0, "mae_wsp": 27.0}).to_csv(folder / "default.csv")
+    text = findings.write("mine")
+    (row,) = [c for c in findings.comparisons("mine") if c.claim == "a"]
+    assert row.differences == pytest.approx([2.0, 2.05, 2.1]) and row.verdict == "holds"
+    assert "| **(a) MAE→WSP beats WSP in transfer** | **claim** | | | | **holds** |" in text
+    assert "MAE on cifar100: 19.05 < random init 20.05" in text  # means over seeds
+    assert "(c) MAE→WSP beats WSP at every model size | not studied in these results" in text
+    saved = pd.read_csv(folder / "findings.csv")
+    assert saved.verdict.tolist() == ["holds"] and saved.n.tolist() == [3]
+
+
+def test_readme_findings_are_generated_from_the_committed_cpu_results(monkeypatch):
+    monkeypatch.setenv("STUDYLIB_RESULTS", str(REPO_ROOT / "results"))
+    committed = (REPO_ROOT / "results" / "cpu" / "findings.md").read_text()
+    assert findings.report("cpu") == committed, "run `studylib findings --preset cpu --readme`"
+    readme = (REPO / "README.md").read_text()
+    assert readme.split("<!-- findings: begin -->\n")[1].split("<!-- findings: end -->")[0] == committed
