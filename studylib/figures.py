@@ -38,10 +38,10 @@ def figures_dir(key: str) -> Path:
 
 
 def arms(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
-    """`table` with each arm's label in the column `label`, then the labels of the arms it holds in the
-    registry's order (the legend's order) and their colours."""
+    """`table` with each arm named by its label (figures are for people), then the labels of the arms it
+    holds in the registry's order (the legend's order) and their colours."""
     present = [arm for name, arm in ARMS.items() if name in set(table.arm.dropna())]
-    labelled = table.assign(label=table.arm.map({a.name: a.label for a in present}))
+    labelled = table.assign(arm=table.arm.map({a.name: a.label for a in present}))
     return labelled, [a.label for a in present], {a.label: a.color for a in present}
 
 
@@ -103,7 +103,7 @@ def default(key: str) -> list[Path]:
     table = read(key, "default")
     probes, order, palette = arms(_probes(table))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sns.pointplot(probes, x="dataset", y="value", hue="label", hue_order=order, palette=palette, errorbar="sd",
+    sns.pointplot(probes, x="dataset", y="value", hue="arm", hue_order=order, palette=palette, errorbar="sd",
                   dodge=0.4, linestyle="none", ax=ax)
     ax.set(xlabel="probe dataset", ylabel="linear-probe top-1 (%)", title=f"Every arm, linear probe ({_seeds(table)})")
     ax.legend(title=None, fontsize=8)
@@ -123,12 +123,15 @@ def convergence(key: str) -> list[Path]:
         part = probes[probes.dataset == dataset]
         for row, x in enumerate(("wsp_epochs", "train_flops")):
             ax = axes[row, col]
-            sns.lineplot(part[part.train_flops > 0] if row == 1 else part, x=x, y="value", hue="label",
+            sns.lineplot(part[part.train_flops > 0] if row == 1 else part, x=x, y="value", hue="arm",
                          hue_order=order, palette=palette, marker="o", errorbar="sd", ax=ax)
             ax.set(ylabel=f"{dataset} linear-probe top-1 (%)",
                    xlabel="WSP epochs" if row == 0 else "total training FLOPs (MAE included)")
             if row == 1:
                 ax.set_xscale("log")
+                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5 x 10^n
+                ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
     fig.suptitle(f"Convergence: every arm against WSP epochs and training FLOPs ({_seeds(table)})")
     fig.tight_layout()
     return save(fig, "convergence", key, ["wsp_epochs"], table)
@@ -142,7 +145,7 @@ def model_size(key: str) -> list[Path]:
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        sns.lineplot(probes[probes.dataset == dataset], x="params", y="value", hue="label", hue_order=order,
+        sns.lineplot(probes[probes.dataset == dataset], x="params", y="value", hue="arm", hue_order=order,
                      palette=palette, marker="o", errorbar="sd", ax=ax)
         for name, count in zip(params.model, params.value, strict=True):
             ax.annotate(name, (count, ax.get_ylim()[0]), textcoords="offset points", xytext=(2, 4), fontsize=8,
@@ -161,7 +164,7 @@ def data_size(key: str) -> list[Path]:
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        sns.pointplot(probes[probes.dataset == dataset], x="mae_data", y="value", hue="label", hue_order=order,
+        sns.pointplot(probes[probes.dataset == dataset], x="mae_data", y="value", hue="arm", hue_order=order,
                       palette=palette, errorbar="sd", dodge=0.3, ax=ax)
         ax.set_ylim(0, None)
         ax.set(xlabel="MAE's images (dataset:fraction of the pool)", ylabel=f"{dataset} linear-probe top-1 (%)")
@@ -177,17 +180,17 @@ def transfer(key: str) -> list[Path]:
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     top1 = table[table.metric == "top1"]
     whole = top1[top1.stage.isin(["finetune", "probe"])].assign(task=lambda t: t.stage + " " + t.dataset)
-    sns.barplot(whole, x="task", y="value", hue="label", hue_order=order, palette=palette, errorbar="sd",
+    sns.barplot(whole, x="task", y="value", hue="arm", hue_order=order, palette=palette, errorbar="sd",
                 ax=axes[0])
     axes[0].set(title="fine-tune and linear probe", xlabel="", ylabel="top-1 (%)")
     axes[0].tick_params(axis="x", rotation=20)
     low = top1[top1.stage == "lowshot"].assign(shots=lambda t: t.variant.str.split("-").str[0].astype(int))
-    sns.lineplot(low, x="shots", y="value", hue="label", hue_order=order, style="dataset", palette=palette,
+    sns.lineplot(low, x="shots", y="value", hue="arm", hue_order=order, style="dataset", palette=palette,
                  marker="o", errorbar="sd", err_style="bars", ax=axes[1])
     axes[1].set(title="low-shot (mean ± sd over draws)", xlabel="labelled images per class", ylabel="top-1 (%)",
                 xscale="log", xticks=sorted(low.shots.unique()), xticklabels=sorted(low.shots.unique()))
     zero = table[table.stage == "zeroshot"]
-    sns.barplot(zero[zero.metric == "top1"], x="variant", y="value", hue="label", hue_order=order,
+    sns.barplot(zero[zero.metric == "top1"], x="variant", y="value", hue="arm", hue_order=order,
                 palette=palette, errorbar="sd", ax=axes[2])
     for i, chance in enumerate(zero[zero.metric == "chance"].drop_duplicates("variant")["value"]):
         axes[2].hlines(chance, i - 0.4, i + 0.4, color="black", ls=":", label="chance" if i == 0 else None)
@@ -196,7 +199,7 @@ def transfer(key: str) -> list[Path]:
     robust = top1[(top1.stage == "robustness") & top1.variant.str.contains("/")]
     robust = robust.assign(severity=robust.variant.str.split("/").str[1].astype(int))
     clean = top1[(top1.stage == "robustness") & (top1.variant == "clean")].assign(severity=0)
-    sns.lineplot(pd.concat([clean, robust]), x="severity", y="value", hue="label", hue_order=order,
+    sns.lineplot(pd.concat([clean, robust]), x="severity", y="value", hue="arm", hue_order=order,
                  style="dataset", palette=palette, marker="o", errorbar=None, ax=axes[3])
     axes[3].set(title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)")
     fig.suptitle(f"Transfer ({_seeds(table)}; low-shot: sd over draws)")
