@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 import yaml
 
-from studylib.config import Experiment, results_dir, runs_dir
+from studylib.config import Experiment, results_dir
 from studylib.data import MEAN, STD, ImageTransform, load_dataset
 from studylib.distributed import is_main
 from studylib.models import VIT_SIZES, count_flops, count_params, patchify, vit
@@ -215,11 +215,6 @@ def explore_study(exp: Experiment) -> pd.DataFrame:
         atomic_write(path, lambda f: np.savez(f, **images, run=mae_run.name), mode="wb")
     rows += _rows(mae_run, arm="mae")
     return _table(exp, "explore", [{**row, "seed": exp.seed} for row in rows])
-
-
-def run_metrics(preset: str, run_name: str) -> pd.DataFrame:
-    """The per-epoch metrics of a run folder of `preset`."""
-    return pd.DataFrame(Run.metrics_of(runs_dir() / preset / run_name))
 
 
 def summary_text(table: pd.DataFrame) -> str:
