@@ -285,7 +285,7 @@ class Experiment:
     model: str = _one_of(VIT_SIZES, default="micro")
     seed: int = _at_least_zero(default=0)  # of single runs; studies run every seed of studies.seeds
     device: str = field(default="auto", metadata={**_one_of(["auto", "cpu", "cuda"]).metadata, **SPEED_ONLY})
-    precision: str = _one_of(["auto", "bf16", "fp32"], default="auto")  # auto: bf16 on GPUs that have it, else fp32
+    precision: str = _one_of(["auto", "bf16", "fp32"], default="auto")  # auto: bf16 where native: GPU, AMX, avx512_bf16
     data: DataConfig = field(default_factory=DataConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)

@@ -25,12 +25,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. 'auto' takes bf16 on a GPU that has it."""
-    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+    """The autocast dtype, or None for plain fp32. 'auto' takes bf16 where the hardware computes it: a GPU
+    that supports it, a CPU with AMX or avx512_bf16 (elsewhere torch emulates bf16, slower than fp32)."""
+    if name == "fp32":
         return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return None
-    return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if name == "bf16" or native_bf16() else None
 
 
 def native_bf16() -> bool:

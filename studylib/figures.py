@@ -4,13 +4,14 @@ one seaborn style; arms in the registry's order, colours and labels.
 Each figure is saved as PNG and SVG in figures/<key>/ (or $STUDYLIB_FIGURES/<key>/) with a
 provenance file beside it: preset, overrides, git SHA, the runs whose results it shows, its source
 tables and the date. The key is the preset, or the preset and its overrides' hash (see
-Experiment.results_key). Where a study has several seeds, points show the mean and error bars one
-standard deviation.
+Experiment.results_key). Points are means over seeds with their 95% t-interval (the findings' interval);
+every title states the number of seeds n; one seed draws no bar.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
 from studylib.config import REPO_ROOT, load_experiment, results_dir  # noqa: E402
+from studylib.findings import t_quantile_975  # noqa: E402
 from studylib.registry import ARMS, FIGURES, STUDIES, call  # noqa: E402
 from studylib.runs import atomic_write, git_sha  # noqa: E402
 
@@ -95,7 +97,16 @@ def _probes(table: pd.DataFrame) -> pd.DataFrame:
 
 def _seeds(table: pd.DataFrame) -> str:
     n = table.seed.nunique()
-    return f"{n} seed{'s' if n > 1 else ''}" + (", mean ± sd" if n > 1 else "")
+    return f"n = {n} seed{'s' if n > 1 else ''}" + (", mean and 95% t-interval" if n > 1 else ", no interval")
+
+
+def interval95(values: pd.Series) -> tuple[float, float]:
+    """The mean's 95% t-interval over seeds (a single value has none): every figure's error bars."""
+    mean, n = values.mean(), len(values)
+    if n < 2:
+        return mean, mean
+    half = t_quantile_975(n - 1) * values.std() / math.sqrt(n)
+    return mean - half, mean + half
 
 
 def default(key: str) -> list[Path]:
@@ -103,7 +114,7 @@ def default(key: str) -> list[Path]:
     table = read(key, "default")
     probes, order, palette = arms(_probes(table))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sns.pointplot(probes, x="dataset", y="value", hue="arm", hue_order=order, palette=palette, errorbar="sd",
+    sns.pointplot(probes, x="dataset", y="value", hue="arm", hue_order=order, palette=palette, errorbar=interval95,
                   dodge=0.4, linestyle="none", ax=ax)
     ax.set(xlabel="probe dataset", ylabel="linear-probe top-1 (%)", title=f"Every arm, linear probe ({_seeds(table)})")
     ax.legend(title=None, fontsize=8)
@@ -124,7 +135,7 @@ def convergence(key: str) -> list[Path]:
         for row, x in enumerate(("wsp_epochs", "train_flops")):
             ax = axes[row, col]
             sns.lineplot(part[part.train_flops > 0] if row == 1 else part, x=x, y="value", hue="arm",
-                         hue_order=order, palette=palette, marker="o", errorbar="sd", ax=ax)
+                         hue_order=order, palette=palette, marker="o", errorbar=interval95, ax=ax)
             ax.set(ylabel=f"{dataset} linear-probe top-1 (%)",
                    xlabel="WSP epochs" if row == 0 else "total training FLOPs (MAE included)")
             if row == 1:
@@ -146,7 +157,7 @@ def model_size(key: str) -> list[Path]:
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         sns.lineplot(probes[probes.dataset == dataset], x="params", y="value", hue="arm", hue_order=order,
-                     palette=palette, marker="o", errorbar="sd", ax=ax)
+                     palette=palette, marker="o", errorbar=interval95, ax=ax)
         for name, count in zip(params.model, params.value, strict=True):
             ax.annotate(name, (count, ax.get_ylim()[0]), textcoords="offset points", xytext=(2, 4), fontsize=8,
                         color="grey")
@@ -165,7 +176,7 @@ def data_size(key: str) -> list[Path]:
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         sns.pointplot(probes[probes.dataset == dataset], x="mae_data", y="value", hue="arm", hue_order=order,
-                      palette=palette, errorbar="sd", dodge=0.3, ax=ax)
+                      palette=palette, errorbar=interval95, dodge=0.3, ax=ax)
         ax.set_ylim(0, None)
         ax.set(xlabel="MAE's images (dataset:fraction of the pool)", ylabel=f"{dataset} linear-probe top-1 (%)")
         ax.legend(title=None, fontsize=8, loc="lower right")
@@ -180,7 +191,7 @@ def transfer(key: str) -> list[Path]:
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     top1 = table[table.metric == "top1"]
     whole = top1[top1.stage.isin(["finetune", "probe"])].assign(task=lambda t: t.stage + " " + t.dataset)
-    sns.barplot(whole, x="task", y="value", hue="arm", hue_order=order, palette=palette, errorbar="sd",
+    sns.barplot(whole, x="task", y="value", hue="arm", hue_order=order, palette=palette, errorbar=interval95,
                 ax=axes[0])
     axes[0].set(title="fine-tune and linear probe", xlabel="", ylabel="top-1 (%)")
     axes[0].tick_params(axis="x", rotation=20)
@@ -191,7 +202,7 @@ def transfer(key: str) -> list[Path]:
                 xscale="log", xticks=sorted(low.shots.unique()), xticklabels=sorted(low.shots.unique()))
     zero = table[table.stage == "zeroshot"]
     sns.barplot(zero[zero.metric == "top1"], x="variant", y="value", hue="arm", hue_order=order,
-                palette=palette, errorbar="sd", ax=axes[2])
+                palette=palette, errorbar=interval95, ax=axes[2])
     for i, chance in enumerate(zero[zero.metric == "chance"].drop_duplicates("variant")["value"]):
         axes[2].hlines(chance, i - 0.4, i + 0.4, color="black", ls=":", label="chance" if i == 0 else None)
     axes[2].set(title=f"zero-shot (LiT) on {zero.dataset.iloc[0]}", xlabel="class names", ylabel="top-1 (%)")
@@ -202,7 +213,7 @@ def transfer(key: str) -> list[Path]:
     sns.lineplot(pd.concat([clean, robust]), x="severity", y="value", hue="arm", hue_order=order,
                  style="dataset", palette=palette, marker="o", errorbar=None, ax=axes[3])
     axes[3].set(title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)")
-    fig.suptitle(f"Transfer ({_seeds(table)}; low-shot: sd over draws)")
+    fig.suptitle(f"Transfer ({_seeds(table)}; low-shot: sd over seeds and draws)")
     fig.tight_layout()
     return save(fig, "transfer", key, ["transfer"], table)
 

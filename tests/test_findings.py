@@ -57,3 +57,16 @@ def test_readme_findings_are_generated_from_the_committed_cpu_results(monkeypatc
     assert findings.report("cpu") == committed, "run `studylib findings --preset cpu --readme`"
     readme = (REPO / "README.md").read_text()
     assert readme.split("<!-- findings: begin -->\n")[1].split("<!-- findings: end -->")[0] == committed
+
+
+def test_figures_draw_the_same_95_interval_and_state_n(isolated_dirs):
+    from studylib import figures
+
+    low, high = figures.interval95(pd.Series([1.0, 2.0, 3.0]))
+    assert (low + high) / 2 == 2 and (high - low) / 2 == pytest.approx(4.303 / math.sqrt(3), rel=1e-4)
+    assert figures.interval95(pd.Series([4.0])) == (4.0, 4.0)
+    folder = isolated_dirs / "results" / "mine"
+    folder.mkdir(parents=True)
+    _default_table({"wsp": 25.0, "mae_wsp": 27.0}).to_csv(folder / "default.csv")
+    svg = figures.default("mine")[1].read_text()
+    assert "n = 3 seeds, mean and 95% t-interval" in svg and "MAE→WSP" in svg

@@ -119,6 +119,17 @@ def test_identity_holds_every_declared_section_whole_and_the_precision(smoke):
         Run(smoke, "mae", {}).hash
 
 
+def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    from studylib import distributed
+
+    exp = load_experiment("cpu")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(distributed, "native_bf16", lambda native=native: native)
+        assert distributed.precision_name(exp) == expected
+        assert distributed.precision_name(load_experiment("cpu", ["precision=fp32"])) == "fp32"
+        assert distributed.precision_name(load_experiment("smoke")) == "fp32"  # pinned: tests match on every CPU
+
+
 def test_defaults_have_one_source(tmp_path):
     assert "defaults" not in yaml.safe_load((REPO / "experiments.yaml").read_text())
     config = tmp_path / "bare.yaml"
