@@ -20,14 +20,13 @@ for section in $sections; do
       done ;;
     default)
       echo "== default study, gpu preset, CIFAR-sized synthetic data, short schedules"
-      python3 -m studylib study --preset gpu "${cifar_sized[@]}" --set mae.epochs=3 --set wsp.epochs=2 \
-        --set probe.epochs=5 ;;
+      python3 -m studylib study --preset gpu "${cifar_sized[@]}" --set mae.epochs=3 --set wsp.epochs=2 ;;
     transfer)
       echo "== transfer suite, gpu preset, CIFAR-sized synthetic data, short schedules"
       /usr/bin/time -f "%e s" python3 -m studylib study transfer --preset gpu "${cifar_sized[@]}" --set mae.epochs=3 \
-        --set wsp.epochs=2 --set probe.epochs=5 --set transfer.finetune.epochs=2 --set transfer.lit.epochs=3 \
+        --set wsp.epochs=2 --set transfer.finetune.epochs=2 --set transfer.zeroshot.epochs=3 \
         --set transfer.robustness.test_per_class=100
-      grep -h '"wall_time_s"\|"images_per_s"' "$STUDYLIB_RUNS"/gpu/{finetune,lit}-*/results.json || true ;;
+      grep -h '"wall_time_s"\|"images_per_s"' "$STUDYLIB_RUNS"/gpu/{finetune,zeroshot}-*/results.json || true ;;
     speed)
       echo "== training-step speed, bf16"
       python3 benchmarks/benchmark.py --preset gpu --models micro tiny small --batch 512 --precisions bf16

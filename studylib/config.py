@@ -168,14 +168,17 @@ class WSPConfig(ImageTrainConfig):
 
 
 @dataclass(kw_only=True)
-class ProbeConfig(TrainConfig):
-    """Linear probe on cached features: cheap."""
+class ProbeConfig:
+    """Linear probe: L2 logistic regression on cached features, solved to convergence (studylib.stages.probe)."""
 
-    epochs: int = _recipe("epochs", 30)
-    warmup_epochs: float = _recipe("warmup_epochs", 1.0)
-    weight_decay: float = _recipe("weight_decay", 0.0)
-    clip_grad: float = _recipe("clip_grad", 0.0)
     train_per_class: int = _at_least_zero(default=0)  # 0: every training image
+    # L2 strengths tried on a held-out part of the training images; the best one is refit on all of them
+    weight_decays: list[float] = _check("a non-empty list of floats >= 0", lambda v: len(v) > 0 and min(v) >= 0,
+                                        default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+    holdout_fraction: float = _check("in (0, 0.5]", lambda v: 0 < v <= 0.5, default=0.1)
+    max_iter: int = _positive(default=1000)  # L-BFGS iterations at most
+    # stop when the gradient's largest entry falls below it: the objective is then within 1e-3 nats of its optimum
+    tolerance: float = _positive(default=1e-4)
 
 
 @dataclass(kw_only=True)
@@ -412,6 +415,7 @@ def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
     for key, values in (("studies.seeds", exp.studies.seeds), ("studies.model_sizes", exp.studies.model_sizes),
                         ("studies.mae_data", exp.studies.mae_data), ("studies.wsp_epochs", exp.studies.wsp_epochs),
                         ("studies.arms", exp.studies.arms), ("transfer.tasks", exp.transfer.tasks),
+                        ("probe.weight_decays", exp.probe.weight_decays),
                         ("transfer.lowshot.shots", exp.transfer.lowshot.shots)):
         if len(set(values)) < len(values):
             raise ConfigError(f"{_where(origins, key)}: {values} repeats a value; allowed: distinct values")

@@ -112,7 +112,7 @@ for _item in (
     Stage("init", ("model", "seed"), "a randomly initialised encoder, saved as it is"),
     Stage("mae", ("model", "seed", "mae"), "MAE pre-pretraining on the pool (or mae.data)"),
     Stage("wsp", ("model", "seed", "tags", "wsp"), "weakly-supervised pretraining on the pool's hashtags"),
-    Stage("probe", ("seed", "probe"), "linear probe: a linear head trained on frozen features"),
+    Stage("probe", ("seed", "probe"), "linear probe: L2 logistic regression on frozen features, to convergence"),
     Stage("finetune", ("model", "seed", "transfer.finetune"), "full fine-tuning with layer-wise lr decay"),
     Stage("lowshot", ("seed", "transfer.lowshot"), "k labelled images per class, several draws"),
     Stage("zeroshot", ("model", "seed", "tags", "transfer.zeroshot"),

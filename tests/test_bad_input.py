@@ -31,7 +31,7 @@ CASES = [
     ("mask ratio 1", ["--set", "mae.mask_ratio=1"], ["mae.mask_ratio", "must be in (0, 1)"]),
     ("mask ratio above 1", ["--set", "mae.mask_ratio=1.5"], ["mae.mask_ratio", "must be in (0, 1)"]),
     ("negative epochs", ["--set", "mae.epochs=-2"], ["mae.epochs", "must be > 0"]),
-    ("zero batch", ["--set", "probe.batch_size=0"], ["probe.batch_size", "must be > 0"]),
+    ("zero batch", ["--set", "wsp.batch_size=0"], ["wsp.batch_size", "must be > 0"]),
     ("negative lr", ["--set", "wsp.base_lr=-0.1"], ["wsp.base_lr", "must be > 0"]),
     ("probability above 1", ["--set", "tags.p_true=1.2"], ["tags.p_true", "must be in [0, 1]"]),
     ("fraction 0", ["--set", "data.pretrain_fraction=0"], ["data.pretrain_fraction", "in (0, 1]"]),
@@ -160,7 +160,7 @@ def test_unsafe_pickles_are_refused(smoke, tmp_path):
 
 
 keys = st.sampled_from(["model", "seed", "device", "precision", "mae.epochs", "mae.mask_ratio", "wsp.base_lr",
-                        "data.probe", "data.pretrain", "tags.p_true", "probe.batch_size", "mae", "nonsense",
+                        "data.probe", "data.pretrain", "tags.p_true", "probe.max_iter", "mae", "nonsense",
                         "mae.bogus", "data.pretrain_fraction", "wsp.clip_grad"])
 values = st.one_of(st.none(), st.booleans(), st.integers(-5, 5000), st.floats(allow_nan=True),
                    st.text(max_size=8), st.lists(st.sampled_from(["cifar10", "x", "synthetic"]), max_size=3),

@@ -32,7 +32,7 @@ def test_step_benchmark_times_every_step_in_both_precisions(tmp_path):
 def test_precision_check_trains_each_precision_in_its_own_run_folders(tmp_path):
     out = tmp_path / "precision.json"
     stdout = run_script("precision_check.py", "--preset", "smoke", "--set", "mae.epochs=1", "wsp.epochs=1",
-                        "probe.epochs=1", "studies.arms=[wsp,mae_wsp]", "data.synthetic_train=128",
+                        "studies.arms=[wsp,mae_wsp]", "data.synthetic_train=128",
                         "data.synthetic_test=64", "--seeds", "0", "--out", str(out))
     assert "bf16 - fp32" in stdout and "bf16 / fp32" in stdout
     rows = json.loads(out.read_text())["rows"]

@@ -73,13 +73,13 @@ def test_an_overrides_table_lands_beside_the_presets_and_records_them(tmp_path, 
     results = isolated_dirs / "results"
     default_study(load_experiment("tiny", config_file=config))
     own = (results / "tiny" / "default.csv").read_bytes()
-    for overrides in (["launch.executor=debug", "mae.compile=true", "device=cpu"], ["probe.epochs=8"]):
+    for overrides in (["launch.executor=debug", "mae.compile=true", "device=cpu"], ["probe.max_iter=500"]):
         exp = load_experiment("tiny", overrides, config_file=config)
         default_study(exp)
     assert (results / "tiny" / "default.csv").read_bytes() == own  # speed-only overrides share it; others don't
     (other,) = [p for p in results.iterdir() if p.name.startswith("tiny+")]
     assert other.name == exp.results_key and (other / "default.csv").exists()
-    assert yaml.safe_load((other / "experiment.yaml").read_text())["overrides"] == {"probe.epochs": 8}
+    assert yaml.safe_load((other / "experiment.yaml").read_text())["overrides"] == {"probe.max_iter": 500}
     assert yaml.safe_load((results / "tiny" / "experiment.yaml").read_text())["overrides"] == {}
 
 

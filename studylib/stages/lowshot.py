@@ -1,8 +1,9 @@
 """Low-shot transfer: k labelled images per class (k in transfer.lowshot.shots), several random draws,
 a logistic regression on frozen features, top-1 on the whole test set.
 
-The classifier is solved to convergence with L-BFGS on the full (tiny) training set rather than
-trained by the engine: with 1 to 10 examples per class there are no epochs to speak of.
+The classifier is the linear probe's (studylib.stages.probe.fit_logistic), solved to convergence on the
+full (tiny) training set with the fixed L2 strength transfer.lowshot.weight_decay: with 1 example per
+class there is nothing to hold out for choosing it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from studylib.data import ImageDataset, load_dataset
 from studylib.distributed import device_and_dtype
 from studylib.runs import Run, train_once
 from studylib.stages import data_identity
-from studylib.stages.probe import extract_features, frozen_encoder
+from studylib.stages.probe import extract_features, fit_logistic, frozen_encoder
 
 
 def draw_seed(exp: Experiment, draw: int) -> int:
@@ -27,25 +28,6 @@ def draw_seed(exp: Experiment, draw: int) -> int:
 def draw_indices(data: ImageDataset, shots: int, seed: int) -> torch.Tensor:
     """Training indices of `shots` images of every class, drawn with `seed`."""
     return data.per_class(shots, seed)
-
-
-def fit_logistic(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float,
-                 max_iter: int = 200) -> nn.Linear:
-    """Multinomial logistic regression with an L2 penalty, solved by L-BFGS."""
-    head = nn.Linear(features.shape[1], num_classes).to(features.device)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    solver = torch.optim.LBFGS(head.parameters(), max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        solver.zero_grad()
-        loss = nn.functional.cross_entropy(head(features), labels) + weight_decay * head.weight.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        solver.step(closure)
-    return head
 
 
 def normalise(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
