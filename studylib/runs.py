@@ -119,12 +119,14 @@ def load_weights(path: Path, map_location: str | torch.device = "cpu") -> Any:
 
 
 def git_sha() -> str:
-    """The commit of the studylib checkout, with '-dirty' when it has uncommitted changes."""
+    """The commit of the studylib checkout, with '-dirty' when its code has uncommitted changes (outputs under
+    figures/ and results/ do not count: drawing one figure must not mark the next one's code as dirty)."""
     repo = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures",
+                                ":!results"], cwd=repo,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
