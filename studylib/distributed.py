@@ -7,6 +7,7 @@ sees its own share of each batch; only rank 0 writes files.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -34,6 +35,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if name == "bf16" or native_bf16() else None
 
 
+@functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AMX or avx512_bf16); elsewhere torch emulates it slowly."""
     try:

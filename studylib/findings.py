@@ -190,9 +190,9 @@ CLAIMS = {"a": "MAE→WSP beats WSP in transfer", "b": "MAE→WSP converges fast
           "MAE's counted)", "c": "MAE→WSP beats WSP at every model size", "d": "more pre-pretraining data helps MAE"}
 
 
-def report(key: str) -> str:
+def report(key: str, found: list[Comparison] | None = None) -> str:
     """findings.md: each claim's comparisons (difference, n, 95% interval, verdict) and its verdict."""
-    found = comparisons(key)
+    found = comparisons(key) if found is None else found
     lines = [f"**Findings of `{key}`**", "", f"Differences are paired, in top-1 points. Rule: {RULE}.", ""]
     lines += ["| claim | comparison | difference | n | 95% interval | verdict |",
               "| --- | --- | ---: | ---: | --- | --- |"]
@@ -209,9 +209,10 @@ def report(key: str) -> str:
 
 def write(key: str) -> str:
     """Write results/<key>/findings.md and findings.csv; returns the markdown."""
-    text = report(key)
+    found = comparisons(key)
+    text = report(key, found)
     rows = [{"claim": c.claim, "comparison": c.what, "difference": c.mean, "n": c.n, "half_width_95": c.half_width,
-             "verdict": c.verdict} for c in comparisons(key) if c.n]
+             "verdict": c.verdict} for c in found if c.n]
     folder = results_dir(key)
     atomic_write(folder / "findings.md", lambda f: f.write(text))
     atomic_write(folder / "findings.csv", lambda f: pd.DataFrame(rows).to_csv(f, index=False))
