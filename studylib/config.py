@@ -74,6 +74,9 @@ def _list_of(choices: typing.Collection[str], **kwargs: Any) -> Any:
 
 
 def _dataset_name(name: str) -> bool:
+    """A built-in dataset, an existing image folder, or several of them joined by '+'."""
+    if "+" in name:
+        return all(_dataset_name(part) for part in name.split("+"))
     return name in BUILTIN_DATASETS or ("/" in name and Path(name).expanduser().is_dir())
 
 
@@ -148,11 +151,14 @@ class MAEConfig(ImageTrainConfig):
     warmup_epochs: float = _recipe("warmup_epochs", 1.0)
     clip_grad: float = _recipe("clip_grad", 0.0)
     crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.2)
-    # MAE's own images: "pretrain" (the WSP pool, data.pretrain) or another dataset, and the share of
-    # them taken (times data.pretrain_fraction, as for the pool): the data-size study varies these
-    data: str = _check(f"'pretrain', one of {BUILTIN_DATASETS} or the path of an existing image folder",
-                       lambda v: v == "pretrain" or _dataset_name(v), default="pretrain")
+    # MAE's own images: "pretrain" (the WSP pool) or a dataset (names joined by '+' are taken together),
+    # and the share of them taken: of the pool, or of that whole dataset. The data-size study varies these.
+    data: str = _check(f"'pretrain', one of {BUILTIN_DATASETS}, the path of an existing image folder, or such "
+                       "names joined by '+'", lambda v: v == "pretrain" or _dataset_name(v), default="pretrain")
     data_fraction: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)
+    # images drawn per epoch (0: one pass over MAE's images); the data-size study sets the pool's size,
+    # so MAE takes the same steps on sets of every size
+    epoch_images: int = _at_least_zero(default=0)
     mask_ratio: float = _check("in (0, 1)", lambda v: 0 < v < 1, default=0.75)
     decoder_dim: int = _positive(default=64)  # light: at 32 px the decoder sees 4x the encoder's tokens
     decoder_depth: int = _positive(default=2)
@@ -193,6 +199,8 @@ class FinetuneConfig(ImageTrainConfig):
     drop_path: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)  # stochastic depth rate
     train_per_class: int = _at_least_zero(default=0)  # 0: every training image
     label_smoothing: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)
+    # at least this many optimizer steps on every dataset: a small training set gets more epochs
+    min_steps: int = _at_least_zero(default=0)
 
 
 @dataclass(kw_only=True)
@@ -221,7 +229,8 @@ class ZeroShotConfig(TrainConfig):
 @dataclass(kw_only=True)
 class RobustnessConfig:
     corruptions: list[str] = _list_of(CORRUPTIONS, default_factory=lambda: list(CORRUPTIONS))  # severities 1-5
-    test_per_class: int = _at_least_zero(default=0)  # 0: the whole test set
+    # a class-balanced share of the test set, this many images (test_images // classes of each); 0: all
+    test_images: int = _at_least_zero(default=0)
 
 
 @dataclass(kw_only=True)
@@ -250,8 +259,8 @@ class StudiesConfig:
     seeds: list[int] = _check("a non-empty list of ints >= 0", lambda v: len(v) > 0 and min(v) >= 0,
                               default_factory=lambda: [0])
     model_sizes: list[str] = _list_of(VIT_SIZES, default_factory=lambda: ["nano", "micro"])
-    # MAE's images as DATASET:FRACTION, DATASET 'pretrain' (the pool) or a dataset; MAE takes as many
-    # steps at every point as on the whole pool (its epochs scale with pool size / its images)
+    # MAE's images as DATASET:FRACTION: that share of the pool ('pretrain') or of a whole dataset (names
+    # joined by '+' are taken together); MAE takes the same steps at every point (mae.epoch_images)
     mae_data: list[str] = _check("a non-empty list of 'pretrain:F' or 'DATASET:F', F in (0, 1]",
                                  lambda v: len(v) > 0 and all(_mae_data_point(p) for p in v),
                                  default_factory=lambda: ["pretrain:0.2", "pretrain:1", "cifar10:1"])

@@ -2,7 +2,7 @@
 
 Names: `cifar100`, `cifar10`, `synthetic` (generated here, for tests), or a path to an image folder
 (`root/train/<class>/*.jpg` and `root/test/<class>/*.jpg`, or `root/<class>/*.jpg` for a training
-set alone). CIFAR is read from the data directory ($STUDYLIB_DATA): `cifar100.npz` or an image
+set alone); names joined by `+` (`cifar10+cifar100`) are those datasets together, classes kept apart. CIFAR is read from the data directory ($STUDYLIB_DATA): `cifar100.npz` or an image
 folder `cifar10/` (the layouts of ../shared/data/README.md), else torchvision's download folder,
 downloading into it when the data directory is the default one and nothing is there yet.
 """
@@ -73,11 +73,30 @@ class ImageDataset:
 def load_dataset(name: str, config: DataConfig | None = None) -> ImageDataset:
     """A dataset by name (see the module docstring); loaded once per process and source."""
     config = config or DataConfig()
+    if "+" in name:
+        return combined([load_dataset(part, config) for part in name.split("+")])
     if name == "synthetic":
         return synthetic(config.synthetic_train, config.synthetic_test)
     path = source(name)
     stat = path.stat()
     return _load(name, str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def combined(parts: list[ImageDataset]) -> ImageDataset:
+    """Datasets of one image size as one: each part's classes follow the last part's (labels shifted)."""
+    sizes = {tuple(part.train_images.shape[1:]) for part in parts}
+    if len(sizes) > 1:
+        raise DataError(f"{'+'.join(p.name for p in parts)}: images of different sizes {sorted(sizes)}; "
+                        "allowed: datasets of one image size")
+    offsets = np.cumsum([0] + [part.num_classes for part in parts])
+
+    def joined(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.cat([getattr(part, f"{split}_images") for part in parts])
+        labels = torch.cat([getattr(part, f"{split}_labels") + int(o) for part, o in zip(parts, offsets)])
+        return images, labels
+
+    return ImageDataset("+".join(p.name for p in parts), *joined("train"), *joined("test"),
+                        [f"{part.name}:{c}" for part in parts for c in part.classes])
 
 
 def source(name: str) -> Path:
@@ -100,6 +119,8 @@ def fingerprint(name: str, config: DataConfig | None = None) -> str:
     download folder's files, or of an image folder's manifest (its resolved path, every file's name and
     size); the sizes of generated data. Cached per source, size and modification time."""
     config = config or DataConfig()
+    if "+" in name:
+        return "+".join(fingerprint(part, config) for part in name.split("+"))
     if name == "synthetic":
         return f"synthetic-{config.synthetic_train}-{config.synthetic_test}"
     path = source(name)
@@ -313,12 +334,14 @@ class Batches:
     every epoch, so a resumed run sees exactly the batches an uninterrupted one would. In a job of
     several tasks, `batch_size` is the global batch: every rank draws it the same way and keeps its
     own slice, so the ranks together see what one process would. shard=False gives every rank the
-    whole batch (feature extraction).
+    whole batch (feature extraction). `images_per_epoch` makes an iteration draw that many images
+    instead of one pass: shuffled passes end to end, cut where the count is reached (the data-size study
+    trains MAE the same steps on sets of every size).
     """
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, device: torch.device,
                  transform: ImageTransform | None = None, shuffle: bool = True, drop_last: bool = True,
-                 shard: bool = True) -> None:
+                 shard: bool = True, images_per_epoch: int = 0) -> None:
         self.rank, self.world = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
         if batch_size % self.world:
             raise ConfigError(f"batch_size {batch_size} does not split over {self.world} tasks; "
@@ -329,14 +352,19 @@ class Batches:
         self.transform = transform
         self.shuffle = shuffle
         self.drop_last = drop_last
+        self.images = images_per_epoch or len(inputs)
+        if self.images != len(inputs) and not shuffle:
+            raise ValueError("images_per_epoch needs shuffle=True")
 
     def __len__(self) -> int:
-        n = len(self.inputs)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return self.images // self.batch_size if self.drop_last else math.ceil(self.images / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.inputs)
-        order = torch.randperm(n, device=self.inputs.device) if self.shuffle else None
+        order = None
+        if self.shuffle:
+            passes = [torch.randperm(n, device=self.inputs.device) for _ in range(math.ceil(self.images / n))]
+            order = torch.cat(passes)[: self.images]
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = order[sl] if order is not None else sl

@@ -162,6 +162,7 @@ for _item in (
 # name -> timm VisionTransformer arguments. The 32 px sizes (patch 4, 64 patches) are for CPU and
 # single-GPU studies on CIFAR; the others are the paper's, at 224 px.
 VIT_SIZES: dict[str, dict] = {
+    "pico": dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2),
     "nano": dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2),
     "micro": dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4),
     "tiny": dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3),

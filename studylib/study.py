@@ -134,8 +134,9 @@ def parse_mae_data(text: str) -> tuple[str, float]:
 
 
 def data_size_study(exp: Experiment) -> pd.DataFrame:
-    """Every arm with MAE's images at each point of studies.mae_data (as many MAE steps at every point
-    as on the whole pool); the arms without MAE are the same runs at every point."""
+    """Every arm with MAE's images at each point of studies.mae_data, 'DATASET:FRACTION' (that share of the
+    whole dataset; 'pretrain' is the pool). MAE takes the same steps at every point: each of its epochs
+    draws as many images as the pool holds. The arms without MAE are the same runs at every point."""
     def point(e: Experiment) -> list[dict]:
         rows = []
         pool = len(pretrain_images(e).train_labels)
@@ -143,7 +144,8 @@ def data_size_study(exp: Experiment) -> pd.DataFrame:
             dataset, fraction = parse_mae_data(text)
             at = with_values(e, mae={"data": dataset, "data_fraction": fraction})
             images = len(pretrain_images(at, *mae.images(at)).train_labels)
-            at = with_values(at, mae={"epochs": max(1, round(e.mae.epochs * pool / images))})
+            if images != pool:  # else the very run of the other studies
+                at = with_values(at, mae={"epoch_images": pool})
             rows.append({"mae_data": text, "stage": "mae", "metric": "images", "value": images})
             rows += probe_arms(at, "data_size", mae_data=text)
         return rows

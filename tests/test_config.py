@@ -30,7 +30,7 @@ def test_overrides_change_values_and_the_hash():
     (["mae.epochs=-1"], "override mae.epochs: -1 is not allowed; must be > 0"),
     (["mae.epochs=three"], "override mae.epochs: expected int, got 'three'"),
     (["mae.mask_ration=0.5"], "unknown key (did you mean 'mask_ratio'?)"),
-    (["model=huge"], "override model: 'huge' is not allowed; must be one of ['nano', 'micro'"),
+    (["model=huge"], "override model: 'huge' is not allowed; must be one of ['pico', 'nano', 'micro'"),
     (["data.pretrain=imagenet"], "override data.pretrain: 'imagenet' is not allowed"),
     (["device=tpu"], "must be one of ['auto', 'cpu', 'cuda']"),
     (["mae=3"], "override mae: expected a mapping"),
@@ -74,3 +74,17 @@ def test_run_hash_ignores_speed_and_launch_settings_only():
     assert mae.run_for(load_experiment("smoke", same)).name == base
     for changed in (["mae.mask_ratio=0.6"], ["seed=1"], ["model=tiny"], ["data.pretrain_fraction=0.5"]):
         assert mae.run_for(load_experiment("smoke", changed)).name != base, changed
+
+
+def test_mae_data_fraction_is_a_share_of_the_named_dataset_not_of_the_pool():
+    from studylib.stages import pool_identity, pretrain_images
+
+    exp = load_experiment("smoke", ["data.pretrain_fraction=0.5"])
+    total = exp.data.synthetic_train
+    assert len(pretrain_images(exp).train_labels) == total // 2  # the pool
+    assert len(pretrain_images(exp, None, 0.5).train_labels) == total // 4  # 'pretrain:0.5': half the pool
+    assert len(pretrain_images(exp, "synthetic", 1.0).train_labels) == total  # 'synthetic:1': all of it
+    assert pool_identity(exp, "synthetic", 1.0)["fraction"] == 1.0
+    pool = set(pretrain_images(exp).train_images[:, 0, 0, 0].tolist())
+    larger = set(pretrain_images(exp, "synthetic", 0.75).train_images[:, 0, 0, 0].tolist())
+    assert len(pool) > 1 and pool <= larger  # nested

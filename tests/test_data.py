@@ -77,3 +77,25 @@ def test_random_resized_crop_takes_a_window_of_the_image():
     assert (row.min(dim=1).values >= -0.5).all() and (row.max(dim=1).values <= 63.5).all()
     flipped = (steps.mean(dim=1) < 0).float().mean()
     assert 0.35 < flipped < 0.65
+
+
+def test_batches_draw_images_per_epoch_in_whole_shuffled_passes():
+    images = torch.arange(10).view(10, 1, 1, 1).to(torch.uint8)
+    longer = Batches(images, torch.arange(10), 4, torch.device("cpu"), images_per_epoch=25)
+    assert len(longer) == 6  # 25 images drawn, whole batches of 4
+    drawn = torch.cat([x.flatten() for x, _ in longer]).tolist()
+    assert sorted(drawn[:10]) == list(range(10)) and sorted(drawn[10:20]) == list(range(10))  # passes end to end
+    shorter = Batches(images, torch.arange(10), 2, torch.device("cpu"), images_per_epoch=6)
+    drawn = torch.cat([x.flatten() for x, _ in shorter]).tolist()
+    assert len(drawn) == 6 and len(set(drawn)) == 6  # part of one pass, no image twice
+
+
+def test_datasets_joined_by_plus_keep_their_classes_apart(tmp_path):
+    a, b = _folder(tmp_path / "a", ("cat", "dog")), _folder(tmp_path / "b", ("ant", "bee", "cow"), per_class=2)
+    both = load_dataset(f"{a}+{b}")
+    assert len(both.train_labels) == 6 + 6 and both.num_classes == 5
+    assert both.train_labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert both.classes[2].endswith(":ant") and len(both.test_images) == 12
+    small = _folder(tmp_path / "small", size=4)
+    with pytest.raises(DataError, match="different sizes"):
+        load_dataset(f"{a}+{small}")

@@ -24,16 +24,19 @@ def data_identity(exp: Experiment, dataset: str, fraction: float = 1.0) -> dict[
 
 
 def pool_identity(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> dict[str, Any]:
-    """The pretraining images: the pool (data.pretrain, data.pretrain_fraction of it) or `fraction` of
-    another `dataset`, times data.pretrain_fraction."""
-    return data_identity(exp, dataset or exp.data.pretrain, exp.data.pretrain_fraction * fraction)
+    """The pretraining images: `fraction` of the pool (data.pretrain_fraction of data.pretrain), or
+    `fraction` of the whole `dataset`."""
+    if dataset is None:
+        return data_identity(exp, exp.data.pretrain, exp.data.pretrain_fraction * fraction)
+    return data_identity(exp, dataset, fraction)
 
 
 def pretrain_images(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> ImageDataset:
-    """The pool's training images (or `dataset`'s), `fraction` of them, nested: a smaller fraction
-    is a subset of a larger one."""
-    return load_dataset(dataset or exp.data.pretrain, exp.data).subset(exp.data.pretrain_fraction * fraction,
-                                                                       exp.seed)
+    """The pool's training images, or `dataset`'s, `fraction` of them, nested: a smaller fraction of a
+    dataset is a subset of a larger one (and the pool of every fraction of data.pretrain above its own)."""
+    if dataset is None:
+        dataset, fraction = exp.data.pretrain, exp.data.pretrain_fraction * fraction
+    return load_dataset(dataset, exp.data).subset(fraction, exp.seed)
 
 
 def save_encoder(run: Run, model: torch.nn.Module) -> None:

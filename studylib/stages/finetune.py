@@ -7,6 +7,9 @@ The fine-tuned classifier (model.pth) is also what the robustness task evaluates
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
 from torch import nn
 
@@ -58,11 +61,14 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
         load_encoder_from(encoder_run, model)
         transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], config.crop_min)
         batches = Batches(images, labels, config.batch_size, device, transform)
-        summary = train(run, model, loss, batches, config, device, dtype, exp.seed)
+        epochs = max(config.epochs, math.ceil(config.min_steps / len(batches)))
+        summary = train(run, model, loss, batches, dataclasses.replace(config, epochs=epochs), device, dtype,
+                        exp.seed)
         if is_main():
             run.save("model.pth", model.state_dict())
         return {**summary, "top1": top1(model, data.test_images, data.test_labels, device, dtype),
-                "dataset": dataset, "encoder": encoder_run.name, "train_images": len(images)}
+                "dataset": dataset, "encoder": encoder_run.name, "train_images": len(images),
+                "steps": epochs * len(batches)}
 
     return train_once(run, work)
 

@@ -43,7 +43,7 @@ def pretrain(exp: Experiment) -> Run:
         model = build(exp)
         img_size = VIT_SIZES[exp.model]["img_size"]
         batches = Batches(data.train_images, data.train_labels, exp.mae.batch_size, device,
-                          ImageTransform(img_size, exp.mae.crop_min))
+                          ImageTransform(img_size, exp.mae.crop_min), images_per_epoch=exp.mae.epoch_images)
         summary = train(run, model, mae_loss, batches, exp.mae, device, dtype, exp.seed)
         save_encoder(run, model.encoder)
         return {**summary, "train_flops": train_flops(model, img_size, summary["images_seen"])}

@@ -20,17 +20,19 @@ from studylib.config import Experiment, ProbeConfig
 from studylib.data import Batches, ImageTransform, load_dataset
 from studylib.distributed import device_and_dtype
 from studylib.errors import DataError
-from studylib.models import vit
+from studylib.models import choose_attention, vit
 from studylib.runs import Run, train_once
 from studylib.stages import data_identity, load_encoder_from
 
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, device: torch.device,
-                     dtype: torch.dtype | None, batch_size: int = 512) -> torch.Tensor:
+                     dtype: torch.dtype | None, batch_size: int = 128) -> torch.Tensor:
     """`encoder`'s outputs for uint8 `images`, in order, as float32 on `device`: class-token features
-    for a bare encoder, logits for a classifier."""
+    for a bare encoder, logits for a classifier. (Batches of 128 stay in a CPU's caches: 1.2-1.4x
+    faster than 512 for micro on 2 cores.)"""
     encoder.to(device).eval()
+    choose_attention(encoder, device, training=False)
     transform = ImageTransform(encoder.patch_embed.img_size[0])
     if len(images) == 0:
         raise DataError("this dataset has no images in one of its splits; a probe needs train/ and test/")

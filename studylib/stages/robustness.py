@@ -38,8 +38,8 @@ def robustness(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
     def work() -> dict:
         data = load_dataset(dataset, exp.data)
         images, labels = data.test_images, data.test_labels
-        if config.test_per_class:
-            keep = data.per_class(config.test_per_class, exp.seed, split="test")
+        if config.test_images:
+            keep = data.per_class(max(1, config.test_images // data.num_classes), exp.seed, split="test")
             images, labels = images[keep], labels[keep]
         device, dtype = device_and_dtype(exp)
         model = load_finetuned(exp, finetune_run, data.num_classes)
