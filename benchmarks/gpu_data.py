@@ -28,7 +28,7 @@ def _joined(blobs: list[bytes]) -> dict[str, np.ndarray]:
 
 
 def _split(jpeg: np.ndarray, offsets: np.ndarray) -> list[bytes]:
-    return [jpeg[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
+    return [jpeg[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def pack(name: str, out: Path, quality: int) -> None:
@@ -58,7 +58,7 @@ def unpack(folders: list[Path], to: Path) -> None:
         for packed in folder.glob("*.npz"):
             data = dict(np.load(packed))
             if packed.stem == "cifar10":
-                for path, blob in zip(data["paths"], _split(data["jpeg"], data["offsets"])):
+                for path, blob in zip(data["paths"], _split(data["jpeg"], data["offsets"]), strict=True):
                     (to / "cifar10" / path).parent.mkdir(parents=True, exist_ok=True)
                     (to / "cifar10" / path).write_bytes(blob)
                 continue

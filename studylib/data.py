@@ -2,7 +2,8 @@
 
 Names: `cifar100`, `cifar10`, `synthetic` (generated here, for tests), or a path to an image folder
 (`root/train/<class>/*.jpg` and `root/test/<class>/*.jpg`, or `root/<class>/*.jpg` for a training
-set alone); names joined by `+` (`cifar10+cifar100`) are those datasets together, classes kept apart. CIFAR is read from the data directory ($STUDYLIB_DATA): `cifar100.npz` or an image
+set alone); names joined by `+` (`cifar10+cifar100`) are those datasets together, classes kept
+apart. CIFAR is read from the data directory ($STUDYLIB_DATA): `cifar100.npz` or an image
 folder `cifar10/` (the layouts of ../shared/data/README.md), else torchvision's download folder,
 downloading into it when the data directory is the default one and nothing is there yet.
 """
@@ -92,8 +93,8 @@ def combined(parts: list[ImageDataset]) -> ImageDataset:
 
     def joined(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.cat([getattr(part, f"{split}_images") for part in parts])
-        labels = torch.cat([getattr(part, f"{split}_labels") + int(o) for part, o in zip(parts, offsets)])
-        return images, labels
+        labels = [getattr(part, f"{split}_labels") + int(o) for part, o in zip(parts, offsets[:-1], strict=True)]
+        return images, torch.cat(labels)
 
     return ImageDataset("+".join(p.name for p in parts), *joined("train"), *joined("test"),
                         [f"{part.name}:{c}" for part in parts for c in part.classes])
