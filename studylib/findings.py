@@ -190,6 +190,23 @@ CLAIMS = {"a": "MAE→WSP beats WSP in transfer", "b": "MAE→WSP converges fast
           "MAE's counted)", "c": "MAE→WSP beats WSP at every model size", "d": "more pre-pretraining data helps MAE"}
 
 
+def finetune_against_probe(key: str) -> list[Comparison]:
+    """Per arm and dataset: the fine-tuned encoder's top-1 minus the linear probe's on the same encoder
+    (transfer study against default study, paired by seed). Fine-tuning should come out ahead."""
+    transfer, default = _read(key, "transfer"), _read(key, "default")
+    if transfer is None or default is None:
+        return []
+    tuned = transfer[(transfer.stage == "finetune") & (transfer.metric == "top1")]
+    probes = _probe_top1(default)
+    found = []
+    for (arm, dataset), part in tuned.groupby(["arm", "dataset"], sort=False):
+        mine = part.groupby("seed")["value"].mean()
+        theirs = probes[(probes.arm == arm) & (probes.dataset == dataset)].groupby("seed")["value"].mean()
+        found.append(Comparison("finetune", f"{labels()[arm]} on {dataset}: fine-tune {mine.mean():.2f} vs "
+                                            f"linear probe {theirs.mean():.2f}", (mine - theirs).dropna().tolist()))
+    return found
+
+
 def report(key: str, found: list[Comparison] | None = None) -> str:
     """findings.md: each claim's comparisons (difference, n, 95% interval, verdict) and its verdict."""
     found = comparisons(key) if found is None else found
@@ -203,6 +220,12 @@ def report(key: str, found: list[Comparison] | None = None) -> str:
             continue
         lines.append(f"| **({claim}) {text}** | **claim** | | | | **{claim_verdict([c.verdict for c in mine])}** |")
         lines += [f"| | {c.what} | {c.mean:+.2f} | {c.n} | {c.interval()} | {c.verdict} |" for c in mine]
+    checks = [c for c in finetune_against_probe(key) if c.n]
+    if checks:
+        lines += ["", "Fine-tuning against the linear probe of the same encoder (same rule; it should hold):", "",
+                  "| encoder and dataset | difference | n | 95% interval | verdict |",
+                  "| --- | ---: | ---: | --- | --- |"]
+        lines += [f"| {c.what} | {c.mean:+.2f} | {c.n} | {c.interval()} | {c.verdict} |" for c in checks]
     lines += ["", f"Arms below the random-init baseline (default study, linear probe): {below_random(key)}"]
     return "\n".join(lines) + "\n"
 

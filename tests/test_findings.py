@@ -51,6 +51,19 @@ def test_report_from_tables_pairs_by_seed_and_flags_arms_below_random(isolated_d
     assert saved.verdict.tolist() == ["holds"] and saved.n.tolist() == [3]
 
 
+def test_fine_tuning_is_compared_with_the_probe_of_the_same_encoder_and_seed(isolated_dirs):
+    folder = isolated_dirs / "results" / "mine"
+    folder.mkdir(parents=True)
+    _default_table({"wsp": 25.0, "mae_wsp": 27.0}).to_csv(folder / "default.csv")
+    tuned = _default_table({"wsp": 30.0, "mae_wsp": 26.0}).assign(stage="finetune", variant="")
+    tuned.to_csv(folder / "transfer.csv")
+    checks = {c.what.split(":")[0]: c for c in findings.finetune_against_probe("mine")}
+    assert checks["WSP on cifar100"].differences == pytest.approx([5.0, 5.0, 5.0])
+    assert checks["WSP on cifar100"].verdict == "holds"
+    assert checks["MAE→WSP on cifar100"].differences == pytest.approx([-1.0] * 3)
+    assert "| MAE→WSP on cifar100: fine-tune 26.10 vs linear probe 27.10 | -1.00 | 3 |" in findings.write("mine")
+
+
 def test_readme_findings_are_generated_from_the_committed_cpu_results(monkeypatch):
     monkeypatch.setenv("STUDYLIB_RESULTS", str(REPO_ROOT / "results"))
     committed = (REPO_ROOT / "results" / "cpu" / "findings.md").read_text()
