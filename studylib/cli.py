@@ -30,12 +30,16 @@ import pandas as pd
 import yaml
 
 from studylib import distributed, registry
-from studylib.config import REPO_ROOT, Experiment, load_experiment, result_settings, results_dir
+from studylib.config import REPO_ROOT, Experiment, check_output_places, load_experiment, result_settings, results_dir
 from studylib.errors import ConfigError, StudylibError
 
 
-def _experiment(args: argparse.Namespace) -> Experiment:
-    return load_experiment(args.preset, args.overrides, getattr(args, "config", None))
+def _experiment(args: argparse.Namespace, writes: bool = True) -> Experiment:
+    """The command's experiment; for a command that writes, its output places checked first."""
+    exp = load_experiment(args.preset, args.overrides, getattr(args, "config", None))
+    if writes:
+        check_output_places(exp.results_key)
+    return exp
 
 
 def _choose(kind: str, name: str, choices: dict) -> None:
@@ -119,7 +123,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 def cmd_config(args: argparse.Namespace) -> None:
     """The resolved experiment (every value that decides results), and where its tables go."""
-    exp = _experiment(args)
+    exp = _experiment(args, writes=False)
     print(yaml.safe_dump(result_settings(exp), sort_keys=False).rstrip())
     print(f"# overrides that change results: {exp.overrides or 'none'}")
     print(f"# tables: {results_dir(exp.results_key)}")
@@ -164,7 +168,7 @@ def cmd_tags(args: argparse.Namespace) -> None:
     from studylib.stages import pretrain_images
     from studylib.weak_labels import simulate
 
-    exp = _experiment(args)
+    exp = _experiment(args, writes=False)
     hashtags = simulate(pretrain_images(exp), exp.tags)
     for key, value in hashtags.stats().items():
         print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
@@ -226,9 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except StudylibError as err:
-        print(f"studylib: {err.kind}: {err}", file=sys.stderr)
+        print(f"studylib: {err.kind}: {shown_line(str(err))}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:
+        print("studylib: interrupted: stopped; every finished epoch is in its run's checkpoint, and the same "
+              "command resumes", file=sys.stderr)
+        return 130
     return 0
+
+
+def shown_line(message: str, limit: int = 1000) -> str:
+    """The error as one line of at most `limit` characters."""
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[: limit - 30] + f"... ({len(line)} characters)"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,12 +23,15 @@ from typing import Any
 
 import yaml
 
-from studylib.errors import ConfigError
+from studylib.errors import ConfigError, shown
 from studylib.registry import ARMS, CORRUPTIONS, TASKS, VIT_SIZES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "experiments.yaml"
 BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")
+INT_LIMIT = 2**31 - 1  # no int setting is larger: seeds, sizes and epochs stay far below it
+MAX_EPOCHS = 10_000
+PRESET_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def data_dir() -> Path:
@@ -35,15 +39,36 @@ def data_dir() -> Path:
     return Path(os.environ.get("STUDYLIB_DATA", REPO_ROOT / "data"))
 
 
+def _folder_from(variable: str, default: Path) -> Path:
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    if not value.strip():
+        raise ConfigError(f"{variable} is set but empty; allowed: a folder path, or unset for {default}")
+    return Path(value).expanduser()
+
+
 def runs_dir() -> Path:
     """Where run folders live: $STUDYLIB_RUNS, default <repo>/runs."""
-    return Path(os.environ.get("STUDYLIB_RUNS", REPO_ROOT / "runs"))
+    return _folder_from("STUDYLIB_RUNS", REPO_ROOT / "runs")
 
 
 def results_dir(key: str) -> Path:
     """Where study tables go: $STUDYLIB_RESULTS/<key>, default <repo>/results/<key>; the key is the
     preset, or the preset and the hash of its overrides (`results_key`)."""
-    return Path(os.environ.get("STUDYLIB_RESULTS", REPO_ROOT / "results")) / key
+    return _folder_from("STUDYLIB_RESULTS", REPO_ROOT / "results") / key
+
+
+def check_output_places(key: str) -> None:
+    """Before anything trains: the runs folder and results/<key> are (or can be made) writable folders."""
+    for variable, folder in (("STUDYLIB_RUNS", runs_dir()), ("STUDYLIB_RESULTS", results_dir(key))):
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+        if not existing.is_dir():
+            raise ConfigError(f"{variable}: {existing} is {'a dangling link' if existing.is_symlink() else 'a file'}"
+                              f", where {folder} should be; allowed: a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{variable}: {existing} is not writable, so {folder} cannot be written; "
+                              "allowed: a writable folder")
 
 
 def _check(allowed: str, ok: typing.Callable[[Any], bool], **kwargs: Any) -> Any:
@@ -92,8 +117,9 @@ class DataConfig:
     probe: list[str] = _check(f"a list of {BUILTIN_DATASETS} or paths of existing image folders",
                               lambda v: len(v) > 0 and all(_dataset_name(n) for n in v),
                               default_factory=lambda: ["cifar10", "cifar100"])
-    synthetic_train: int = _positive(default=2000)  # size of the generated `synthetic` dataset
-    synthetic_test: int = _positive(default=500)
+    # size of the generated `synthetic` dataset (3 KB an image, held in memory)
+    synthetic_train: int = _check("in [1, 1000000]", lambda v: 1 <= v <= 1_000_000, default=2000)
+    synthetic_test: int = _check("in [1, 1000000]", lambda v: 1 <= v <= 1_000_000, default=500)
 
 
 @dataclass(kw_only=True)
@@ -117,7 +143,7 @@ class TagsConfig:
 class TrainConfig:
     """What the engine reads. Each stage's section below sets its own recipe with `_recipe`."""
 
-    epochs: int = _positive(default=1)
+    epochs: int = _check(f"in [1, {MAX_EPOCHS}]", lambda v: 1 <= v <= MAX_EPOCHS, default=1)
     batch_size: int = _positive(default=256)
     base_lr: float = _positive(default=1e-3)  # lr = base_lr * batch_size / 256
     min_lr: float = _at_least_zero(default=0.0)
@@ -264,7 +290,8 @@ class StudiesConfig:
     mae_data: list[str] = _check("a non-empty list of 'pretrain:F' or 'DATASET:F', F in (0, 1]",
                                  lambda v: len(v) > 0 and all(_mae_data_point(p) for p in v),
                                  default_factory=lambda: ["pretrain:0.2", "pretrain:1", "cifar10:1"])
-    wsp_epochs: list[int] = _check("a non-empty list of ints > 0", lambda v: len(v) > 0 and min(v) > 0,
+    wsp_epochs: list[int] = _check(f"a non-empty list of ints in [1, {MAX_EPOCHS}]",
+                                   lambda v: len(v) > 0 and 1 <= min(v) and max(v) <= MAX_EPOCHS,
                                    default_factory=lambda: [1, 2, 4])
     arms: list[str] = _list_of(ARMS, default_factory=lambda: list(ARMS))  # arms the studies compare
 
@@ -338,15 +365,40 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML without its traps for a config: a key given twice, or an alias (*name), is an error, not the
+    last one silently winning or a billion-fold expansion."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: aliases (*name) are not allowed in a config")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: key {shown(key)} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """'mae.epochs=3' -> ('mae.epochs', 3); the value is read as YAML."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, for example mae.epochs=3")
+        raise ConfigError(f"override {shown(text)}: expected KEY=VALUE, for example mae.epochs=3")
     try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"override {key.strip()}: value {value!r} is not valid YAML") from None
+        return key.strip(), _yaml(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {key.strip()[:80]}: value {shown(value)} is not valid YAML "
+                          f"({shown(' '.join(str(err).split()), 120)})") from None
 
 
 def load_experiment(preset: str, overrides: list[str] | tuple[str, ...] = (),
@@ -354,17 +406,25 @@ def load_experiment(preset: str, overrides: list[str] | tuple[str, ...] = (),
     """The validated Experiment of `preset` in `config_file`, with `overrides` ('key=value') on top."""
     path = Path(config_file) if config_file is not None else DEFAULT_CONFIG_FILE
     try:
-        document = yaml.safe_load(path.read_text())
+        document = _yaml(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); allowed: a UTF-8 YAML file") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+        raise ConfigError(f"{path}: not valid YAML: {shown(' '.join(str(err).split()), 200)}") from None
+    if not PRESET_NAME.fullmatch(preset):
+        raise ConfigError(f"preset {shown(preset)}: not a preset name; allowed: letters, digits, '_' and '-' "
+                          "(it names folders under STUDYLIB_RUNS and STUDYLIB_RESULTS)")
     if not isinstance(document, dict) or not isinstance(document.get("presets"), dict):
         raise ConfigError(f"{path}: expected a mapping with a 'presets' key")
     presets = document["presets"]
     if preset not in presets:
         raise ConfigError(f"{path}: unknown preset {preset!r}{_suggest(preset, presets)}; "
                           f"allowed: {sorted(presets)}")
+    bad = [name for name in presets if not PRESET_NAME.fullmatch(str(name))]
+    if bad:
+        raise ConfigError(f"{path}: preset name {shown(bad[0])} is not allowed; must be letters, digits, '_' and '-'")
     unknown_top = set(document) - {"presets"}
     if unknown_top:
         raise ConfigError(f"{path}: unknown top-level key {sorted(unknown_top)[0]!r}; allowed: ['presets'] "
@@ -411,9 +471,13 @@ def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
     zeroshot = exp.transfer.zeroshot
     for key, dim, heads in (("mae.decoder_dim", exp.mae.decoder_dim, exp.mae.decoder_heads),
                             ("transfer.zeroshot.text_dim", zeroshot.text_dim, zeroshot.text_heads)):
+        heads_key = key.rsplit("_", 1)[0] + "_heads"
+        if dim % heads and origins.get(heads_key) == "override" and origins.get(key) != "override":
+            raise ConfigError(f"{_where(origins, heads_key)}: {heads} heads do not split {key} = {dim}; "
+                              f"allowed: divisors of {dim}")
         if dim % heads:
             raise ConfigError(f"{_where(origins, key)}: {dim} does not split into {heads} heads; "
-                              f"allowed: multiples of {key.rsplit('_', 1)[0]}_heads = {heads}")
+                              f"allowed: multiples of {heads_key} = {heads}")
     for size in dict.fromkeys([exp.model, *exp.studies.model_sizes]):
         spec = VIT_SIZES[size]
         patches = (spec["img_size"] // spec["patch_size"]) ** 2
@@ -433,7 +497,7 @@ def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
 def _merge(values: dict, origins: dict, new: Any, origin: str, prefix: str = "") -> None:
     if not isinstance(new, dict):
         raise ConfigError(f"{origin}{'.' + prefix.rstrip('.') if prefix else ''}: expected a mapping, "
-                          f"got {new!r}")
+                          f"got {shown(new)}")
     for key, value in new.items():
         key = str(key)
         if isinstance(value, dict):
@@ -447,7 +511,12 @@ def _merge(values: dict, origins: dict, new: Any, origin: str, prefix: str = "")
 
 
 def _where(origins: dict[str, str], key: str) -> str:
-    origin = origins.get(key, "config")
+    """Where `key` was set: a file's preset or an override; for a section, where a key inside it was set
+    (that key named in full when it came from an override)."""
+    inside = [k for k in origins if k.startswith(key + ".")]
+    if key not in origins and inside:
+        key = next((k for k in inside if origins[k] == "override"), key)
+    origin = origins.get(key) or (origins[inside[0]] if inside else "config")
     if origin == "override":
         return f"override {key}"
     return f"{origin}.{key}"
@@ -465,19 +534,20 @@ def _build(cls: type, values: dict[str, Any], origins: dict[str, str], prefix: s
     for key, value in values.items():
         full = prefix + key
         if key not in known:
-            raise ConfigError(f"{_where(origins, full)}: unknown key{_suggest(key, known)}; "
+            raise ConfigError(f"{_where(origins, full)}: unknown key {shown(key)}{_suggest(key, known)}; "
                               f"allowed: {sorted(known)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ConfigError(f"{_where(origins, full)}: expected a mapping of {sorted(f.name for f in dataclasses.fields(hint))}, got {value!r}")  # noqa: E501
+                raise ConfigError(f"{_where(origins, full)}: expected a mapping of "
+                                  f"{sorted(f.name for f in dataclasses.fields(hint))}, got {shown(value)}")
             kwargs[key] = _build(hint, value, origins, full + ".")
             continue
         value = _coerce(value, hint, _where(origins, full))
         meta = known[key].metadata
         if "ok" in meta and not meta["ok"](value):
             allowed = meta["allowed"]() if callable(meta["allowed"]) else meta["allowed"]
-            raise ConfigError(f"{_where(origins, full)}: {value!r} is not allowed; must be {allowed}")
+            raise ConfigError(f"{_where(origins, full)}: {shown(value)} is not allowed; must be {allowed}")
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -488,27 +558,31 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         try:  # YAML reads 1e-3 (no dot) as text
             number = float(value)
         except ValueError:
-            raise ConfigError(f"{where}: expected float, got {value!r}") from None
+            raise ConfigError(f"{where}: expected float, got {shown(value)}") from None
         if not math.isfinite(number):
-            raise ConfigError(f"{where}: {value!r} is not allowed; must be a finite number")
+            raise ConfigError(f"{where}: {shown(value)} is not allowed; must be a finite number")
         return number
     if hint in (int, float, str, bool):
-        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-            return value
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {shown(value)}")
+        if hint is int and not -INT_LIMIT <= value <= INT_LIMIT:
+            raise ConfigError(f"{where}: {shown(value)} is not allowed; must be at most {INT_LIMIT} in size")
+        return value
     origin = typing.get_origin(hint)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of {item.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of {item.__name__}, got {shown(value)}")
         return [_coerce(v, item, where) for v in value]
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
-            if option is type(None) and value is None:
-                return None
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
             try:
                 return _coerce(value, option, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: expected {hint}, got {value!r}")
+        raise ConfigError(f"{where}: expected {hint}, got {shown(value)}")
     raise TypeError(f"unsupported config type {hint}")

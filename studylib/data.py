@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import pickle
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from studylib import distributed
 from studylib.config import DataConfig, data_dir
-from studylib.errors import ConfigError, DataError
+from studylib.errors import ConfigError, DataError, shown
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as timm and MAE use
@@ -148,11 +149,11 @@ def _fingerprint(path: str, _mtime_ns: int, _size: int) -> str:
 def _load(name: str, path: str, _mtime_ns: int, _size: int) -> ImageDataset:
     source_path = Path(path)
     if name == "cifar100":
-        return _cifar100(source_path)
+        return check(_cifar100(source_path), path)
     dataset = image_folder(source_path) if source_path.name != "cifar-10-batches-py" else _cifar10_download(source_path)
     if name == "cifar10":
         dataset.name = "cifar10"
-    return dataset
+    return check(dataset, path)
 
 
 @contextlib.contextmanager
@@ -178,18 +179,41 @@ def _cifar_source(name: str, ours: str, downloaded: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    with _download_lock(root):
-        (CIFAR100 if name == "cifar100" else CIFAR10)(str(root), download=True)
+    try:
+        with _download_lock(root):
+            (CIFAR100 if name == "cifar100" else CIFAR10)(str(root), download=True)
+    except (OSError, RuntimeError) as err:  # no network (URLError is an OSError), a bad archive
+        raise DataError(f"{root}: no {ours} or {downloaded}/ there and downloading {name} failed "
+                        f"({shown(str(err), 100)}); allowed: set STUDYLIB_DATA to a folder that holds {ours}") from None
+    finally:
+        (root / ".download.lock").unlink(missing_ok=True)
     return (root / downloaded).resolve()
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "classes", "fine_to_coarse", "coarse_classes")
 
 
 def _cifar100(path: Path) -> ImageDataset:
     if path.is_file():
-        with np.load(path) as f:
-            return ImageDataset(
-                "cifar100", _nhwc(f["x_train"]), torch.from_numpy(f["y_train"]).long(), _nhwc(f["x_test"]),
-                torch.from_numpy(f["y_test"]).long(), [str(c) for c in f["classes"]],
-                torch.from_numpy(f["fine_to_coarse"]).long(), [str(c) for c in f["coarse_classes"]])
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                missing = [k for k in NPZ_KEYS if k not in f.files]
+                if missing:
+                    raise DataError(f"{path}: no key {missing[0]!r}; allowed: an .npz with {list(NPZ_KEYS)} "
+                                    "(../shared/data/README.md)")
+                arrays = {k: f[k] for k in NPZ_KEYS}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"{path}: not a readable .npz ({shown(str(err), 100)}); allowed: numpy.savez output "
+                            f"with {list(NPZ_KEYS)}") from None
+        for key in ("x_train", "x_test"):
+            x = arrays[key]
+            if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+                raise DataError(f"{path}: {key} is {x.dtype} of shape {x.shape}; allowed: uint8 pixels 0..255 "
+                                "of shape (N, H, W, 3)")
+        return ImageDataset(
+            "cifar100", _nhwc(arrays["x_train"]), _labels(path, "y_train", arrays["y_train"]),
+            _nhwc(arrays["x_test"]), _labels(path, "y_test", arrays["y_test"]), [str(c) for c in arrays["classes"]],
+            _labels(path, "fine_to_coarse", arrays["fine_to_coarse"]), [str(c) for c in arrays["coarse_classes"]])
     splits = {s: pickle.load(open(path / s, "rb"), encoding="latin1") for s in ("train", "test", "meta")}
     fine_to_coarse = torch.zeros(100, dtype=torch.long)
     fine_to_coarse[torch.tensor(splits["train"]["fine_labels"])] = torch.tensor(splits["train"]["coarse_labels"])
@@ -207,19 +231,45 @@ def _cifar10_download(path: Path) -> ImageDataset:
                         torch.tensor(test.targets), list(train.classes))
 
 
+def _labels(path: Path, key: str, array: np.ndarray) -> torch.Tensor:
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{path}: {key} is {array.dtype} of shape {array.shape}; allowed: integers of shape (N,)")
+    return torch.from_numpy(array.astype(np.int64))
+
+
+def check(dataset: ImageDataset, where: str) -> ImageDataset:
+    """`dataset` if it holds what training assumes: uint8 (N, 3, H, W) images, as many labels, each one a
+    class index, at least two classes and a training image; else a DataError naming `where`."""
+    for split in ("train", "test"):
+        images, labels = getattr(dataset, f"{split}_images"), getattr(dataset, f"{split}_labels")
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise DataError(f"{where}: {split} images are {images.dtype} of shape {tuple(images.shape)}; "
+                            "allowed: uint8 (N, 3, H, W)")
+        if len(labels) != len(images):
+            raise DataError(f"{where}: {len(images)} {split} images but {len(labels)} labels; allowed: one each")
+        if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < dataset.num_classes):
+            raise DataError(f"{where}: {split} labels span {int(labels.min())}..{int(labels.max())}; allowed: "
+                            f"0..{dataset.num_classes - 1} (one per class of {dataset.num_classes})")
+    if dataset.num_classes < 2 or not len(dataset.train_labels):
+        raise DataError(f"{where}: {dataset.num_classes} class(es), {len(dataset.train_labels)} training images; "
+                        "allowed: at least 2 classes and 1 image")
+    return dataset
+
+
 def _nhwc(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
 
 
 def image_folder(root: Path) -> ImageDataset:
-    """Read `root/{train,test}/<class>/<image>` (or `root/<class>/<image>`, training only) into memory.
-
-    Images of other sizes than the first one are resized to it.
-    """
+    """Read `root/{train,test}/<class>/<image>` (or `root/<class>/<image>`, training only), images of one
+    size, into memory."""
     split_roots = {"train": root / "train", "test": root / "test"}
     if not split_roots["train"].is_dir():
         split_roots = {"train": root}
-    classes = sorted(d.name for d in split_roots["train"].iterdir() if d.is_dir())
+    try:
+        classes = sorted(d.name for d in split_roots["train"].iterdir() if d.is_dir())
+    except OSError as err:
+        raise DataError(f"image folder {split_roots['train']}: cannot list it ({err.strerror})") from None
     if not classes:
         raise DataError(f"image folder {root}: no class folders; expected {root}/train/<class>/<image> "
                           f"or {root}/<class>/<image>")
@@ -227,7 +277,13 @@ def image_folder(root: Path) -> ImageDataset:
     for split, split_root in split_roots.items():
         files, labels = [], []
         for label, name in enumerate(classes):
-            found = sorted(p for p in (split_root / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            folder = split_root / name
+            if not os.access(folder, os.R_OK | os.X_OK) and folder.exists():
+                raise DataError(f"{folder}: cannot read this class folder (permissions); allowed: a readable folder")
+            found = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found and split == "train":
+                raise DataError(f"{folder}: no images in this class folder ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                                "allowed: at least one image in every class folder")
             files += found
             labels += [label] * len(found)
         if not files:
@@ -252,11 +308,11 @@ def _read_images(files: list[Path]) -> torch.Tensor:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         arrays = list(pool.map(read, files))
     size = arrays[0].shape[:2]
-    images = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
-    images = [im if im.shape[1:] == size else F.interpolate(im[None].float(), size=size, mode="bilinear",
-                                                            antialias=True)[0].round().clamp(0, 255).byte()
-              for im in images]
-    return torch.stack(images)
+    for path, array in zip(files, arrays, strict=True):
+        if array.shape[:2] != size:
+            raise DataError(f"{path}: {array.shape[1]}x{array.shape[0]} pixels, but {files[0].name} is "
+                            f"{size[1]}x{size[0]}; allowed: images of one size in memory (resize them first)")
+    return torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])
 
 
 @functools.lru_cache(maxsize=4)

@@ -6,6 +6,12 @@ Each one reaches the user as one line (`studylib: error: ...`) and its exit code
 from __future__ import annotations
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters: an error line never echoes a huge value whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
+
+
 class StudylibError(Exception):
     """An error the user can act on; its message names the file, key or path and what is allowed."""
 
@@ -30,3 +36,10 @@ class DivergedError(StudylibError, RuntimeError):
 
     exit_code = 1
     kind = "diverged"
+
+
+class JobError(StudylibError):
+    """A job failed with an error that is not one of the above (its log holds the traceback)."""
+
+    exit_code = 1
+    kind = "job failed"

@@ -28,7 +28,7 @@ import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
 from studylib.config import REPO_ROOT, load_experiment, results_dir  # noqa: E402
-from studylib.findings import t_quantile_975  # noqa: E402
+from studylib.findings import t_quantile_975, table_from  # noqa: E402
 from studylib.registry import ARMS, FIGURES, STUDIES, call  # noqa: E402
 from studylib.runs import atomic_write, git_sha  # noqa: E402
 
@@ -65,7 +65,7 @@ def read(key: str, study: str) -> pd.DataFrame:
     path = results_dir(key) / f"{study}.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no results yet; run the study first (studylib study {study})")
-    return pd.read_csv(path)
+    return table_from(path)
 
 
 def save(fig: plt.Figure, name: str, key: str, sources: list[str], table: pd.DataFrame) -> list[Path]:

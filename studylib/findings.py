@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from studylib.config import results_dir
+from studylib.errors import DataError, shown
 from studylib.registry import labels
 from studylib.runs import atomic_write
 
@@ -101,7 +103,21 @@ def _probe_top1(table: pd.DataFrame) -> pd.DataFrame:
 
 def _read(key: str, study: str) -> pd.DataFrame | None:
     path = results_dir(key) / f"{study}.csv"
-    return pd.read_csv(path) if path.exists() else None
+    return table_from(path) if path.exists() else None
+
+
+def table_from(path: Path) -> pd.DataFrame:
+    """A study's table as written by studylib.study; a file that is not one is a DataError naming it."""
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, OSError, UnicodeDecodeError) as err:  # pandas' ParserError is a ValueError
+        raise DataError(f"{path}: not a readable study table ({shown(' '.join(str(err).split()), 100)}); "
+                        "allowed: the CSV a study writes (rerun the study)") from None
+    missing = [c for c in ("arm", "stage", "metric", "value", "seed") if c not in table]
+    if missing or not pd.api.types.is_numeric_dtype(table["value"]):
+        found = f"no column {missing[0]!r}" if missing else "a value that is not a number"
+        raise DataError(f"{path}: not a study table ({found}); allowed: the CSV a study writes (rerun the study)")
+    return table
 
 
 def comparisons(key: str) -> list[Comparison]:

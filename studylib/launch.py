@@ -10,6 +10,7 @@ from their run's checkpoint, losing at most the epoch in progress.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from typing import Any
 
 import submitit
 
-from studylib import distributed
+from studylib import distributed, errors
 from studylib.config import Experiment, load_experiment, runs_dir
 from studylib.errors import ConfigError
 from studylib.registry import ARMS, STUDIES, call
@@ -60,6 +61,9 @@ def executor(exp: Experiment, folder: str | Path | None = None) -> submitit.Exec
     kind = launch.executor
     if kind == "auto":
         kind = "slurm" if shutil.which("sbatch") else "local"
+    if kind == "slurm" and not shutil.which("sbatch"):
+        raise ConfigError("launch.executor: 'slurm', but this machine has no sbatch on its PATH; allowed: "
+                          "'local', 'debug' or 'auto' here, or 'slurm' on a SLURM login node")
     folder = Path(folder) if folder else runs_dir() / exp.preset / "jobs"
     ex = submitit.AutoExecutor(folder=folder / "%j", cluster=kind, slurm_max_num_timeout=launch.max_requeues)
     ex.update_parameters(timeout_min=launch.timeout_min, nodes=launch.nodes, tasks_per_node=launch.tasks_per_node,
@@ -77,7 +81,13 @@ def submit(target: str, preset: str, overrides: Sequence[str] = (), config_file:
     """Submit one job: `target` (a name of `targets()`) on a preset and overrides."""
     exp = load_experiment(preset, list(overrides), config_file)  # bad input fails here, not in the job
     job = StudyJob(target, exp.launch.max_requeues)
-    return executor(exp, folder).submit(job, exp)
+    chosen = executor(exp, folder)
+    try:
+        return chosen.submit(job, exp)
+    except (submitit.core.utils.FailedJobError, OSError) as err:  # sbatch refused it, or could not run
+        raise ConfigError(f"launch.executor {exp.launch.executor}: the job could not be submitted "
+                          f"({' '.join(str(err).split())[:200]}); allowed: a running SLURM, or "
+                          "launch.executor=local") from None
 
 
 def sweep(target: str, preset: str, points: Sequence[Sequence[str]], overrides: Sequence[str] = (),
@@ -120,8 +130,22 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
 
 
 def _result(job: submitit.Job) -> Any:
-    results = job.results()
+    """The job's result; a failed job's error raised here as the same one line it raised in the job."""
+    try:
+        results = job.results()
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
+        raise job_error(str(err), job) from None
     return results[0] if len(results) == 1 else results
+
+
+def job_error(trace: str, job: submitit.Job) -> errors.StudylibError:
+    """The studylib error at the end of a job's traceback, as that error; any other, as a JobError naming
+    the job's log."""
+    found = re.findall(r"^studylib\.errors\.(\w+): (.*)$", trace, flags=re.MULTILINE)
+    if found and isinstance(getattr(errors, found[-1][0], None), type):
+        return getattr(errors, found[-1][0])(found[-1][1])
+    last = [line for line in trace.splitlines() if line.strip()][-1:] or ["no output"]
+    return errors.JobError(f"job {job.job_id}: {last[0].strip()[:300]}; its log: {job.paths.stderr}")
 
 
 def _show(states: list[tuple[str, str, str]]) -> None:

@@ -40,10 +40,11 @@ def run_notebooks(preset: str, only: Sequence[str] = (), overrides: Sequence[str
     from studylib.config import load_experiment
 
     load_experiment(preset, [*overrides, f"launch.executor={executor}"])  # bad input fails before any notebook
+    chosen = select(only)  # an unknown name fails before any folder is made
     output = output or REPO_ROOT / "output" / "notebooks" / preset
     output.mkdir(parents=True, exist_ok=True)
     executed = []
-    for path in select(only):
+    for path in chosen:
         start = time.perf_counter()
         target = output / path.name
         papermill.execute_notebook(str(path), str(target), kernel_name=KERNEL, progress_bar=False, cwd=str(path.parent),

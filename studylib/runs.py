@@ -41,7 +41,7 @@ import yaml
 
 from studylib import distributed
 from studylib.config import Experiment, config_hash, result_settings, runs_dir
-from studylib.errors import RunFolderError
+from studylib.errors import RunFolderError, shown
 from studylib.registry import STAGES
 
 RUN_VERSION = 2  # bump when a change is meant to retrain every run (a fix that changes results)
@@ -110,12 +110,20 @@ def load_weights(path: Path, map_location: str | torch.device = "cpu") -> Any:
     for candidate in variants:
         if not candidate.exists():
             continue
-        if sha256(candidate) not in known:
-            print(f"warning: {candidate}: checksum does not match (truncated or corrupt); skipping it",
-                  file=sys.stderr, flush=True)
+        if _sidecar(candidate).exists() and sha256(candidate) not in known:
+            warn(f"{candidate}: checksum does not match (truncated or corrupt); skipping it")
             continue
-        return torch.load(candidate, map_location=map_location, weights_only=True)
+        try:  # without a sidecar (deleted, or a kill before it was written), loading is the check
+            return torch.load(candidate, map_location=map_location, weights_only=True)
+        except Exception as err:  # noqa: BLE001 (any unreadable file is skipped the same way)
+            warn(f"{candidate}: not loadable ({shown(str(err).splitlines()[0] if str(err) else err, 80)}); "
+                 "skipping it")
     return None
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    print(f"studylib: warning: {message}", file=sys.stderr, flush=True)
 
 
 def git_sha() -> str:
@@ -165,15 +173,34 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return (self.path / "results.json").exists()
+        """Finished: results.json holds a mapping. A malformed one is an unfinished run, redone."""
+        path = self.path / "results.json"
+        if not path.exists():
+            return False
+        try:
+            return isinstance(json.loads(path.read_text()), dict)
+        except (ValueError, OSError):
+            warn(f"{path}: not a readable JSON mapping; the run is finished again")
+            return False
+
+    def _folder(self) -> None:
+        """Make the run folder, refusing a symlink anywhere under the runs folder (writes never follow one)."""
+        for folder in (self.path, self.path.parent):
+            if folder.is_symlink():
+                raise RunFolderError(f"{folder}: a symbolic link; allowed: a real folder (remove the link)")
+        self.path.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run's lock: a second process training the same run waits here, told who holds it."""
         path = self.path / ".lock"
         while True:
-            self.path.mkdir(parents=True, exist_ok=True)
-            f = open(path, "a+")
+            self._folder()
+            try:
+                f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "r+")
+            except OSError as err:
+                raise RunFolderError(f"{path}: cannot open the lock ({err.strerror}); allowed: a plain file "
+                                     "or none") from None
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -185,6 +212,7 @@ class Run:
                 break
             f.close()  # the holder removed the folder it had made in vain: lock the new file instead
         with f:
+            f.seek(0)
             f.truncate(0)
             f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             f.flush()
@@ -226,9 +254,20 @@ class Run:
 
     @staticmethod
     def metrics_of(folder: Path) -> list[dict[str, Any]]:
-        """The per-epoch lines of the run folder `folder`'s metrics.jsonl."""
+        """The per-epoch lines of the run folder `folder`'s metrics.jsonl (a malformed line is skipped, with
+        a warning: the checkpoint, not this file, is what a resume trusts)."""
         path = folder / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        lines = []
+        for number, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                lines.append(record)
+            else:
+                warn(f"{path}: line {number} is not a JSON mapping; skipped")
+        return lines
 
     def finish(self, results: dict[str, Any]) -> None:
         atomic_write(self.path / "results.json", lambda f: json.dump(results, f, indent=2))
@@ -237,7 +276,21 @@ class Run:
             fallback.unlink(missing_ok=True)  # only needed while the run can still crash
 
     def results(self) -> dict[str, Any]:
-        return json.loads((self.path / "results.json").read_text())
+        path = self.path / "results.json"
+        try:
+            results = json.loads(path.read_text())
+        except (ValueError, OSError) as err:
+            raise RunFolderError(f"{path}: not readable JSON ({shown(str(err), 80)}); delete it to finish the "
+                                 "run again") from None
+        if not isinstance(results, dict):
+            raise RunFolderError(f"{path}: holds {type(results).__name__}, not a mapping; delete it to finish the "
+                                 "run again")
+        return results
+
+    def clean_temporary(self) -> None:
+        """Remove the temporary files of writes a kill interrupted (atomic_write's `.<name>.*.tmp`)."""
+        for orphan in self.path.glob(".*.tmp"):
+            orphan.unlink(missing_ok=True)
 
 
 def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:
@@ -253,6 +306,7 @@ def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:
         try:
             if not distributed.agree(run.done):
                 if distributed.is_main():
+                    run.clean_temporary()
                     run.start()
                 results = work()
                 if distributed.is_main():

@@ -20,6 +20,7 @@ import yaml
 from studylib.config import Experiment, results_dir
 from studylib.data import MEAN, STD, ImageTransform, load_dataset
 from studylib.distributed import is_main
+from studylib.errors import ConfigError, DataError
 from studylib.models import VIT_SIZES, count_flops, count_params, patchify, vit
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
 from studylib.runs import Run, atomic_write
@@ -83,8 +84,24 @@ def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datase
     for name in dict.fromkeys([exp.data.pretrain, exp.mae.data, *exp.data.probe, *datasets]):
         if name != "pretrain":
             load_dataset(name, exp.data)
+    check_sizes(exp)
     return [{**row, "seed": seed} for seed in exp.studies.seeds
             for row in point(dataclasses.replace(exp, seed=seed))]
+
+
+def check_sizes(exp: Experiment) -> None:
+    """What can be known before anything trains: every batch fits its images (a batch larger than the set
+    would shrink while its lr stays scaled for the configured one), and every probe dataset has test images."""
+    pool = len(pretrain_images(exp).train_labels)
+    mae_images = len(pretrain_images(exp, *mae.images(exp)).train_labels)
+    for key, batch, images, what in (("mae.batch_size", exp.mae.batch_size, mae_images, "MAE's images"),
+                                     ("wsp.batch_size", exp.wsp.batch_size, pool, "the pool")):
+        if batch > images:
+            raise ConfigError(f"{key}: {batch} is more than the {images} images of {what}; allowed: at most {images}")
+    for name in exp.data.probe:
+        data = load_dataset(name, exp.data)
+        if not len(data.test_labels):
+            raise DataError(f"{name}: no test images; a probe needs a test split ({name}/test/<class>/<image>)")
 
 
 def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
