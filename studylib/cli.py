@@ -30,7 +30,15 @@ import pandas as pd
 import yaml
 
 from studylib import distributed, registry
-from studylib.config import REPO_ROOT, Experiment, check_output_places, load_experiment, result_settings, results_dir
+from studylib.config import (
+    REPO_ROOT,
+    Experiment,
+    check_output_places,
+    load_experiment,
+    result_settings,
+    results_dir,
+    runs_dir,
+)
 from studylib.errors import ConfigError, StudylibError
 
 
@@ -127,6 +135,10 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(yaml.safe_dump(result_settings(exp), sort_keys=False).rstrip())
     print(f"# overrides that change results: {exp.overrides or 'none'}")
     print(f"# tables: {results_dir(exp.results_key)}")
+    print(f"# run folders under {runs_dir() / exp.preset}, seed {exp.seed} (each arm's chain):")
+    for name, arm in registry.ARMS.items():
+        chain = registry.call(arm.pretrain, exp, train=False)
+        print(f"#   {name:8s} {' -> '.join(run.name for run in chain)}")
 
 
 def fill_readme(block: str, text: str) -> None:
@@ -187,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     from studylib.launch import targets
 
     root = argparse.ArgumentParser(prog="studylib", description=__doc__.split("\n")[0])
+    root.add_argument("--version", action="version", version=f"studylib {version()}")
     sub = root.add_subparsers(dest="command", required=True)
     for name, func, text in (("study", cmd_study, "run a study (default: the default study)"),
                              ("notebooks", cmd_notebooks, "run the study notebooks in batch with papermill"),
@@ -223,6 +236,19 @@ def parser() -> argparse.ArgumentParser:
             if name != "notebooks":
                 p.add_argument("--config", default=None, help="config file (default: the repo's experiments.yaml)")
     return root
+
+
+def version() -> str:
+    """The installed package's version and the checkout's commit."""
+    from importlib import metadata
+
+    from studylib.runs import git_sha
+
+    try:
+        installed = metadata.version("studylib")
+    except metadata.PackageNotFoundError:
+        installed = "(not installed)"
+    return f"{installed} ({git_sha()[:12]})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,10 +223,32 @@ def finetune_against_probe(key: str) -> list[Comparison]:
     return found
 
 
+def arm_table(key: str) -> list[str]:
+    """Markdown rows: each arm's linear-probe top-1 in the default study per dataset, mean with its 95%
+    t-interval over seeds, n, and the per-seed values."""
+    default = _read(key, "default")
+    if default is None:
+        return []
+    lines = ["| arm | dataset | mean top-1 | 95% interval | n | per seed |", "| --- | --- | ---: | --- | ---: | --- |"]
+    probes = _probe_top1(default)
+    for (dataset, arm), part in probes.groupby(["dataset", "arm"], sort=False):
+        values = part.sort_values("seed")["value"].tolist()
+        spread = Comparison("", "", values)
+        interval = spread.interval() if spread.n > 1 else "no interval (n = 1)"
+        lines.append(f"| {labels()[arm]} | {dataset} | {spread.mean:.2f} | {interval.replace('+', '')} | {spread.n} "
+                     f"| {', '.join(f'{v:.2f}' for v in values)} |")
+    return lines
+
+
 def report(key: str, found: list[Comparison] | None = None) -> str:
-    """findings.md: each claim's comparisons (difference, n, 95% interval, verdict) and its verdict."""
+    """findings.md: each arm's linear-probe top-1, then each claim's comparisons (difference, n, 95%
+    interval, verdict) and its verdict."""
     found = comparisons(key) if found is None else found
-    lines = [f"**Findings of `{key}`**", "", f"Differences are paired, in top-1 points. Rule: {RULE}.", ""]
+    lines = [f"**Findings of `{key}`**", ""]
+    arms = arm_table(key)
+    if arms:
+        lines += ["Linear-probe top-1 (%) of every arm, default study:", "", *arms, ""]
+    lines += [f"Differences are paired, in top-1 points. Rule: {RULE}.", ""]
     lines += ["| claim | comparison | difference | n | 95% interval | verdict |",
               "| --- | --- | ---: | ---: | --- | --- |"]
     for claim, text in CLAIMS.items():
