@@ -27,5 +27,5 @@ lint: setup
 test: lint  ## every test, on synthetic data
 	$(VENV)/bin/python -m pytest -q
 
-lab: setup  ## JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks/
+lab: setup  ## JupyterLab on the notebooks (as root too, as in a container)
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)

@@ -135,9 +135,13 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(yaml.safe_dump(result_settings(exp), sort_keys=False).rstrip())
     print(f"# overrides that change results: {exp.overrides or 'none'}")
     print(f"# tables: {results_dir(exp.results_key)}")
+    try:  # run names hold the data's fingerprint: without the data there are none to print
+        chains = {name: registry.call(arm.pretrain, exp, train=False) for name, arm in registry.ARMS.items()}
+    except StudylibError as err:
+        print(f"# run folders: not known without the data ({shown_line(str(err), 200)})")
+        return
     print(f"# run folders under {runs_dir() / exp.preset}, seed {exp.seed} (each arm's chain):")
-    for name, arm in registry.ARMS.items():
-        chain = registry.call(arm.pretrain, exp, train=False)
+    for name, chain in chains.items():
         print(f"#   {name:8s} {' -> '.join(run.name for run in chain)}")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from studylib.errors import ConfigError, shown
-from studylib.registry import ARMS, CORRUPTIONS, TASKS, VIT_SIZES
+from studylib.registry import ARMS, CORRUPTIONS, STUDIES, TASKS, VIT_SIZES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "experiments.yaml"
@@ -294,6 +294,9 @@ class StudiesConfig:
                                    lambda v: len(v) > 0 and 1 <= min(v) and max(v) <= MAX_EPOCHS,
                                    default_factory=lambda: [1, 2, 4])
     arms: list[str] = _list_of(ARMS, default_factory=lambda: list(ARMS))  # arms the studies compare
+    # studies that run the first seed of `seeds` only, where every seed costs too much (their figures say n = 1)
+    first_seed_only: list[str] = field(default_factory=list, metadata={
+        "allowed": lambda: f"a list of {list(STUDIES)}", "ok": lambda v: all(x in STUDIES for x in v)})
 
 
 @dataclass(kw_only=True)

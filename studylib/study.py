@@ -78,14 +78,17 @@ def probe_arms(exp: Experiment, study: str, **columns: object) -> list[dict]:
     return rows
 
 
-def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datasets: tuple[str, ...] = ()) -> list[dict]:
-    """`point` once per seed of studies.seeds. Every dataset the study reads (the pool, MAE's images,
-    the probe datasets and `datasets`) is loaded first, so bad data stops it before anything trains."""
+def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datasets: tuple[str, ...] = (),
+              study: str = "") -> list[dict]:
+    """`point` once per seed of studies.seeds (the first one only for a study in studies.first_seed_only).
+    Every dataset the study reads (the pool, MAE's images, the probe datasets and `datasets`) is loaded
+    first, so bad data stops it before anything trains."""
     for name in dict.fromkeys([exp.data.pretrain, exp.mae.data, *exp.data.probe, *datasets]):
         if name != "pretrain":
             load_dataset(name, exp.data)
     check_sizes(exp)
-    return [{**row, "seed": seed} for seed in exp.studies.seeds
+    seeds = exp.studies.seeds[:1] if study in exp.studies.first_seed_only else exp.studies.seeds
+    return [{**row, "seed": seed} for seed in seeds
             for row in point(dataclasses.replace(exp, seed=seed))]
 
 
@@ -125,7 +128,7 @@ def default_point(exp: Experiment) -> list[dict]:
 
 def default_study(exp: Experiment) -> pd.DataFrame:
     """Every arm, then linear probes on every probe dataset."""
-    return _table(exp, "default", _per_seed(exp, default_point))
+    return _table(exp, "default", _per_seed(exp, default_point, study="default"))
 
 
 def model_size_study(exp: Experiment) -> pd.DataFrame:
@@ -141,7 +144,7 @@ def model_size_study(exp: Experiment) -> pd.DataFrame:
             rows += probe_arms(dataclasses.replace(e, model=size), "model_size", model=size)
         return rows
 
-    return _table(exp, "model_size", _per_seed(exp, point))
+    return _table(exp, "model_size", _per_seed(exp, point, study="model_size"))
 
 
 def parse_mae_data(text: str) -> tuple[str, float]:
@@ -168,7 +171,7 @@ def data_size_study(exp: Experiment) -> pd.DataFrame:
         return rows
 
     datasets = tuple(parse_mae_data(text)[0] for text in exp.studies.mae_data)
-    return _table(exp, "data_size", _per_seed(exp, point, datasets))
+    return _table(exp, "data_size", _per_seed(exp, point, datasets, "data_size"))
 
 
 def wsp_epochs_study(exp: Experiment) -> pd.DataFrame:
@@ -178,7 +181,7 @@ def wsp_epochs_study(exp: Experiment) -> pd.DataFrame:
         return [row for epochs in exp.studies.wsp_epochs
                 for row in probe_arms(with_values(e, wsp={"epochs": epochs}), "wsp_epochs", wsp_epochs=epochs)]
 
-    return _table(exp, "wsp_epochs", _per_seed(exp, point))
+    return _table(exp, "wsp_epochs", _per_seed(exp, point, study="wsp_epochs"))
 
 
 def transfer_study(exp: Experiment) -> pd.DataFrame:
@@ -191,7 +194,7 @@ def transfer_study(exp: Experiment) -> pd.DataFrame:
             rows += table.assign(arm=arm.name).to_dict("records")
         return rows
 
-    return _table(exp, "transfer", _per_seed(exp, point))
+    return _table(exp, "transfer", _per_seed(exp, point, study="transfer"))
 
 
 @torch.no_grad()
