@@ -1,15 +1,34 @@
-"""studylib's errors, in a module that imports nothing, so every other module can raise them.
+"""studylib's errors, in a module that imports only the standard library, so every other module can raise them.
 
 Each one reaches the user as one line (`studylib: error: ...`) and its exit code; none is a traceback.
 """
 
 from __future__ import annotations
 
+import sys
+
 
 def shown(value: object, limit: int = 80) -> str:
     """`repr(value)` cut to `limit` characters: an error line never echoes a huge value whole."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
+
+
+def one_line_in_notebooks() -> None:
+    """In a Jupyter kernel, show a StudylibError as its one line instead of a traceback (the cell still
+    fails, so papermill and nbval stop on it). Outside IPython, nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    def show(_shell: object, _type: type, err: StudylibError, _tb: object, tb_offset: int | None = None) -> list[str]:
+        line = f"studylib: {err.kind}: {err}"
+        print(line, file=sys.stderr, flush=True)
+        return [line]
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((StudylibError,), show)
 
 
 class StudylibError(Exception):

@@ -28,6 +28,7 @@ import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
 from studylib.config import REPO_ROOT, load_experiment, results_dir  # noqa: E402
+from studylib.errors import one_line_in_notebooks  # noqa: E402
 from studylib.findings import t_quantile_975, table_from  # noqa: E402
 from studylib.registry import ARMS, FIGURES, STUDIES, call  # noqa: E402
 from studylib.runs import atomic_write, git_sha  # noqa: E402
@@ -269,5 +270,6 @@ def make_all(key: str, names: Sequence[str] | None = None) -> dict[str, list[Pat
 
 def draw(preset: str, overrides: Sequence[str] = (), study: str | None = None) -> dict[str, list[Path]]:
     """What a notebook calls: the figures of `study` (default: all) for a preset and its overrides."""
+    one_line_in_notebooks()
     key = load_experiment(preset, list(overrides)).results_key
     return make_all(key, STUDIES[study].figures if study else None)

@@ -100,7 +100,8 @@ def sweep(target: str, preset: str, points: Sequence[Sequence[str]], overrides: 
 
 def run(target: str, preset: str, overrides: Sequence[str] = (), executor: str = "local") -> Any:
     """What a notebook calls: submit `target` as a job where `executor` says, show its progress until it
-    ends, and return its result (a study's table; an arm's chain of runs)."""
+    ends, and return its result (a study's table; an arm's chain of runs). An error is shown as one line."""
+    errors.one_line_in_notebooks()
     job = submit(target, preset, [*overrides, f"launch.executor={executor}"])
     return watch([job])[0]
 

@@ -544,3 +544,20 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     assert cli.main(["models"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("studylib: interrupted:")
+
+
+def test_a_notebook_shows_a_studylib_error_as_its_one_line(capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from studylib.errors import DataError
+
+    shell = InteractiveShell.instance()
+    try:
+        result = shell.run_cell("from studylib import errors\nerrors.one_line_in_notebooks()\n"
+                                "raise errors.DataError('x.npz: no key x_train')")
+    finally:
+        InteractiveShell.clear_instance()
+    assert isinstance(result.error_in_exec, DataError)  # the cell still fails
+    out = capsys.readouterr()
+    assert "studylib: error: x.npz: no key x_train" in out.out + out.err
+    assert "Traceback" not in out.out + out.err
