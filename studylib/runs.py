@@ -178,10 +178,12 @@ class Run:
         if not path.exists():
             return False
         try:
-            return isinstance(json.loads(path.read_text()), dict)
+            if isinstance(json.loads(path.read_text()), dict):
+                return True
         except (ValueError, OSError):
-            warn(f"{path}: not a readable JSON mapping; the run is finished again")
-            return False
+            pass
+        warn(f"{path}: not a readable JSON mapping; the run is finished again")
+        return False
 
     def _folder(self) -> None:
         """Make the run folder, refusing a symlink anywhere under the runs folder (writes never follow one)."""
