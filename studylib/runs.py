@@ -174,16 +174,20 @@ class Run:
     @property
     def done(self) -> bool:
         """Finished: results.json holds a mapping. A malformed one is an unfinished run, redone."""
-        path = self.path / "results.json"
-        if not path.exists():
+        if not (self.path / "results.json").exists():
             return False
+        if self._saved_results() is None:
+            warn(f"{self.path / 'results.json'}: not a readable JSON mapping; the run is finished again")
+            return False
+        return True
+
+    def _saved_results(self) -> dict[str, Any] | None:
+        """results.json as a mapping, or None when it is missing, unreadable or not a mapping."""
         try:
-            if isinstance(json.loads(path.read_text()), dict):
-                return True
+            results = json.loads((self.path / "results.json").read_text())
         except (ValueError, OSError):
-            pass
-        warn(f"{path}: not a readable JSON mapping; the run is finished again")
-        return False
+            return None
+        return results if isinstance(results, dict) else None
 
     def _folder(self) -> None:
         """Make the run folder, refusing a symlink anywhere under the runs folder (writes never follow one)."""
@@ -278,15 +282,10 @@ class Run:
             fallback.unlink(missing_ok=True)  # only needed while the run can still crash
 
     def results(self) -> dict[str, Any]:
-        path = self.path / "results.json"
-        try:
-            results = json.loads(path.read_text())
-        except (ValueError, OSError) as err:
-            raise RunFolderError(f"{path}: not readable JSON ({shown(str(err), 80)}); delete it to finish the "
-                                 "run again") from None
-        if not isinstance(results, dict):
-            raise RunFolderError(f"{path}: holds {type(results).__name__}, not a mapping; delete it to finish the "
-                                 "run again")
+        results = self._saved_results()
+        if results is None:
+            raise RunFolderError(f"{self.path / 'results.json'}: missing, unreadable or not a JSON mapping; delete "
+                                 "it to finish the run again")
         return results
 
     def clean_temporary(self) -> None:

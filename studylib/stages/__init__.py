@@ -23,20 +23,24 @@ def data_identity(exp: Experiment, dataset: str, fraction: float = 1.0) -> dict[
     return {"dataset": dataset, "fingerprint": fingerprint(dataset, exp.data), "fraction": fraction}
 
 
-def pool_identity(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> dict[str, Any]:
-    """The pretraining images: `fraction` of the pool (data.pretrain_fraction of data.pretrain), or
-    `fraction` of the whole `dataset`."""
+def _pretrain_source(exp: Experiment, dataset: str | None, fraction: float) -> tuple[str, float]:
+    """The dataset and share of it: `fraction` of the pool (data.pretrain_fraction of data.pretrain) when
+    `dataset` is None, else `fraction` of the whole `dataset`."""
     if dataset is None:
-        return data_identity(exp, exp.data.pretrain, exp.data.pretrain_fraction * fraction)
-    return data_identity(exp, dataset, fraction)
+        return exp.data.pretrain, exp.data.pretrain_fraction * fraction
+    return dataset, fraction
+
+
+def pool_identity(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> dict[str, Any]:
+    """What a run's identity holds of its pretraining images (see _pretrain_source)."""
+    return data_identity(exp, *_pretrain_source(exp, dataset, fraction))
 
 
 def pretrain_images(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> ImageDataset:
-    """The pool's training images, or `dataset`'s, `fraction` of them, nested: a smaller fraction of a
-    dataset is a subset of a larger one (and the pool of every fraction of data.pretrain above its own)."""
-    if dataset is None:
-        dataset, fraction = exp.data.pretrain, exp.data.pretrain_fraction * fraction
-    return load_dataset(dataset, exp.data).subset(fraction, exp.seed)
+    """The pretraining images (see _pretrain_source), nested: a smaller fraction of a dataset is a subset of
+    a larger one (and the pool of every fraction of data.pretrain above its own)."""
+    name, share = _pretrain_source(exp, dataset, fraction)
+    return load_dataset(name, exp.data).subset(share, exp.seed)
 
 
 def save_encoder(run: Run, model: torch.nn.Module) -> None:
