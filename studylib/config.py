@@ -120,6 +120,10 @@ class DataConfig:
     # size of the generated `synthetic` dataset (3 KB an image, held in memory)
     synthetic_train: int = _check("in [1, 1000000]", lambda v: 1 <= v <= 1_000_000, default=2000)
     synthetic_test: int = _check("in [1, 1000000]", lambda v: 1 <= v <= 1_000_000, default=500)
+    # the draw of every subset of images (the pool's share, the images per class of probes and fine-tuning,
+    # robustness's test images), the same for every seed of studies.seeds: a seed then varies training
+    # only (init, order, masks, crops), and a difference paired by seed does not carry the data's draw too
+    subset_seed: int = _at_least_zero(default=0)
 
 
 @dataclass(kw_only=True)
@@ -227,6 +231,7 @@ class FinetuneConfig(ImageTrainConfig):
     label_smoothing: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)
     # at least this many optimizer steps on every dataset: a small training set gets more epochs
     min_steps: int = _at_least_zero(default=0)
+    head_from_probe: bool = True  # the head starts as the converged linear probe (LP-FT)
 
 
 @dataclass(kw_only=True)

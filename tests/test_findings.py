@@ -57,11 +57,17 @@ def test_fine_tuning_is_compared_with_the_probe_of_the_same_encoder_and_seed(iso
     _default_table({"wsp": 25.0, "mae_wsp": 27.0}).to_csv(folder / "default.csv")
     tuned = _default_table({"wsp": 30.0, "mae_wsp": 26.0}).assign(stage="finetune", variant="")
     tuned.to_csv(folder / "transfer.csv")
-    checks = {c.what.split(":")[0]: c for c in findings.finetune_against_probe("mine")}
+    checks = {c.what.split(" (")[0]: c for c in findings.finetune_against_probe("mine")}
     assert checks["WSP on cifar100"].differences == pytest.approx([5.0, 5.0, 5.0])
     assert checks["WSP on cifar100"].verdict == "holds"
     assert checks["MAE→WSP on cifar100"].differences == pytest.approx([-1.0] * 3)
-    assert "| MAE→WSP on cifar100: fine-tune 26.10 vs linear probe 27.10 | -1.00 | 3 |" in findings.write("mine")
+    report = findings.write("mine")
+    assert "| MAE→WSP on cifar100 (seeds 0, 1, 2): fine-tune 26.10 vs linear probe 27.10 | -1.00 | 3 |" in report
+    assert "Where fine-tuning is not ahead" in report
+
+    tuned[tuned.seed == 0].to_csv(folder / "transfer.csv")  # fine-tuned at the first seed only
+    check = {c.what.split(" (")[0]: c for c in findings.finetune_against_probe("mine")}["WSP on cifar100"]
+    assert check.what.endswith("(seeds 0): fine-tune 30.00 vs linear probe 25.00")  # seed 0's probe, not the mean
 
 
 def test_readme_findings_are_generated_from_the_committed_cpu_results(monkeypatch):

@@ -49,6 +49,29 @@ def test_weight_decay_is_chosen_on_held_out_images_of_the_grid():
                                                                         rel=1e-5)
 
 
+def test_fitted_head_applies_to_raw_features_with_the_standardisation_folded_in():
+    x, y = _features(n=400, dim=16)
+    x = 3.0 + 5.0 * x  # far from standard: the fold has work to do
+    config = load_experiment("smoke").probe
+    head, found = probe.fit_head(x, y, 6, config, seed=0)
+    standard = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    direct = probe.fit_logistic(standard, y, 6, found["weight_decay"], tolerance=1e-7)
+    assert torch.allclose(head(x), direct(standard), atol=1e-2)
+    assert found["final_grad_max"] <= config.tolerance * 10
+
+
+def test_fine_tuning_starts_from_the_probe_head(smoke, monkeypatch):
+    """LP-FT: with no training steps, the fine-tuned classifier is the encoder under the probe's head."""
+    from studylib.stages import finetune
+
+    exp = load_experiment("smoke", ["transfer.finetune.epochs=1", "transfer.finetune.base_lr=1e-12"])
+    encoder = init.random_encoder(exp)
+    tuned = finetune.finetune(exp, encoder, "synthetic").results()["top1"]
+    probed = probe.probe(exp, encoder, "synthetic").results()["top1"]
+    assert tuned == pytest.approx(probed, abs=2.0)  # drop path and one tiny step aside, the same classifier
+    assert probed > 30  # well above chance (10 classes): a random head would not be
+
+
 def test_probe_run_records_a_converged_fit(smoke):
     run = probe.probe(smoke, init.random_encoder(smoke), "synthetic")
     result = run.results()

@@ -19,8 +19,9 @@ from studylib.runs import Run
 
 def data_identity(exp: Experiment, dataset: str, fraction: float = 1.0) -> dict[str, Any]:
     """What a run's identity holds of the data it reads: the dataset, its fingerprint and the share of
-    its training images."""
-    return {"dataset": dataset, "fingerprint": fingerprint(dataset, exp.data), "fraction": fraction}
+    its training images, and the seed of every subset drawn from it."""
+    return {"dataset": dataset, "fingerprint": fingerprint(dataset, exp.data), "fraction": fraction,
+            "subset_seed": exp.data.subset_seed}
 
 
 def _pretrain_source(exp: Experiment, dataset: str | None, fraction: float) -> tuple[str, float]:
@@ -40,7 +41,7 @@ def pretrain_images(exp: Experiment, dataset: str | None = None, fraction: float
     """The pretraining images (see _pretrain_source), nested: a smaller fraction of a dataset is a subset of
     a larger one (and the pool of every fraction of data.pretrain above its own)."""
     name, share = _pretrain_source(exp, dataset, fraction)
-    return load_dataset(name, exp.data).subset(share, exp.seed)
+    return load_dataset(name, exp.data).subset(share, exp.data.subset_seed)
 
 
 def save_encoder(run: Run, model: torch.nn.Module) -> None:

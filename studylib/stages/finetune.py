@@ -2,6 +2,10 @@
 layer-wise lr decay, stochastic depth, label smoothing (not its mixup/cutmix, nor its global pooling:
 the class token is kept, as the encoder was pretrained with it).
 
+With `head_from_probe` (LP-FT, Kumar et al. 2022) the head starts as the converged linear probe of the
+same training images rather than at random: a few hundred steps from a random head first spend the
+encoder's features on fitting the head, and at this scale ended 3 to 9 points below the probe.
+
 The fine-tuned classifier (model.pth) is also what the robustness task evaluates.
 """
 
@@ -21,7 +25,7 @@ from studylib.errors import RunFolderError
 from studylib.models import VIT_SIZES, vit
 from studylib.runs import Run, train_once
 from studylib.stages import data_identity, load_encoder_from
-from studylib.stages.probe import extract_features
+from studylib.stages.probe import extract_features, fit_head, frozen_encoder
 
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
@@ -53,12 +57,16 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
         data = load_dataset(dataset, exp.data)
         images, labels = data.train_images, data.train_labels
         if config.train_per_class:
-            keep = data.per_class(config.train_per_class, exp.seed)
+            keep = data.per_class(config.train_per_class, exp.data.subset_seed)
             images, labels = images[keep], labels[keep]
         device, dtype = device_and_dtype(exp)
         torch.manual_seed(exp.seed)
         model = vit(exp.model, num_classes=data.num_classes, drop_path=config.drop_path)
         load_encoder_from(encoder_run, model)
+        if config.head_from_probe:
+            features = extract_features(frozen_encoder(exp, encoder_run), images, device, dtype)
+            head, _ = fit_head(features, labels.to(device), data.num_classes, exp.probe, exp.data.subset_seed)
+            model.head.load_state_dict(head.state_dict())
         transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], config.crop_min)
         batches = Batches(images, labels, config.batch_size, device, transform)
         epochs = max(config.epochs, math.ceil(config.min_steps / len(batches)))

@@ -102,6 +102,28 @@ def choose_weight_decay(features: torch.Tensor, labels: torch.Tensor, num_classe
     return best, heads[best], scores
 
 
+def fit_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, config: ProbeConfig,
+             seed: int) -> tuple[nn.Linear, dict]:
+    """The converged probe head on raw `features`: features standardised with their own statistics, the
+    L2 strength chosen on a held-out part, the head refit on all of them, and the standardisation folded
+    into the returned head (so it applies to raw features, and can be a classifier's head). Also what
+    the fit found: the strength, each strength's held-out top-1, the final objective and its gradient."""
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    standard = (features - mean) / std
+    weight_decay, held_out_fit, holdout = choose_weight_decay(standard, labels, num_classes, config, seed)
+    head = fit_logistic(standard, labels, num_classes, weight_decay, config.max_iter, config.tolerance,
+                        start=held_out_fit)
+    with torch.enable_grad():
+        final = objective(head.requires_grad_(True), standard, labels, weight_decay)
+        final.backward()
+    found = {"weight_decay": weight_decay, "holdout_top1": holdout, "final_loss": final.item(),
+             "final_grad_max": max(p.grad.abs().max().item() for p in head.parameters())}
+    folded = nn.Linear(features.shape[1], num_classes).to(features.device).requires_grad_(False)
+    folded.weight.copy_(head.weight / std)
+    folded.bias.copy_(head.bias - (head.weight * (mean / std)).sum(1))
+    return folded, found
+
+
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     """The run folder of a linear probe of `encoder_run` on `dataset`."""
     return Run(exp, "probe", {"encoder": encoder_run.name, "data": data_identity(exp, dataset)})
@@ -120,7 +142,7 @@ def probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
         data = load_dataset(dataset, exp.data)
         train_images, train_labels = data.train_images, data.train_labels
         if exp.probe.train_per_class:
-            keep = data.per_class(exp.probe.train_per_class, exp.seed)
+            keep = data.per_class(exp.probe.train_per_class, exp.data.subset_seed)
             train_images, train_labels = train_images[keep], train_labels[keep]
         device, dtype = device_and_dtype(exp)
         encoder = frozen_encoder(exp, encoder_run)
@@ -131,22 +153,12 @@ def probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
 
         fit_start = time.perf_counter()
         labels = train_labels.to(device)
-        mean, std = train_features.mean(0), train_features.std(0) + 1e-6
-        train_features, test_features = (train_features - mean) / std, (test_features - mean) / std
-        weight_decay, held_out_fit, holdout = choose_weight_decay(train_features, labels, data.num_classes,
-                                                                  exp.probe, exp.seed)
-        head = fit_logistic(train_features, labels, data.num_classes, weight_decay, exp.probe.max_iter,
-                            exp.probe.tolerance, start=held_out_fit)
-        with torch.enable_grad():
-            final = objective(head.requires_grad_(True), train_features, labels, weight_decay)
-            final.backward()
+        head, found = fit_head(train_features, labels, data.num_classes, exp.probe, exp.data.subset_seed)
         n_images = len(train_images) + len(data.test_images)
         fit_seconds = time.perf_counter() - fit_start
         return {"top1": accuracy(head, test_features, data.test_labels),
                 "train_top1": accuracy(head, train_features, labels), "dataset": dataset, "encoder": encoder_run.name,
-                "train_images": len(train_images),
-                "weight_decay": weight_decay, "holdout_top1": holdout, "final_loss": final.item(),
-                "final_grad_max": max(p.grad.abs().max().item() for p in head.parameters()),
+                "train_images": len(train_images), **found,
                 "feature_seconds": feature_seconds, "feature_images_per_s": n_images / feature_seconds,
                 "fit_seconds": fit_seconds, "wall_time_s": feature_seconds + fit_seconds}
 

@@ -39,7 +39,7 @@ def robustness(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
         data = load_dataset(dataset, exp.data)
         images, labels = data.test_images, data.test_labels
         if config.test_images:
-            keep = data.per_class(max(1, config.test_images // data.num_classes), exp.seed, split="test")
+            keep = data.per_class(max(1, config.test_images // data.num_classes), exp.data.subset_seed, split="test")
             images, labels = images[keep], labels[keep]
         device, dtype = device_and_dtype(exp)
         model = load_finetuned(exp, finetune_run, data.num_classes)
