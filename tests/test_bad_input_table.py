@@ -472,6 +472,25 @@ def test_bad_metrics_lines_are_skipped_with_a_warning(tiny, capsys):
     assert capsys.readouterr().err.count("is not a JSON mapping; skipped") == 2
 
 
+def test_a_deleted_metrics_file_changes_no_result(tiny):
+    """A finished run's results live in results.json: deleting metrics.jsonl (the per-epoch log) keeps the
+    run finished and its arm's training FLOPs as they were (they once fell to 0)."""
+    from studylib.arms import mae_then_wsp
+    from studylib.registry import ARMS
+    from studylib.study import pretrain_arm
+
+    def flops() -> float:
+        _, rows = pretrain_arm(tiny, ARMS["mae_wsp"])
+        return next(r["value"] for r in rows if r["metric"] == "train_flops" and r["stage"] == "pretraining")
+
+    before = flops()
+    chain = mae_then_wsp(tiny, train=False)
+    for run in chain:
+        (run.path / "metrics.jsonl").unlink()
+    assert flops() == before > 0
+    assert all(run.done for run in chain)
+
+
 def test_checkpoints_are_verified_by_loading_when_their_sidecar_is_missing_or_lies(tiny, capsys):
     from studylib.runs import load_weights, sha256
     from studylib.stages import mae

@@ -137,3 +137,14 @@ def test_two_task_ddp_study_job_runs_every_stage_once(slurm, tmp_path, isolated_
         ["mae", "probe", "probe", "wsp", "wsp"]
     key = load_experiment("smoke", ["studies.arms=[wsp,mae_wsp]"]).results_key
     assert (isolated_dirs / "results" / key / "default.csv").exists()
+
+
+def test_an_error_inside_a_slurm_job_reaches_the_caller_as_its_one_line(slurm, tmp_path):
+    from studylib.errors import DataError
+
+    (tmp_path / "pics" / "cat").mkdir(parents=True)  # passes the config check, fails when the job reads it
+    job = submit("default", "smoke", _slurm(f"data.pretrain={tmp_path / 'pics'}"), folder=tmp_path / "jobs")
+    with pytest.raises(DataError, match="no images in this class folder") as raised:
+        watch([job], poll_s=1)
+    assert "\n" not in str(raised.value)
+
