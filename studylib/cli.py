@@ -199,6 +199,22 @@ def cmd_models(_args: argparse.Namespace) -> None:
     print(pd.DataFrame(size_table()).round(3).to_string(index=False))
 
 
+EXAMPLES = {
+    "study": "  studylib study --preset smoke\n  studylib study wsp_epochs --preset cpu --set studies.seeds=[0]",
+    "notebooks": "  studylib notebooks --preset cpu\n  studylib notebooks --preset cpu --only default data_size",
+    "transfer": "  studylib transfer --preset cpu --arm wsp mae_wsp\n"
+                "  studylib transfer --preset cpu --checkpoint mae_pretrain_vit_base.pth --layout mae --set model=B/16",
+    "figures": "  studylib figures --preset cpu",
+    "submit": "  studylib submit --preset smoke\n"
+              "  studylib submit mae_wsp --preset paper --set launch.executor=slurm --no-wait",
+    "config": "  studylib config --preset cpu\n  studylib config --preset cpu --set mae.epochs=16",
+    "findings": "  studylib findings --preset cpu\n  studylib findings --preset cpu --readme",
+    "registry": "  studylib registry\n  studylib registry --readme",
+    "tags": "  studylib tags --preset cpu --set tags.noise_vocab=1000",
+    "models": "  studylib models",
+}
+
+
 def parser() -> argparse.ArgumentParser:
     from studylib.launch import targets
 
@@ -215,7 +231,8 @@ def parser() -> argparse.ArgumentParser:
                              ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
                              ("tags", cmd_tags, "print hashtag statistics"),
                              ("models", cmd_models, "print model sizes")):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, description=text, epilog="examples:\n" + EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
         if name == "study":
             p.add_argument("name", nargs="?", default="default", help=f"one of {list(registry.STUDIES)}")
@@ -229,12 +246,14 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--checkpoint", help="an outside checkpoint file (timm, MAE or MAWS weights)")
             p.add_argument("--layout", default="auto", help="its layout: auto, timm, mae or maws")
         if name == "submit":
-            p.add_argument("target", help=f"what the job runs: a study or an arm, one of {list(targets())}")
+            p.add_argument("target", nargs="?", default="default",
+                           help=f"what the job runs: a study or an arm, one of {list(targets())} (default: default)")
             p.add_argument("--no-wait", action="store_true", help="submit and return")
         if name in ("registry", "findings"):
             p.add_argument("--readme", action="store_true", help=f"rewrite the README's {name} tables")
         if name not in ("models", "registry"):
-            p.add_argument("--preset", default="cpu", help="preset of experiments.yaml (default: cpu)")
+            p.add_argument("--preset", default="cpu", help="preset of experiments.yaml: smoke (synthetic, seconds), "
+                                                           "cpu (real CIFAR, 2 cores), gpu, paper (default: cpu)")
             p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                            help="override a config value, e.g. --set mae.epochs=3 (repeatable)")
             if name != "notebooks":

@@ -4,6 +4,11 @@ AdamW with per-step linear warmup then cosine decay, lr = base_lr * batch_size /
 autocast where the device supports it, gradient clipping. After every epoch the model, optimizer
 and metric history go into the run's single checkpoint.pth (atomically), and a later call with
 the same run resumes from the epoch after it: a crash costs at most the epoch in progress.
+
+What you can watch: a tqdm bar in a terminal; elsewhere (a job's log, which `studylib.launch.watch`
+reads) a progress line every PROGRESS_EVERY_S seconds with the step, loss, images/s and the run's ETA;
+and TensorBoard scalars in <run>/tensorboard/ (per LOG_EVERY_STEPS steps: loss, lr, gradient norm,
+images/s; per epoch: the epoch's loss) for `tensorboard --logdir runs`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from studylib.models import choose_attention
 from studylib.runs import Run
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+PROGRESS_EVERY_S = 10.0
+LOG_EVERY_STEPS = 10
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
@@ -81,6 +88,27 @@ def train_step(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets:
     return loss.detach()
 
 
+def grad_norm(model: nn.Module) -> float:
+    """The L2 norm of the gradient the last step used (after clipping)."""
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return torch.stack(norms).norm().item() if norms else 0.0
+
+
+def duration(seconds: float) -> str:
+    """'1h02m', '3m05s', '12s'."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def tensorboard_writer(run: Run) -> Any:
+    """A SummaryWriter into <run>/tensorboard/ (imported here: tensorboard is slow to import)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run.path / "tensorboard"))
+
+
 def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config: TrainConfig,
           device: torch.device, dtype: torch.dtype | None, seed: int) -> dict[str, Any]:
     """Train `model` for `config.epochs` on `batches` (re-iterated every epoch), resuming from the
@@ -113,25 +141,42 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
 
     steps = len(batches)
     total, warmup = steps * config.epochs, int(config.warmup_epochs * steps)
+    writer = tensorboard_writer(run) if main else None
+    session_start, session_steps = time.perf_counter(), 0
     for epoch in range(len(history), config.epochs):
         torch.manual_seed(epoch_seed(seed, epoch))
         model.train()
-        start = time.perf_counter()
+        start = last_line = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         first_bad_step = torch.full((), -1, device=device)  # tracked on the device: no sync per step
         images = 0
         bar = tqdm(batches, desc=f"{run.name} {epoch + 1}/{config.epochs}", leave=False,
                    disable=None if main else True)
         for i, (inputs, targets) in enumerate(bar):
-            lr = lr_at(epoch * steps + i, total, warmup, peak, config.min_lr)
+            step = epoch * steps + i
+            lr = lr_at(step, total, warmup, peak, config.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             loss = train_step(trained, loss_fn, inputs, targets, optimizer, config, dtype)
             loss_sum += loss.float()
             first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), i + 1, first_bad_step)
             images += len(inputs) * distributed.world_size()
-            if not bar.disable and i % 25 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            session_steps += 1
+            if not main or (i + 1) % LOG_EVERY_STEPS and i + 1 < steps:
+                continue
+            now, value = time.perf_counter(), loss.item()
+            rate = images / (now - start)
+            writer.add_scalar("train/loss", value, step + 1)
+            writer.add_scalar("train/lr", lr, step + 1)
+            writer.add_scalar("train/grad_norm", grad_norm(model), step + 1)
+            writer.add_scalar("train/images_per_s", rate, step + 1)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
+            elif now - last_line >= PROGRESS_EVERY_S:
+                eta = (now - session_start) / session_steps * (total - step - 1)
+                print(f"[{run.name}] epoch {epoch + 1}/{config.epochs} step {i + 1}/{steps} loss {value:.4f} "
+                      f"{rate:.0f} img/s eta {duration(eta)}", flush=True)
+                last_line = now
         epoch_loss = distributed.mean(loss_sum / steps).item()
         if not math.isfinite(epoch_loss):
             kept = f"the checkpoint of epoch {len(history)} is kept" if history else "no checkpoint was written"
@@ -145,9 +190,14 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history}
         run.save(run.checkpoint.name, state, keep_previous=True)
         run.write_metrics(history)
+        writer.add_scalar("epoch/loss", epoch_loss, epoch + 1)
+        writer.add_scalar("epoch/images_per_s", images / seconds, epoch + 1)
+        writer.flush()
         print(f"[{run.name}] epoch {epoch + 1}/{config.epochs} loss {epoch_loss:.4f} lr {lr:.2e} "
               f"{images / seconds:.0f} img/s {seconds:.1f} s", flush=True)
 
+    if writer is not None:
+        writer.close()
     seconds = sum(r["seconds"] for r in history)
     images_seen = sum(r["images_per_s"] * r["seconds"] for r in history)
     return {"final_loss": history[-1]["loss"], "epochs": len(history), "wall_time_s": seconds,

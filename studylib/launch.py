@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from tqdm.auto import tqdm
 
 from studylib import distributed, errors
 from studylib.config import Experiment, load_experiment, runs_dir
@@ -106,28 +107,52 @@ def run(target: str, preset: str, overrides: Sequence[str] = (), executor: str =
     return watch([job])[0]
 
 
+PROGRESS = re.compile(r"\[(?P<run>[^\]]+)\] epoch (?P<epoch>\d+)/(?P<epochs>\d+)"
+                      r"(?: step (?P<step>\d+)/(?P<steps>\d+))?(?P<rest>.*)")
+
+
 def progress(job: submitit.Job) -> str:
-    """The last epoch line the job printed, e.g. '[wsp-1a2b3c4d] epoch 3/20 loss 4.1', or ''."""
+    """The last progress line the job printed (the engine's epoch and step lines, a study's 'seed k of n',
+    a reused run), e.g. '[wsp-1a2b3c4d] epoch 3/20 step 40/78 loss 4.1 712 img/s eta 2m10s', or ''."""
     try:
         out = job.stdout() or ""
     except (OSError, AttributeError):
         return ""
-    lines = [line for line in out.splitlines() if "] epoch " in line]
+    lines = [line for line in out.splitlines() if re.match(r"\[[^\]]+\] (epoch |reused|seed )", line)]
     return lines[-1] if lines else ""
 
 
+def done_fraction(line: str) -> float | None:
+    """How much of its run a progress line says is done (epochs and steps), or None for another line."""
+    found = PROGRESS.match(line)
+    if not found:
+        return None
+    epoch, epochs = int(found["epoch"]), int(found["epochs"])
+    within = int(found["step"]) / int(found["steps"]) if found["step"] else 1.0
+    return (epoch - 1 + within) / epochs
+
+
 def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
-    """Show each job's state and progress until all are done, then return their results in order
-    (a list of one result per task for a job of several tasks; a failed job raises its error)."""
-    shown = None
-    while True:
-        states = [(job.job_id, job.state, progress(job)) for job in jobs]
-        if states != shown:
-            _show(states)
-            shown = states
-        if all(job.done() for job in jobs):
-            return [_result(job) for job in jobs]
-        time.sleep(poll_s)
+    """Show a live bar per job (its state, its current run and how far that run is, with loss, images/s
+    and ETA) until all are done, then return their results in order (a list of one result per task
+    for a job of several tasks; a failed job raises its error). A notebook gets widget bars."""
+    bars = [tqdm(total=100, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}", leave=True) for _ in jobs]
+    try:
+        while True:
+            for job, bar in zip(jobs, bars, strict=True):
+                line = progress(job)
+                fraction = done_fraction(line)
+                bar.set_description_str(f"job {job.job_id} {job.state}", refresh=False)
+                if fraction is not None:
+                    bar.n = round(100 * fraction)
+                bar.set_postfix_str(line[:120], refresh=False)
+                bar.refresh()
+            if all(job.done() for job in jobs):
+                return [_result(job) for job in jobs]
+            time.sleep(poll_s)
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _result(job: submitit.Job) -> Any:
@@ -147,14 +172,3 @@ def job_error(trace: str, job: submitit.Job) -> errors.StudylibError:
         return getattr(errors, found[-1][0])(found[-1][1])
     last = [line for line in trace.splitlines() if line.strip()][-1:] or ["no output"]
     return errors.JobError(f"job {job.job_id}: {last[0].strip()[:300]}; its log: {job.paths.stderr}")
-
-
-def _show(states: list[tuple[str, str, str]]) -> None:
-    text = "\n".join(f"{job_id:>12}  {state:<10} {line}" for job_id, state, line in states)
-    try:
-        from IPython.display import clear_output
-
-        clear_output(wait=True)
-    except ImportError:
-        pass
-    print(text, flush=True)

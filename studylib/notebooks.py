@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from studylib.config import REPO_ROOT
+from studylib.config import REPO_ROOT, runs_dir
 from studylib.errors import ConfigError
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -44,10 +44,12 @@ def run_notebooks(preset: str, only: Sequence[str] = (), overrides: Sequence[str
     output = output or REPO_ROOT / "output" / "notebooks" / preset
     output.mkdir(parents=True, exist_ok=True)
     executed = []
-    for path in chosen:
+    for k, path in enumerate(chosen):
         start = time.perf_counter()
         target = output / path.name
-        papermill.execute_notebook(str(path), str(target), kernel_name=KERNEL, progress_bar=False, cwd=str(path.parent),
+        print(f"[{k + 1}/{len(chosen)}] {path.name} (cells below; job logs in {runs_dir() / preset / 'jobs'})",
+              flush=True)
+        papermill.execute_notebook(str(path), str(target), kernel_name=KERNEL, progress_bar=True, cwd=str(path.parent),
                                    parameters={"preset": preset, "overrides": list(overrides), "executor": executor})
         print(f"{path.name}: {time.perf_counter() - start:.1f} s -> {target}", flush=True)
         executed.append(target)

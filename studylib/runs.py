@@ -12,6 +12,7 @@ carries the identity's hash and is refused by any other run.
         metrics.jsonl   one line per finished epoch
         checkpoint.pth  model + optimizer after the last finished epoch (auto-resume), and
                         checkpoint.prev.pth the one before; each with a .sha256 beside it
+        tensorboard/    TensorBoard events: per-step loss, lr, gradient norm, images/s (`tensorboard --logdir runs`)
         results.json    written last: its presence means the run is finished
         .lock           held by the process training the run
 """
@@ -45,7 +46,8 @@ from studylib.errors import RunFolderError, shown
 from studylib.registry import STAGES
 
 RUN_VERSION = 2  # bump when a change is meant to retrain every run (a fix that changes results)
-UNTRAINED = {".lock", "meta.json", "config.yaml"}  # a run folder holding only these has nothing to lose
+# a run folder holding only these has nothing to lose (TensorBoard events of an unfinished first epoch)
+UNTRAINED = {".lock", "meta.json", "config.yaml", "tensorboard"}
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "studylib")
 
 
@@ -301,6 +303,7 @@ def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:
     In a job of several tasks, rank 0 takes the lock and tells the other ranks whether to train;
     all of them train, rank 0 alone writes, and they leave together."""
     if run.done and distributed.world_size() == 1:
+        print(f"[{run.name}] reused: finished earlier", flush=True)
         return run
     new_folders = [p for p in (run.path, *run.path.parents) if not p.exists()]  # deepest first
     with run.lock() if distributed.is_main() else contextlib.nullcontext():

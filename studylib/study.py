@@ -10,6 +10,7 @@ what is missing or unfinished.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -18,10 +19,11 @@ import torch
 import yaml
 
 from studylib.config import Experiment, results_dir
-from studylib.data import MEAN, STD, ImageTransform, load_dataset
+from studylib.data import load_dataset
 from studylib.distributed import is_main
+from studylib.engine import duration
 from studylib.errors import ConfigError, DataError
-from studylib.models import VIT_SIZES, count_flops, count_params, patchify, vit
+from studylib.models import VIT_SIZES, count_flops, count_params, vit
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
 from studylib.runs import Run, atomic_write
 from studylib.stages import mae, pretrain_images, probe
@@ -88,8 +90,12 @@ def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datase
             load_dataset(name, exp.data)
     check_sizes(exp)
     seeds = exp.studies.seeds[:1] if study in exp.studies.first_seed_only else exp.studies.seeds
-    return [{**row, "seed": seed} for seed in seeds
-            for row in point(dataclasses.replace(exp, seed=seed))]
+    rows, start = [], time.perf_counter()
+    for k, seed in enumerate(seeds):
+        eta = f", eta {duration((time.perf_counter() - start) / k * (len(seeds) - k))}" if k else ""
+        print(f"[{study or 'study'}] seed {seed}: {k + 1} of {len(seeds)}{eta}", flush=True)
+        rows += [{**row, "seed": seed} for row in point(dataclasses.replace(exp, seed=seed))]
+    return rows
 
 
 def check_sizes(exp: Experiment) -> None:
@@ -197,32 +203,6 @@ def transfer_study(exp: Experiment) -> pd.DataFrame:
     return _table(exp, "transfer", _per_seed(exp, point, study="transfer"))
 
 
-@torch.no_grad()
-def reconstructions(exp: Experiment, mae_run: Run, count: int = 8) -> dict[str, np.ndarray]:
-    """Test images, their masked versions and MAE's reconstructions (visible patches pasted back), as
-    uint8 (count, H, W, 3) arrays."""
-    data = pretrain_images(exp, *mae.images(exp))
-    model = mae.build(exp).eval()
-    model.load_state_dict(mae_run.load(mae_run.checkpoint.name)["model"])
-    x = ImageTransform(VIT_SIZES[exp.model]["img_size"])(data.test_images[:count])
-    torch.manual_seed(exp.seed)
-    _, pred, mask = model(x)
-    target = patchify(x, model.patch)
-    if model.norm_pix_loss:  # predictions are per-patch normalised: give them each patch's own statistics
-        pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
-    hidden = mask.unsqueeze(-1).bool()
-    out = {"original": x, "masked": _unpatches(torch.where(hidden, 0.0, target), model.patch, x),
-           "reconstruction": _unpatches(torch.where(hidden, pred, target), model.patch, x)}
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-    return {k: ((v * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy() for k, v in out.items()}
-
-
-def _unpatches(patches: torch.Tensor, patch: int, like: torch.Tensor) -> torch.Tensor:
-    b, c, h, w = like.shape
-    x = patches.reshape(b, h // patch, w // patch, patch, patch, c)
-    return torch.einsum("bhwpqc->bchpwq", x).reshape(b, c, h, w)
-
-
 def explore_study(exp: Experiment) -> pd.DataFrame:
     """Hashtag statistics of the pool and tag frequencies; MAE reconstructions saved beside the tables."""
     hashtags = simulate(pretrain_images(exp), exp.tags)
@@ -232,7 +212,7 @@ def explore_study(exp: Experiment) -> pd.DataFrame:
              for i in counts.argsort(descending=True).tolist()]
     mae_run = mae.pretrain(exp)
     if is_main():
-        images = reconstructions(exp, mae_run)
+        images = mae.reconstructions(exp, mae_run)
         path = results_dir(exp.results_key) / "reconstructions.npz"
         atomic_write(path, lambda f: np.savez(f, **images, run=mae_run.name), mode="wb")
     rows += _rows(mae_run, arm="mae")

@@ -88,3 +88,18 @@ def test_mae_data_fraction_is_a_share_of_the_named_dataset_not_of_the_pool():
     pool = set(pretrain_images(exp).train_images[:, 0, 0, 0].tolist())
     larger = set(pretrain_images(exp, "synthetic", 0.75).train_images[:, 0, 0, 0].tolist())
     assert len(pool) > 1 and pool <= larger  # nested
+
+
+def test_every_command_shows_examples_that_parse_and_name_valid_keys(capsys):
+    import shlex
+
+    from studylib import cli
+
+    for command, examples in cli.EXAMPLES.items():
+        with pytest.raises(SystemExit):
+            cli.parser().parse_args([command, "--help"])
+        assert "examples:\n" + examples in capsys.readouterr().out
+        for line in examples.splitlines():
+            args = cli.parser().parse_args(shlex.split(line)[1:])
+            if hasattr(args, "preset"):
+                load_experiment(args.preset, args.overrides)  # every --set of an example is a real key

@@ -148,3 +148,40 @@ def test_an_error_inside_a_slurm_job_reaches_the_caller_as_its_one_line(slurm, t
         watch([job], poll_s=1)
     assert "\n" not in str(raised.value)
 
+
+
+def test_progress_lines_say_how_far_a_run_is():
+    from studylib.launch import done_fraction
+
+    assert done_fraction("[wsp-1a2b] epoch 2/4 step 10/20 loss 4.1 700 img/s eta 1m05s") == 0.375
+    assert done_fraction("[wsp-1a2b] epoch 2/4 loss 4.1 lr 1e-3 700 img/s 12.0 s") == 0.5
+    assert done_fraction("[default] seed 1: 2 of 3, eta 5m00s") is None
+
+
+def test_training_prints_step_progress_and_reuse_where_no_terminal_shows_a_bar(monkeypatch, capsys, smoke):
+    import re
+
+    from studylib import engine
+
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(engine, "LOG_EVERY_STEPS", 4)
+    run = wsp.pretrain(smoke)  # pytest's captured output is no terminal: lines, not a bar
+    out = capsys.readouterr().out
+    steps = re.findall(rf"\[{run.name}\] epoch (\d)/2 step (\d+)/8 loss \d+\.\d+ \d+ img/s eta \d+s", out)
+    assert steps == [("1", "4"), ("1", "8"), ("2", "4"), ("2", "8")]
+    wsp.pretrain(smoke)
+    assert f"[{run.name}] reused: finished earlier" in capsys.readouterr().out
+
+
+def test_every_training_run_writes_tensorboard_scalars_and_mae_its_reconstructions(smoke):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = mae.pretrain(smoke)
+    events = EventAccumulator(str(run.path / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/images_per_s", "epoch/loss"} <= set(
+        events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("epoch/loss")] == [1, 2]
+    assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
+    (image,) = events.Images("mae/original, masked, reconstruction")[-1:]
+    assert (image.height, image.width) == (96, 256)  # rows: 8 originals, masked, reconstructed, of 32 x 32

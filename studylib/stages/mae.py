@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from studylib.config import Experiment
-from studylib.data import Batches, ImageTransform
-from studylib.distributed import device_and_dtype
-from studylib.engine import train
-from studylib.models import MAE, VIT_SIZES
+from studylib.data import MEAN, STD, Batches, ImageTransform
+from studylib.distributed import device_and_dtype, is_main
+from studylib.engine import tensorboard_writer, train
+from studylib.models import MAE, VIT_SIZES, patchify
 from studylib.runs import Run, train_once
 from studylib.stages import pool_identity, pretrain_images, save_encoder, train_flops
 
@@ -46,6 +47,42 @@ def pretrain(exp: Experiment) -> Run:
                           ImageTransform(img_size, exp.mae.crop_min), images_per_epoch=exp.mae.epoch_images)
         summary = train(run, model, mae_loss, batches, exp.mae, device, dtype, exp.seed)
         save_encoder(run, model.encoder)
+        if is_main() and len(data.test_images):  # TensorBoard images: originals, what MAE saw, its reconstructions
+            shown = reconstruct(model.cpu(), data.test_images[:8], exp)
+            with tensorboard_writer(run) as writer:
+                writer.add_images("mae/original, masked, reconstruction", np.concatenate(list(shown.values())),
+                                  summary["epochs"], dataformats="NHWC")
         return {**summary, "train_flops": train_flops(model, img_size, summary["images_seen"])}
 
     return train_once(run, work)
+
+
+def reconstructions(exp: Experiment, mae_run: Run, count: int = 8) -> dict[str, np.ndarray]:
+    """`count` test images of MAE's data, masked and reconstructed by the finished `mae_run` (see reconstruct)."""
+    model = build(exp)
+    model.load_state_dict(mae_run.load(mae_run.checkpoint.name)["model"])
+    return reconstruct(model, pretrain_images(exp, *images(exp)).test_images[:count], exp)
+
+
+@torch.no_grad()
+def reconstruct(model: MAE, test_images: torch.Tensor, exp: Experiment) -> dict[str, np.ndarray]:
+    """uint8 `test_images`, their masked versions and MAE's reconstructions (visible patches pasted back),
+    as uint8 (count, H, W, 3) arrays; the mask is drawn from exp.seed."""
+    model.eval()
+    x = ImageTransform(VIT_SIZES[exp.model]["img_size"])(test_images)
+    torch.manual_seed(exp.seed)
+    _, pred, mask = model(x)
+    target = patchify(x, model.patch)
+    if model.norm_pix_loss:  # predictions are per-patch normalised: give them each patch's own statistics
+        pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
+    hidden = mask.unsqueeze(-1).bool()
+    out = {"original": x, "masked": _unpatches(torch.where(hidden, 0.0, target), model.patch, x),
+           "reconstruction": _unpatches(torch.where(hidden, pred, target), model.patch, x)}
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    return {k: ((v * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy() for k, v in out.items()}
+
+
+def _unpatches(patches: torch.Tensor, patch: int, like: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = like.shape
+    x = patches.reshape(b, h // patch, w // patch, patch, patch, c)
+    return torch.einsum("bhwpqc->bchpwq", x).reshape(b, c, h, w)
