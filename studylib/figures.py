@@ -72,6 +72,8 @@ def read(key: str, study: str) -> pd.DataFrame:
 def save(fig: plt.Figure, name: str, key: str, sources: list[str], table: pd.DataFrame) -> list[Path]:
     """Write `fig` in every format and its provenance; returns the paths written."""
     folder = figures_dir(key)
+    for clash in overlaps(fig):
+        print(f"warning: figure {name}: {clash}")
     paths = [folder / f"{name}.{fmt}" for fmt in FORMATS]
     for path in paths:
         atomic_write(path, lambda f, fmt=path.suffix[1:]: fig.savefig(f, format=fmt, bbox_inches="tight",
@@ -86,6 +88,37 @@ def save(fig: plt.Figure, name: str, key: str, sources: list[str], table: pd.Dat
     atomic_write(folder / f"{name}.json", lambda f: json.dump(provenance, f, indent=2))
     plt.close(fig)
     return [*paths, folder / f"{name}.json"]
+
+
+def overlaps(fig: plt.Figure) -> list[str]:
+    """What collides in `fig` as drawn: tick labels of one axis that overlap each other, texts (annotations,
+    titles) that overlap each other, and legends that cover plotted points. Empty for a clean figure."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    found = []
+
+    def boxes(texts: list) -> list:
+        return [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text()]
+
+    def clashes(named: list, what: str) -> None:
+        for i, (a, box_a) in enumerate(named):
+            for b, box_b in named[i + 1:]:
+                if box_a.overlaps(box_b):
+                    found.append(f"{what}: {a!r} and {b!r}")
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            clashes(boxes(axis.get_ticklabels()), f"{ax.get_title() or 'axes'} tick labels")
+        clashes(boxes([*ax.texts, ax.title]), f"{ax.get_title() or 'axes'} texts")
+        legend = ax.get_legend()
+        if legend is not None and legend.get_visible():
+            box = legend.get_window_extent(renderer)
+            points = [ax.transData.transform(line.get_xydata()) for line in ax.lines if len(line.get_xydata())]
+            points += [ax.transData.transform(c.get_offsets()) for c in ax.collections if len(c.get_offsets())]
+            covered = sum(box.contains(x, y) for xy in points for x, y in xy if np.isfinite([x, y]).all())
+            if covered:
+                found.append(f"{ax.get_title() or 'axes'}: the legend covers {covered} plotted points")
+    return found
 
 
 def _metadata(fmt: str) -> dict:
@@ -123,6 +156,21 @@ def default(key: str) -> list[Path]:
     return save(fig, "default", key, ["default"], table)
 
 
+def _legend_below(fig: plt.Figure, axes: Sequence[plt.Axes]) -> None:
+    """One legend for the figure, under its axes (where it covers no data), holding every entry of the
+    axes' own legends once; those are removed."""
+    entries = {}
+    for ax in axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
+                if text.get_text() not in ("arm", "dataset"):  # seaborn's section titles
+                    entries.setdefault(text.get_text(), handle)
+            legend.remove()
+    fig.legend(entries.values(), entries.keys(), loc="upper center", ncol=min(len(entries), 6), frameon=False,
+               bbox_to_anchor=(0.5, 0.0), fontsize=8)
+
+
 def convergence(key: str) -> list[Path]:
     """Linear-probe top-1 against WSP epochs and against total training FLOPs (MAE's included)."""
     table = read(key, "wsp_epochs")
@@ -144,6 +192,7 @@ def convergence(key: str) -> list[Path]:
                 ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5 x 10^n
                 ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
+    _legend_below(fig, list(axes.flat))
     fig.suptitle(f"Convergence: every arm against WSP epochs and training FLOPs ({_seeds(table)})")
     fig.tight_layout()
     return save(fig, "convergence", key, ["wsp_epochs"], table)
@@ -179,8 +228,9 @@ def data_size(key: str) -> list[Path]:
         sns.pointplot(probes[probes.dataset == dataset], x="mae_data", y="value", hue="arm", hue_order=order,
                       palette=palette, errorbar=interval95, dodge=0.3, ax=ax)
         ax.set_ylim(0, None)
-        ax.set(xlabel="MAE's images (dataset:fraction of the pool)", ylabel=f"{dataset} linear-probe top-1 (%)")
-        ax.legend(title=None, fontsize=8, loc="lower right")
+        ax.set(xlabel="MAE's images (dataset:fraction)", ylabel=f"{dataset} linear-probe top-1 (%)")
+        ax.set_xticks(ax.get_xticks(), [t.get_text().replace("+", "+\n") for t in ax.get_xticklabels()])
+    _legend_below(fig, axes[0])
     fig.suptitle(f"Pre-pretraining data: MAE on part of the pool, the pool, another dataset ({_seeds(table)})")
     fig.tight_layout()
     return save(fig, "data_size", key, ["data_size"], table)
@@ -189,13 +239,14 @@ def data_size(key: str) -> list[Path]:
 def transfer(key: str) -> list[Path]:
     """Every transfer task, every arm of the study: fine-tune and linear; low-shot; zero-shot; robustness."""
     table, order, palette = arms(read(key, "transfer").fillna({"variant": ""}))
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    fig, grid = plt.subplots(2, 2, figsize=(10, 8))
+    axes = list(grid.flat)
     top1 = table[table.metric == "top1"]
     whole = top1[top1.stage.isin(["finetune", "probe"])].assign(task=lambda t: t.stage + " " + t.dataset)
     sns.barplot(whole, x="task", y="value", hue="arm", hue_order=order, palette=palette, errorbar=interval95,
                 ax=axes[0])
     axes[0].set(title="fine-tune and linear probe", xlabel="", ylabel="top-1 (%)")
-    axes[0].tick_params(axis="x", rotation=20)
+    axes[0].set_xticks(axes[0].get_xticks(), [t.get_text().replace(" ", "\n") for t in axes[0].get_xticklabels()])
     low = top1[top1.stage == "lowshot"].assign(shots=lambda t: t.variant.str.split("-").str[0].astype(int))
     sns.lineplot(low, x="shots", y="value", hue="arm", hue_order=order, style="dataset", palette=palette,
                  marker="o", errorbar="sd", err_style="bars", ax=axes[1])
@@ -214,6 +265,7 @@ def transfer(key: str) -> list[Path]:
     sns.lineplot(pd.concat([clean, robust]), x="severity", y="value", hue="arm", hue_order=order,
                  style="dataset", palette=palette, marker="o", errorbar=None, ax=axes[3])
     axes[3].set(title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)")
+    _legend_below(fig, axes)
     fig.suptitle(f"Transfer ({_seeds(table)}; low-shot: sd over seeds and draws)")
     fig.tight_layout()
     return save(fig, "transfer", key, ["transfer"], table)
@@ -245,8 +297,8 @@ def hashtags(key: str) -> list[Path]:
     counts = table[table.stage == "tag_count"].sort_values("value", ascending=False).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.loglog(np.arange(1, len(counts) + 1), counts["value"], marker=".", ls="none", color=ARMS["wsp"].color)
-    for i in range(min(5, len(counts))):
-        ax.annotate(counts.dataset[i], (i + 1, counts.value[i]), fontsize=8, xytext=(4, 0), textcoords="offset points")
+    top = "\n".join(f"{i + 1}. {counts.dataset[i]}" for i in range(min(5, len(counts))))
+    ax.text(0.97, 0.97, f"most used:\n{top}", transform=ax.transAxes, ha="right", va="top", fontsize=8)
     stats = table[table.stage == "hashtags"].set_index("metric")["value"]
     ax.set(xlabel="tag rank", ylabel="images with the tag",
            title=f"{int(stats['vocab_size'])} hashtags, {stats['tags_per_image_mean']:.1f} per image, "

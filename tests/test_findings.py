@@ -89,3 +89,37 @@ def test_figures_draw_the_same_95_interval_and_state_n(isolated_dirs):
     _default_table({"wsp": 25.0, "mae_wsp": 27.0}).to_csv(folder / "default.csv")
     svg = figures.default("mine")[1].read_text()
     assert "n = 3 seeds, mean and 95% t-interval" in svg and "MAE→WSP" in svg
+
+
+def test_committed_figures_have_no_colliding_labels_or_legends_over_data(monkeypatch):
+    """Every figure drawn from the committed cpu tables, checked with matplotlib's renderer: no tick labels
+    or texts overlap, no legend covers a plotted point, and none is wider than 1,600 px (README width)."""
+    from studylib import figures
+
+    monkeypatch.setenv("STUDYLIB_RESULTS", str(REPO_ROOT / "results"))
+    checked = {}
+
+    def check(fig, name, *_):
+        checked[name] = figures.overlaps(fig), fig.get_size_inches()[0] * 150
+        figures.plt.close(fig)
+        return []
+
+    monkeypatch.setattr(figures, "save", check)
+    figures.style()
+    for name in ("default", "convergence", "model_size", "data_size", "transfer", "hashtags"):
+        getattr(figures, name)("cpu")
+    assert {name: clashes for name, (clashes, _) in checked.items() if clashes} == {}
+    assert max(width for _, width in checked.values()) <= 1600
+    assert len(checked) == 6
+
+
+def test_the_layout_check_sees_overlapping_labels_and_a_legend_over_data():
+    from studylib import figures
+
+    fig, ax = figures.plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1], marker="o", label="a line")
+    ax.set_xticks([0, 0.02], ["a long tick label", "another long one"])
+    ax.legend(loc="upper right", bbox_to_anchor=(1.05, 1.05))
+    found = figures.overlaps(fig)
+    assert any("tick labels" in f for f in found) and any("legend covers" in f for f in found)
+    figures.plt.close(fig)
