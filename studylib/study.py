@@ -22,7 +22,7 @@ from studylib.config import Experiment, results_dir
 from studylib.data import load_dataset
 from studylib.distributed import is_main
 from studylib.engine import duration
-from studylib.errors import ConfigError, DataError
+from studylib.errors import ConfigError, DataError, RunFolderError
 from studylib.models import VIT_SIZES, count_flops, count_params, vit
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
 from studylib.runs import Run, atomic_write
@@ -65,8 +65,17 @@ def pretrain_arm(exp: Experiment, arm: Arm, **columns: object) -> tuple[Run, lis
     where = {**columns, "arm": arm.name}
     rows = [row for run in chain for row in _rows(run, **where)]
     rows.append({**where, "stage": "pretraining", "metric": "train_flops", "run": chain[-1].name,
-                 "value": sum(run.results().get("train_flops", 0.0) for run in chain)})
+                 "value": sum(_train_flops(run) for run in chain)})
     return chain[-1], rows
+
+
+def _train_flops(run: Run) -> float:
+    """A finished pretraining run's training FLOPs; a results.json without them is refused, not read as 0."""
+    flops = run.results().get("train_flops")
+    if not isinstance(flops, int | float) or flops < 0:
+        raise RunFolderError(f"{run.path / 'results.json'}: train_flops is {str(flops)[:40]}; allowed: a number >= 0 "
+                             "(delete the file to finish the run again)")
+    return float(flops)
 
 
 def probe_arms(exp: Experiment, study: str, **columns: object) -> list[dict]:

@@ -8,6 +8,7 @@ trains), output places (environment variables and folders), commands (arguments 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -476,6 +477,7 @@ def test_a_deleted_metrics_file_changes_no_result(tiny):
     """A finished run's results live in results.json: deleting metrics.jsonl (the per-epoch log) keeps the
     run finished and its arm's training FLOPs as they were (they once fell to 0)."""
     from studylib.arms import mae_then_wsp
+    from studylib.errors import RunFolderError
     from studylib.registry import ARMS
     from studylib.study import pretrain_arm
 
@@ -489,6 +491,10 @@ def test_a_deleted_metrics_file_changes_no_result(tiny):
         (run.path / "metrics.jsonl").unlink()
     assert flops() == before > 0
     assert all(run.done for run in chain)
+    results = chain[0].path / "results.json"
+    results.write_text(json.dumps({k: v for k, v in json.loads(results.read_text()).items() if k != "train_flops"}))
+    with pytest.raises(RunFolderError, match="train_flops is None; allowed: a number >= 0"):
+        flops()  # a results file without them is refused, not counted as 0
 
 
 def test_checkpoints_are_verified_by_loading_when_their_sidecar_is_missing_or_lies(tiny, capsys):
