@@ -25,6 +25,7 @@ import argparse
 import re
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -193,6 +194,21 @@ def cmd_tags(args: argparse.Namespace) -> None:
         print("  ", caption)
 
 
+def cmd_shards(args: argparse.Namespace) -> None:
+    from studylib.shards import write_shards
+    from studylib.stages import pretrain_images
+    from studylib.weak_labels import simulate
+
+    exp = _experiment(args, writes=False)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: not empty; allowed: a new or empty folder (shards are never overwritten)")
+    images = pretrain_images(exp)
+    index = write_shards(images, simulate(images, exp.tags), out, args.per_shard)
+    print(f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: {out}/00000.tar ... "
+          f"{index[-1]['name']}, index {out / 'shards.json'}")
+
+
 def cmd_models(_args: argparse.Namespace) -> None:
     from studylib.models import size_table
 
@@ -211,6 +227,7 @@ EXAMPLES = {
     "findings": "  studylib findings --preset cpu\n  studylib findings --preset cpu --readme",
     "registry": "  studylib registry\n  studylib registry --readme",
     "tags": "  studylib tags --preset cpu --set tags.noise_vocab=1000",
+    "shards": "  studylib shards --preset cpu --out shards/cifar100-pool --per-shard 500",
     "models": "  studylib models",
 }
 
@@ -230,6 +247,7 @@ def parser() -> argparse.ArgumentParser:
                              ("findings", cmd_findings, "check the paper's claims against the results"),
                              ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
                              ("tags", cmd_tags, "print hashtag statistics"),
+                             ("shards", cmd_shards, "write the pool with its hashtags as WebDataset shards"),
                              ("models", cmd_models, "print model sizes")):
         p = sub.add_parser(name, help=text, description=text, epilog="examples:\n" + EXAMPLES[name],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -249,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("target", nargs="?", default="default",
                            help=f"what the job runs: a study or an arm, one of {list(targets())} (default: default)")
             p.add_argument("--no-wait", action="store_true", help="submit and return")
+        if name == "shards":
+            p.add_argument("--out", required=True, help="a new folder for 00000.tar, ... and shards.json")
+            p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
         if name in ("registry", "findings"):
             p.add_argument("--readme", action="store_true", help=f"rewrite the README's {name} tables")
         if name not in ("models", "registry"):
