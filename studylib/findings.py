@@ -219,8 +219,8 @@ def finetune_against_probe(key: str) -> list[Comparison]:
         mine = part.groupby("seed")["value"].mean().rename("tuned")
         theirs = probes[(probes.arm == arm) & (probes.dataset == dataset)].groupby("seed")["value"].mean()
         both = pd.concat([mine, theirs.rename("probe")], axis=1, join="inner")  # the seeds that have both
-        seeds = ", ".join(str(s) for s in both.index)
-        found.append(Comparison("finetune", f"{labels()[arm]} on {dataset} (seeds {seeds}): fine-tune "
+        seeds = ("seed " if len(both) == 1 else "seeds ") + ", ".join(str(s) for s in both.index)
+        found.append(Comparison("finetune", f"{labels()[arm]} on {dataset} ({seeds}): fine-tune "
                                             f"{both.tuned.mean():.2f} vs linear probe {both.probe.mean():.2f}",
                                 (both.tuned - both.probe).tolist()))
     return found

@@ -67,7 +67,7 @@ def test_fine_tuning_is_compared_with_the_probe_of_the_same_encoder_and_seed(iso
 
     tuned[tuned.seed == 0].to_csv(folder / "transfer.csv")  # fine-tuned at the first seed only
     check = {c.what.split(" (")[0]: c for c in findings.finetune_against_probe("mine")}["WSP on cifar100"]
-    assert check.what.endswith("(seeds 0): fine-tune 30.00 vs linear probe 25.00")  # seed 0's probe, not the mean
+    assert check.what.endswith("(seed 0): fine-tune 30.00 vs linear probe 25.00")  # seed 0's probe, not the mean
 
 
 def test_readme_findings_are_generated_from_the_committed_cpu_results(monkeypatch):
