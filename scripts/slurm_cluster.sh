@@ -20,6 +20,9 @@ HOST="$(hostname -s)"
 
 log() { echo "[slurm_cluster] $*" >&2; }
 
+# The machine's CPUs (not `nproc`, which OMP_NUM_THREADS lowers: a node of 1 CPU never runs a 2-task job).
+cpus() { getconf _NPROCESSORS_ONLN; }
+
 # Is the node up and schedulable (idle, mixed or allocated)?
 node_up() {
   if [[ ! -f "$CONF" ]] || ! command -v sinfo >/dev/null; then return 1; fi
@@ -87,7 +90,7 @@ ReturnToService=2
 SlurmdTimeout=30
 MinJobAge=300
 KillWait=5
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$(cpus) RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
   # Clients without SLURM_CONF (e.g. submitit's sbatch) read /etc/slurm/slurm.conf.
@@ -98,7 +101,7 @@ EOF
 }
 
 start() {
-  if node_up; then
+  if node_up && grep -q "CPUs=$(cpus) " "$CONF"; then
     log "already up"
     echo "export SLURM_CONF=$CONF"
     return
