@@ -2,6 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
+from studylib import data as data_module
 from studylib.data import MEAN, STD, Batches, ImageTransform, image_folder, load_dataset, synthetic
 from studylib.errors import DataError
 
@@ -22,6 +23,22 @@ def test_image_folder_reads_classes_and_splits(tmp_path):
     assert data.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert data.test_images.shape[0] == 6
     assert data.train_images[3, 0, 0, 0] == 40  # dog's red channel
+
+
+def test_an_image_folder_is_decoded_once_then_read_from_the_cache_until_an_image_changes(tmp_path, isolated_dirs):
+    folder = _folder(tmp_path / "pets")
+    first = data_module._image_folder_cached(folder)
+    (cache,) = (isolated_dirs / "runs" / ".cache").iterdir()
+    assert sorted(p.name for p in cache.iterdir()) == ["classes.json", "test_images.npy", "test_labels.npy",
+                                                      "train_images.npy", "train_labels.npy"]
+    cached = data_module._image_folder_cached(folder)
+    for part in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(first, part), getattr(cached, part))
+    assert cached.classes == first.classes == ["cat", "dog"]
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "train" / "dog" / "0.png")
+    changed = data_module._image_folder_cached(folder)
+    assert changed.train_images[3, :, 0, 0].tolist() == [1, 2, 3]
+    assert len(list((isolated_dirs / "runs" / ".cache").iterdir())) == 2
 
 
 def test_image_folder_errors_name_the_path(tmp_path):
