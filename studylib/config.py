@@ -71,8 +71,8 @@ def check_output_places(key: str) -> None:
                               "allowed: a writable folder")
 
 
-def _check(allowed: str, ok: typing.Callable[[Any], bool], **kwargs: Any) -> Any:
-    return field(metadata={"allowed": allowed, "ok": ok}, **kwargs)
+def _check(allowed: str, ok: typing.Callable[[Any], bool], extra: dict | None = None, **kwargs: Any) -> Any:
+    return field(metadata={"allowed": allowed, "ok": ok, **(extra or {})}, **kwargs)
 
 
 def _positive(**kwargs: Any) -> Any:
@@ -124,6 +124,9 @@ class DataConfig:
     # robustness's test images), the same for every seed of studies.seeds: a seed then varies training
     # only (init, order, masks, crops), and a difference paired by seed does not carry the data's draw too
     subset_seed: int = _at_least_zero(default=0)
+    # a pool of web shards (data.pretrain: a folder with shards.json): WSP's classes are its this many most
+    # frequent tags (part of a WSP run's identity there, and only there)
+    tag_vocabulary: int = _positive(default=1000)
 
 
 @dataclass(kw_only=True)
@@ -155,6 +158,15 @@ class TrainConfig:
     weight_decay: float = _at_least_zero(default=0.05)
     clip_grad: float = _at_least_zero(default=1.0)  # 0: no clipping
     compile: bool = field(default=False, metadata=SPEED_ONLY)  # torch.compile: +27% for B/16 on an H200
+    # memory: recompute each transformer block's activations in the backward pass instead of keeping them
+    activation_checkpointing: bool = field(default=False, metadata=SPEED_ONLY)
+    # in a job of several tasks: ddp (every rank holds the whole model and optimizer) or fsdp (FSDP2: weights,
+    # gradients and AdamW moments sharded over the ranks, each block's weights gathered while it computes)
+    sharding: str = _one_of(["ddp", "fsdp"], default="ddp", extra=SPEED_ONLY)
+    # checkpoint.pth also every this many steps and/or minutes inside an epoch (0: at epoch ends only), holding
+    # the data position and random state, so a resumed run goes on with exactly the batches it would have seen
+    checkpoint_every_steps: int = _at_least_zero(default=0, extra=SPEED_ONLY)
+    checkpoint_every_min: float = _at_least_zero(default=0.0, extra=SPEED_ONLY)
 
 
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -170,6 +182,9 @@ class ImageTrainConfig(TrainConfig):
     """A stage that trains on augmented images (not on cached features)."""
 
     crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.35)  # random-resized-crop area
+    # memory: each optimizer step sums the gradients of this many equal slices of its batch_size images
+    # (losses that are means over images: the same step as one batch, up to float rounding)
+    accumulation_steps: int = _positive(default=1, extra=SPEED_ONLY)
 
 
 @dataclass(kw_only=True)
@@ -486,6 +501,12 @@ def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
         if dim % heads:
             raise ConfigError(f"{_where(origins, key)}: {dim} does not split into {heads} heads; "
                               f"allowed: multiples of {heads_key} = {heads}")
+    for key, section in (("mae", exp.mae), ("wsp", exp.wsp), ("transfer.finetune", exp.transfer.finetune)):
+        per_step = section.batch_size // exp.launch.nodes // exp.launch.tasks_per_node
+        if per_step % section.accumulation_steps:
+            raise ConfigError(f"{_where(origins, key + '.accumulation_steps')}: {section.accumulation_steps} slices do "
+                              f"not split {key}.batch_size {section.batch_size} ({per_step} images per task); "
+                              f"allowed: divisors of {per_step}")
     for size in dict.fromkeys([exp.model, *exp.studies.model_sizes]):
         spec = VIT_SIZES[size]
         patches = (spec["img_size"] // spec["patch_size"]) ** 2

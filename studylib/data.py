@@ -82,6 +82,9 @@ def load_dataset(name: str, config: DataConfig | None = None) -> ImageDataset:
     if name == "synthetic":
         return synthetic(config.synthetic_train, config.synthetic_test)
     path = source(name)
+    if (path / "shards.json").is_file():
+        raise DataError(f"{path}: a folder of shards (shards.json), which MAE and WSP stream as data.pretrain; "
+                        "allowed here (probes, transfer, the explore study): a built-in dataset or an image folder")
     stat = path.stat()
     return _load(name, str(path), stat.st_mtime_ns, stat.st_size)
 

@@ -100,6 +100,15 @@ def agree(flag: bool) -> bool:
     return bool(box[0])
 
 
+def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag, true where it is true on any rank (one small all-reduce; `flags` itself for one process)."""
+    if not dist.is_initialized():
+        return flags
+    box = torch.tensor(flags, dtype=torch.int32, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in box.tolist()]
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -4,7 +4,9 @@ stepping through) and `slurm` (partition, GPUs, nodes, time, account and QoS fro
 
 A job runs a study or an arm of studylib.registry by name (`targets()`) on a preset and overrides,
 never notebook code. Preempted or timed-out jobs are requeued (at most `launch.max_requeues` times) and resume
-from their run's checkpoint, losing at most the epoch in progress.
+from their run's checkpoint: SLURM's warning signal makes the engine checkpoint the step in progress first
+(studylib.engine.catch_preemption), so a preemption loses no step; a kill without warning loses what came
+after the last checkpoint (every epoch, or every `checkpoint_every_steps` / `checkpoint_every_min`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ class StudyJob(submitit.helpers.Checkpointable):
         self.max_requeues = max_requeues
 
     def __call__(self, exp: Experiment) -> Any:
+        from studylib.engine import catch_preemption  # training first checkpoints the step it is in
+
         distributed.init()
+        catch_preemption()
         if self.target in STUDIES:
             return call(STUDIES[self.target].run, exp)
         return call(ARMS[self.target].pretrain, exp)

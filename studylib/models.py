@@ -44,9 +44,18 @@ def choose_attention(model: nn.Module, device: torch.device, training: bool = Tr
             module.fused_attn = device.type != "cpu" or not training
 
 
+def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s state dict with whole tensors: weights sharded by FSDP2 (DTensors) are gathered, which
+    every rank must do together; other models' state dicts are returned as they are."""
+    from torch.distributed.tensor import DTensor
+
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
+
+
 def encoder_state(model: VisionTransformer) -> dict[str, torch.Tensor]:
-    """A ViT's weights without its classification head: what one stage hands to the next."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    """A ViT's weights without its classification head: what one stage hands to the next (call it on
+    every rank: FSDP2's weights are gathered)."""
+    return {k: v for k, v in full_state(model).items() if not k.startswith("head.")}
 
 
 def load_encoder(model: VisionTransformer, state: dict[str, torch.Tensor]) -> None:

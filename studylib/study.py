@@ -26,7 +26,8 @@ from studylib.errors import ConfigError, DataError, RunFolderError
 from studylib.models import VIT_SIZES, count_flops, count_params, vit
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
 from studylib.runs import Run, atomic_write
-from studylib.stages import mae, pretrain_images, probe
+from studylib.shards import is_shard_folder
+from studylib.stages import mae, pretrain_count, pretrain_images, probe
 from studylib.transfer import transfer_suite
 from studylib.weak_labels import simulate
 
@@ -95,7 +96,7 @@ def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datase
     Every dataset the study reads (the pool, MAE's images, the probe datasets and `datasets`) is loaded
     first, so bad data stops it before anything trains."""
     for name in dict.fromkeys([exp.data.pretrain, exp.mae.data, *exp.data.probe, *datasets]):
-        if name != "pretrain":
+        if name != "pretrain" and not is_shard_folder(name):  # shards are streamed (their index is read)
             load_dataset(name, exp.data)
     check_sizes(exp)
     seeds = exp.studies.seeds[:1] if study in exp.studies.first_seed_only else exp.studies.seeds
@@ -110,8 +111,7 @@ def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datase
 def check_sizes(exp: Experiment) -> None:
     """What can be known before anything trains: every batch fits its images (a batch larger than the set
     would shrink while its lr stays scaled for the configured one), and every probe dataset has test images."""
-    pool = len(pretrain_images(exp).train_labels)
-    mae_images = len(pretrain_images(exp, *mae.images(exp)).train_labels)
+    pool, mae_images = pretrain_count(exp), pretrain_count(exp, *mae.images(exp))
     for key, batch, images, what in (("mae.batch_size", exp.mae.batch_size, mae_images, "MAE's images"),
                                      ("wsp.batch_size", exp.wsp.batch_size, pool, "the pool")):
         if batch > images:

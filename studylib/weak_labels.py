@@ -70,10 +70,11 @@ class Hashtags:
 
 
 def multi_hot(tags: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """(B, T) -1 padded tag indices -> (B, vocab_size) targets, each row summing to 1."""
+    """(B, T) -1 padded tag indices -> (B, vocab_size) targets, each row summing to 1 (or all 0 for an image
+    with no tag in the vocabulary, which then adds no loss)."""
     padded = torch.where(tags >= 0, tags, vocab_size)
     hot = torch.zeros(tags.shape[0], vocab_size + 1, device=tags.device).scatter_(1, padded, 1.0)[:, :vocab_size]
-    return hot / hot.sum(1, keepdim=True)
+    return hot / hot.sum(1, keepdim=True).clamp(min=1)
 
 
 def _zipf(n: int, exponent: float) -> np.ndarray:

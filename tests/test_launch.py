@@ -2,6 +2,7 @@
 (scripts/slurm_cluster.sh, started here when it is not up)."""
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -109,6 +110,26 @@ def test_requeued_job_resumes_without_repeating_epochs(slurm, tmp_path):
     assert resumed_at >= 2
     epoch_lines = [line.split(" epoch ")[1].split()[0] for line in log.splitlines() if "] epoch " in line]
     assert epoch_lines[-(8 - resumed_at):] == [f"{e}/8" for e in range(resumed_at + 1, 9)]
+
+
+def test_preemption_signal_inside_an_epoch_checkpoints_that_step_and_the_requeued_job_resumes_there(slurm, tmp_path):
+    """SLURM's warning signal (submitit's USR2) in the middle of an epoch: the engine finishes the step,
+    writes the checkpoint with its position, submitit requeues the job, and the job resumes at that step."""
+    overrides = ["wsp.epochs=2", "wsp.batch_size=4", "data.synthetic_train=2048"]  # 512 steps an epoch
+    job = submit("wsp", "smoke", _slurm(*overrides), folder=tmp_path / "jobs")
+    run = wsp.run_for(load_experiment("smoke", overrides))
+    deadline = time.monotonic() + 300
+    while not (run.path / "tensorboard").exists():  # training has begun
+        assert time.monotonic() < deadline and job.state not in ("FAILED", "COMPLETED"), job.state
+        time.sleep(0.2)
+    time.sleep(2)
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
+    ((finished,),) = watch([job], poll_s=1)
+    log = job.stdout()
+    assert "preempted (signal SIGUSR2): checkpoint written" in log, log[-2000:]
+    step = re.search(r"resuming after epoch (\d)/2, step (\d+)/512 of epoch", log)
+    assert step and 0 < int(step.group(2)) < 512, log[-2000:]
+    assert [m["epoch"] for m in finished.metrics()] == [1, 2] and finished.done
 
 
 def test_sweep_runs_as_a_job_array(slurm, tmp_path):

@@ -1,12 +1,14 @@
 """Web dataset shards: written in img2dataset's layout, streamed by ranks and DataLoader workers with every
 sample once per epoch (tests on this CPU with gloo and small generated shards)."""
 
+import io
 import json
 import os
 import tarfile
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -65,12 +67,14 @@ def test_two_ranks_of_two_workers_read_every_sample_once_per_epoch_in_equal_step
 def test_unequal_shards_drop_the_surplus_so_ranks_take_equal_steps(tmp_path):
     index = _shards(tmp_path, 72, 16)  # shards of 16, 16, 16, 16, 8: the ranks get 3 and 2 of them
     streams = [ShardStream(tmp_path, batch_size=8, size=32, workers=2, rank=r, world=2) for r in (0, 1)]
-    for epoch in (0, 1):
+    assert streams[0].steps() == (8 + 16) // 8  # the 2 smallest shards: what the rank with 2 holds at least
+    for epoch in (0, 1, 2, 3):
         held = [sum(s["samples"] for s in epoch_shards(index, 0, epoch, r, 2)) for r in (0, 1)]
+        assert min(held) >= 3 * 8
         batches = [list(s.epoch(epoch)) for s in streams]
-        assert len(batches[0]) == len(batches[1]) == min(held) // 8 < max(held) // 8
+        assert len(batches[0]) == len(batches[1]) == 3
         keys = [k for rank in batches for _, ks, _ in rank for k in ks]
-        assert len(keys) == len(set(keys)) == 2 * 8 * (min(held) // 8)  # the surplus dropped, nothing twice
+        assert len(keys) == len(set(keys)) == 2 * 8 * 3  # the surplus dropped, nothing twice
         images, _, tags = batches[0][0]
         assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8 and all(tags)
 
@@ -93,3 +97,72 @@ def test_the_shards_command_writes_the_pool_and_refuses_a_folder_in_use(tmp_path
     assert "512 samples in 6 shards" in capsys.readouterr().out
     assert main(["shards", "--preset", "smoke", "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def _damage(shard: Path, truncate: str, strip_meta: str) -> None:
+    """Rewrite `shard` with sample `truncate`'s JPEG cut to half and sample `strip_meta` without its .json."""
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            if member.name == f"{strip_meta}.json":
+                continue
+            if member.name == f"{truncate}.jpg":
+                data = data[: len(data) // 2]
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def test_a_truncated_jpeg_and_a_sample_without_metadata_are_skipped_and_counted(tmp_path):
+    index = _shards(tmp_path, 320, 16)  # 20 shards
+    _damage(tmp_path / index[3]["name"], truncate="000000050", strip_meta="000000051")
+    streams = [ShardStream(tmp_path, batch_size=8, size=32, seed=3, workers=2, rank=r, world=2, max_skipped=0.05)
+               for r in (0, 1)]
+    batches = [list(stream.epoch(0)) for stream in streams]
+    assert [len(b) for b in batches] == [20, 20]  # equal steps all the same
+    skipped = dict(streams[0].skipped + streams[1].skipped)
+    assert set(skipped) == {"000000050", "000000051"}
+    assert "truncated" in skipped["000000050"] and skipped["000000051"] == "no json"
+    assert streams[0].repeats + streams[1].repeats == 2  # the damaged rank's last batch filled up
+    keys = Counter(k for rank in batches for _, ks, _ in rank for k in ks)
+    assert set(keys) == {f"{i:09d}" for i in range(320)} - set(skipped)
+    assert sum(keys.values()) == 320 and sorted(keys.values())[-2:] == [2, 2]  # two repeats, the rest once
+    strict = ShardStream(tmp_path, batch_size=8, size=32, seed=3, rank=0, world=1, max_skipped=0.001)
+    with pytest.raises(DataError, match=r"[12] of rank 0's 320 samples in epoch 0 cannot be used \(first: "
+                                        r"00000005[01].*allowed: at most 0.1% \(max_skipped\)"):
+        list(strict.epoch(0))
+
+
+def test_mae_then_wsp_stream_a_shard_pool_and_wsp_learns_its_most_frequent_tags(tmp_path, isolated_dirs):
+    from studylib.cli import main
+    from studylib.data import load_dataset
+    from studylib.shards import vocabulary
+    from studylib.stages import mae, wsp
+
+    folder = tmp_path / "pool"
+    assert main(["shards", "--preset", "smoke", "--out", str(folder), "--per-shard", "64"]) == 0  # 8 shards
+    counts = Counter()
+    for shard in read_index(folder):
+        with tarfile.open(folder / shard["name"]) as tar:
+            metas = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
+        counts.update(t for meta in metas for t in meta["tags"])
+    expected = sorted(counts, key=lambda t: (-counts[t], t))[:12]
+    overrides = [f"data.pretrain={folder}", "data.tag_vocabulary=12", "mae.epochs=1", "wsp.epochs=2",
+                 "launch.cpus_per_task=3"]
+    exp = load_experiment("smoke", overrides)
+    mae_run = mae.pretrain(exp)
+    wsp_run = wsp.pretrain(exp, mae_run)
+    assert vocabulary(folder, 12) == expected  # read back from its cache
+    results = wsp_run.results()
+    assert results["vocab_size"] == 12 and results["skipped_samples"] == 0
+    assert results["images_seen"] == 2 * 512 and mae_run.results()["images_seen"] == 512  # 8 steps of 64 an epoch
+    assert wsp_run.identity["tag_vocabulary"] == 12 and wsp_run.identity["data"]["dataset"] == str(folder)
+    losses = [m["loss"] for m in wsp_run.metrics()]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    with pytest.raises(DataError, match="a folder of shards"):
+        load_dataset(str(folder))
+    study = [*overrides, "studies.arms=[mae_wsp]"]  # the README's command: the study reuses both runs, then probes
+    assert main(["study", "--preset", "smoke", *[arg for o in study for arg in ("--set", o)]]) == 0
+    key = load_experiment("smoke", study).results_key
+    table = pd.read_csv(isolated_dirs / "results" / key / "default.csv").query("metric == 'top1'")
+    assert set(table["run"].str.split("-").str[0]) == {"probe"} and (table["value"] > 10).all()  # 10 classes

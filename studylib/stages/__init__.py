@@ -5,16 +5,19 @@ declares the config sections that decide each one's result."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from studylib.config import Experiment
-from studylib.data import ImageDataset, fingerprint, load_dataset
+from studylib import distributed
+from studylib.config import Experiment, ImageTrainConfig
+from studylib.data import ImageDataset, ImageTransform, fingerprint, load_dataset
 from studylib.distributed import is_main
 from studylib.errors import RunFolderError
-from studylib.models import count_flops, encoder_state, load_encoder
+from studylib.models import VIT_SIZES, encoder_state, load_encoder
 from studylib.runs import Run
+from studylib.shards import ShardBatches, is_shard_folder, read_index
 
 
 def data_identity(exp: Experiment, dataset: str, fraction: float = 1.0) -> dict[str, Any]:
@@ -44,10 +47,39 @@ def pretrain_images(exp: Experiment, dataset: str | None = None, fraction: float
     return load_dataset(name, exp.data).subset(share, exp.data.subset_seed)
 
 
+def shard_pool(exp: Experiment) -> Path | None:
+    """The pool's folder of shards, where data.pretrain is one: streamed, never held in memory."""
+    return Path(exp.data.pretrain).expanduser() if is_shard_folder(exp.data.pretrain) else None
+
+
+def _shards_taken(exp: Experiment, fraction: float) -> int:
+    """How many of the pool's shards a stage reads: the first data.pretrain_fraction x fraction of them."""
+    shards = len(read_index(shard_pool(exp)))
+    return max(distributed.world_size(), round(shards * exp.data.pretrain_fraction * fraction))
+
+
+def pretrain_count(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> int:
+    """How many pretraining images (see _pretrain_source) there are, without reading a shard pool's images."""
+    if dataset is None and shard_pool(exp):
+        return sum(s["samples"] for s in read_index(shard_pool(exp))[: _shards_taken(exp, fraction)])
+    return len(pretrain_images(exp, dataset, fraction).train_labels)
+
+
+def pool_batches(exp: Experiment, config: ImageTrainConfig, device: torch.device, tags: list[str] | None = None,
+                 fraction: float = 1.0) -> ShardBatches:
+    """The shard pool's batches for a stage trained with `config` (see _shards_taken), read by DataLoader
+    workers on all but one of launch.cpus_per_task."""
+    folder, shards = shard_pool(exp), _shards_taken(exp, fraction)
+    transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], config.crop_min)
+    return ShardBatches(folder, config.batch_size, device, transform, tags,
+                        workers=max(1, exp.launch.cpus_per_task - 1), shards=shards)
+
+
 def save_encoder(run: Run, model: torch.nn.Module) -> None:
     """The encoder (a ViT without its head) that the next stage starts from: <run>/encoder.pth."""
+    state = encoder_state(model)  # on every rank: FSDP2's shards are gathered
     if is_main():
-        run.save("encoder.pth", encoder_state(model))
+        run.save("encoder.pth", state)
 
 
 def load_encoder_from(run: Run, model: torch.nn.Module) -> None:
@@ -62,6 +94,7 @@ def load_encoder_from(run: Run, model: torch.nn.Module) -> None:
                              f"{model.embed_dim}d x {len(model.blocks)} blocks: {str(err).splitlines()[0]}") from None
 
 
-def train_flops(model: torch.nn.Module, img_size: int, images_seen: int) -> float:
-    """Training FLOPs: 3x the forward FLOPs (forward + backward) per image seen."""
-    return 3.0 * count_flops(model, img_size) * images_seen
+def train_flops(forward: float, images_seen: int) -> float:
+    """Training FLOPs: 3x the forward FLOPs per image (forward + backward; models.count_flops, called before
+    training, as a model sharded by FSDP2 cannot be copied) per image seen."""
+    return 3.0 * forward * images_seen

@@ -22,7 +22,7 @@ from studylib.data import Batches, ImageTransform, load_dataset
 from studylib.distributed import device_and_dtype, is_main
 from studylib.engine import train
 from studylib.errors import RunFolderError
-from studylib.models import VIT_SIZES, vit
+from studylib.models import VIT_SIZES, full_state, vit
 from studylib.runs import Run, train_once
 from studylib.stages import data_identity, load_encoder_from
 from studylib.stages.probe import extract_features, fit_head, frozen_encoder
@@ -72,8 +72,9 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
         epochs = max(config.epochs, math.ceil(config.min_steps / len(batches)))
         summary = train(run, model, loss, batches, dataclasses.replace(config, epochs=epochs), device, dtype,
                         exp.seed)
+        state = full_state(model)  # on every rank: FSDP2's shards are gathered
         if is_main():
-            run.save("model.pth", model.state_dict())
+            run.save("model.pth", state)
         return {**summary, "top1": top1(model, data.test_images, data.test_labels, device, dtype),
                 "dataset": dataset, "encoder": encoder_run.name, "train_images": len(images),
                 "steps": epochs * len(batches)}

@@ -9,9 +9,16 @@ from studylib.config import Experiment
 from studylib.data import MEAN, STD, Batches, ImageTransform
 from studylib.distributed import device_and_dtype, is_main
 from studylib.engine import tensorboard_writer, train
-from studylib.models import MAE, VIT_SIZES, patchify
+from studylib.models import MAE, VIT_SIZES, count_flops, patchify
 from studylib.runs import Run, train_once
-from studylib.stages import pool_identity, pretrain_images, save_encoder, train_flops
+from studylib.stages import (
+    pool_batches,
+    pool_identity,
+    pretrain_images,
+    save_encoder,
+    shard_pool,
+    train_flops,
+)
 
 
 def build(exp: Experiment) -> MAE:
@@ -38,21 +45,26 @@ def pretrain(exp: Experiment) -> Run:
     run = run_for(exp)
 
     def work() -> dict:
-        data = pretrain_images(exp, *images(exp))
         device, dtype = device_and_dtype(exp)
+        img_size = VIT_SIZES[exp.model]["img_size"]
+        data = None  # a pool of shards is streamed
+        if shard_pool(exp) and exp.mae.data == "pretrain":
+            batches = pool_batches(exp, exp.mae, device, fraction=exp.mae.data_fraction)
+        else:
+            data = pretrain_images(exp, *images(exp))
+            batches = Batches(data.train_images, data.train_labels, exp.mae.batch_size, device,
+                              ImageTransform(img_size, exp.mae.crop_min), images_per_epoch=exp.mae.epoch_images)
         torch.manual_seed(exp.seed)
         model = build(exp)
-        img_size = VIT_SIZES[exp.model]["img_size"]
-        batches = Batches(data.train_images, data.train_labels, exp.mae.batch_size, device,
-                          ImageTransform(img_size, exp.mae.crop_min), images_per_epoch=exp.mae.epoch_images)
+        forward = count_flops(model, img_size)  # before training: FSDP2 shards the model in place
         summary = train(run, model, mae_loss, batches, exp.mae, device, dtype, exp.seed)
         save_encoder(run, model.encoder)
-        if is_main() and len(data.test_images):  # TensorBoard images: originals, what MAE saw, its reconstructions
+        if is_main() and data is not None and len(data.test_images):  # TensorBoard: originals, masked, reconstructed
             shown = reconstruct(model.cpu(), data.test_images[:8], exp)
             with tensorboard_writer(run) as writer:
                 writer.add_images("mae/original, masked, reconstruction", np.concatenate(list(shown.values())),
                                   summary["epochs"], dataformats="NHWC")
-        return {**summary, "train_flops": train_flops(model, img_size, summary["images_seen"])}
+        return {**summary, "train_flops": train_flops(forward, summary["images_seen"])}
 
     return train_once(run, work)
 

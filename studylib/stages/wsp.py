@@ -1,4 +1,5 @@
-"""Weakly-supervised pretraining on simulated hashtags, from random init or from an MAE encoder.
+"""Weakly-supervised pretraining on hashtags, from random init or from an MAE encoder: simulated ones on an
+in-memory pool, the images' own tags on a pool of shards (its data.tag_vocabulary most frequent tags).
 
 The head predicts the whole tag vocabulary; the loss is softmax cross-entropy against the image's
 multi-hot tags normalised to sum 1, as in the paper.
@@ -12,9 +13,18 @@ from studylib.config import Experiment
 from studylib.data import Batches, ImageTransform
 from studylib.distributed import device_and_dtype
 from studylib.engine import train
-from studylib.models import VIT_SIZES, vit
+from studylib.models import VIT_SIZES, count_flops, vit
 from studylib.runs import Run, train_once
-from studylib.stages import load_encoder_from, pool_identity, pretrain_images, save_encoder, train_flops
+from studylib.shards import vocabulary
+from studylib.stages import (
+    load_encoder_from,
+    pool_batches,
+    pool_identity,
+    pretrain_images,
+    save_encoder,
+    shard_pool,
+    train_flops,
+)
 from studylib.weak_labels import multi_hot, simulate
 
 
@@ -26,7 +36,10 @@ def wsp_loss(model: torch.nn.Module, images: torch.Tensor, tags: torch.Tensor) -
 
 def run_for(exp: Experiment, init: Run | None = None) -> Run:
     """The run folder of WSP under `exp` from `init` (an encoder run) or from scratch (None)."""
-    return Run(exp, "wsp", {"data": pool_identity(exp), "init": init.name if init else "scratch"})
+    identity = {"data": pool_identity(exp), "init": init.name if init else "scratch"}
+    if shard_pool(exp):  # real tags: the classes are the pool's most frequent ones
+        identity["tag_vocabulary"] = exp.data.tag_vocabulary
+    return Run(exp, "wsp", identity)
 
 
 def pretrain(exp: Experiment, init: Run | None = None) -> Run:
@@ -34,19 +47,26 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
     run = run_for(exp, init)
 
     def work() -> dict:
-        data = pretrain_images(exp)
-        hashtags = simulate(data, exp.tags)
         device, dtype = device_and_dtype(exp)
+        img_size = VIT_SIZES[exp.model]["img_size"]
+        if shard_pool(exp):
+            vocab = vocabulary(shard_pool(exp), exp.data.tag_vocabulary)
+            batches = pool_batches(exp, exp.wsp, device, vocab)
+        else:
+            data = pretrain_images(exp)
+            hashtags = simulate(data, exp.tags)
+            vocab = hashtags.vocab
+            batches = Batches(data.train_images, hashtags.tags, exp.wsp.batch_size, device,
+                              ImageTransform(img_size, exp.wsp.crop_min))
         torch.manual_seed(exp.seed)
-        model = vit(exp.model, num_classes=hashtags.vocab_size)
+        model = vit(exp.model, num_classes=len(vocab))
         if init is not None:
             load_encoder_from(init, model)
-        img_size = VIT_SIZES[exp.model]["img_size"]
-        batches = Batches(data.train_images, hashtags.tags, exp.wsp.batch_size, device,
-                          ImageTransform(img_size, exp.wsp.crop_min))
+        forward = count_flops(model, img_size)  # before training: FSDP2 shards the model in place
         summary = train(run, model, wsp_loss, batches, exp.wsp, device, dtype, exp.seed)
         save_encoder(run, model)
-        return {**summary, "init": run.identity["init"], "vocab_size": hashtags.vocab_size,
-                "train_flops": train_flops(model, img_size, summary["images_seen"])}
+        streamed = {"skipped_samples": len(batches.stream.skipped)} if shard_pool(exp) else {}  # in the last epoch
+        return {**summary, "init": run.identity["init"], "vocab_size": len(vocab), **streamed,
+                "train_flops": train_flops(forward, summary["images_seen"])}
 
     return train_once(run, work)
