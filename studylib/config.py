@@ -53,6 +53,13 @@ def runs_dir() -> Path:
     return _folder_from("STUDYLIB_RUNS", REPO_ROOT / "runs")
 
 
+def cache_dir() -> Path:
+    """Where derived data is kept to save time (decoded image folders, shard tag counts): $STUDYLIB_CACHE,
+    default $XDG_CACHE_HOME/studylib (~/.cache/studylib). Deleting it costs time, never results."""
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return _folder_from("STUDYLIB_CACHE", home / "studylib")
+
+
 def results_dir(key: str) -> Path:
     """Where study tables go: $STUDYLIB_RESULTS/<key>, default <repo>/results/<key>; the key is the
     preset, or the preset and the hash of its overrides (`results_key`)."""

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from studylib import distributed
-from studylib.config import DataConfig, data_dir, runs_dir
+from studylib.config import DataConfig, cache_dir, data_dir
 from studylib.errors import ConfigError, DataError, shown
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -303,13 +303,13 @@ def image_folder(root: Path) -> ImageDataset:
 
 def _image_folder_cached(root: Path) -> ImageDataset:
     """`image_folder(root)`, decoded once: later processes read the pixels from
-    $STUDYLIB_RUNS/.cache/image_folder-<key>.npy files (CIFAR-10's 60,000 JPEGs take 25 s to decode on 2
+    $STUDYLIB_CACHE/image_folder-<key>/*.npy (CIFAR-10's 60,000 JPEGs take 25 s to decode on 2
     cores, 0.2 s to read back). The key hashes the folder's path and every image's name, size and
     modification time, so a changed, added or removed image means a fresh decode."""
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     manifest = [str(root)] + [f"{p.relative_to(root)} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in files]
     key = hashlib.sha256("\n".join(manifest).encode()).hexdigest()[:16]
-    cache = runs_dir() / ".cache" / f"image_folder-{key}"
+    cache = cache_dir() / f"image_folder-{key}"
     parts = ("train_images", "train_labels", "test_images", "test_labels")
     try:
         arrays = {part: torch.from_numpy(np.load(cache / f"{part}.npy")) for part in parts}

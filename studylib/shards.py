@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from studylib import distributed
-from studylib.config import runs_dir
+from studylib.config import cache_dir
 from studylib.data import ImageDataset, ImageTransform, fingerprint
 from studylib.errors import DataError
 from studylib.weak_labels import Hashtags
@@ -78,8 +78,8 @@ def is_shard_folder(name: str) -> bool:
 
 def vocabulary(folder: Path, size: int) -> list[str]:
     """The `size` most frequent tags of the shards' metadata, ties broken by name, cached in
-    $STUDYLIB_RUNS/.cache under the folder's fingerprint (one pass over every shard's .json members)."""
-    cache = runs_dir() / ".cache" / f"vocabulary-{fingerprint(str(folder))}-{size}.json"
+    $STUDYLIB_CACHE under the folder's fingerprint (one pass over every shard's .json members)."""
+    cache = cache_dir() / f"vocabulary-{fingerprint(str(folder))}-{size}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     counts: Counter[str] = Counter()

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The session's own folders, for what runs outside a test function's fixtures: the notebooks under
 # nbval (their kernels inherit this environment) and the batch test that shares their runs.
 SESSION = Path(tempfile.mkdtemp(prefix="studylib-tests-"))
-for _name in ("RUNS", "RESULTS", "FIGURES"):
+for _name in ("RUNS", "RESULTS", "FIGURES", "CACHE"):
     os.environ[f"STUDYLIB_{_name}"] = str(SESSION / _name.lower())
 
 

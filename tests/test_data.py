@@ -25,10 +25,11 @@ def test_image_folder_reads_classes_and_splits(tmp_path):
     assert data.train_images[3, 0, 0, 0] == 40  # dog's red channel
 
 
-def test_an_image_folder_is_decoded_once_then_read_from_the_cache_until_an_image_changes(tmp_path, isolated_dirs):
+def test_an_image_folder_is_decoded_once_then_read_from_the_cache_until_an_image_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYLIB_CACHE", str(tmp_path / "cache"))
     folder = _folder(tmp_path / "pets")
     first = data_module._image_folder_cached(folder)
-    (cache,) = (isolated_dirs / "runs" / ".cache").iterdir()
+    (cache,) = (tmp_path / "cache").iterdir()
     assert sorted(p.name for p in cache.iterdir()) == ["classes.json", "test_images.npy", "test_labels.npy",
                                                       "train_images.npy", "train_labels.npy"]
     cached = data_module._image_folder_cached(folder)
@@ -38,7 +39,7 @@ def test_an_image_folder_is_decoded_once_then_read_from_the_cache_until_an_image
     Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "train" / "dog" / "0.png")
     changed = data_module._image_folder_cached(folder)
     assert changed.train_images[3, :, 0, 0].tolist() == [1, 2, 3]
-    assert len(list((isolated_dirs / "runs" / ".cache").iterdir())) == 2
+    assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
 def test_image_folder_errors_name_the_path(tmp_path):
