@@ -307,7 +307,10 @@ def _image_folder_cached(root: Path) -> ImageDataset:
     cores, 0.2 s to read back). The key hashes the folder's path and every image's name, size and
     modification time, so a changed, added or removed image means a fresh decode."""
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    manifest = [str(root)] + [f"{p.relative_to(root)} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in files]
+    manifest = [str(root)]
+    for path in files:
+        stat = path.stat()
+        manifest.append(f"{path.relative_to(root)} {stat.st_size} {stat.st_mtime_ns}")
     key = hashlib.sha256("\n".join(manifest).encode()).hexdigest()[:16]
     cache = cache_dir() / f"image_folder-{key}"
     parts = ("train_images", "train_labels", "test_images", "test_labels")

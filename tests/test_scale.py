@@ -14,17 +14,9 @@ from studylib.config import WSPConfig, load_experiment
 from studylib.engine import checkpoint_blocks, train_step
 from studylib.models import MAE, vit
 from studylib.runs import load_weights
-from studylib.stages import wsp
+from studylib.stages import mae, wsp
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _wsp_loss(model, images, tags):
-    return wsp.wsp_loss(model, images, tags)
-
-
-def _mae_loss(model, images, _labels):
-    return model(images)[0]
 
 
 def _model(kind: str) -> torch.nn.Module:
@@ -49,7 +41,7 @@ def test_four_slices_of_16_make_the_step_of_one_batch_of_64(kind):
         config = WSPConfig(accumulation_steps=slices)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         torch.manual_seed(2)  # the same MAE masks: drawn per slice, in the order of one batch's draw
-        loss = train_step(model, _wsp_loss if kind == "wsp" else _mae_loss, images, tags, optimizer, config, None)
+        loss = train_step(model, wsp.wsp_loss if kind == "wsp" else mae.mae_loss, images, tags, optimizer, config, None)
         grads[slices] = _grads(model)  # (the gradients AdamW gets; its first step is about lr x sign, which
         # turns float rounding in near-zero gradients into lr-sized differences, so weights are not compared)
         assert torch.isfinite(loss)
@@ -82,7 +74,7 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keys(kind):
 KILLABLE = """
 import hashlib, os, signal, sys
 from studylib.config import load_experiment
-from studylib.stages import wsp
+from studylib.stages import mae, wsp
 kill_at, real, calls = int(sys.argv[1]), wsp.wsp_loss, [0]
 def loss(model, images, tags):
     calls[0] += 1

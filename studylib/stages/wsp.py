@@ -49,8 +49,9 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
     def work() -> dict:
         device, dtype = device_and_dtype(exp)
         img_size = VIT_SIZES[exp.model]["img_size"]
-        if shard_pool(exp):
-            vocab = vocabulary(shard_pool(exp), exp.data.tag_vocabulary)
+        folder = shard_pool(exp)
+        if folder:
+            vocab = vocabulary(folder, exp.data.tag_vocabulary)
             batches = pool_batches(exp, exp.wsp, device, vocab)
         else:
             data = pretrain_images(exp)
@@ -65,7 +66,7 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
         forward = count_flops(model, img_size)  # before training: FSDP2 shards the model in place
         summary = train(run, model, wsp_loss, batches, exp.wsp, device, dtype, exp.seed)
         save_encoder(run, model)
-        streamed = {"skipped_samples": len(batches.stream.skipped)} if shard_pool(exp) else {}  # in the last epoch
+        streamed = {"skipped_samples": len(batches.stream.skipped)} if folder else {}  # in the last epoch
         return {**summary, "init": run.identity["init"], "vocab_size": len(vocab), **streamed,
                 "train_flops": train_flops(forward, summary["images_seen"])}
 
