@@ -131,7 +131,10 @@ class DataConfig:
     # robustness's test images), the same for every seed of studies.seeds: a seed then varies training
     # only (init, order, masks, crops), and a difference paired by seed does not carry the data's draw too
     subset_seed: int = _at_least_zero(default=0)
-    # a pool of web shards (data.pretrain: a folder with shards.json): WSP's classes are its this many most
+    # stream an image-folder pool (data.pretrain: root/train/<class>/<image>, any image sizes) from disk, decoded
+    # and cropped in DataLoader workers, instead of holding it in memory; a folder of shards always streams
+    stream: bool = _check("true or false", lambda v: isinstance(v, bool), default=False)
+    # a streamed pool (shards, or an image folder with data.stream): WSP's classes are its this many most
     # frequent tags (part of a WSP run's identity there, and only there)
     tag_vocabulary: int = _positive(default=1000)
 
@@ -514,6 +517,9 @@ def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
             raise ConfigError(f"{_where(origins, key + '.accumulation_steps')}: {section.accumulation_steps} slices do "
                               f"not split {key}.batch_size {section.batch_size} ({per_step} images per task); "
                               f"allowed: divisors of {per_step}")
+    if exp.data.stream and (exp.data.pretrain in BUILTIN_DATASETS or "+" in exp.data.pretrain):
+        raise ConfigError(f"{_where(origins, 'data.stream')}: data.pretrain {exp.data.pretrain} cannot be streamed; "
+                          "allowed: data.stream true with data.pretrain an image folder path, else false")
     for size in dict.fromkeys([exp.model, *exp.studies.model_sizes]):
         spec = VIT_SIZES[size]
         patches = (spec["img_size"] // spec["patch_size"]) ** 2

@@ -1,4 +1,5 @@
-"""Web-scale data as WebDataset tar shards in img2dataset's layout, written and streamed.
+"""Data too large for memory, streamed: WebDataset tar shards in img2dataset's layout (written here too), and
+image folders in ImageNet's layout.
 
 A shard folder holds `00000.tar`, `00001.tar`, ... and `shards.json` (each shard's name and sample count).
 Each sample is `<key>.jpg` (the image), `<key>.json` (`{"tags": [...], "label": int, "caption": str}`) and
@@ -9,9 +10,16 @@ runs here on CIFAR.
 A shard folder can be the pool that MAE and WSP stream (`data.pretrain: /path/to/shards`, `ShardBatches`): WSP's
 classes are then the pool's `data.tag_vocabulary` most frequent tags (`vocabulary`, counted once and cached).
 
+An image folder (`root/train/<class>/<image>`, or `root/<class>/<image>`; images of any size) streams the same way
+(`ImageFiles`): its file list, read once and cached in $STUDYLIB_CACHE (`file_index`), is cut in a fixed shuffle into
+units of 1,000 files that play the part of shards, each read in an order drawn per epoch; an image's one tag is its
+class name. With `data.stream: true`, such a folder is the pool that MAE and WSP stream.
+
 `ShardStream` reads a folder back, one rank's share of one epoch, in batches:
 - the shard list is shuffled by (seed, epoch), dealt round-robin to the ranks, and each rank's shards to
-  its DataLoader workers, which read and decode them (the `webdataset` library reads the tars);
+  its DataLoader workers, which read, decode and random-resized-crop them (`_decode`: the crop drawn from
+  (seed, epoch, sample key), so it does not depend on which worker reads the sample; JPEGs decoded at the
+  smallest DCT scale that still covers the crop); the `webdataset` library reads the tars;
 - every sample is read at most once per epoch, and exactly once except the drop: every rank takes the same
   number of steps in every epoch, the full batches that the floor(shards / ranks) smallest shards fill
   (what the rank dealt the fewest samples holds at least); the samples past them are dropped;
@@ -25,8 +33,11 @@ classes are then the pool's `data.tag_vocabulary` most frequent tags (`vocabular
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
+import math
 import os
 import random
 import tarfile
@@ -40,7 +51,7 @@ from PIL import Image
 
 from studylib import distributed
 from studylib.config import cache_dir
-from studylib.data import ImageDataset, ImageTransform, fingerprint
+from studylib.data import IMAGE_SUFFIXES, ImageDataset, ImageTransform, fingerprint
 from studylib.errors import DataError
 from studylib.weak_labels import Hashtags
 
@@ -77,8 +88,13 @@ def is_shard_folder(name: str) -> bool:
 
 
 def vocabulary(folder: Path, size: int) -> list[str]:
-    """The `size` most frequent tags of the shards' metadata, ties broken by name, cached in
-    $STUDYLIB_CACHE under the folder's fingerprint (one pass over every shard's .json members)."""
+    """The `size` most frequent tags of a streamed folder, ties broken by name: of the shards' metadata (one pass
+    over every shard's .json members, cached in $STUDYLIB_CACHE under the folder's fingerprint), or of an image
+    folder's file index (an image's tag is its class)."""
+    if not (folder / INDEX).is_file():
+        classes, files = file_index(folder)
+        counts = Counter(classes[label] for _, label in files)
+        return sorted(counts, key=lambda t: (-counts[t], t))[:size]
     cache = cache_dir() / f"vocabulary-{fingerprint(str(folder))}-{size}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -112,6 +128,84 @@ def read_index(folder: Path) -> list[dict]:
                         "`studylib shards` writes, {\"shards\": [{\"name\": ..., \"samples\": ...}, ...]}") from None
 
 
+class TarShards:
+    """A folder of tar shards, listed in its shards.json."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.units = folder, read_index(folder)
+
+    def read(self, units: list[dict], seed: int) -> Iterator[dict]:
+        """The samples of `units`, shard after shard, each in its written order."""
+        import webdataset as wds
+
+        urls = [str(self.folder / unit["name"]) for unit in units]
+        yield from wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+
+
+def file_index(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """The classes of an image folder and its training images (path relative to `root`, class), sorted;
+    cached in $STUDYLIB_CACHE under the folder's path and every class folder's modification time (which
+    an added, removed or renamed image changes), so a folder of a million images is listed once."""
+    train = root / "train" if (root / "train").is_dir() else root
+    try:
+        folders = sorted(d for d in train.iterdir() if d.is_dir())
+        key = [str(root)] + [f"{d.name} {d.stat().st_mtime_ns}" for d in folders]
+    except OSError as err:
+        raise DataError(f"image folder {train}: cannot list it ({err.strerror})") from None
+    if not folders:
+        raise DataError(f"image folder {root}: no class folders; expected {root}/train/<class>/<image> "
+                        f"or {root}/<class>/<image>")
+    cache = cache_dir() / f"file_index-{hashlib.sha256(chr(10).join(key).encode()).hexdigest()[:16]}.json"
+    if cache.is_file():
+        index = json.loads(cache.read_text())
+        return index["classes"], [tuple(f) for f in index["files"]]
+    files = []
+    for label, folder in enumerate(folders):
+        found = sorted(e.name for e in os.scandir(folder) if Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(f"{folder}: no images in this class folder ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                            "allowed: at least one image in every class folder")
+        files += [(str(folder.relative_to(root) / name), label) for name in found]
+    classes = [d.name for d in folders]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"classes": classes, "files": files}))
+    os.replace(tmp, cache)
+    return classes, files
+
+
+class ImageFiles:
+    """An image folder as units of `per_unit` files (the last may hold fewer) of its file index in a fixed
+    shuffle; a sample's key is its path in the folder, its one tag its class name."""
+
+    def __init__(self, root: Path, per_unit: int = 1000) -> None:
+        self.root = root
+        self.classes, files = file_index(root)
+        random.Random(0).shuffle(files)
+        self.units = [{"name": f"files{i // per_unit:05d}", "samples": len(files[i:i + per_unit]),
+                       "files": files[i:i + per_unit]} for i in range(0, len(files), per_unit)]
+
+    def fingerprint(self) -> str:
+        """What a run's identity holds of the folder: a hash of its path and file index (names, not bytes)."""
+        return hashlib.sha256(json.dumps([str(self.root), self.units]).encode()).hexdigest()[:16]
+
+    def read(self, units: list[dict], seed: int) -> Iterator[dict]:
+        """The samples of `units`, each unit's files in an order drawn from (seed, unit)."""
+        for unit in units:
+            files = list(unit["files"])
+            random.Random(f"{seed}:{unit['name']}").shuffle(files)
+            for path, label in files:
+                sample = {"__key__": path, "json": json.dumps({"tags": [self.classes[label]]})}
+                with contextlib.suppress(OSError):  # unreadable: skipped and counted as "no jpg"
+                    sample["jpg"] = (self.root / path).read_bytes()
+                yield sample
+
+
+def open_folder(folder: Path) -> TarShards | ImageFiles:
+    """A folder of shards (it holds shards.json), else an image folder."""
+    return TarShards(folder) if (folder / INDEX).is_file() else ImageFiles(folder)
+
+
 def epoch_shards(index: list[dict], seed: int, epoch: int, rank: int, world: int) -> list[dict]:
     """This rank's shards in an epoch: the list shuffled by (seed, epoch), dealt round-robin to the ranks."""
     order = list(index)
@@ -119,39 +213,57 @@ def epoch_shards(index: list[dict], seed: int, epoch: int, rank: int, world: int
     return order[rank::world]
 
 
-def _decode(sample: dict, size: int) -> tuple[torch.Tensor | None, str, list[str] | str]:
-    """(image, key, tags), or (None, key, why) for a sample that cannot be used."""
+def crop_box(width: int, height: int, crop_min: float | None, rng: random.Random) -> tuple[int, int, int, int]:
+    """A random resized crop's window (left, top, right, bottom): torchvision's rule, a share of the area in
+    [crop_min, 1] and an aspect ratio in [3/4, 4/3], ten tries, else the centre square; with crop_min None,
+    the centre square."""
+    for _ in range(10 if crop_min is not None else 0):
+        area = width * height * rng.uniform(crop_min, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w, h = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+            return left, top, left + w, top + h
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def _decode(sample: dict, size: int, crop_min: float | None = None,
+            seed: int = 0) -> tuple[torch.Tensor | None, str, list[str] | str]:
+    """(uint8 image (3, size, size), key, tags): the sample's image cropped by `crop_box` (drawn from
+    (seed, key)) and resized; or (None, key, why) for a sample that cannot be used."""
     key = sample.get("__key__", "?")
     try:
         meta = json.loads(sample["json"])
         tags = [str(t) for t in meta["tags"]]
         with Image.open(io.BytesIO(sample["jpg"])) as opened:
-            image = opened.convert("RGB")
+            width, height = opened.size
+            box = crop_box(width, height, crop_min, random.Random(f"{seed}:{key}"))
+            # JPEG: decode at 1/2, 1/4 or 1/8 scale where the crop still has `size` pixels a side
+            opened.draft("RGB", (width * size // (box[2] - box[0]), height * size // (box[3] - box[1])))
+            scale = opened.size[0] / width, opened.size[1] / height
+            box = (box[0] * scale[0], box[1] * scale[1], box[2] * scale[0], box[3] * scale[1])
+            image = opened.convert("RGB").resize((size, size), Image.BICUBIC, box=box)
     except KeyError as err:
         return None, key, f"no {err.args[0]}"
     except (OSError, ValueError, TypeError, SyntaxError) as err:  # PIL: truncated or not an image; json
         return None, key, f"{type(err).__name__}: {err}"[:200]
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), key, tags
 
 
 class _Samples(torch.utils.data.IterableDataset):
     """The decoded samples of some shards, each DataLoader worker reading its round-robin share of them."""
 
-    def __init__(self, urls: list[str], size: int) -> None:
-        self.urls, self.size = urls, size
+    def __init__(self, source: TarShards | ImageFiles, units: list[dict], size: int, crop_min: float | None,
+                 seed: int) -> None:
+        self.source, self.units, self.size, self.crop_min, self.seed = source, units, size, crop_min, seed
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor | None, str, list[str] | str]]:
-        import webdataset as wds
-
         worker = torch.utils.data.get_worker_info()
-        mine = self.urls[worker.id::worker.num_workers] if worker else self.urls
-        if not mine:
-            return
-        reader = wds.WebDataset(mine, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
-        for sample in reader:
-            yield _decode(sample, self.size)
+        mine = self.units[worker.id::worker.num_workers] if worker else self.units
+        for sample in self.source.read(mine, self.seed):
+            yield _decode(sample, self.size, self.crop_min, self.seed)
 
 
 def _collate(samples: list) -> tuple[list[torch.Tensor], list[str], list[list[str]], list[tuple[str, str]]]:
@@ -160,18 +272,21 @@ def _collate(samples: list) -> tuple[list[torch.Tensor], list[str], list[list[st
 
 
 class ShardStream:
-    """One rank's batches of a shard folder, epoch by epoch: (uint8 images (B, 3, size, size), keys, tags)."""
+    """One rank's batches of a shard folder or image folder, epoch by epoch: (uint8 images (B, 3, size, size),
+    keys, tags), random-resized-cropped where `crop_min` is set, else centre-cropped."""
 
     def __init__(self, folder: Path, batch_size: int, size: int, seed: int = 0, workers: int = 2,
                  rank: int | None = None, world: int | None = None, max_skipped: float = 0.01,
-                 shards: int = 0) -> None:
+                 shards: int = 0, crop_min: float | None = None) -> None:
         self.folder, self.batch_size, self.size, self.seed, self.workers = folder, batch_size, size, seed, workers
+        self.crop_min = crop_min
         self.rank = distributed.rank() if rank is None else rank  # default: this process's place in the job
         self.world = distributed.world_size() if world is None else world
         self.max_skipped = max_skipped
         self.skipped: list[tuple[str, str]] = []  # (key, why) of the last epoch's unusable samples
         self.repeats = 0  # samples repeated to fill the last epoch's steps
-        self.index = read_index(folder)[: shards or None]  # shards > 0: the first ones only
+        self.source = open_folder(folder)
+        self.index = self.source.units[: shards or None]  # shards > 0: the first ones only
         if len(self.index) < self.world:
             raise DataError(f"{folder}: {len(self.index)} shards for {self.world} ranks; allowed: at least one shard "
                             "a rank")
@@ -186,7 +301,8 @@ class ShardStream:
         """This rank's `steps()` batches of `epoch`."""
         mine = epoch_shards(self.index, self.seed, epoch, self.rank, self.world)
         listed = sum(s["samples"] for s in mine)
-        loader = torch.utils.data.DataLoader(_Samples([str(self.folder / s["name"]) for s in mine], self.size),
+        samples = _Samples(self.source, mine, self.size, self.crop_min, self.seed * 1_000_003 + epoch)
+        loader = torch.utils.data.DataLoader(samples,
                                              batch_size=self.batch_size, num_workers=min(self.workers, len(mine)),
                                              collate_fn=_collate)
         parts, images, keys, tags, first = iter(loader), [], [], [], []
@@ -197,7 +313,7 @@ class ShardStream:
                 more = next(parts, None)
                 if more is None and not self.skipped:
                     raise DataError(f"{self.folder}: rank {self.rank} read fewer samples in epoch {epoch} than "
-                                    f"{INDEX} lists for its shards; allowed: shards that hold what the index says")
+                                    "its shards are listed with; allowed: shards that hold what shards.json says")
                 if more is None:  # short by the skipped samples: repeat the epoch's first ones
                     image, key, tag = first[self.repeats % len(first)]
                     more, self.repeats = ([image], [key], [tag], []), self.repeats + 1
@@ -214,17 +330,19 @@ class ShardStream:
 
 
 class ShardBatches:
-    """A shard folder as the engine's batches (like studylib.data.Batches): one epoch per iteration, each
-    rank `batch_size / ranks` images a step, random-resized-cropped, flipped and normalised on `device`.
-    The epoch's shard order is drawn from torch's global generator, which the engine seeds per epoch, so
-    a resumed run redraws it. Targets: the tags' indices in `tags` (-1 padded; a tag outside it is
-    dropped), or zeros without `tags` (MAE)."""
+    """A streamed folder as the engine's batches (like studylib.data.Batches): one epoch per iteration, each
+    rank `batch_size / ranks` images a step, random-resized-cropped in the DataLoader workers (crop_min set),
+    then flipped and normalised on `device`. The epoch's seed (shard order, crops) and the flips are drawn
+    from torch's global generator, which the engine seeds per epoch, so a resumed run redraws them.
+    Targets: the tags' indices in `tags` (-1 padded; a tag outside it is dropped), or zeros without `tags`
+    (MAE)."""
 
-    def __init__(self, folder: Path, batch_size: int, device: torch.device, transform: ImageTransform,
+    def __init__(self, folder: Path, batch_size: int, device: torch.device, image_size: int, crop_min: float | None,
                  tags: list[str] | None = None, workers: int = 1, shards: int = 0) -> None:
         world = distributed.world_size()
-        self.stream = ShardStream(folder, batch_size // world, transform.image_size, workers=workers, shards=shards)
-        self.device, self.transform = device, transform
+        self.stream = ShardStream(folder, batch_size // world, image_size, workers=workers, shards=shards,
+                                  crop_min=crop_min)
+        self.device, self.normalise, self.flip = device, ImageTransform(image_size), crop_min is not None
         self.ids = {tag: i for i, tag in enumerate(tags or [])}
 
     def __len__(self) -> int:
@@ -237,4 +355,8 @@ class ShardBatches:
             targets = torch.full((len(ids), max(1, *map(len, ids))), -1, dtype=torch.long)
             for row, found in enumerate(ids):
                 targets[row, : len(found)] = torch.tensor(found, dtype=torch.long)
-            yield self.transform(images.to(self.device)), targets.to(self.device)
+            images = images.to(self.device)
+            if self.flip:
+                flipped = torch.rand(len(images), 1, 1, 1, device=self.device) < 0.5
+                images = torch.where(flipped, images.flip(-1), images)
+            yield self.normalise(images), targets.to(self.device)

@@ -68,6 +68,8 @@ CONFIG = [
     Case("config", "decoder dim that does not split", _study("mae.decoder_dim=30"), ["mae.decoder_dim", "heads"]),
     Case("config", "text heads that do not divide", _study("transfer.zeroshot.text_heads=5"),
          ["transfer.zeroshot.text_heads", "divisors"]),
+    Case("config", "streaming a built-in dataset", _study("data.stream=true"),
+         ["override data.stream", "cannot be streamed", "image folder path"]),
     Case("config", "deep unknown key", _study("a.b.c.d=1"), ["override a.b.c.d", "unknown key 'a'"], cli=True),
     Case("config", "unknown key in a section", _study("mae.b.c=1"), ["override mae.b.c", "unknown key 'b'"]),
     Case("config", "value for a section", _study("transfer=1"), ["transfer", "expected a mapping"]),

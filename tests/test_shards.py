@@ -1,9 +1,11 @@
-"""Web dataset shards: written in img2dataset's layout, streamed by ranks and DataLoader workers with every
-sample once per epoch (tests on this CPU with gloo and small generated shards)."""
+"""Streamed data: web dataset shards written in img2dataset's layout and image folders in ImageNet's layout, read by
+ranks and DataLoader workers with every sample once per epoch (tests on this CPU with gloo and small generated
+shards and folders)."""
 
 import io
 import json
 import os
+import random
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -13,11 +15,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from PIL import Image
 
+from studylib import shards
 from studylib.config import load_experiment
 from studylib.data import synthetic
 from studylib.errors import DataError
-from studylib.shards import ShardStream, epoch_shards, read_index, write_shards
+from studylib.shards import ImageFiles, ShardStream, crop_box, epoch_shards, file_index, read_index, write_shards
 from studylib.weak_labels import simulate
 
 
@@ -166,3 +170,84 @@ def test_mae_then_wsp_stream_a_shard_pool_and_wsp_learns_its_most_frequent_tags(
     key = load_experiment("smoke", study).results_key
     table = pd.read_csv(isolated_dirs / "results" / key / "default.csv").query("metric == 'top1'")
     assert set(table["run"].str.split("-").str[0]) == {"probe"} and (table["value"] > 10).all()  # 10 classes
+
+
+def _imagenet_layout(root: Path, per_class: int = 24) -> None:
+    """root/train/<class>/<image>.JPEG, four classes, images of three sizes (none of them the model's)."""
+    data = synthetic(4 * per_class, 8, num_classes=4, size=48)
+    sizes = [(64, 48), (48, 64), (50, 50)]
+    for i, (image, label) in enumerate(zip(data.train_images, data.train_labels, strict=True)):
+        folder = root / "train" / f"n0{int(label)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = Image.fromarray(image.permute(1, 2, 0).numpy()).resize(sizes[i % 3])
+        pixels.save(folder / f"img{i:04d}.JPEG", quality=90)
+
+
+def test_an_image_folder_streams_every_image_once_per_epoch_cropped_in_workers_from_its_own_size(tmp_path,
+                                                                                                  monkeypatch):
+    _imagenet_layout(tmp_path)
+    (tmp_path / "train" / "n00" / "img0000.JPEG").write_bytes(b"\xff\xd8 not a jpeg")  # skipped and counted
+    source = ImageFiles(tmp_path, per_unit=8)
+    assert [u["samples"] for u in source.units] == [8] * 12 and source.classes == ["n00", "n01", "n02", "n03"]
+    monkeypatch.setattr(shards, "ImageFiles", lambda root: ImageFiles(root, per_unit=8))
+    streams = [ShardStream(tmp_path, batch_size=8, size=32, seed=5, workers=2, rank=r, world=2, crop_min=0.3,
+                           max_skipped=0.05) for r in (0, 1)]
+    for epoch in (0, 1):
+        batches = [list(stream.epoch(epoch)) for stream in streams]
+        assert [len(b) for b in batches] == [6, 6]  # 48 images a rank
+        keys = Counter(k for rank in batches for _, ks, _ in rank for k in ks)
+        assert set(keys) == {f[0] for f in file_index(tmp_path)[1]} - {"train/n00/img0000.JPEG"}
+        assert sum(keys.values()) == 96 and max(keys.values()) == 2  # one repeat fills the damaged rank's last batch
+        assert [k for s in streams for k, _ in s.skipped] == ["train/n00/img0000.JPEG"]
+        images, found, tags = batches[0][0]
+        assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
+        assert all(tag == [key.split("/")[1]] for key, tag in zip(found, tags, strict=True))  # the class is the tag
+    # a crop is drawn from (seed, epoch, key): the same whichever worker reads the image, another the next epoch
+    one_worker = ShardStream(tmp_path, batch_size=8, size=32, seed=5, workers=1, rank=0, world=2, crop_min=0.3,
+                             max_skipped=0.05)
+    crops = {k: img for images, ks, _ in streams[0].epoch(0) for k, img in zip(ks, images, strict=True)}
+    again = {k: img for images, ks, _ in one_worker.epoch(0) for k, img in zip(ks, images, strict=True)}
+    later = {k: img for images, ks, _ in one_worker.epoch(2) for k, img in zip(ks, images, strict=True)}
+    assert crops.keys() == again.keys() and all(torch.equal(crops[k], again[k]) for k in crops)
+    assert not all(torch.equal(crops[k], later[k]) for k in crops.keys() & later.keys())
+
+
+def test_the_file_index_is_listed_once_then_read_from_the_cache_until_a_class_folder_changes(tmp_path, monkeypatch):
+    _imagenet_layout(tmp_path, per_class=3)
+    classes, files = file_index(tmp_path)
+    assert len(files) == 12 and files == sorted(files) and {label for _, label in files} == {0, 1, 2, 3}
+    with monkeypatch.context() as patched:
+        patched.setattr(shards.os, "scandir", lambda _: pytest.fail("listed again"))
+        assert file_index(tmp_path) == (classes, files)
+    name, label = files[0]
+    (tmp_path / name).rename(tmp_path / Path(name).parent / "moved.JPEG")
+    assert (str(Path(name).parent / "moved.JPEG"), label) in file_index(tmp_path)[1]
+
+
+def test_random_resized_crops_stay_inside_the_image_and_cover_the_asked_share():
+    rng = random.Random(0)
+    for width, height in ((500, 375), (64, 48), (32, 32)):
+        for _ in range(200):
+            left, top, right, bottom = crop_box(width, height, 0.2, rng)
+            assert 0 <= left < right <= width and 0 <= top < bottom <= height
+            share = (right - left) * (bottom - top) / (width * height)
+            assert 0.18 < share <= 1.0
+    assert crop_box(500, 375, None, rng) == (62, 0, 437, 375)  # no crop_min: the centre square
+
+
+def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(tmp_path, isolated_dirs, monkeypatch):
+    from studylib.stages import mae, wsp
+
+    _imagenet_layout(tmp_path / "imagenet", per_class=32)
+    monkeypatch.setattr(shards, "ImageFiles", lambda root: ImageFiles(root, per_unit=16))
+    overrides = [f"data.pretrain={tmp_path / 'imagenet'}", "data.stream=true", "mae.epochs=1", "wsp.epochs=2",
+                 "launch.cpus_per_task=3"]
+    exp = load_experiment("smoke", overrides)
+    wsp_run = wsp.pretrain(exp, mae.pretrain(exp))
+    results = wsp_run.results()
+    assert results["vocab_size"] == 4 and results["images_seen"] == 2 * 128 and results["skipped_samples"] == 0
+    assert wsp_run.identity["data"]["stream"] is True
+    losses = [m["loss"] for m in wsp_run.metrics()]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    in_memory = load_experiment("smoke", overrides[:1] + overrides[2:])  # the same folder held in memory: another run
+    assert wsp.run_for(in_memory, None).hash != wsp.run_for(exp, None).hash

@@ -12,12 +12,12 @@ import torch
 
 from studylib import distributed
 from studylib.config import Experiment, ImageTrainConfig
-from studylib.data import ImageDataset, ImageTransform, fingerprint, load_dataset
+from studylib.data import ImageDataset, fingerprint, load_dataset
 from studylib.distributed import is_main
 from studylib.errors import RunFolderError
 from studylib.models import VIT_SIZES, encoder_state, load_encoder
 from studylib.runs import Run
-from studylib.shards import ShardBatches, is_shard_folder, read_index
+from studylib.shards import ImageFiles, ShardBatches, is_shard_folder, open_folder
 
 
 def data_identity(exp: Experiment, dataset: str, fraction: float = 1.0) -> dict[str, Any]:
@@ -36,7 +36,12 @@ def _pretrain_source(exp: Experiment, dataset: str | None, fraction: float) -> t
 
 
 def pool_identity(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> dict[str, Any]:
-    """What a run's identity holds of its pretraining images (see _pretrain_source)."""
+    """What a run's identity holds of its pretraining images (see _pretrain_source); a streamed image folder is
+    known by its file index (names, not bytes: a million files are not read to name a run)."""
+    if dataset is None and exp.data.stream:
+        folder = ImageFiles(Path(exp.data.pretrain).expanduser())
+        return {"dataset": exp.data.pretrain, "fingerprint": folder.fingerprint(), "stream": True,
+                "fraction": exp.data.pretrain_fraction * fraction, "subset_seed": exp.data.subset_seed}
     return data_identity(exp, *_pretrain_source(exp, dataset, fraction))
 
 
@@ -47,32 +52,34 @@ def pretrain_images(exp: Experiment, dataset: str | None = None, fraction: float
     return load_dataset(name, exp.data).subset(share, exp.data.subset_seed)
 
 
-def shard_pool(exp: Experiment) -> Path | None:
-    """The pool's folder of shards, where data.pretrain is one: streamed, never held in memory."""
-    return Path(exp.data.pretrain).expanduser() if is_shard_folder(exp.data.pretrain) else None
+def streamed_pool(exp: Experiment) -> Path | None:
+    """The pool's folder where it is streamed, never held in memory: a folder of shards, or an image folder
+    with data.stream."""
+    streamed = exp.data.stream or is_shard_folder(exp.data.pretrain)
+    return Path(exp.data.pretrain).expanduser() if streamed else None
 
 
-def _shards_taken(exp: Experiment, fraction: float) -> int:
-    """How many of the pool's shards a stage reads: the first data.pretrain_fraction x fraction of them."""
-    shards = len(read_index(shard_pool(exp)))
-    return max(distributed.world_size(), round(shards * exp.data.pretrain_fraction * fraction))
+def _units_taken(exp: Experiment, fraction: float) -> list[dict]:
+    """The streamed pool's shards (or units of files) that a stage reads: the first data.pretrain_fraction x
+    fraction of them."""
+    units = open_folder(streamed_pool(exp)).units
+    return units[: max(distributed.world_size(), round(len(units) * exp.data.pretrain_fraction * fraction))]
 
 
 def pretrain_count(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> int:
     """How many pretraining images (see _pretrain_source) there are, without reading a shard pool's images."""
-    if dataset is None and shard_pool(exp):
-        return sum(s["samples"] for s in read_index(shard_pool(exp))[: _shards_taken(exp, fraction)])
+    if dataset is None and streamed_pool(exp):
+        return sum(unit["samples"] for unit in _units_taken(exp, fraction))
     return len(pretrain_images(exp, dataset, fraction).train_labels)
 
 
 def pool_batches(exp: Experiment, config: ImageTrainConfig, device: torch.device, tags: list[str] | None = None,
                  fraction: float = 1.0) -> ShardBatches:
-    """The shard pool's batches for a stage trained with `config` (see _shards_taken), read by DataLoader
+    """The streamed pool's batches for a stage trained with `config` (see _units_taken), read by DataLoader
     workers on all but one of launch.cpus_per_task."""
-    folder, shards = shard_pool(exp), _shards_taken(exp, fraction)
-    transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], config.crop_min)
-    return ShardBatches(folder, config.batch_size, device, transform, tags,
-                        workers=max(1, exp.launch.cpus_per_task - 1), shards=shards)
+    return ShardBatches(streamed_pool(exp), config.batch_size, device, VIT_SIZES[exp.model]["img_size"],
+                        config.crop_min, tags, workers=max(1, exp.launch.cpus_per_task - 1),
+                        shards=len(_units_taken(exp, fraction)))
 
 
 def save_encoder(run: Run, model: torch.nn.Module) -> None:

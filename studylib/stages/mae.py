@@ -16,7 +16,7 @@ from studylib.stages import (
     pool_identity,
     pretrain_images,
     save_encoder,
-    shard_pool,
+    streamed_pool,
     train_flops,
 )
 
@@ -48,7 +48,7 @@ def pretrain(exp: Experiment) -> Run:
         device, dtype = device_and_dtype(exp)
         img_size = VIT_SIZES[exp.model]["img_size"]
         data = None  # a pool of shards is streamed
-        if shard_pool(exp) and exp.mae.data == "pretrain":
+        if streamed_pool(exp) and exp.mae.data == "pretrain":
             batches = pool_batches(exp, exp.mae, device, fraction=exp.mae.data_fraction)
         else:
             data = pretrain_images(exp, *images(exp))

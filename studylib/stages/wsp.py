@@ -1,5 +1,6 @@
 """Weakly-supervised pretraining on hashtags, from random init or from an MAE encoder: simulated ones on an
-in-memory pool, the images' own tags on a pool of shards (its data.tag_vocabulary most frequent tags).
+in-memory pool, the images' own tags on a streamed pool (its data.tag_vocabulary most frequent tags; an image
+folder's tag is the image's class).
 
 The head predicts the whole tag vocabulary; the loss is softmax cross-entropy against the image's
 multi-hot tags normalised to sum 1, as in the paper.
@@ -22,7 +23,7 @@ from studylib.stages import (
     pool_identity,
     pretrain_images,
     save_encoder,
-    shard_pool,
+    streamed_pool,
     train_flops,
 )
 from studylib.weak_labels import multi_hot, simulate
@@ -37,7 +38,7 @@ def wsp_loss(model: torch.nn.Module, images: torch.Tensor, tags: torch.Tensor) -
 def run_for(exp: Experiment, init: Run | None = None) -> Run:
     """The run folder of WSP under `exp` from `init` (an encoder run) or from scratch (None)."""
     identity = {"data": pool_identity(exp), "init": init.name if init else "scratch"}
-    if shard_pool(exp):  # real tags: the classes are the pool's most frequent ones
+    if streamed_pool(exp):  # real tags: the classes are the pool's most frequent ones
         identity["tag_vocabulary"] = exp.data.tag_vocabulary
     return Run(exp, "wsp", identity)
 
@@ -49,7 +50,7 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
     def work() -> dict:
         device, dtype = device_and_dtype(exp)
         img_size = VIT_SIZES[exp.model]["img_size"]
-        folder = shard_pool(exp)
+        folder = streamed_pool(exp)
         if folder:
             vocab = vocabulary(folder, exp.data.tag_vocabulary)
             batches = pool_batches(exp, exp.wsp, device, vocab)
