@@ -112,3 +112,13 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def gather_rows(part: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Every rank's `part` (its first counts[rank] rows; all parts the same shape), concatenated in rank
+    order, on every rank; `part` itself for one process."""
+    if not dist.is_initialized():
+        return part[: counts[0]]
+    parts = [torch.empty_like(part) for _ in counts]
+    dist.all_gather(parts, part.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)])

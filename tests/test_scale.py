@@ -174,3 +174,37 @@ def test_fsdp2_matches_ddp_and_resumes_from_its_whole_tensor_checkpoint(tmp_path
     assert len(checkpoint["history"]) == 1 and all(type(v) is torch.Tensor for v in checkpoint["model"].values())
     resumed = _two_ranks(tmp_path / "crashed", "fsdp", 29644)
     assert max((resumed[k] - fsdp[k]).abs().max().item() for k in fsdp) < 1e-6
+
+
+def _features_on_rank(rank: int, out: str, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from studylib import distributed
+    from studylib.data import synthetic
+    from studylib.stages.probe import extract_features
+
+    distributed.init()
+    torch.manual_seed(0)
+    calls = []
+    encoder = vit("micro")
+    encoder.register_forward_hook(lambda _module, inputs, _out: calls.append(len(inputs[0])))
+    features = extract_features(encoder, synthetic(13, 1).train_images, torch.device("cpu"), None, batch_size=4)
+    torch.save({"features": features, "calls": calls}, Path(out) / f"{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_extract_each_their_half_of_the_features_and_both_receive_all_in_order(tmp_path):
+    import torch.multiprocessing as mp
+
+    from studylib.data import synthetic
+    from studylib.stages.probe import extract_features
+
+    mp.start_processes(_features_on_rank, args=(str(tmp_path), 29651), nprocs=2, join=True, start_method="spawn")
+    torch.manual_seed(0)
+    alone = extract_features(vit("micro"), synthetic(13, 1).train_images, torch.device("cpu"), None, batch_size=4)
+    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1)]
+    for rank in ranks:
+        assert rank["features"].shape == alone.shape == (13, 128)  # micro: 128 wide
+        torch.testing.assert_close(rank["features"], alone, atol=1e-5, rtol=1e-5)
+        assert rank["calls"] == [4, 3]  # 7 of the 13 images each (the second rank's last one a pad)
