@@ -235,8 +235,9 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
 
     `batches` must draw each epoch's order when its iteration starts and all other randomness per batch
     from torch's global generator (as studylib.data.Batches does): that is what makes a resume inside
-    an epoch exact. In a job of several tasks, the model is wrapped in DistributedDataParallel, each
-    rank trains on its share of every batch, and only rank 0 writes."""
+    an epoch exact. Batches with a `start_step` (streamed ones) start the resumed epoch at that step
+    themselves; others are passed over up to it. In a job of several tasks, the model is wrapped in
+    DistributedDataParallel, each rank trains on its share of every batch, and only rank 0 writes."""
     main = distributed.is_main()
     if main:
         check_free_disk(run, model)
@@ -278,11 +279,13 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
             loss_sum = torch.zeros((), device=device)
             first_bad_step = torch.full((), -1, device=device)  # tracked on the device: no sync per step
             images, seconds_before, skip = 0, 0.0, 0
+            if position is not None and hasattr(batches, "start_step"):  # a stream starts there itself
+                batches.start_step = position["step"]
             epoch_batches = iter(batches)  # draws the epoch's order, from the epoch's seed
             if position is not None:
                 skip, images, seconds_before = position["step"], position["images"], position["seconds"]
-                for _ in range(skip):  # already trained: passed over, then the random state as it was after them
-                    next(epoch_batches)
+                for _ in range(0 if hasattr(batches, "start_step") else skip):  # already trained: passed over,
+                    next(epoch_batches)  # then the random state as it was after them
                 torch.set_rng_state(position["rng"].cpu())
                 if device.type == "cuda":
                     torch.cuda.set_rng_state(position["cuda_rng"].cpu(), device)

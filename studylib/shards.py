@@ -24,11 +24,13 @@ class name. With `data.stream: true`, such a folder is the pool that MAE and WSP
   number of steps in every epoch, the full batches that the floor(shards / ranks) smallest shards fill
   (what the rank dealt the fewest samples holds at least); the samples past them are dropped;
 - the order is a function of (seed, epoch, rank) only, not of timing: the DataLoader takes its workers'
-  batches in turn, and batches are re-cut to `batch_size` in the main process;
+  batches in turn, and batches are re-cut to `batch_size` in the main process; so a resumed epoch can start at
+  any step without decoding what comes before it (`epoch(e, start)`: the shards before it are not opened);
 - a sample that cannot be used (an image that does not decode, a truncated JPEG, metadata missing or not
-  JSON) is skipped and counted in `skipped`; the rank's last batch is then filled up with repeats of its
-  epoch's first samples (counted in `repeats`), so ranks still take equal steps without talking to each
-  other. More than `max_skipped` of a rank's samples skipped in an epoch stops it with a DataError.
+  JSON) is skipped and counted in `skipped`, its place in the batch taken by a usable sample of the same batch
+  (counted in `repeats`), so ranks take equal steps without talking to each other and a step's samples do not
+  depend on earlier bad ones. More than `max_skipped` of a rank's samples skipped in an epoch (of those read
+  since the epoch started or resumed) stops it with a DataError.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -134,12 +137,17 @@ class TarShards:
     def __init__(self, folder: Path) -> None:
         self.folder, self.units = folder, read_index(folder)
 
-    def read(self, units: list[dict], seed: int) -> Iterator[dict]:
-        """The samples of `units`, shard after shard, each in its written order."""
+    def read(self, units: list[dict], seed: int, skip: int = 0) -> Iterator[dict]:
+        """The samples of `units`, shard after shard, each in its written order, less the first `skip` (whole
+        shards among them not opened)."""
         import webdataset as wds
 
+        while units and skip >= units[0]["samples"]:
+            skip, units = skip - units[0]["samples"], units[1:]
         urls = [str(self.folder / unit["name"]) for unit in units]
-        yield from wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+        if urls:
+            reader = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+            yield from itertools.islice(reader, skip, None)
 
 
 def file_index(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -189,16 +197,18 @@ class ImageFiles:
         """What a run's identity holds of the folder: a hash of its path and file index (names, not bytes)."""
         return hashlib.sha256(json.dumps([str(self.root), self.units]).encode()).hexdigest()[:16]
 
-    def read(self, units: list[dict], seed: int) -> Iterator[dict]:
-        """The samples of `units`, each unit's files in an order drawn from (seed, unit)."""
+    def read(self, units: list[dict], seed: int, skip: int = 0) -> Iterator[dict]:
+        """The samples of `units`, each unit's files in an order drawn from (seed, unit), less the first `skip`
+        (not read)."""
         for unit in units:
             files = list(unit["files"])
             random.Random(f"{seed}:{unit['name']}").shuffle(files)
-            for path, label in files:
+            for path, label in files[skip:]:
                 sample = {"__key__": path, "json": json.dumps({"tags": [self.classes[label]]})}
                 with contextlib.suppress(OSError):  # unreadable: skipped and counted as "no jpg"
                     sample["jpg"] = (self.root / path).read_bytes()
                 yield sample
+            skip = max(0, skip - len(files))
 
 
 def open_folder(folder: Path) -> TarShards | ImageFiles:
@@ -253,22 +263,37 @@ def _decode(sample: dict, size: int, crop_min: float | None = None,
 
 
 class _Samples(torch.utils.data.IterableDataset):
-    """The decoded samples of some shards, each DataLoader worker reading its round-robin share of them."""
+    """The decoded samples of a rank's lanes (a lane: the shards one DataLoader worker reads), the lanes rotated
+    to start at lane `first`, and the first `skips[lane]` samples of each lane passed over undecoded."""
 
-    def __init__(self, source: TarShards | ImageFiles, units: list[dict], size: int, crop_min: float | None,
-                 seed: int) -> None:
-        self.source, self.units, self.size, self.crop_min, self.seed = source, units, size, crop_min, seed
+    def __init__(self, source: TarShards | ImageFiles, lanes: list[list[dict]], skips: list[int], first: int,
+                 size: int, crop_min: float | None, seed: int) -> None:
+        self.source, self.lanes, self.skips, self.first = source, lanes, skips, first
+        self.size, self.crop_min, self.seed = size, crop_min, seed
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor | None, str, list[str] | str]]:
         worker = torch.utils.data.get_worker_info()
-        mine = self.units[worker.id::worker.num_workers] if worker else self.units
-        for sample in self.source.read(mine, self.seed):
+        lane = (self.first + (worker.id if worker else 0)) % len(self.lanes)
+        for sample in self.source.read(self.lanes[lane], self.seed, self.skips[lane]):
             yield _decode(sample, self.size, self.crop_min, self.seed)
 
 
-def _collate(samples: list) -> tuple[list[torch.Tensor], list[str], list[list[str]], list[tuple[str, str]]]:
-    good = [s for s in samples if s[0] is not None]
-    return [s[0] for s in good], [s[1] for s in good], [s[2] for s in good], [s[1:] for s in samples if s[0] is None]
+def _lanes(units: list[dict], workers: int, batch_size: int,
+           start: int) -> tuple[list[list[dict]], list[int], int, int]:
+    """A rank's units dealt round-robin to `workers` lanes, and where sample `start` of the rank's stream lies: the
+    samples each lane passes over, the lane that then comes first, and the samples to drop from its next batch.
+    The DataLoader takes a batch of `batch_size` samples from each lane in turn (a lane that has run out drops out),
+    so the stream's order follows from the lanes' sample counts alone."""
+    lanes = [units[w::workers] for w in range(workers)]
+    left = [sum(unit["samples"] for unit in lane) for lane in lanes]
+    skips, lane = [0] * workers, 0
+    while any(left):
+        taken = min(batch_size, left[lane])
+        if start < taken:  # `start` lies inside this lane's next batch
+            break
+        start, skips[lane], left[lane] = start - taken, skips[lane] + taken, left[lane] - taken
+        lane = (lane + 1) % workers
+    return lanes, skips, lane, start
 
 
 class ShardStream:
@@ -297,43 +322,47 @@ class ShardStream:
         smallest = sorted(s["samples"] for s in self.index)[: len(self.index) // self.world]
         return sum(smallest) // self.batch_size
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, list[str], list[list[str]]]]:
-        """This rank's `steps()` batches of `epoch`."""
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, list[str], list[list[str]]]]:
+        """This rank's `steps()` batches of `epoch`, from step `start` on (the samples before it are not decoded).
+        Batch i holds samples i*B to (i+1)*B - 1 of the rank's stream, an unusable one replaced by a usable one of
+        the same batch, so where a step starts does not depend on which samples are unusable."""
         mine = epoch_shards(self.index, self.seed, epoch, self.rank, self.world)
         listed = sum(s["samples"] for s in mine)
-        samples = _Samples(self.source, mine, self.size, self.crop_min, self.seed * 1_000_003 + epoch)
-        loader = torch.utils.data.DataLoader(samples,
-                                             batch_size=self.batch_size, num_workers=min(self.workers, len(mine)),
-                                             collate_fn=_collate)
-        parts, images, keys, tags, first = iter(loader), [], [], [], []
+        workers = max(1, min(self.workers, len(mine)))
+        lanes, skips, first, drop = _lanes(mine, workers, self.batch_size, start * self.batch_size)
+        samples = _Samples(self.source, lanes, skips, first, self.size, self.crop_min, self.seed * 1_000_003 + epoch)
+        loader = torch.utils.data.DataLoader(samples, batch_size=self.batch_size, collate_fn=list,
+                                             num_workers=workers if self.workers else 0,
+                                             generator=torch.Generator())  # leaves torch's global one alone
+        parts, window = iter(loader), []
         self.skipped, self.repeats = [], 0
         size = self.batch_size
-        for _ in range(self.steps()):
-            while len(keys) < size:
+        for _ in range(start, self.steps()):
+            while len(window) < size:
                 more = next(parts, None)
-                if more is None and not self.skipped:
+                if more is None:
                     raise DataError(f"{self.folder}: rank {self.rank} read fewer samples in epoch {epoch} than "
                                     "its shards are listed with; allowed: shards that hold what shards.json says")
-                if more is None:  # short by the skipped samples: repeat the epoch's first ones
-                    image, key, tag = first[self.repeats % len(first)]
-                    more, self.repeats = ([image], [key], [tag], []), self.repeats + 1
-                self.skipped += more[3]
-                if len(self.skipped) > self.max_skipped * listed:
-                    raise DataError(f"{self.folder}: {len(self.skipped)} of rank {self.rank}'s {listed} samples in "
-                                    f"epoch {epoch} cannot be used (first: {self.skipped[0][0]}, {self.skipped[0][1]});"
-                                    f" allowed: at most {self.max_skipped:.1%} (max_skipped)")
-                first += list(zip(more[0], more[1], more[2], strict=True))[: size - len(first)]
-                images += more[0]
-                keys, tags = keys + more[1], tags + more[2]
-            yield torch.stack(images[:size]), keys[:size], tags[:size]
-            images, keys, tags = images[size:], keys[size:], tags[size:]
+                window += more[drop:]
+                drop = 0
+            batch, window = window[:size], window[size:]
+            good = [sample for sample in batch if sample[0] is not None]
+            self.skipped += [sample[1:] for sample in batch if sample[0] is None]
+            if len(self.skipped) > self.max_skipped * listed or not good:
+                raise DataError(f"{self.folder}: {len(self.skipped)} of rank {self.rank}'s {listed} samples in "
+                                f"epoch {epoch} cannot be used (first: {self.skipped[0][0]}, {self.skipped[0][1]}); "
+                                f"allowed: at most {self.max_skipped:.1%} (max_skipped)")
+            self.repeats += size - len(good)
+            batch = [good[i % len(good)] if sample[0] is None else sample for i, sample in enumerate(batch)]
+            yield torch.stack([b[0] for b in batch]), [b[1] for b in batch], [b[2] for b in batch]
 
 
 class ShardBatches:
     """A streamed folder as the engine's batches (like studylib.data.Batches): one epoch per iteration, each
     rank `batch_size / ranks` images a step, random-resized-cropped in the DataLoader workers (crop_min set),
     then flipped and normalised on `device`. The epoch's seed (shard order, crops) and the flips are drawn
-    from torch's global generator, which the engine seeds per epoch, so a resumed run redraws them.
+    from torch's global generator, which the engine seeds per epoch, so a resumed run redraws them; a resumed
+    epoch starts at `start_step` (set by the engine) without reading the samples before it.
     Targets: the tags' indices in `tags` (-1 padded; a tag outside it is dropped), or zeros without `tags`
     (MAE)."""
 
@@ -344,13 +373,18 @@ class ShardBatches:
                                   crop_min=crop_min)
         self.device, self.normalise, self.flip = device, ImageTransform(image_size), crop_min is not None
         self.ids = {tag: i for i, tag in enumerate(tags or [])}
+        self.start_step = 0  # where the next epoch starts (once)
 
     def __len__(self) -> int:
         return self.stream.steps()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.stream.seed = int(torch.randint(2**31 - 1, ()).item())
-        for images, _keys, tags in self.stream.epoch(0):
+        self.stream.seed = int(torch.randint(2**31 - 1, ()).item())  # now, not at the first batch
+        start, self.start_step = self.start_step, 0
+        return self._batches(start)
+
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, _keys, tags in self.stream.epoch(0, start):
             ids = [[self.ids[t] for t in sample if t in self.ids] for sample in tags]
             targets = torch.full((len(ids), max(1, *map(len, ids))), -1, dtype=torch.long)
             for row, found in enumerate(ids):

@@ -89,24 +89,33 @@ print("DONE", run.path, flush=True)
 STEPPED = ["wsp.epochs=3", "wsp.batch_size=16", "wsp.checkpoint_every_steps=5"]  # 32 steps an epoch
 
 
-def _train(runs: Path, kill_at: int) -> subprocess.CompletedProcess:
+def _train(runs: Path, kill_at: int, overrides: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "STUDYLIB_RUNS": str(runs), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-c", KILLABLE, str(kill_at), *STEPPED], env=env, cwd=REPO,
+    return subprocess.run([sys.executable, "-c", KILLABLE, str(kill_at), *overrides], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 
-def test_sigkill_inside_an_epoch_then_rerun_sees_the_same_batches_and_ends_with_the_same_weights(tmp_path):
-    reference = _train(tmp_path / "reference", kill_at=0)
+@pytest.mark.parametrize("pool", ["in memory", "shards"])
+def test_sigkill_inside_an_epoch_then_rerun_sees_the_same_batches_and_ends_with_the_same_weights(pool, tmp_path):
+    """The pool held in memory (the rerun passes over the batches already trained) or streamed from shards (the
+    rerun's loader starts at the saved step without reading what comes before it)."""
+    overrides = list(STEPPED)
+    if pool == "shards":
+        from studylib.cli import main
+
+        assert main(["shards", "--preset", "smoke", "--out", str(tmp_path / "pool"), "--per-shard", "64"]) == 0
+        overrides += [f"data.pretrain={tmp_path / 'pool'}", "data.tag_vocabulary=12", "launch.cpus_per_task=3"]
+    reference = _train(tmp_path / "reference", 0, overrides)
     assert reference.returncode == 0, reference.stderr
     batches = re.findall(r"BATCH (\w+)", reference.stdout)
     assert len(batches) == 3 * 32
     runs = tmp_path / "runs"
-    killed = _train(runs, kill_at=32 + 13)  # killed in epoch 2's step 13; its last checkpoint: after step 10
+    killed = _train(runs, 32 + 13, overrides)  # killed in epoch 2's step 13; its last checkpoint: after step 10
     assert killed.returncode == -9 and "DONE" not in killed.stdout
-    folder = runs / "smoke" / wsp.run_for(load_experiment("smoke", STEPPED)).name
+    folder = runs / "smoke" / wsp.run_for(load_experiment("smoke", overrides)).name
     saved = load_weights(folder / "checkpoint.pth")["state"]
     assert len(saved["history"]) == 1 and saved["position"]["step"] == 10
-    resumed = _train(runs, kill_at=0)
+    resumed = _train(runs, 0, overrides)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 1/3, step 10/32 of epoch 2" in resumed.stdout
     assert re.findall(r"BATCH (\w+)", resumed.stdout) == batches[32 + 10:]  # exactly the batches still due

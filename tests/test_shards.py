@@ -251,3 +251,28 @@ def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(tmp_p
     assert len(losses) == 2 and losses[1] < losses[0]
     in_memory = load_experiment("smoke", overrides[:1] + overrides[2:])  # the same folder held in memory: another run
     assert wsp.run_for(in_memory, None).hash != wsp.run_for(exp, None).hash
+
+
+def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_nothing_long_before_it(tmp_path,
+                                                                                                   monkeypatch):
+    index = _shards(tmp_path / "pool", 200, 16)  # 12 shards of 16 and one of 8: three lanes of unequal length
+    _damage(tmp_path / "pool" / index[2]["name"], truncate="000000040", strip_meta="000000041")
+    stream = ShardStream(tmp_path / "pool", batch_size=6, size=32, seed=3, workers=3, rank=0, world=1, crop_min=0.5,
+                         max_skipped=0.05)
+    whole = list(stream.epoch(1))
+    assert len(whole) == 33 and stream.repeats == 2
+    log, real = tmp_path / "decoded", shards._decode
+
+    def logged(sample: dict, *args) -> tuple:
+        with open(log, "a") as out:
+            out.write(sample["__key__"] + "\n")
+        return real(sample, *args)
+
+    monkeypatch.setattr(shards, "_decode", logged)
+    for start in (1, 8, 20, 32):
+        log.write_text("")
+        rest = list(stream.epoch(1, start))
+        assert [keys for _, keys, _ in rest] == [keys for _, keys, _ in whole[start:]]
+        assert all(torch.equal(a[0], b[0]) and a[2] == b[2] for a, b in zip(rest, whole[start:], strict=True))
+        before = {k for _, keys, _ in whole[:start] for k in keys}
+        assert len(set(log.read_text().split()) & before) < 6  # at most the rest of the batch `start` begins in
