@@ -195,10 +195,14 @@ def cmd_tags(args: argparse.Namespace) -> None:
 
 
 def cmd_shards(args: argparse.Namespace) -> None:
-    from studylib.shards import write_shards
+    from studylib.shards import index_shards, write_shards
     from studylib.stages import pretrain_images
     from studylib.weak_labels import simulate
 
+    if args.index:
+        index = index_shards(Path(args.index))
+        print(f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: {Path(args.index) / 'shards.json'}")
+        return
     exp = _experiment(args, writes=False)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -227,7 +231,8 @@ EXAMPLES = {
     "findings": "  studylib findings --preset cpu\n  studylib findings --preset cpu --readme",
     "registry": "  studylib registry\n  studylib registry --readme",
     "tags": "  studylib tags --preset cpu --set tags.noise_vocab=1000",
-    "shards": "  studylib shards --preset cpu --out shards/cifar100-pool --per-shard 500",
+    "shards": "  studylib shards --preset cpu --out shards/cifar100-pool --per-shard 500\n"
+              "  studylib shards --index /data/laion-tags   # img2dataset's tars: count their samples into shards.json",
     "models": "  studylib models",
 }
 
@@ -247,7 +252,8 @@ def parser() -> argparse.ArgumentParser:
                              ("findings", cmd_findings, "check the paper's claims against the results"),
                              ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
                              ("tags", cmd_tags, "print hashtag statistics"),
-                             ("shards", cmd_shards, "write the pool with its hashtags as WebDataset shards"),
+                             ("shards", cmd_shards, "write the pool with its hashtags as WebDataset shards, or "
+                                                    "index a folder of tars"),
                              ("models", cmd_models, "print model sizes")):
         p = sub.add_parser(name, help=text, description=text, epilog="examples:\n" + EXAMPLES[name],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,7 +274,10 @@ def parser() -> argparse.ArgumentParser:
                            help=f"what the job runs: a study or an arm, one of {list(targets())} (default: default)")
             p.add_argument("--no-wait", action="store_true", help="submit and return")
         if name == "shards":
-            p.add_argument("--out", required=True, help="a new folder for 00000.tar, ... and shards.json")
+            which = p.add_mutually_exclusive_group(required=True)
+            which.add_argument("--out", help="a new folder for 00000.tar, ... and shards.json")
+            which.add_argument("--index", metavar="FOLDER", help="a folder of tars (img2dataset's output): write its "
+                                                                 "shards.json, each tar's samples counted")
             p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
         if name in ("registry", "findings"):
             p.add_argument("--readme", action="store_true", help=f"rewrite the README's {name} tables")

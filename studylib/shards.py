@@ -85,6 +85,26 @@ def write_shards(dataset: ImageDataset, hashtags: Hashtags, folder: Path, per_sh
     return index
 
 
+def index_shards(folder: Path) -> list[dict]:
+    """Write shards.json for a folder of tars written elsewhere (img2dataset's output): each `*.tar` and its
+    samples, counted as the keys that have a .jpg member; returns the index."""
+    tars = sorted(folder.glob("*.tar")) if folder.is_dir() else []
+    if not tars:
+        raise DataError(f"--index {folder}: no .tar files there; allowed: a folder of WebDataset tars")
+    index = []
+    for path in tars:
+        try:
+            with tarfile.open(path) as tar:
+                keys = {m.name.rsplit(".", 1)[0] for m in tar if m.isfile() and m.name.lower().endswith(".jpg")}
+        except (OSError, tarfile.TarError) as err:
+            raise DataError(f"{path}: not a readable tar ({type(err).__name__}); allowed: WebDataset tars") from None
+        index.append({"name": path.name, "samples": len(keys)})
+    tmp = folder / f"{INDEX}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"shards": index}, indent=1))
+    os.replace(tmp, folder / INDEX)
+    return index
+
+
 def is_shard_folder(name: str) -> bool:
     """Whether the dataset name `name` is a folder of shards (it holds shards.json)."""
     return "/" in name and (Path(name).expanduser() / INDEX).is_file()

@@ -101,6 +101,12 @@ def test_the_shards_command_writes_the_pool_and_refuses_a_folder_in_use(tmp_path
     assert "512 samples in 6 shards" in capsys.readouterr().out
     assert main(["shards", "--preset", "smoke", "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
+    written = read_index(out)  # tars from elsewhere (img2dataset) get their index by counting their samples
+    (out / "shards.json").unlink()
+    assert main(["shards", "--index", str(out)]) == 0 and read_index(out) == written
+    assert "512 samples in 6 shards" in capsys.readouterr().out
+    assert main(["shards", "--index", str(tmp_path)]) == 2
+    assert "no .tar files there" in capsys.readouterr().err
 
 
 def _damage(shard: Path, truncate: str, strip_meta: str) -> None:
