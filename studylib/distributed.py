@@ -122,3 +122,12 @@ def gather_rows(part: torch.Tensor, counts: list[int]) -> torch.Tensor:
     parts = [torch.empty_like(part) for _ in counts]
     dist.all_gather(parts, part.contiguous())
     return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)])
+
+
+def gather_objects(part: list) -> list:
+    """Every rank's list `part`, concatenated in rank order, on every rank; `part` itself for one process."""
+    if not dist.is_initialized():
+        return part
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    return [item for p in parts for item in p]

@@ -27,7 +27,7 @@ from studylib.models import VIT_SIZES, count_flops, count_params, vit
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
 from studylib.runs import Run, atomic_write
 from studylib.shards import is_shard_folder
-from studylib.stages import mae, pretrain_count, pretrain_images, probe
+from studylib.stages import mae, pretrain_count, pretrain_images, probe, streamed_pool
 from studylib.transfer import transfer_suite
 from studylib.weak_labels import simulate
 
@@ -95,8 +95,9 @@ def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datase
     """`point` once per seed of studies.seeds (the first one only for a study in studies.first_seed_only).
     Every dataset the study reads (the pool, MAE's images, the probe datasets and `datasets`) is loaded
     first, so bad data stops it before anything trains."""
+    streamed = [exp.data.pretrain] if streamed_pool(exp) else []  # read as it trains
     for name in dict.fromkeys([exp.data.pretrain, exp.mae.data, *exp.data.probe, *datasets]):
-        if name != "pretrain" and not is_shard_folder(name):  # shards are streamed (their index is read)
+        if name != "pretrain" and name not in streamed and not is_shard_folder(name):
             load_dataset(name, exp.data)
     check_sizes(exp)
     seeds = exp.studies.seeds[:1] if study in exp.studies.first_seed_only else exp.studies.seeds
@@ -174,11 +175,11 @@ def data_size_study(exp: Experiment) -> pd.DataFrame:
     draws as many images as the pool holds. The arms without MAE are the same runs at every point."""
     def point(e: Experiment) -> list[dict]:
         rows = []
-        pool = len(pretrain_images(e).train_labels)
+        pool = pretrain_count(e)
         for text in exp.studies.mae_data:
             dataset, fraction = parse_mae_data(text)
             at = with_values(e, mae={"data": dataset, "data_fraction": fraction})
-            images = len(pretrain_images(at, *mae.images(at)).train_labels)
+            images = pretrain_count(at, *mae.images(at))
             if images != pool:  # else the very run of the other studies
                 at = with_values(at, mae={"epoch_images": pool})
             rows.append({"mae_data": text, "stage": "mae", "metric": "images", "value": images})

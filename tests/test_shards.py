@@ -242,7 +242,7 @@ def test_random_resized_crops_stay_inside_the_image_and_cover_the_asked_share():
 
 
 def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(tmp_path, isolated_dirs, monkeypatch):
-    from studylib.stages import mae, wsp
+    from studylib.stages import mae, pretrain_images, wsp, zeroshot
 
     _imagenet_layout(tmp_path / "imagenet", per_class=32)
     monkeypatch.setattr(shards, "ImageFiles", lambda root: ImageFiles(root, per_unit=16))
@@ -257,6 +257,12 @@ def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(tmp_p
     assert len(losses) == 2 and losses[1] < losses[0]
     in_memory = load_experiment("smoke", overrides[:1] + overrides[2:])  # the same folder held in memory: another run
     assert wsp.run_for(in_memory, None).hash != wsp.run_for(exp, None).hash
+    rows = zeroshot.rows(exp, wsp_run)  # LiT on the pool's own tags, zero-shot on the first probe dataset
+    lit = zeroshot.run_for(exp, wsp_run)
+    assert {row["dataset"] for row in rows} == {"synthetic"} and lit.identity["evaluated_on"]["dataset"] == "synthetic"
+    assert lit.results()["text_vocab"] == 3 + 4  # the special tokens and the four class names, words of the captions
+    with pytest.raises(DataError, match="is streamed"):
+        pretrain_images(exp)
 
 
 def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_nothing_long_before_it(tmp_path,

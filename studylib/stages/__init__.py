@@ -14,7 +14,7 @@ from studylib import distributed
 from studylib.config import Experiment, ImageTrainConfig
 from studylib.data import ImageDataset, fingerprint, load_dataset
 from studylib.distributed import is_main
-from studylib.errors import RunFolderError
+from studylib.errors import DataError, RunFolderError
 from studylib.models import VIT_SIZES, encoder_state, load_encoder
 from studylib.runs import Run
 from studylib.shards import ImageFiles, ShardBatches, is_shard_folder, open_folder
@@ -48,6 +48,9 @@ def pool_identity(exp: Experiment, dataset: str | None = None, fraction: float =
 def pretrain_images(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> ImageDataset:
     """The pretraining images (see _pretrain_source), nested: a smaller fraction of a dataset is a subset of
     a larger one (and the pool of every fraction of data.pretrain above its own)."""
+    if dataset is None and exp.data.stream:
+        raise DataError(f"data.pretrain {exp.data.pretrain} is streamed (data.stream), never held in memory; "
+                        "allowed for the explore study: an in-memory pool (data.stream false)")
     name, share = _pretrain_source(exp, dataset, fraction)
     return load_dataset(name, exp.data).subset(share, exp.data.subset_seed)
 
@@ -59,7 +62,7 @@ def streamed_pool(exp: Experiment) -> Path | None:
     return Path(exp.data.pretrain).expanduser() if streamed else None
 
 
-def _units_taken(exp: Experiment, fraction: float) -> list[dict]:
+def units_taken(exp: Experiment, fraction: float = 1.0) -> list[dict]:
     """The streamed pool's shards (or units of files) that a stage reads: the first data.pretrain_fraction x
     fraction of them."""
     units = open_folder(streamed_pool(exp)).units
@@ -69,7 +72,7 @@ def _units_taken(exp: Experiment, fraction: float) -> list[dict]:
 def pretrain_count(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> int:
     """How many pretraining images (see _pretrain_source) there are, without reading a shard pool's images."""
     if dataset is None and streamed_pool(exp):
-        return sum(unit["samples"] for unit in _units_taken(exp, fraction))
+        return sum(unit["samples"] for unit in units_taken(exp, fraction))
     return len(pretrain_images(exp, dataset, fraction).train_labels)
 
 
@@ -79,7 +82,7 @@ def pool_batches(exp: Experiment, config: ImageTrainConfig, device: torch.device
     workers on all but one of launch.cpus_per_task."""
     return ShardBatches(streamed_pool(exp), config.batch_size, device, VIT_SIZES[exp.model]["img_size"],
                         config.crop_min, tags, workers=max(1, exp.launch.cpus_per_task - 1),
-                        shards=len(_units_taken(exp, fraction)))
+                        shards=len(units_taken(exp, fraction)))
 
 
 def save_encoder(run: Run, model: torch.nn.Module) -> None:

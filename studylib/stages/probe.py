@@ -46,11 +46,13 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, device: torch.dev
     padded = torch.cat([mine, images[: share - len(mine)]])  # every rank the same rows for the gather
     batches = Batches(padded, torch.zeros(share), batch_size, device, transform, shuffle=False, drop_last=False,
                       shard=False)
-    features = []
-    for x, _ in batches:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            features.append(encoder(x).float())
-    return distributed.gather_rows(torch.cat(features), counts)
+    return distributed.gather_rows(torch.cat([forward(encoder, x, device, dtype) for x, _ in batches]), counts)
+
+
+def forward(encoder: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    """`encoder(x)` in the run's precision, as float32."""
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        return encoder(x).float()
 
 
 def frozen_encoder(exp: Experiment, encoder_run: Run) -> nn.Module:

@@ -5,7 +5,10 @@ map each pretraining image's hashtag caption next to the image's features, with 
 symmetric contrastive loss and a learnable temperature. Zero-shot classification then embeds
 class names in a few prompt templates and picks the nearest class for each test image.
 
-In a job of several tasks each rank contrasts its own share of the batch (no all-gather), so the
+On a streamed pool (shards, or an image folder with data.stream) the captions are the images' own tags: one pass
+over the pool (centre crops, each rank its shards, the stream's drop policy) gives the features and captions, and
+zero-shot top-1 is measured on the test set of the first probe dataset (data.probe), whose name the run's identity
+then holds. In a job of several tasks each rank contrasts its own share of the batch (no all-gather), so the
 negatives per image are batch_size / tasks.
 """
 
@@ -17,13 +20,17 @@ import re
 import torch
 from torch import nn
 
+from studylib import distributed
 from studylib.config import Experiment, ZeroShotConfig
-from studylib.data import Batches, ImageDataset
+from studylib.data import Batches, ImageDataset, ImageTransform, load_dataset
 from studylib.distributed import device_and_dtype
 from studylib.engine import train
+from studylib.errors import DataError
+from studylib.models import VIT_SIZES
 from studylib.runs import Run, train_once
-from studylib.stages import pool_identity, pretrain_images
-from studylib.stages.probe import extract_features, frozen_encoder
+from studylib.shards import ShardStream
+from studylib.stages import data_identity, pool_identity, pretrain_images, streamed_pool, units_taken
+from studylib.stages.probe import extract_features, forward, frozen_encoder
 from studylib.weak_labels import simulate
 
 PAD, CLS, UNKNOWN = 0, 1, 2
@@ -100,7 +107,27 @@ def zeroshot_weights(tower: TextTower, tokenizer: Tokenizer, names: list[str], c
 
 
 def run_for(exp: Experiment, encoder_run: Run) -> Run:
-    return Run(exp, "zeroshot", {"encoder": encoder_run.name, "data": pool_identity(exp)})
+    identity = {"encoder": encoder_run.name, "data": pool_identity(exp)}
+    if streamed_pool(exp):
+        identity["evaluated_on"] = data_identity(exp, exp.data.probe[0])
+    return Run(exp, "zeroshot", identity)
+
+
+@torch.no_grad()
+def pool_features(exp: Experiment, encoder: nn.Module, device: torch.device,
+                  dtype: torch.dtype | None) -> tuple[torch.Tensor, list[str]]:
+    """A streamed pool's image features and tag captions, every rank's share gathered in rank order."""
+    encoder.to(device).eval()
+    stream = ShardStream(streamed_pool(exp), 64, VIT_SIZES[exp.model]["img_size"], seed=exp.seed,
+                         workers=max(1, exp.launch.cpus_per_task - 1), shards=len(units_taken(exp)))
+    normalise, features, captions = ImageTransform(VIT_SIZES[exp.model]["img_size"]), [], []
+    for images, _keys, tags in stream.epoch(0):
+        features.append(forward(encoder, normalise(images.to(device)), device, dtype))
+        captions += [" ".join(sample) for sample in tags]
+    if not features:
+        raise DataError(f"{stream.folder}: fewer than 64 images a rank; allowed: a pool of at least 64 images a rank")
+    mine = torch.cat(features)
+    return distributed.gather_rows(mine, [len(mine)] * distributed.world_size()), distributed.gather_objects(captions)
 
 
 def rows(exp: Experiment, encoder_run: Run, _dataset: None = None) -> list[dict]:
@@ -114,17 +141,22 @@ def rows(exp: Experiment, encoder_run: Run, _dataset: None = None) -> list[dict]
 
 def zeroshot(exp: Experiment, encoder_run: Run) -> Run:
     """Train a text tower against `encoder_run`'s frozen image features on the pool's hashtag captions,
-    then zero-shot top-1 on the pool dataset's test set with fine and (where it has them) coarse names."""
+    then zero-shot top-1 on the pool dataset's test set (a streamed pool: the first probe dataset's) with fine
+    and (where it has them) coarse names."""
     config = exp.transfer.zeroshot
     run = run_for(exp, encoder_run)
 
     def work() -> dict:
-        data = pretrain_images(exp)
-        captions = simulate(data, exp.tags).captions()
-        tokenizer = Tokenizer(captions)
         device, dtype = device_and_dtype(exp)
         encoder = frozen_encoder(exp, encoder_run)
-        image_features = extract_features(encoder, data.train_images, device, dtype)
+        if streamed_pool(exp):
+            image_features, captions = pool_features(exp, encoder, device, dtype)
+            data = load_dataset(exp.data.probe[0], exp.data)
+        else:
+            data = pretrain_images(exp)
+            captions = simulate(data, exp.tags).captions()
+            image_features = extract_features(encoder, data.train_images, device, dtype)
+        tokenizer = Tokenizer(captions)
         torch.manual_seed(exp.seed)
         tower = TextTower(len(tokenizer), config, encoder.embed_dim)
         batches = Batches(image_features, tokenizer(captions, config.max_tokens), config.batch_size, device)
