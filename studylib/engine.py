@@ -28,7 +28,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -228,6 +228,33 @@ def _act_on_preemption() -> None:
     raise SystemExit(f"preempted by signal {number}")  # a handler that returned: stop here all the same
 
 
+def save_inside_epoch(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict],
+                      reached: dict[str, Any], device: torch.device) -> None:
+    """checkpoint.pth inside an epoch: the weights, the finished epochs' `history` and the position `reached` (step,
+    images, seconds, loss sum, first bad step) with the random state after it. Called on every rank (FSDP2's shards
+    are gathered); rank 0 writes."""
+    state = {**checkpoint_state(model, optimizer), "history": history}
+    state["position"] = {**reached, "rng": torch.get_rng_state(),
+                         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    if distributed.is_main():
+        run.save(run.checkpoint.name, state, keep_previous=True)
+
+
+def resume_epoch(batches: Iterable, position: dict[str, Any], device: torch.device) -> Iterator:
+    """The epoch's batches from the saved position's step on, with the random state as it was there. The epoch's
+    order is drawn first, from the epoch's seed; batches with a `start_step` (streamed ones) start at the step
+    themselves, others are passed over up to it."""
+    if hasattr(batches, "start_step"):
+        batches.start_step = position["step"]
+    epoch_batches = iter(batches)
+    for _ in range(0 if hasattr(batches, "start_step") else position["step"]):
+        next(epoch_batches)
+    torch.set_rng_state(position["rng"].cpu())
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(position["cuda_rng"].cpu(), device)
+    return epoch_batches
+
+
 def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config: TrainConfig,
           device: torch.device, dtype: torch.dtype | None, seed: int) -> dict[str, Any]:
     """Train `model` for `config.epochs` on `batches` (re-iterated every epoch), resuming from the
@@ -235,8 +262,7 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
 
     `batches` must draw each epoch's order when its iteration starts and all other randomness per batch
     from torch's global generator (as studylib.data.Batches does): that is what makes a resume inside
-    an epoch exact. Batches with a `start_step` (streamed ones) start the resumed epoch at that step
-    themselves; others are passed over up to it. In a job of several tasks, the model is wrapped in
+    an epoch exact (see resume_epoch). In a job of several tasks, the model is wrapped in
     DistributedDataParallel, each rank trains on its share of every batch, and only rank 0 writes."""
     main = distributed.is_main()
     if main:
@@ -279,16 +305,11 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
             loss_sum = torch.zeros((), device=device)
             first_bad_step = torch.full((), -1, device=device)  # tracked on the device: no sync per step
             images, seconds_before, skip = 0, 0.0, 0
-            if position is not None and hasattr(batches, "start_step"):  # a stream starts there itself
-                batches.start_step = position["step"]
-            epoch_batches = iter(batches)  # draws the epoch's order, from the epoch's seed
-            if position is not None:
+            if position is None:
+                epoch_batches = iter(batches)  # draws the epoch's order, from the epoch's seed
+            else:
+                epoch_batches = resume_epoch(batches, position, device)
                 skip, images, seconds_before = position["step"], position["images"], position["seconds"]
-                for _ in range(0 if hasattr(batches, "start_step") else skip):  # already trained: passed over,
-                    next(epoch_batches)  # then the random state as it was after them
-                torch.set_rng_state(position["rng"].cpu())
-                if device.type == "cuda":
-                    torch.cuda.set_rng_state(position["cuda_rng"].cpu(), device)
                 loss_sum += position["loss_sum"]
                 first_bad_step.fill_(position["first_bad_step"])
                 position = None
@@ -312,15 +333,9 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
                     timed, preempted = distributed.any_rank([timed, preempted], device) if agreed else (False, False)
                 every = config.checkpoint_every_steps
                 if ((every and (i + 1) % every == 0) or timed or preempted) and i + 1 < steps:
-                    state = checkpoint_state(model, optimizer)  # every rank: FSDP2's shards are gathered
-                    state["history"] = history
-                    state["position"] = {
-                        "step": i + 1, "images": images, "seconds": seconds_before + now - start,
-                        "loss_sum": loss_sum.item(), "first_bad_step": int(first_bad_step),
-                        "rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-                    if main:
-                        run.save(run.checkpoint.name, state, keep_previous=True)
+                    reached = {"step": i + 1, "images": images, "seconds": seconds_before + now - start,
+                               "loss_sum": loss_sum.item(), "first_bad_step": int(first_bad_step)}
+                    save_inside_epoch(run, model, optimizer, history, reached, device)
                     last_save = now
                 if preempted and i + 1 < steps:
                     _act_on_preemption()
