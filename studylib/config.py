@@ -113,6 +113,9 @@ def _dataset_name(name: str) -> bool:
 
 
 SPEED_ONLY = {"identity": False}  # field metadata: changes speed, never results, so no run hash or table
+# field metadata of a setting added after runs existed: in a run's identity only where it is not the default, so
+# the runs made before it keep their hashes
+WHEN_SET = {"identity": "when set"}
 
 
 @dataclass(kw_only=True)
@@ -226,6 +229,10 @@ class WSPConfig(ImageTrainConfig):
     epochs: int = _recipe("epochs", 3)
     warmup_epochs: float = _recipe("warmup_epochs", 0.5)
     weight_decay: float = _recipe("weight_decay", 0.1)
+    # resampling of rare tags (SWAG, after Mahajan et al. 2018), by LVIS's repeat-factor rule: an image counts
+    # max(1, sqrt(t / f)) times, f the share of the pool's images carrying its rarest tag, t this threshold
+    # (0: off); applied as the image's weight in the loss, the expectation of repeating it that often
+    rare_tag_threshold: float = _check("in [0, 1]", lambda v: 0 <= v <= 1, default=0.0, extra=WHEN_SET)
 
 
 @dataclass(kw_only=True)
@@ -389,7 +396,8 @@ def result_settings(value: Any) -> Any:
     if not dataclasses.is_dataclass(value):
         return value
     return {f.name: result_settings(getattr(value, f.name)) for f in dataclasses.fields(value)
-            if f.metadata.get("identity", True) and not f.metadata.get("internal")}
+            if f.metadata.get("identity", True) and not f.metadata.get("internal")
+            and not (f.metadata.get("identity") == "when set" and getattr(value, f.name) == f.default)}
 
 
 def config_hash(obj: Any) -> str:

@@ -110,34 +110,41 @@ def is_shard_folder(name: str) -> bool:
     return "/" in name and (Path(name).expanduser() / INDEX).is_file()
 
 
-def vocabulary(folder: Path, size: int) -> list[str]:
-    """The `size` most frequent tags of a streamed folder, ties broken by name: of the shards' metadata (one pass
-    over every shard's .json members, cached in $STUDYLIB_CACHE under the folder's fingerprint), or of an image
-    folder's file index (an image's tag is its class)."""
+def tag_counts(folder: Path) -> tuple[Counter, int]:
+    """How many images of a streamed folder carry each tag, and how many images there are: of the shards'
+    metadata (one pass over every shard's .json members, cached in $STUDYLIB_CACHE under the folder's
+    fingerprint), or of an image folder's file index (an image's tag is its class)."""
     if not (folder / INDEX).is_file():
         classes, files = file_index(folder)
-        counts = Counter(classes[label] for _, label in files)
-        return sorted(counts, key=lambda t: (-counts[t], t))[:size]
-    cache = cache_dir() / f"vocabulary-{fingerprint(str(folder))}-{size}.json"
+        return Counter(classes[label] for _, label in files), len(files)
+    cache = cache_dir() / f"tag_counts-{fingerprint(str(folder))}.json"
     if cache.is_file():
-        return json.loads(cache.read_text())
+        saved = json.loads(cache.read_text())
+        return Counter(saved["counts"]), saved["images"]
     counts: Counter[str] = Counter()
+    images = 0
     for shard in read_index(folder):
         with tarfile.open(folder / shard["name"]) as tar:
             for member in tar:
                 if member.name.endswith(".json"):
                     try:
-                        counts.update(str(t) for t in json.loads(tar.extractfile(member).read())["tags"])
+                        counts.update({str(t) for t in json.loads(tar.extractfile(member).read())["tags"]})
+                        images += 1
                     except (ValueError, KeyError, TypeError, AttributeError):
                         pass  # training skips and counts such a sample (ShardStream)
     if not counts:
         raise DataError(f"{folder}: no tags in any sample's .json; allowed: shards whose .json hold \"tags\": [...]")
-    tags = sorted(counts, key=lambda t: (-counts[t], t))[:size]
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(tags))
+    tmp.write_text(json.dumps({"images": images, "counts": counts}))
     os.replace(tmp, cache)
-    return tags
+    return counts, images
+
+
+def vocabulary(folder: Path, size: int) -> list[str]:
+    """The `size` most frequent tags of a streamed folder (tag_counts), ties broken by name."""
+    counts, _ = tag_counts(folder)
+    return sorted(counts, key=lambda t: (-counts[t], t))[:size]
 
 
 def read_index(folder: Path) -> list[dict]:

@@ -4,6 +4,7 @@ shards and folders)."""
 
 import io
 import json
+import math
 import os
 import random
 import tarfile
@@ -263,6 +264,8 @@ def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(tmp_p
     assert lit.results()["text_vocab"] == 3 + 4  # the special tokens and the four class names, words of the captions
     with pytest.raises(DataError, match="is streamed"):
         pretrain_images(exp)
+    resampled = wsp.pretrain(load_experiment("smoke", [*overrides, "wsp.epochs=1", "wsp.rare_tag_threshold=0.5"]))
+    assert math.isfinite(resampled.results()["final_loss"])  # tag shares from the file index
 
 
 def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_nothing_long_before_it(tmp_path,

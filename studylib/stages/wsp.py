@@ -3,10 +3,15 @@ in-memory pool, the images' own tags on a streamed pool (its data.tag_vocabulary
 folder's tag is the image's class).
 
 The head predicts the whole tag vocabulary; the loss is softmax cross-entropy against the image's
-multi-hot tags normalised to sum 1, as in the paper.
+multi-hot tags normalised to sum 1, as in the paper. With wsp.rare_tag_threshold, images with rare tags weigh
+more (SWAG's resampling of rare tags, as a loss weight: LVIS's repeat factor of the image's rarest tag, the
+batch's weights normalised to sum one, so a batch counts an image about as often as repeating it would; with
+several ranks or accumulation slices, each normalises its own share).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -16,7 +21,7 @@ from studylib.distributed import device_and_dtype
 from studylib.engine import train
 from studylib.models import VIT_SIZES, count_flops, vit
 from studylib.runs import Run, train_once
-from studylib.shards import vocabulary
+from studylib.shards import tag_counts, vocabulary
 from studylib.stages import (
     load_encoder_from,
     pool_batches,
@@ -29,10 +34,22 @@ from studylib.stages import (
 from studylib.weak_labels import multi_hot, simulate
 
 
-def wsp_loss(model: torch.nn.Module, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+def wsp_loss(model: torch.nn.Module, images: torch.Tensor, tags: torch.Tensor,
+             tag_repeats: torch.Tensor | None = None) -> torch.Tensor:
+    """The batch's mean cross-entropy; with `tag_repeats` (a repeat factor per tag, repeat_factors), a mean
+    weighted by each image's largest factor over its tags (the batch's weights summing to one)."""
     logits = model(images).float()
     targets = multi_hot(tags, logits.shape[1])
-    return -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    per_image = -(targets * logits.log_softmax(dim=1)).sum(dim=1)
+    if tag_repeats is None:
+        return per_image.mean()
+    weights = tag_repeats[tags.clamp(min=0)].masked_fill(tags < 0, 1.0).amax(dim=1)
+    return (weights * per_image).sum() / weights.sum()
+
+
+def repeat_factors(counts: torch.Tensor, images: int, threshold: float) -> torch.Tensor:
+    """LVIS's repeat factor of each tag, max(1, sqrt(threshold / f)), f = counts / images its share of the images."""
+    return (threshold / (counts.double() / images).clamp(min=1e-12)).sqrt().clamp(min=1.0).float()
 
 
 def run_for(exp: Experiment, init: Run | None = None) -> Run:
@@ -54,18 +71,25 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
         if folder:
             vocab = vocabulary(folder, exp.data.tag_vocabulary)
             batches = pool_batches(exp, exp.wsp, device, vocab)
+            counts, images = tag_counts(folder)
+            carried = torch.tensor([counts[tag] for tag in vocab])
         else:
             data = pretrain_images(exp)
             hashtags = simulate(data, exp.tags)
-            vocab = hashtags.vocab
+            vocab, images = hashtags.vocab, len(hashtags.tags)
             batches = Batches(data.train_images, hashtags.tags, exp.wsp.batch_size, device,
                               ImageTransform(img_size, exp.wsp.crop_min))
+            carried = torch.bincount(hashtags.tags[hashtags.tags >= 0], minlength=len(vocab))  # an image's tags differ
+        loss = wsp_loss
+        if exp.wsp.rare_tag_threshold:
+            loss = functools.partial(wsp_loss, tag_repeats=repeat_factors(carried, images,
+                                                                          exp.wsp.rare_tag_threshold).to(device))
         torch.manual_seed(exp.seed)
         model = vit(exp.model, num_classes=len(vocab))
         if init is not None:
             load_encoder_from(init, model)
         forward = count_flops(model, img_size)  # before training: FSDP2 shards the model in place
-        summary = train(run, model, wsp_loss, batches, exp.wsp, device, dtype, exp.seed)
+        summary = train(run, model, loss, batches, exp.wsp, device, dtype, exp.seed)
         save_encoder(run, model)
         streamed = {"skipped_samples": len(batches.stream.skipped)} if folder else {}  # in the last epoch
         return {**summary, "init": run.identity["init"], "vocab_size": len(vocab), **streamed,
