@@ -27,10 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
-from studylib import distributed, registry
+from studylib import registry
 from studylib.config import (
     REPO_ROOT,
     Experiment,
@@ -57,10 +56,11 @@ def _choose(kind: str, name: str, choices: dict) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> None:
+    _choose("study", args.name, registry.STUDIES)
+    exp = _experiment(args)  # checked before torch is imported: bad input costs no wait
+    from studylib import distributed
     from studylib.study import summary_text
 
-    _choose("study", args.name, registry.STUDIES)
-    exp = _experiment(args)
     distributed.init()  # several processes under torchrun: one DDP study
     start = time.perf_counter()
     table = registry.call(registry.STUDIES[args.name].run, exp)
@@ -86,12 +86,13 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from studylib.study import pretrain_arm
-    from studylib.transfer import import_checkpoint, summary, transfer_suite
-
     for name in args.arms:
         _choose("arm", name, registry.ARMS)
     exp = _experiment(args)
+    from studylib import distributed
+    from studylib.study import pretrain_arm
+    from studylib.transfer import import_checkpoint, summary, transfer_suite
+
     distributed.init()
     if args.checkpoint:
         encoders = [import_checkpoint(exp, args.checkpoint, args.layout)]
@@ -113,9 +114,11 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    from studylib.launch import submit, targets, watch
+    import pandas as pd
 
-    _choose("job target", args.target, targets())
+    from studylib.launch import submit, watch
+
+    _choose("job target", args.target, registry.targets())
     job = submit(args.target, args.preset, args.overrides, args.config)
     print(f"submitted {args.target} as job {job.job_id}; logs: {job.paths.stdout}", flush=True)
     if not args.no_wait:
@@ -214,6 +217,8 @@ def cmd_shards(args: argparse.Namespace) -> None:
 
 
 def cmd_models(_args: argparse.Namespace) -> None:
+    import pandas as pd
+
     from studylib.models import size_table
 
     print(pd.DataFrame(size_table()).round(3).to_string(index=False))
@@ -232,16 +237,14 @@ EXAMPLES = {
     "registry": "  studylib registry\n  studylib registry --readme",
     "tags": "  studylib tags --preset cpu --set tags.noise_vocab=1000",
     "shards": "  studylib shards --preset cpu --out shards/cifar100-pool --per-shard 500\n"
-              "  studylib shards --index /data/laion-tags   # img2dataset's tars: count their samples into shards.json",
+              "  studylib shards --index /data/web-tags",
     "models": "  studylib models",
 }
 
 
 def parser() -> argparse.ArgumentParser:
-    from studylib.launch import targets
-
     root = argparse.ArgumentParser(prog="studylib", description=__doc__.split("\n")[0])
-    root.add_argument("--version", action="version", version=f"studylib {version()}")
+    root.add_argument("--version", nargs=0, action=_Version, help="show the version and the checkout's commit")
     sub = root.add_subparsers(dest="command", required=True)
     for name, func, text in (("study", cmd_study, "run a study (default: the default study)"),
                              ("notebooks", cmd_notebooks, "run the study notebooks in batch with papermill"),
@@ -271,7 +274,8 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--layout", default="auto", help="its layout: auto, timm, mae or maws")
         if name == "submit":
             p.add_argument("target", nargs="?", default="default",
-                           help=f"what the job runs: a study or an arm, one of {list(targets())} (default: default)")
+                           help=f"what the job runs: a study or an arm, one of {list(registry.targets())} "
+                                "(default: default)")
             p.add_argument("--no-wait", action="store_true", help="submit and return")
         if name == "shards":
             which = p.add_mutually_exclusive_group(required=True)
@@ -289,6 +293,14 @@ def parser() -> argparse.ArgumentParser:
             if name != "notebooks":
                 p.add_argument("--config", default=None, help="config file (default: the repo's experiments.yaml)")
     return root
+
+
+class _Version(argparse.Action):
+    """--version, worked out only when asked for (it reads git and the installed packages)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(f"studylib {version()}")
+        parser.exit()
 
 
 def version() -> str:

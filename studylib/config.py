@@ -176,6 +176,10 @@ class TrainConfig:
     # in a job of several tasks: ddp (every rank holds the whole model and optimizer) or fsdp (FSDP2: weights,
     # gradients and AdamW moments sharded over the ranks, each block's weights gathered while it computes)
     sharding: str = _one_of(["ddp", "fsdp"], default="ddp", extra=SPEED_ONLY)
+    # checkpoints as one file of whole tensors gathered on rank 0 (checkpoint.pth), or sharded: a folder
+    # (checkpoint.dcp/) where every rank writes its own shards with torch.distributed.checkpoint, resumable on
+    # any number of ranks
+    checkpoint_format: str = _one_of(["whole", "sharded"], default="whole", extra=SPEED_ONLY)
     # checkpoint.pth also every this many steps and/or minutes inside an epoch (0: at epoch ends only), holding
     # the data position and random state, so a resumed run goes on with exactly the batches it would have seen
     checkpoint_every_steps: int = _at_least_zero(default=0, extra=SPEED_ONLY)

@@ -9,6 +9,8 @@ epoch, holding the step reached and the random state: a resumed run redraws the 
 its seed, passes the batches already trained and goes on with exactly the batches, crops and masks
 an uninterrupted run would have drawn. In a SLURM job, the preemption signal (submitit's USR2) is
 acted on at the end of the step in progress: a checkpoint there, then submitit requeues the job.
+With `checkpoint_format: sharded` the checkpoint is a folder, checkpoint.dcp/, that every rank writes its
+own shards into (torch.distributed.checkpoint), read back resharded to any number of ranks.
 
 Memory, not results: `accumulation_steps` slices every batch and adds up the slices' gradients
 before one optimizer step; `activation_checkpointing` recomputes each transformer block's
@@ -38,9 +40,9 @@ from tqdm.auto import tqdm
 
 from studylib import distributed
 from studylib.config import TrainConfig
-from studylib.errors import DivergedError, RunFolderError
+from studylib.errors import DivergedError, RunFolderError, shown
 from studylib.models import choose_attention, full_state
-from studylib.runs import Run
+from studylib.runs import Run, warn
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 PROGRESS_EVERY_S = 10.0
@@ -228,16 +230,76 @@ def _act_on_preemption() -> None:
     raise SystemExit(f"preempted by signal {number}")  # a handler that returned: stop here all the same
 
 
-def save_inside_epoch(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict],
-                      reached: dict[str, Any], device: torch.device) -> None:
-    """checkpoint.pth inside an epoch: the weights, the finished epochs' `history` and the position `reached` (step,
-    images, seconds, loss sum, first bad step) with the random state after it. Called on every rank (FSDP2's shards
-    are gathered); rank 0 writes."""
-    state = {**checkpoint_state(model, optimizer), "history": history}
-    state["position"] = {**reached, "rng": torch.get_rng_state(),
-                         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+SHARDED = "checkpoint.dcp"  # a run's sharded checkpoint folder; the one before it: checkpoint.prev.dcp
+
+
+def save_checkpoint(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any],
+                    config: TrainConfig) -> None:
+    """The weights, optimizer and `progress` (the finished epochs' history, and inside an epoch the position) as
+    config.checkpoint_format says, the previous checkpoint kept as the fallback. Called on every rank."""
+    if config.checkpoint_format == "whole":
+        state = {**checkpoint_state(model, optimizer), **progress}  # FSDP2's shards gathered
+        if distributed.is_main():
+            run.save(run.checkpoint.name, state, keep_previous=True)
+        return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    new, folder, previous = run.path / f".{SHARDED}.tmp", run.path / SHARDED, run.path / "checkpoint.prev.dcp"
     if distributed.is_main():
-        run.save(run.checkpoint.name, state, keep_previous=True)
+        shutil.rmtree(new, ignore_errors=True)
+    distributed.barrier()
+    # a tuple is one object to DCP: the run's name and the progress, saved whole by one rank
+    dcp.save({"model": model_state, "optimizer": optimizer_state, "progress": (run.name, progress)},
+             checkpoint_id=new)
+    if distributed.is_main():
+        shutil.rmtree(previous, ignore_errors=True)
+        if folder.exists():
+            folder.rename(previous)
+        new.rename(folder)
+    distributed.barrier()
+
+
+def load_checkpoint(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                    device: torch.device) -> dict[str, Any] | None:
+    """The progress of the run's checkpoint (history, position), its weights and optimizer state loaded; None
+    where there is none. A sharded one is read by every rank, resharded to this job's ranks; where it cannot
+    be read, the one before it."""
+    if config.checkpoint_format == "whole":
+        state = run.load(run.checkpoint.name, map_location=device)
+        if state is not None:
+            load_checkpoint_state(model, optimizer, state)
+        return state
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    for folder in (run.path / SHARDED, run.path / "checkpoint.prev.dcp"):
+        if not (folder / ".metadata").is_file():
+            continue
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state, "progress": ()}
+        try:
+            dcp.load(state, checkpoint_id=folder)
+        except (RuntimeError, OSError, ValueError, dcp.api.CheckpointException) as err:
+            warn(f"{folder}: cannot be read ({shown(str(err), 120)}); trying the checkpoint before it")
+            continue
+        name, progress = state["progress"]
+        if name != run.name:
+            raise RunFolderError(f"{folder}: a checkpoint of run {name}, not of {run.name}; move it away or delete "
+                                 f"{run.path}")
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        return progress
+    return None
+
+
+def save_inside_epoch(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict],
+                      reached: dict[str, Any], device: torch.device, config: TrainConfig) -> None:
+    """A checkpoint inside an epoch: the weights, the finished epochs' `history` and the position `reached` (step,
+    images, seconds, loss sum, first bad step) with the random state after it. Called on every rank."""
+    position = {**reached, "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    save_checkpoint(run, model, optimizer, {"history": history, "position": position}, config)
 
 
 def resume_epoch(batches: Iterable, position: dict[str, Any], device: torch.device) -> Iterator:
@@ -284,9 +346,8 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
     steps = len(batches)
     history: list[dict[str, Any]] = []
     position = None  # where a checkpoint inside an epoch left off
-    state = run.load(run.checkpoint.name, map_location=device)
+    state = load_checkpoint(run, model, optimizer, config, device)
     if state is not None:
-        load_checkpoint_state(model, optimizer, state)
         history, position = state["history"], state.get("position")
         if main:
             run.write_metrics(history)  # the checkpoint is the truth; drop lines of an unfinished epoch
@@ -335,7 +396,7 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
                 if ((every and (i + 1) % every == 0) or timed or preempted) and i + 1 < steps:
                     reached = {"step": i + 1, "images": images, "seconds": seconds_before + now - start,
                                "loss_sum": loss_sum.item(), "first_bad_step": int(first_bad_step)}
-                    save_inside_epoch(run, model, optimizer, history, reached, device)
+                    save_inside_epoch(run, model, optimizer, history, reached, device, config)
                     last_save = now
                 if preempted and i + 1 < steps:
                     _act_on_preemption()
@@ -365,9 +426,8 @@ def train(run: Run, model: nn.Module, loss_fn: LossFn, batches: Iterable, config
             seconds = seconds_before + time.perf_counter() - start
             history.append({"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "seconds": seconds,
                             "images_per_s": images / seconds})
-            state = {**checkpoint_state(model, optimizer), "history": history}  # every rank (FSDP2)
+            save_checkpoint(run, model, optimizer, {"history": history}, config)
             if main:
-                run.save(run.checkpoint.name, state, keep_previous=True)
                 run.write_metrics(history)
                 writer.add_scalar("epoch/loss", epoch_loss, epoch + 1)
                 writer.add_scalar("epoch/images_per_s", images / seconds, epoch + 1)

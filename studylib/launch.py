@@ -25,13 +25,7 @@ from tqdm.auto import tqdm
 from studylib import distributed, errors
 from studylib.config import Experiment, load_experiment, runs_dir
 from studylib.errors import ConfigError
-from studylib.registry import ARMS, STUDIES, call
-
-
-def targets() -> dict[str, str]:
-    """What a job can run, name -> what it is: every study (its table) and every arm (its chain of runs)."""
-    return {**{name: f"study: {s.summary}" for name, s in STUDIES.items()},
-            **{name: f"arm: {a.summary}" for name, a in ARMS.items() if name not in STUDIES}}
+from studylib.registry import ARMS, STUDIES, call, targets
 
 
 class StudyJob(submitit.helpers.Checkpointable):

@@ -103,6 +103,12 @@ def study_arms(study: Study) -> list[Arm]:
     return [ARMS[name] for name in study.arms] if study.arms is not None else list(ARMS.values())
 
 
+def targets() -> dict[str, str]:
+    """What a job can run, name -> what it is: every study (its table) and every arm (its chain of runs)."""
+    return {**{name: f"study: {s.summary}" for name, s in STUDIES.items()},
+            **{name: f"arm: {a.summary}" for name, a in ARMS.items() if name not in STUDIES}}
+
+
 def labels() -> dict[str, str]:
     """Arm name -> label, in declaration order (the order of every figure's legend)."""
     return {arm.name: arm.label for arm in ARMS.values()}

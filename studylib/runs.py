@@ -11,7 +11,8 @@ carries the identity's hash and is refused by any other run.
                         line, host, start time
         metrics.jsonl   one line per finished epoch
         checkpoint.pth  model + optimizer after the last finished epoch (auto-resume), and
-                        checkpoint.prev.pth the one before; each with a .sha256 beside it
+                        checkpoint.prev.pth the one before; each with a .sha256 beside it (or, with
+                        checkpoint_format: sharded, checkpoint.dcp/ and checkpoint.prev.dcp/, one file a rank)
         tensorboard/    TensorBoard events: per-step loss, lr, gradient norm, images/s (`tensorboard --logdir runs`)
         results.json    written last: its presence means the run is finished
         .lock           held by the process training the run
@@ -282,6 +283,7 @@ class Run:
         previous = self.checkpoint.with_suffix(".prev.pth")
         for fallback in (previous, _sidecar(previous)):
             fallback.unlink(missing_ok=True)  # only needed while the run can still crash
+        shutil.rmtree(self.path / "checkpoint.prev.dcp", ignore_errors=True)
 
     def results(self) -> dict[str, Any]:
         results = self._saved_results()
@@ -291,9 +293,13 @@ class Run:
         return results
 
     def clean_temporary(self) -> None:
-        """Remove the temporary files of writes a kill interrupted (atomic_write's `.<name>.*.tmp`)."""
+        """Remove the temporary files of writes a kill interrupted (atomic_write's `.<name>.*.tmp`, and the
+        folder of a sharded checkpoint being written)."""
         for orphan in self.path.glob(".*.tmp"):
-            orphan.unlink(missing_ok=True)
+            if orphan.is_dir() and not orphan.is_symlink():
+                shutil.rmtree(orphan, ignore_errors=True)
+            else:
+                orphan.unlink(missing_ok=True)
 
 
 def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:

@@ -139,8 +139,9 @@ def test_defaults_have_one_source(tmp_path):
         load_experiment("smoke", ["probe.crop_min=0.5"])
 
 
-def test_leaf_modules_import_nothing_heavy():
-    code = ("import sys, studylib.config, studylib.errors, studylib.registry; "
+def test_leaf_modules_and_the_command_import_nothing_heavy():
+    """So that `studylib` answers bad input or --help at once: torch is imported by the commands that need it."""
+    code = ("import sys, studylib.config, studylib.errors, studylib.registry, studylib.cli; "
             "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'numpy', 'pandas')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout

@@ -11,8 +11,8 @@ from studylib import registry
 from studylib.cli import main, parser
 from studylib.config import load_experiment
 from studylib.figures import make_all
-from studylib.launch import targets
 from studylib.notebooks import notebooks
+from studylib.registry import targets
 from studylib.stages import mae
 from studylib.study import _table, default_study, with_values
 

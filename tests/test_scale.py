@@ -3,6 +3,7 @@ checkpointing, checkpoints inside an epoch that a SIGKILL then a rerun resume ex
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,7 +138,7 @@ def test_step_checkpoints_and_accumulation_leave_the_run_identity_alone():
 
 
 
-def _wsp_on_two_ranks(rank: int, runs: str, sharding: str, crash_at: int, port: int) -> None:
+def _wsp_on_two_ranks(rank: int, runs: str, sharding: str, crash_at: int, port: int, checkpoints: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       STUDYLIB_RUNS=runs, OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
@@ -154,23 +155,27 @@ def _wsp_on_two_ranks(rank: int, runs: str, sharding: str, crash_at: int, port: 
 
     wsp.wsp_loss = loss
     try:
-        wsp.pretrain(load_experiment("smoke", ["wsp.epochs=2", f"wsp.sharding={sharding}"]))
+        wsp.pretrain(load_experiment("smoke", ["wsp.epochs=2", f"wsp.sharding={sharding}",
+                                               f"wsp.checkpoint_format={checkpoints}"]))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def _two_ranks(runs: Path, sharding: str, port: int, crash_at: int = 0) -> dict[str, torch.Tensor]:
+def _two_ranks(runs: Path, sharding: str, port: int, crash_at: int = 0,
+               checkpoints: str = "whole") -> dict[str, torch.Tensor]:
     import torch.multiprocessing as mp
 
-    mp.start_processes(_wsp_on_two_ranks, args=(str(runs), sharding, crash_at, port), nprocs=2, join=True,
-                       start_method="spawn")
+    mp.start_processes(_wsp_on_two_ranks, args=(str(runs), sharding, crash_at, port, checkpoints), nprocs=2,
+                       join=True, start_method="spawn")
     run = wsp.run_for(load_experiment("smoke", ["wsp.epochs=2"]))
     return load_weights(runs / "smoke" / run.name / "encoder.pth")["state"]
 
 
-def test_fsdp2_matches_ddp_and_resumes_from_its_whole_tensor_checkpoint(tmp_path):
+def test_fsdp2_matches_ddp_and_resumes_from_whole_or_sharded_checkpoints(tmp_path, monkeypatch):
     """2 gloo ranks on this CPU, WSP on smoke data for 2 epochs: FSDP2 (fully_shard per block) ends where DDP
-    does; an FSDP2 job that crashes in epoch 2 and is rerun ends where the uninterrupted one does."""
+    does; an FSDP2 job that crashes in epoch 2 and is rerun ends where the uninterrupted one does, from its
+    whole-tensor checkpoint.pth or from a sharded checkpoint (torch.distributed.checkpoint: checkpoint.dcp/, one
+    file of shards a rank), which a single process also resumes (the shards read back resharded)."""
     ddp = _two_ranks(tmp_path / "ddp", "ddp", 29641)
     fsdp = _two_ranks(tmp_path / "fsdp", "fsdp", 29642)
     assert ddp.keys() == fsdp.keys()
@@ -183,6 +188,20 @@ def test_fsdp2_matches_ddp_and_resumes_from_its_whole_tensor_checkpoint(tmp_path
     assert len(checkpoint["history"]) == 1 and all(type(v) is torch.Tensor for v in checkpoint["model"].values())
     resumed = _two_ranks(tmp_path / "crashed", "fsdp", 29644)
     assert max((resumed[k] - fsdp[k]).abs().max().item() for k in fsdp) < 1e-6
+
+    with pytest.raises(Exception, match="crash"):
+        _two_ranks(tmp_path / "sharded", "fsdp", 29645, crash_at=8 + 3, checkpoints="sharded")
+    folder = next((tmp_path / "sharded" / "smoke").glob("wsp-*"))
+    assert sorted(p.name for p in (folder / "checkpoint.dcp").iterdir()) == [".metadata", "__0_0.distcp",
+                                                                              "__1_0.distcp"]
+    assert not (folder / "checkpoint.pth").exists()
+    shutil.copytree(tmp_path / "sharded", tmp_path / "one process")
+    resumed = _two_ranks(tmp_path / "sharded", "fsdp", 29646, checkpoints="sharded")
+    assert max((resumed[k] - fsdp[k]).abs().max().item() for k in fsdp) < 1e-6
+    monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / "one process"))
+    run = wsp.pretrain(load_experiment("smoke", ["wsp.epochs=2", "wsp.checkpoint_format=sharded"]))
+    alone = load_weights(run.path / "encoder.pth")["state"]
+    assert len(run.metrics()) == 2 and max((alone[k] - fsdp[k]).abs().max().item() for k in fsdp) < 1e-4
 
 
 def _features_on_rank(rank: int, out: str, port: int) -> None:

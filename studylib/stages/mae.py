@@ -9,6 +9,7 @@ from studylib.config import Experiment
 from studylib.data import MEAN, STD, Batches, ImageTransform
 from studylib.distributed import device_and_dtype, is_main
 from studylib.engine import tensorboard_writer, train
+from studylib.errors import RunFolderError
 from studylib.models import MAE, VIT_SIZES, count_flops, patchify
 from studylib.runs import Run, train_once
 from studylib.stages import (
@@ -72,7 +73,11 @@ def pretrain(exp: Experiment) -> Run:
 def reconstructions(exp: Experiment, mae_run: Run, count: int = 8) -> dict[str, np.ndarray]:
     """`count` test images of MAE's data, masked and reconstructed by the finished `mae_run` (see reconstruct)."""
     model = build(exp)
-    model.load_state_dict(mae_run.load(mae_run.checkpoint.name)["model"])
+    state = mae_run.load(mae_run.checkpoint.name)
+    if state is None:
+        raise RunFolderError(f"{mae_run.checkpoint}: missing (a run with sharded checkpoints has checkpoint.dcp/ "
+                             "instead); allowed for the reconstructions: mae.checkpoint_format whole")
+    model.load_state_dict(state["model"])
     return reconstruct(model, pretrain_images(exp, *images(exp)).test_images[:count], exp)
 
 
