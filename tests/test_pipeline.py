@@ -36,7 +36,7 @@ def test_bf16_on_cpu_trains_every_block_with_explicit_attention_and_fused_adamw(
         return real_step(model, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_step", capture)
-    run = wsp.pretrain(load_experiment("smoke", ["precision=bf16", "model=pico"]))  # pico: bf16 is emulated on some CPUs
+    run = wsp.pretrain(load_experiment("smoke", ["precision=bf16", "model=pico"]))  # small: some CPUs emulate bf16
     assert seen == {"attention": {False}, "fused_adamw": True}
     losses = [r["loss"] for r in run.metrics()]
     assert losses[-1] < losses[0]
