@@ -198,7 +198,7 @@ def cmd_tags(args: argparse.Namespace) -> None:
 
 
 def cmd_shards(args: argparse.Namespace) -> None:
-    from studylib.shards import index_shards, write_shards
+    from studylib.shards import folder_labels, index_shards, write_shards
     from studylib.stages import pretrain_images
     from studylib.weak_labels import simulate
 
@@ -210,8 +210,9 @@ def cmd_shards(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: not empty; allowed: a new or empty folder (shards are never overwritten)")
-    images = pretrain_images(exp)
-    index = write_shards(images, simulate(images, exp.tags), out, args.per_shard)
+    source = Path(exp.data.pretrain).expanduser() if exp.data.stream else None  # copied file by file
+    images = folder_labels(source) if source else pretrain_images(exp)
+    index = write_shards(images, simulate(images, exp.tags), out, args.per_shard, source=source)
     print(f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: {out}/00000.tar ... "
           f"{index[-1]['name']}, index {out / 'shards.json'}")
 

@@ -62,11 +62,13 @@ INDEX = "shards.json"
 
 
 def write_shards(dataset: ImageDataset, hashtags: Hashtags, folder: Path, per_shard: int = 1000,
-                 quality: int = 95) -> list[dict]:
+                 quality: int = 95, source: Path | None = None) -> list[dict]:
     """Write the training images of `dataset` with their hashtags as JPEG shards of `per_shard` samples
-    (the last may hold fewer) into `folder`; returns the index it writes to shards.json."""
+    (the last may hold fewer) into `folder`; returns the index it writes to shards.json. With `source` (an image
+    folder: `dataset` is then folder_labels(source)), each image is that folder's file, a JPEG copied as it is."""
     import webdataset as wds
 
+    files = file_index(source)[1] if source else []
     folder.mkdir(parents=True, exist_ok=True)
     index = []
     for start in range(0, len(dataset.train_labels), per_shard):
@@ -76,13 +78,34 @@ def write_shards(dataset: ImageDataset, hashtags: Hashtags, folder: Path, per_sh
             for i in range(start, stop):
                 tags = [hashtags.vocab[t] for t in hashtags.tags[i].tolist() if t >= 0]
                 caption = " ".join(tags)
-                buffer = io.BytesIO()
-                Image.fromarray(dataset.train_images[i].permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
-                sink.write({"__key__": f"{i:09d}", "jpg": buffer.getvalue(), "txt": caption,
+                sink.write({"__key__": f"{i:09d}", "jpg": _jpeg(dataset, i, quality, source, files), "txt": caption,
                             "json": {"tags": tags, "label": int(dataset.train_labels[i]), "caption": caption}})
         index.append({"name": name, "samples": stop - start})
     (folder / INDEX).write_text(json.dumps({"shards": index}, indent=1))
     return index
+
+
+def _jpeg(dataset: ImageDataset, i: int, quality: int, source: Path | None, files: list[tuple[str, int]]) -> bytes:
+    """Image i as JPEG bytes: a JPEG file of `source` as it is, any other image encoded."""
+    if source and Path(files[i][0]).suffix.lower() in (".jpg", ".jpeg"):
+        return (source / files[i][0]).read_bytes()
+    if source:
+        with Image.open(source / files[i][0]) as opened:
+            image = opened.convert("RGB")
+    else:
+        image = Image.fromarray(dataset.train_images[i].permute(1, 2, 0).numpy())
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def folder_labels(root: Path) -> ImageDataset:
+    """An image folder's classes and labels from its file index, without its pixels (images of 0 x 0 x 0), for
+    simulating hashtags on a folder too large or too varied to hold in memory."""
+    classes, files = file_index(root)
+    labels = torch.tensor([label for _, label in files], dtype=torch.long)
+    nothing = torch.zeros(len(files), 0, 0, 0, dtype=torch.uint8)
+    return ImageDataset(str(root), nothing, labels, nothing[:0], labels[:0], classes)
 
 
 def index_shards(folder: Path) -> list[dict]:

@@ -219,6 +219,25 @@ def test_an_image_folder_streams_every_image_once_per_epoch_cropped_in_workers_f
     assert not all(torch.equal(crops[k], later[k]) for k in crops.keys() & later.keys())
 
 
+def test_the_shards_command_copies_a_streamed_image_folder_with_simulated_hashtags(tmp_path, capsys):
+    from studylib.cli import main
+
+    _imagenet_layout(tmp_path / "imagenet", per_class=8)
+    out = tmp_path / "pool"
+    args = ["--set", f"data.pretrain={tmp_path / 'imagenet'}", "--set", "data.stream=true"]
+    assert main(["shards", "--preset", "smoke", *args, "--out", str(out), "--per-shard", "10"]) == 0
+    assert [s["samples"] for s in read_index(out)] == [10, 10, 10, 2]
+    files = file_index(tmp_path / "imagenet")[1]
+    with tarfile.open(out / "00001.tar") as tar:
+        jpeg = tar.extractfile("000000012.jpg").read()
+        metas = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
+    assert jpeg == (tmp_path / "imagenet" / files[12][0]).read_bytes()  # the file itself, not re-encoded
+    assert [m["label"] for m in metas] == [label for _, label in files[10:20]]
+    assert sum(f"#n0{m['label']}" in m["tags"] for m in metas) >= 5  # simulated: the class tag, most of the time
+    batches = list(ShardStream(out, batch_size=8, size=32, workers=0, rank=0, world=1, crop_min=0.5).epoch(0))
+    assert len(batches) == 4 and batches[0][0].shape == (8, 3, 32, 32)
+
+
 def test_the_file_index_is_listed_once_then_read_from_the_cache_until_a_class_folder_changes(tmp_path, monkeypatch):
     _imagenet_layout(tmp_path, per_class=3)
     classes, files = file_index(tmp_path)
