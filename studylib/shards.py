@@ -4,8 +4,9 @@ image folders in ImageNet's layout.
 A shard folder holds `00000.tar`, `00001.tar`, ... and `shards.json` (each shard's name and sample count).
 Each sample is `<key>.jpg` (the image), `<key>.json` (`{"tags": [...], "label": int, "caption": str}`) and
 `<key>.txt` (the caption), as img2dataset writes them. `write_shards` makes such a folder from an in-memory
-dataset with its simulated hashtags (`studylib shards`), so the code that reads a web dataset on a cluster
-runs here on CIFAR.
+dataset, or from a streamed image folder by copying its JPEGs, with simulated hashtags (`studylib shards`), so the
+code that reads a web dataset on a cluster runs here on CIFAR; `index_shards` writes shards.json for tars made
+elsewhere.
 
 A shard folder can be the pool that MAE and WSP stream (`data.pretrain: /path/to/shards`, `ShardBatches`): WSP's
 classes are then the pool's `data.tag_vocabulary` most frequent tags (`vocabulary`, counted once and cached).
