@@ -145,7 +145,7 @@ def test_sweep_runs_as_a_job_array(slurm, tmp_path):
 
 def test_two_task_ddp_study_job_runs_every_stage_once(slurm, tmp_path, isolated_dirs):
     """The whole study as one 2-task job: rank 0 decides and writes, rank 1 trains alongside; probes
-    extract features of every image on both ranks, so labels line up."""
+    extract features of half the images on each rank, gathered in order on both, so labels line up."""
     job = submit("default", "smoke", _slurm("launch.tasks_per_node=2", "studies.arms=[wsp,mae_wsp]"),
                  folder=tmp_path / "jobs")
     tables = watch([job], poll_s=1)[0]
