@@ -37,6 +37,7 @@ class name. With `data.stream: true`, such a folder is the pool that MAE and WSP
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import itertools
@@ -205,6 +206,17 @@ def file_index(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """The classes of an image folder and its training images (path relative to `root`, class), sorted;
     cached in $STUDYLIB_CACHE under the folder's path and every class folder's modification time (which
     an added, removed or renamed image changes), so a folder of a million images is listed once."""
+    return _read_index(_index_file(root))
+
+
+def index_fingerprint(root: Path) -> str:
+    """What a run's identity holds of a streamed image folder: a hash of its path and file index (the names of its
+    images, not their bytes: a million files are not read to name a run)."""
+    return _hash_file(_index_file(root))
+
+
+def _index_file(root: Path) -> Path:
+    """The cached file index of `root` in $STUDYLIB_CACHE, listed and written first where there is none."""
     train = root / "train" if (root / "train").is_dir() else root
     try:
         folders = sorted(d for d in train.iterdir() if d.is_dir())
@@ -216,8 +228,7 @@ def file_index(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
                         f"or {root}/<class>/<image>")
     cache = cache_dir() / f"file_index-{hashlib.sha256(chr(10).join(key).encode()).hexdigest()[:16]}.json"
     if cache.is_file():
-        index = json.loads(cache.read_text())
-        return index["classes"], [tuple(f) for f in index["files"]]
+        return cache
     files = []
     for label, folder in enumerate(folders):
         found = sorted(e.name for e in os.scandir(folder) if Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
@@ -225,12 +236,24 @@ def file_index(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
             raise DataError(f"{folder}: no images in this class folder ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                             "allowed: at least one image in every class folder")
         files += [(str(folder.relative_to(root) / name), label) for name in found]
-    classes = [d.name for d in folders]
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"classes": classes, "files": files}))
+    tmp.write_text(json.dumps({"root": str(root), "classes": [d.name for d in folders], "files": files}))
     os.replace(tmp, cache)
-    return classes, files
+    return cache
+
+
+@functools.lru_cache(maxsize=4)
+def _read_index(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """A cached file index, parsed once per process (a file's content never changes under its name, which holds
+    the folder's key)."""
+    index = json.loads(path.read_text())
+    return index["classes"], [tuple(f) for f in index["files"]]
+
+
+@functools.lru_cache(maxsize=4)
+def _hash_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 class ImageFiles:
@@ -240,13 +263,10 @@ class ImageFiles:
     def __init__(self, root: Path, per_unit: int = 1000) -> None:
         self.root = root
         self.classes, files = file_index(root)
+        files = list(files)
         random.Random(0).shuffle(files)
         self.units = [{"name": f"files{i // per_unit:05d}", "samples": len(files[i:i + per_unit]),
                        "files": files[i:i + per_unit]} for i in range(0, len(files), per_unit)]
-
-    def fingerprint(self) -> str:
-        """What a run's identity holds of the folder: a hash of its path and file index (names, not bytes)."""
-        return hashlib.sha256(json.dumps([str(self.root), self.units]).encode()).hexdigest()[:16]
 
     def read(self, units: list[dict], seed: int, skip: int = 0) -> Iterator[dict]:
         """The samples of `units`, each unit's files in an order drawn from (seed, unit), less the first `skip`

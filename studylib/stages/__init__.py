@@ -17,7 +17,7 @@ from studylib.distributed import is_main
 from studylib.errors import DataError, RunFolderError
 from studylib.models import VIT_SIZES, encoder_state, load_encoder
 from studylib.runs import Run
-from studylib.shards import ImageFiles, ShardBatches, is_shard_folder, open_folder
+from studylib.shards import ShardBatches, index_fingerprint, is_shard_folder, open_folder
 
 
 def data_identity(exp: Experiment, dataset: str, fraction: float = 1.0) -> dict[str, Any]:
@@ -39,8 +39,8 @@ def pool_identity(exp: Experiment, dataset: str | None = None, fraction: float =
     """What a run's identity holds of its pretraining images (see _pretrain_source); a streamed image folder is
     known by its file index (names, not bytes: a million files are not read to name a run)."""
     if dataset is None and exp.data.stream:
-        folder = ImageFiles(Path(exp.data.pretrain).expanduser())
-        return {"dataset": exp.data.pretrain, "fingerprint": folder.fingerprint(), "stream": True,
+        fingerprint = index_fingerprint(Path(exp.data.pretrain).expanduser())
+        return {"dataset": exp.data.pretrain, "fingerprint": fingerprint, "stream": True,
                 "fraction": exp.data.pretrain_fraction * fraction, "subset_seed": exp.data.subset_seed}
     return data_identity(exp, *_pretrain_source(exp, dataset, fraction))
 
