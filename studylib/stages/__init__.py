@@ -76,12 +76,16 @@ def pretrain_count(exp: Experiment, dataset: str | None = None, fraction: float 
     return len(pretrain_images(exp, dataset, fraction).train_labels)
 
 
+def loader_workers(exp: Experiment) -> int:
+    """DataLoader workers of a streamed pool: all but one of launch.cpus_per_task (that one trains)."""
+    return max(1, exp.launch.cpus_per_task - 1)
+
+
 def pool_batches(exp: Experiment, config: ImageTrainConfig, device: torch.device, tags: list[str] | None = None,
                  fraction: float = 1.0) -> ShardBatches:
-    """The streamed pool's batches for a stage trained with `config` (see _units_taken), read by DataLoader
-    workers on all but one of launch.cpus_per_task."""
+    """The streamed pool's batches for a stage trained with `config` (see units_taken), read by loader_workers."""
     return ShardBatches(streamed_pool(exp), config.batch_size, device, VIT_SIZES[exp.model]["img_size"],
-                        config.crop_min, tags, workers=max(1, exp.launch.cpus_per_task - 1),
+                        config.crop_min, tags, workers=loader_workers(exp),
                         shards=len(units_taken(exp, fraction)))
 
 

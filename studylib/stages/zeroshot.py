@@ -29,7 +29,14 @@ from studylib.errors import DataError
 from studylib.models import VIT_SIZES
 from studylib.runs import Run, train_once
 from studylib.shards import ShardStream
-from studylib.stages import data_identity, pool_identity, pretrain_images, streamed_pool, units_taken
+from studylib.stages import (
+    data_identity,
+    loader_workers,
+    pool_identity,
+    pretrain_images,
+    streamed_pool,
+    units_taken,
+)
 from studylib.stages.probe import extract_features, forward, frozen_encoder
 from studylib.weak_labels import simulate
 
@@ -119,7 +126,7 @@ def pool_features(exp: Experiment, encoder: nn.Module, device: torch.device,
     """A streamed pool's image features and tag captions, every rank's share gathered in rank order."""
     encoder.to(device).eval()
     stream = ShardStream(streamed_pool(exp), 64, VIT_SIZES[exp.model]["img_size"], seed=exp.seed,
-                         workers=max(1, exp.launch.cpus_per_task - 1), shards=len(units_taken(exp)))
+                         workers=loader_workers(exp), shards=len(units_taken(exp)))
     normalise, features, captions = ImageTransform(VIT_SIZES[exp.model]["img_size"]), [], []
     for images, _keys, tags in stream.epoch(0):
         features.append(forward(encoder, normalise(images.to(device)), device, dtype))
