@@ -1,7 +1,7 @@
 """The `studylib` command.
 
     studylib study [NAME] [--preset cpu] [--set KEY=VALUE ...]  a study of studylib.registry.STUDIES
-                                                               (default: `default`, every arm and probes)
+                 [--pilot]                                     (default: `default`, every arm and probes)
     studylib notebooks [--preset cpu] [--only NAME ...]        every study notebook in batch (papermill)
     studylib transfer [--arm NAME ...] [--checkpoint FILE]     the transfer suite on arms' encoders, or on
                                                                an outside checkpoint
@@ -9,8 +9,10 @@
     studylib submit TARGET [--preset cpu] [--set ...]          a study or an arm as a submitit job (local,
                                                                debug or SLURM: --set launch.executor=slurm)
     studylib config [--preset cpu] [--set ...]                 the resolved configuration, where its tables go
-    studylib findings [--preset cpu] [--readme]                the paper's claims against the results, by a
-                                                               stated rule (results/<key>/findings.md)
+    studylib findings [--preset cpu] [--readme]                the paper's claims against the results, by the
+                                                               declared analysis plan (results/<key>/findings.md)
+    studylib plan [--preset cpu]                               seeds each claim needs, from the pilot seeds
+                                                               (`studylib study NAME --pilot`)
     studylib registry [--readme]                               arms, studies, tasks and stages (README tables)
     studylib tags   [--preset cpu]                             statistics of the simulated hashtags
     studylib models                                            parameters and FLOPs of every ViT size
@@ -22,6 +24,7 @@ and exits with status 2, before anything is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import time
@@ -45,6 +48,7 @@ from studylib.errors import ConfigError, StudylibError
 def _experiment(args: argparse.Namespace, writes: bool = True) -> Experiment:
     """The command's experiment; for a command that writes, its output places checked first."""
     exp = load_experiment(args.preset, args.overrides, getattr(args, "config", None))
+    exp = dataclasses.replace(exp, pilot=getattr(args, "pilot", False))
     if writes:
         check_output_places(exp.results_key)
     return exp
@@ -172,16 +176,30 @@ def cmd_findings(args: argparse.Namespace) -> None:
     """The paper's claims against the study tables of a preset (and overrides): results/<key>/findings.md."""
     from studylib.findings import write
 
-    key = _experiment(args).results_key
-    text = write(key)
+    exp = _experiment(args)
+    key = exp.results_key
     if args.readme:
         if key != "cpu":
             raise ConfigError(f"--readme: the README's findings come from the cpu preset's own results, not {key!r}; "
                               "allowed: --preset cpu without result-changing --set")
+        if not (results_dir(key) / "default.csv").exists():
+            raise ConfigError(f"--readme: {results_dir(key) / 'default.csv'} does not exist, and the README's "
+                              "findings are never written from no results; allowed: after `studylib study`")
+    text = write(key, exp.analysis)
+    if args.readme:
         fill_readme("findings", text)
     else:
         print(text, end="")
     print(f"written: {results_dir(key) / 'findings.md'}, findings.csv")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    """Seeds each claim needs, from the pilot seeds' tables: results/<key>/plan.md."""
+    from studylib.plan import write
+
+    exp = _experiment(args)
+    print(write(exp), end="")
+    print(f"written: {results_dir(exp.results_key) / 'plan.md'}")
 
 
 def cmd_tags(args: argparse.Namespace) -> None:
@@ -235,6 +253,7 @@ EXAMPLES = {
               "  studylib submit mae_wsp --preset paper --set launch.executor=slurm --no-wait",
     "config": "  studylib config --preset cpu\n  studylib config --preset cpu --set mae.epochs=16",
     "findings": "  studylib findings --preset cpu\n  studylib findings --preset cpu --readme",
+    "plan": "  studylib study --preset cpu --pilot\n  studylib plan --preset cpu",
     "registry": "  studylib registry\n  studylib registry --readme",
     "tags": "  studylib tags --preset cpu --set tags.noise_vocab=1000",
     "shards": "  studylib shards --preset cpu --out shards/cifar100-pool --per-shard 500\n"
@@ -254,6 +273,7 @@ def parser() -> argparse.ArgumentParser:
                              ("submit", cmd_submit, "submit a job through submitit and watch it"),
                              ("config", cmd_config, "print the resolved configuration"),
                              ("findings", cmd_findings, "check the paper's claims against the results"),
+                             ("plan", cmd_plan, "seeds each claim needs, from the pilot seeds' results"),
                              ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
                              ("tags", cmd_tags, "print hashtag statistics"),
                              ("shards", cmd_shards, "write the pool with its hashtags as WebDataset shards, or "
@@ -284,6 +304,10 @@ def parser() -> argparse.ArgumentParser:
             which.add_argument("--index", metavar="FOLDER", help="a folder of tars (img2dataset's output): write its "
                                                                  "shards.json, each tar's samples counted")
             p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
+        if name in ("study", "findings", "figures"):
+            p.add_argument("--pilot", action="store_true",
+                           help="the pilot seeds (studies.pilot_seeds), tables in results/<key>/pilot/: "
+                                "for `studylib plan`, in no verdict")
         if name in ("registry", "findings"):
             p.add_argument("--readme", action="store_true", help=f"rewrite the README's {name} tables")
         if name not in ("models", "registry"):

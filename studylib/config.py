@@ -335,9 +335,48 @@ class StudiesConfig:
                                    lambda v: len(v) > 0 and 1 <= min(v) and max(v) <= MAX_EPOCHS,
                                    default_factory=lambda: [1, 2, 4])
     arms: list[str] = _list_of(ARMS, default_factory=lambda: list(ARMS))  # arms the studies compare
-    # studies that run the first seed of `seeds` only, where every seed costs too much (their figures say n = 1)
-    first_seed_only: list[str] = field(default_factory=list, metadata={
-        "allowed": lambda: f"a list of {list(STUDIES)}", "ok": lambda v: all(x in STUDIES for x in v)})
+    # seeds that chose a setting (pilot seeds: `studylib study --pilot`, `studylib plan`); the verdicts come from
+    # `seeds`, fresh confirmation seeds that chose nothing
+    pilot_seeds: list[int] = _check("a list of ints >= 0", lambda v: not v or min(v) >= 0, default_factory=list)
+    # 'STUDY:N': that study runs the first N of `seeds` only, where every seed costs too much (its rows say n)
+    seed_counts: list[str] = field(default_factory=list, metadata={
+        "allowed": lambda: f"a list of 'STUDY:N', STUDY one of {list(STUDIES)}, N >= 1",
+        "ok": lambda v: all(_seed_count(x) for x in v)})
+
+    def seeds_of(self, study: str, pilot: bool = False) -> list[int]:
+        """The seeds `study` runs: every pilot seed, or the first N confirmation seeds of seed_counts."""
+        if pilot:
+            return list(self.pilot_seeds)
+        counts = dict(text.split(":") for text in self.seed_counts)
+        return self.seeds[: int(counts.get(study, len(self.seeds)))]
+
+
+def _seed_count(text: str) -> bool:
+    study, sep, count = text.partition(":")
+    return bool(sep) and study in STUDIES and count.isdigit() and int(count) >= 1
+
+
+@dataclass(kw_only=True)
+class ClaimPlan:
+    """One claim's analysis, declared before its confirmation runs (studylib.findings): the comparison that
+    decides it, the others reported beside it (fnmatch patterns of comparison keys), Holm-corrected together,
+    and the 95% half-widths that `studylib plan` sizes the seeds for (0: no target)."""
+
+    primary: str = ""
+    secondary: list[str] = field(default_factory=lambda: ["*"])
+    half_width: float = _at_least_zero(default=0.0)
+    secondary_half_width: float = _at_least_zero(default=0.0)
+
+
+@dataclass(kw_only=True)
+class AnalysisConfig:
+    """The analysis plan of the paper's four claims (keys: `studylib findings` lists every comparison's)."""
+
+    alpha: float = _check("in (0, 0.5]", lambda v: 0 < v <= 0.5, default=0.05)
+    a: ClaimPlan = field(default_factory=lambda: ClaimPlan(primary="probe/cifar100"))
+    b: ClaimPlan = field(default_factory=lambda: ClaimPlan(primary="epochs2/cifar100"))
+    c: ClaimPlan = field(default_factory=lambda: ClaimPlan(primary="micro/cifar100"))
+    d: ClaimPlan = field(default_factory=lambda: ClaimPlan(primary="mae/cifar10"))
 
 
 @dataclass(kw_only=True)
@@ -376,7 +415,10 @@ class Experiment:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     studies: StudiesConfig = field(default_factory=StudiesConfig)
+    # decides findings, not tables: not part of any run or results key (findings.md records its hash)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig, metadata={"identity": False})
     launch: LaunchConfig = field(default_factory=LaunchConfig, metadata=SPEED_ONLY)
+    pilot: bool = field(default=False, metadata=INTERNAL)  # `studylib study --pilot`: studies.pilot_seeds
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -391,8 +433,10 @@ class Experiment:
     @property
     def results_key(self) -> str:
         """Where this experiment's study tables and figures go: the preset's own folder, or, with
-        overrides that change results, `<preset>+<hash of the overrides>`, so neither replaces the other."""
-        return self.preset if not self.overrides else f"{self.preset}+{config_hash(self.overrides)}"
+        overrides that change results, `<preset>+<hash of the overrides>`, so neither replaces the other;
+        pilot seeds' tables in its `pilot/` folder."""
+        key = self.preset if not self.overrides else f"{self.preset}+{config_hash(self.overrides)}"
+        return f"{key}/pilot" if self.pilot else key
 
 
 def result_settings(value: Any) -> Any:
@@ -491,6 +535,7 @@ def load_experiment(preset: str, overrides: list[str] | tuple[str, ...] = (),
     if "seed" in set_by_override:  # a seed asked for on the command line is the seed the studies run
         if "studies.seeds" not in set_by_override:
             exp.studies.seeds = [exp.seed]
+            exp.studies.pilot_seeds = [s for s in exp.studies.pilot_seeds if s != exp.seed]
         elif exp.seed not in exp.studies.seeds:
             raise ConfigError(f"override seed: {exp.seed} is not among studies.seeds {exp.studies.seeds}, "
                               "which the studies run; allowed: one of them, or leave seed out")
@@ -529,6 +574,10 @@ def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
             raise ConfigError(f"{_where(origins, key + '.accumulation_steps')}: {section.accumulation_steps} slices do "
                               f"not split {key}.batch_size {section.batch_size} ({per_step} images per task); "
                               f"allowed: divisors of {per_step}")
+    shared = sorted(set(exp.studies.pilot_seeds) & set(exp.studies.seeds))
+    if shared:
+        raise ConfigError(f"{_where(origins, 'studies.pilot_seeds')}: seed {shared[0]} is also a confirmation seed "
+                          "(studies.seeds); allowed: pilot seeds apart from the seeds that decide the verdicts")
     if exp.data.stream and (exp.data.pretrain in BUILTIN_DATASETS or "+" in exp.data.pretrain):
         raise ConfigError(f"{_where(origins, 'data.stream')}: data.pretrain {exp.data.pretrain} cannot be streamed; "
                           "allowed: data.stream true with data.pretrain an image folder path, else false")
@@ -539,7 +588,8 @@ def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
             raise ConfigError(f"{_where(origins, 'mae.mask_ratio')}: {exp.mae.mask_ratio} hides no patch or every "
                               f"patch of {size}'s {patches}; "
                               f"allowed: in ({0.5 / patches:.3f}, {1 - 0.5 / patches:.3f})")
-    for key, values in (("studies.seeds", exp.studies.seeds), ("studies.model_sizes", exp.studies.model_sizes),
+    for key, values in (("studies.seeds", exp.studies.seeds), ("studies.pilot_seeds", exp.studies.pilot_seeds),
+                        ("studies.model_sizes", exp.studies.model_sizes),
                         ("studies.mae_data", exp.studies.mae_data), ("studies.wsp_epochs", exp.studies.wsp_epochs),
                         ("studies.arms", exp.studies.arms), ("transfer.tasks", exp.transfer.tasks),
                         ("probe.weight_decays", exp.probe.weight_decays),

@@ -27,11 +27,11 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
-from studylib.config import REPO_ROOT, load_experiment, results_dir  # noqa: E402
+from studylib.config import REPO_ROOT, AnalysisConfig, ClaimPlan, load_experiment, results_dir  # noqa: E402  # noqa: E402
 from studylib.errors import one_line_in_notebooks  # noqa: E402
-from studylib.findings import t_quantile_975, table_from  # noqa: E402
+from studylib.findings import CLAIMS, analyse, comparisons, t_quantile_975, table_from  # noqa: E402
+from studylib.io import atomic_write, git_sha  # noqa: E402
 from studylib.registry import ARMS, FIGURES, STUDIES, call  # noqa: E402
-from studylib.runs import atomic_write, git_sha  # noqa: E402
 
 FORMATS = ("png", "svg")
 
@@ -156,6 +156,39 @@ def default(key: str) -> list[Path]:
     return save(fig, "default", key, ["default"], table)
 
 
+def plan_of(key: str) -> AnalysisConfig:
+    """The analysis plan that results/<key>/ was run under (its experiment.yaml), else the default plan."""
+    path = results_dir(key) / "experiment.yaml"
+    record = yaml.safe_load(path.read_text()) if path.exists() else None
+    claims = (record or {}).get("experiment", {}).get("analysis")
+    if not claims:
+        return AnalysisConfig()
+    return AnalysisConfig(alpha=claims["alpha"], **{c: ClaimPlan(**claims[c]) for c in CLAIMS})
+
+
+def verdicts(key: str) -> list[Path]:
+    """Each claim's primary comparison as the findings test it: the paired difference at every seed, its
+    mean with the 95% t-interval, the zero line, and the verdict by the declared plan."""
+    found = [c for c in analyse(comparisons(key), plan_of(key)) if c.role == "primary"]
+    if not found:
+        raise FileNotFoundError(f"{results_dir(key)}: no primary comparison of the analysis plan in these results")
+    fig, axes = plt.subplots(1, len(found), figsize=(2.6 * len(found) + 0.6, 3.6), squeeze=False)
+    for ax, c in zip(axes[0], found, strict=True):
+        ax.axhline(0, color="black", lw=0.8)
+        ax.scatter(np.linspace(-0.12, 0.12, c.n), c.differences, color="grey", s=14, zorder=3, label="one seed")
+        if c.n > 1:
+            ax.errorbar([0.35], [c.mean], yerr=[[c.half_width]], fmt="o", color=ARMS["mae_wsp"].color, capsize=4,
+                        label="mean, 95% t-interval")
+        ax.set(xlim=(-0.4, 0.7), xticks=[], ylabel="paired difference (top-1 points)" if ax is axes[0][0] else "",
+               title=f"({c.claim}) {c.key}\nn = {c.n}: {c.verdict}")
+        ax.title.set_fontsize(9)
+    handles, texts = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="upper center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 0.0), fontsize=8)
+    fig.suptitle("Each claim's primary comparison, MAE→WSP − WSP unless named, paired by seed", fontsize=10)
+    fig.tight_layout()
+    return save(fig, "verdicts", key, ["default", "wsp_epochs", "model_size", "data_size"], read(key, "default"))
+
+
 def _legend_below(fig: plt.Figure, axes: Sequence[plt.Axes]) -> None:
     """One legend for the figure, under its axes (where it covers no data), holding every entry of the
     axes' own legends once; those are removed."""
@@ -193,7 +226,8 @@ def convergence(key: str) -> list[Path]:
                 ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
     _legend_below(fig, list(axes.flat))
-    fig.suptitle(f"Convergence: every arm against WSP epochs and training FLOPs ({_seeds(table)})")
+    fig.suptitle(f"Every arm after full WSP schedules of each length, one run per length and seed "
+                 f"({_seeds(table)})")
     fig.tight_layout()
     return save(fig, "convergence", key, ["wsp_epochs"], table)
 
@@ -221,17 +255,18 @@ def data_size(key: str) -> list[Path]:
     """Linear-probe top-1 of every arm at each point of MAE's images (the arms without MAE are the
     same runs at every point): points with error bars on an axis from zero."""
     table = read(key, "data_size")
-    probes, order, palette = arms(_probes(table))
+    images = table[(table.stage == "mae") & (table.metric == "images")].groupby("mae_data")["value"].mean()
+    probes, order, palette = arms(_probes(table).assign(images=lambda t: t.mae_data.map(images)))
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        sns.pointplot(probes[probes.dataset == dataset], x="mae_data", y="value", hue="arm", hue_order=order,
-                      palette=palette, errorbar=interval95, dodge=0.3, ax=ax)
+        sns.pointplot(probes[probes.dataset == dataset], x="images", y="value", hue="arm", hue_order=order,
+                      palette=palette, errorbar=interval95, dodge=0.3, ax=ax, native_scale=False)
         ax.set_ylim(0, None)
-        ax.set(xlabel="MAE's images (dataset:fraction)", ylabel=f"{dataset} linear-probe top-1 (%)")
-        ax.set_xticks(ax.get_xticks(), [t.get_text().replace("+", "+\n") for t in ax.get_xticklabels()])
+        ax.set(xlabel="MAE's distinct images (same MAE steps at each)", ylabel=f"{dataset} linear-probe top-1 (%)")
+        ax.set_xticks(ax.get_xticks(), [f"{float(t.get_text()):,.0f}" for t in ax.get_xticklabels()])
     _legend_below(fig, axes[0])
-    fig.suptitle(f"Pre-pretraining data: MAE on part of the pool, the pool, another dataset ({_seeds(table)})")
+    fig.suptitle(f"Pre-pretraining data: MAE on more distinct images ({_seeds(table)})")
     fig.tight_layout()
     return save(fig, "data_size", key, ["data_size"], table)
 
@@ -266,7 +301,8 @@ def transfer(key: str) -> list[Path]:
                  style="dataset", palette=palette, marker="o", errorbar=None, ax=axes[3])
     axes[3].set(title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)")
     _legend_below(fig, axes)
-    fig.suptitle(f"Transfer ({_seeds(table)}; low-shot: sd over seeds and draws)")
+    draws = "seeds and draws" if table.seed.nunique() > 1 else "draws"
+    fig.suptitle(f"Transfer ({_seeds(table)}; low-shot: sd over {draws})")
     fig.tight_layout()
     return save(fig, "transfer", key, ["transfer"], table)
 

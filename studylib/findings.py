@@ -1,21 +1,19 @@
-"""The paper's claims, checked against a study's tables by a stated rule: `studylib findings --preset cpu`
-writes results/<key>/findings.md and findings.csv, and the README's findings table comes from them.
+"""The paper's claims, checked against a study's tables by an analysis plan declared before the runs
+(`analysis` in experiments.yaml): `studylib findings --preset cpu` writes results/<key>/findings.md and
+findings.csv, and `--readme` puts the same text, prose included, into the README.
 
-Every comparison is paired by seed: the same seed, data and head initialisation for both arms, so the
-difference at each seed is one observation (low-shot draws are averaged within a seed first: they share
-one pretraining, so they say nothing about how a pretraining varies from seed to seed). Over n pairs:
-the mean difference, its 95% t-interval, and a verdict by the rule
-
-    holds          the interval lies above 0
-    contradicted   the interval lies below 0
-    inconclusive   the interval holds 0, or n < 2 (no interval from one seed)
-
-A claim made of several comparisons holds when every one holds, is contradicted when every one is
-contradicted, is mixed when some hold and others are contradicted, and is inconclusive otherwise.
+Every comparison is paired by seed (same seed, data and head initialisation for both arms; low-shot draws
+averaged within a seed first) and has a stable key, e.g. `probe/cifar100`. Each claim has one primary
+comparison, which decides it, and secondary ones; a paired t-test (scipy) gives each a p-value, and Holm's
+correction (statsmodels) runs over the claim's primary and secondaries with n >= 2. A comparison that pairs the
+same runs as one of an earlier claim is that result again: shown, not counted twice. One-seed comparisons are
+descriptive only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import math
 import statistics
 from dataclasses import dataclass
@@ -23,21 +21,30 @@ from pathlib import Path
 
 import pandas as pd
 
-from studylib.config import results_dir
+from studylib.config import AnalysisConfig, config_hash, results_dir
 from studylib.errors import DataError, shown
+from studylib.io import atomic_write
 from studylib.registry import labels
-from studylib.runs import atomic_write
 
-RULE = ("verdict per comparison: holds if the 95% interval of the paired difference lies above 0, contradicted if "
-        "below 0, inconclusive if it holds 0 or n < 2; a claim holds if all its comparisons hold, is contradicted "
-        "if all are contradicted, mixed if some hold and some are contradicted, inconclusive otherwise")
+RULE = ("each comparison is a paired t-test over seeds; within a claim, Holm's correction over its primary and "
+        "secondary comparisons with n >= 2; a comparison holds if its corrected p < alpha and the mean difference is "
+        "above 0, is contradicted if p < alpha and below 0, and is inconclusive otherwise (or with n < 2); a claim's "
+        "verdict is its primary comparison's")
+
+CLAIMS = {"a": "MAE→WSP beats WSP in transfer", "b": "MAE→WSP converges faster (per WSP epoch; per training FLOP, "
+          "MAE's counted)", "c": "MAE→WSP beats WSP at every model size", "d": "more pre-pretraining data helps MAE"}
 
 
 @dataclass
 class Comparison:
     claim: str
+    key: str  # stable name, the one the analysis plan uses
     what: str
     differences: list[float]
+    runs: tuple[str, ...] = ()  # the runs it pairs: the same runs in two claims are one result
+    role: str = ""  # primary, secondary, descriptive (n < 2), or 'repeat of (x) KEY'
+    p_holm: float = math.nan  # p after Holm's correction within the claim (nan: not tested)
+    alpha: float = 0.05
 
     @property
     def n(self) -> int:
@@ -48,53 +55,60 @@ class Comparison:
         return statistics.fmean(self.differences)
 
     @property
+    def sd(self) -> float:
+        return statistics.stdev(self.differences) if self.n > 1 else math.nan
+
+    @property
     def half_width(self) -> float:
         """Half the 95% t-interval of the mean difference (nan for n < 2)."""
-        if self.n < 2:
+        return t_quantile_975(self.n - 1) * self.sd / math.sqrt(self.n) if self.n > 1 else math.nan
+
+    @property
+    def p(self) -> float:
+        """Two-sided p of the paired t-test against no difference (nan for n < 2 or no spread)."""
+        if self.n < 2 or self.sd == 0:
             return math.nan
-        return t_quantile_975(self.n - 1) * statistics.stdev(self.differences) / math.sqrt(self.n)
+        from scipy import stats
+
+        return float(stats.ttest_1samp(self.differences, 0.0).pvalue)
 
     @property
     def verdict(self) -> str:
-        if self.n < 2 or math.isnan(self.half_width):
-            return "inconclusive"
-        if self.mean - self.half_width > 0:
-            return "holds"
-        if self.mean + self.half_width < 0:
-            return "contradicted"
-        return "inconclusive"
+        """By the corrected p where the claim's family tested it, else by the 95% interval alone."""
+        if self.role.startswith("repeat") or self.role == "descriptive" or self.n < 2:
+            return "inconclusive" if not self.role.startswith("repeat") else self.role
+        if not math.isnan(self.p_holm):
+            significant = self.p_holm < self.alpha
+        else:
+            significant = not math.isnan(self.half_width) and abs(self.mean) > self.half_width
+        return "inconclusive" if not significant else "holds" if self.mean > 0 else "contradicted"
 
     def interval(self) -> str:
         if self.n < 2:
             return "no interval (n = 1)"
         return f"[{self.mean - self.half_width:+.2f}, {self.mean + self.half_width:+.2f}]"
 
-
-# Two-sided 95% quantiles of Student's t by degrees of freedom; beyond 30, the normal's 1.96 is within 2%.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+    def sentence(self) -> str:
+        """The comparison in words, with its n, interval and corrected p."""
+        p = f", Holm-corrected p = {self.p_holm:.2g}" if not math.isnan(self.p_holm) else ""
+        return f"{self.what}: {self.mean:+.2f} points, 95% interval {self.interval()}, n = {self.n}{p}"
 
 
 def t_quantile_975(df: int) -> float:
-    return _T975[df - 1] if df <= len(_T975) else 1.96
+    """Student's t quantile of a two-sided 95% interval (scipy)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
 
 
-def claim_verdict(verdicts: list[str]) -> str:
-    if verdicts and all(v == "holds" for v in verdicts):
-        return "holds"
-    if verdicts and all(v == "contradicted" for v in verdicts):
-        return "contradicted"
-    if "holds" in verdicts and "contradicted" in verdicts:
-        return "mixed"
-    return "inconclusive"
-
-
-def paired(table: pd.DataFrame, a: str = "mae_wsp", b: str = "wsp") -> list[float]:
-    """Differences a - b of `value` (averaged within a seed), one per seed that both arms have."""
+def paired(table: pd.DataFrame, a: str = "mae_wsp", b: str = "wsp") -> tuple[list[float], tuple[str, ...]]:
+    """Differences a - b of `value` (averaged within a seed), one per seed that both arms have, and the runs."""
     wide = table.pivot_table(index="seed", columns="arm", values="value", aggfunc="mean")
     if a not in wide or b not in wide:
-        return []
-    return (wide[a] - wide[b]).dropna().tolist()
+        return [], ()
+    both = table[table.arm.isin([a, b]) & table.seed.isin(wide[[a, b]].dropna().index)]
+    runs = tuple(sorted(both["run"].dropna().astype(str))) if "run" in both else ()
+    return (wide[a] - wide[b]).dropna().tolist(), runs
 
 
 def _probe_top1(table: pd.DataFrame) -> pd.DataFrame:
@@ -117,7 +131,35 @@ def table_from(path: Path) -> pd.DataFrame:
     if missing or not pd.api.types.is_numeric_dtype(table["value"]):
         found = f"no column {missing[0]!r}" if missing else "a value that is not a number"
         raise DataError(f"{path}: not a study table ({found}); allowed: the CSV a study writes (rerun the study)")
+    if "precision" in table and table["precision"].nunique() > 1:
+        raise DataError(f"{path}: rows of precisions {sorted(table['precision'].dropna().unique())} in one table; "
+                        "allowed: one precision (rerun the study with --set precision=...)")
     return table
+
+
+def _compare(claim: str, key: str, what: str, part: pd.DataFrame, a: str = "mae_wsp",
+             b: str = "wsp") -> Comparison:
+    differences, runs = paired(part, a, b)
+    return Comparison(claim, key, what, differences, runs)
+
+
+def _transfer(transfer: pd.DataFrame) -> list[Comparison]:
+    """Transfer tasks but the probe (the default study's): robustness as the drop from clean accuracy."""
+    top1 = transfer[(transfer.metric == "top1") & ~transfer.variant.fillna("").str.contains("/")]
+    top1 = top1[top1.stage != "probe"].assign(variant=top1.variant.fillna(""))
+    robust = top1[top1.stage == "robustness"].pivot_table(index=["arm", "seed", "dataset"], columns="variant",
+                                                           values="value")
+    found = []
+    for (task, dataset, variant), part in top1.groupby(["stage", "dataset", "variant"], sort=False):
+        if task == "robustness":
+            if variant != "mean":
+                continue
+            drop = (robust["mean"] - robust["clean"]).rename("value").reset_index()
+            part = drop[drop.dataset == dataset].assign(run=None)
+            variant = "drop from clean"
+        key = "/".join(x for x in (task, variant.replace(" ", "_"), dataset) if x)
+        found.append(_compare("a", key, f"{task} {variant} on {dataset}".replace("  ", " "), part))
+    return found
 
 
 def comparisons(key: str) -> list[Comparison]:
@@ -126,25 +168,20 @@ def comparisons(key: str) -> list[Comparison]:
     default = _read(key, "default")
     if default is not None:
         for dataset, part in _probe_top1(default).groupby("dataset", sort=False):
-            found.append(Comparison("a", f"linear probe on {dataset}", paired(part)))
+            found.append(_compare("a", f"probe/{dataset}", f"linear probe on {dataset}", part))
     transfer = _read(key, "transfer")
     if transfer is not None:
-        top1 = transfer[(transfer.metric == "top1") & ~transfer.variant.fillna("").str.contains("/")]
-        top1 = top1[~((top1.stage == "robustness") & (top1.variant == "clean"))]
-        for (task, dataset, variant), part in top1.groupby(["stage", "dataset", top1.variant.fillna("")], sort=False):
-            if task == "probe" and default is not None:
-                continue  # the default study's probe, above
-            found.append(Comparison("a", f"{task} {variant} on {dataset}".replace("  ", " "), paired(part)))
+        found += _transfer(transfer)
     epochs = _read(key, "wsp_epochs")
     if epochs is not None:
-        probes = _probe_top1(epochs)
-        for (wsp_epochs, dataset), part in probes.groupby(["wsp_epochs", "dataset"], sort=True):
-            found.append(Comparison("b", f"after {int(wsp_epochs)} WSP epochs, {dataset}", paired(part)))
+        for (wsp_epochs, dataset), part in _probe_top1(epochs).groupby(["wsp_epochs", "dataset"], sort=True):
+            found.append(_compare("b", f"epochs{int(wsp_epochs)}/{dataset}",
+                                  f"after {int(wsp_epochs)} WSP epochs, {dataset}", part))
         found += _per_flop(epochs)
     sizes = _read(key, "model_size")
     if sizes is not None:
         for (model, dataset), part in _probe_top1(sizes).groupby(["model", "dataset"], sort=False):
-            found.append(Comparison("c", f"{model}, {dataset}", paired(part)))
+            found.append(_compare("c", f"{model}/{dataset}", f"{model}, {dataset}", part))
     data = _read(key, "data_size")
     if data is not None:
         found += _data_size(data)
@@ -165,16 +202,17 @@ def _per_flop(table: pd.DataFrame) -> list[Comparison]:
         if max(compute, wsp_compute) / min(compute, wsp_compute) > 1.5:
             continue
         for dataset, part in probes.groupby("dataset", sort=False):
-            mine = part[(part.arm == "mae_wsp") & (part.wsp_epochs == mae_epochs)].set_index("seed")["value"]
-            theirs = part[(part.arm == "wsp") & (part.wsp_epochs == wsp_epochs)].set_index("seed")["value"]
-            found.append(Comparison("b", f"per FLOP: MAE→WSP with {int(mae_epochs)} WSP epochs ({compute:.2g} FLOPs) "
-                                         f"vs WSP {int(wsp_epochs)} epochs ({wsp_compute:.2g}), {dataset}",
-                                    (mine - theirs).dropna().tolist()))
+            mine = part[(part.arm == "mae_wsp") & (part.wsp_epochs == mae_epochs)]
+            theirs = part[(part.arm == "wsp") & (part.wsp_epochs == wsp_epochs)]
+            found.append(_compare("b", f"per_flop{int(mae_epochs)}/{dataset}",
+                                  f"per FLOP: MAE→WSP with {int(mae_epochs)} WSP epochs ({compute:.2g} FLOPs) vs "
+                                  f"WSP {int(wsp_epochs)} epochs ({wsp_compute:.2g}), {dataset}",
+                                  pd.concat([mine, theirs.assign(arm="wsp_matched")]), b="wsp_matched"))
     return found
 
 
 def _data_size(table: pd.DataFrame) -> list[Comparison]:
-    """MAE→WSP (and MAE alone, where studied) with the most pre-pretraining images against the fewest."""
+    """MAE alone and MAE→WSP with the most pre-pretraining images against the fewest."""
     images = table[(table.stage == "mae") & (table.metric == "images")].groupby("mae_data")["value"].mean()
     if len(images) < 2:
         return []
@@ -183,12 +221,47 @@ def _data_size(table: pd.DataFrame) -> list[Comparison]:
     probes = _probe_top1(table)
     for arm in ("mae", "mae_wsp"):
         for dataset, part in probes[probes.arm == arm].groupby("dataset", sort=False):
-            wide = part.pivot_table(index="seed", columns="mae_data", values="value")
-            if most in wide and fewest in wide:
-                found.append(Comparison(
-                    "d", f"{labels()[arm]}: MAE on {most} ({images[most]:.0f} images) vs {fewest} "
-                         f"({images[fewest]:.0f}), {dataset}", (wide[most] - wide[fewest]).dropna().tolist()))
+            part = part[part.mae_data.isin([most, fewest])].assign(arm=part.mae_data)
+            found.append(_compare("d", f"{arm}/{dataset}", f"{labels()[arm]}: MAE on {images[most]:,.0f} images vs "
+                                  f"{images[fewest]:,.0f}, {dataset}", part, most, fewest))
     return found
+
+
+def analyse(found: list[Comparison], plan: AnalysisConfig) -> list[Comparison]:
+    """Give each comparison its role by the plan and Holm's corrected p within its claim."""
+    from statsmodels.stats.multitest import multipletests
+
+    counted: dict[tuple[str, ...], Comparison] = {}
+    for claim in CLAIMS:
+        rules: dict = dataclasses.asdict(getattr(plan, claim))
+        family = []
+        for c in (c for c in found if c.claim == claim and c.n):
+            c.alpha = plan.alpha
+            earlier = counted.get(c.runs) if c.runs else None
+            if earlier is not None and earlier.claim != claim:
+                c.role = f"repeat of ({earlier.claim}) {earlier.key}"
+            elif c.key == rules["primary"]:
+                c.role = "primary"
+            elif any(fnmatch.fnmatchcase(c.key, p) for p in rules["secondary"]):
+                c.role = "secondary"
+            else:
+                continue
+            if c.n < 2 and not c.role.startswith("repeat"):
+                c.role = "descriptive"
+            if c.role in ("primary", "secondary"):
+                family.append(c)
+                counted.setdefault(c.runs, c) if c.runs else None
+        tested = [c for c in family if not math.isnan(c.p)]
+        if tested:
+            corrected = multipletests([c.p for c in tested], alpha=plan.alpha, method="holm")[1]
+            for c, p in zip(tested, corrected, strict=True):
+                c.p_holm = float(p)
+    return [c for c in found if c.role]
+
+
+def claim_verdict(mine: list[Comparison]) -> str:
+    primary = [c for c in mine if c.role == "primary"]
+    return primary[0].verdict if primary else "no primary comparison in these results"
 
 
 def below_random(key: str) -> str:
@@ -202,8 +275,18 @@ def below_random(key: str) -> str:
     return "; ".join(below) or "none"
 
 
-CLAIMS = {"a": "MAE→WSP beats WSP in transfer", "b": "MAE→WSP converges faster (per WSP epoch; per training FLOP, "
-          "MAE's counted)", "c": "MAE→WSP beats WSP at every model size", "d": "more pre-pretraining data helps MAE"}
+def premise(key: str) -> list[Comparison]:
+    """The paper's premise, paired by seed in the default study: WSP beats random init, and WSP beats MAE alone."""
+    default = _read(key, "default")
+    if default is None:
+        return []
+    found = []
+    for dataset, part in _probe_top1(default).groupby("dataset", sort=False):
+        for other in ("random", "mae"):
+            c = _compare("premise", f"wsp-{other}/{dataset}", f"WSP − {labels().get(other, other)} on {dataset}",
+                         part, "wsp", other)
+            found += [c] if c.n else []
+    return found
 
 
 def finetune_against_probe(key: str) -> list[Comparison]:
@@ -220,9 +303,9 @@ def finetune_against_probe(key: str) -> list[Comparison]:
         theirs = probes[(probes.arm == arm) & (probes.dataset == dataset)].groupby("seed")["value"].mean()
         both = pd.concat([mine, theirs.rename("probe")], axis=1, join="inner")  # the seeds that have both
         seeds = ("seed " if len(both) == 1 else "seeds ") + ", ".join(str(s) for s in both.index)
-        found.append(Comparison("finetune", f"{labels()[arm]} on {dataset} ({seeds}): fine-tune "
-                                            f"{both.tuned.mean():.2f} vs linear probe {both.probe.mean():.2f}",
-                                (both.tuned - both.probe).tolist()))
+        found.append(Comparison("finetune", f"finetune-probe/{arm}/{dataset}",
+                                f"{labels()[arm]} on {dataset} ({seeds}): fine-tune {both.tuned.mean():.2f} vs "
+                                f"linear probe {both.probe.mean():.2f}", (both.tuned - both.probe).tolist()))
     return found
 
 
@@ -233,55 +316,99 @@ def arm_table(key: str) -> list[str]:
     if default is None:
         return []
     lines = ["| arm | dataset | mean top-1 | 95% interval | n | per seed |", "| --- | --- | ---: | --- | ---: | --- |"]
-    probes = _probe_top1(default)
-    for (dataset, arm), part in probes.groupby(["dataset", "arm"], sort=False):
+    for (dataset, arm), part in _probe_top1(default).groupby(["dataset", "arm"], sort=False):
         values = part.sort_values("seed")["value"].tolist()
-        spread = Comparison("", "", values)
-        interval = spread.interval() if spread.n > 1 else "no interval (n = 1)"
-        lines.append(f"| {labels()[arm]} | {dataset} | {spread.mean:.2f} | {interval.replace('+', '')} | {spread.n} "
-                     f"| {', '.join(f'{v:.2f}' for v in values)} |")
+        spread = Comparison("", "", "", values)
+        lines.append(f"| {labels()[arm]} | {dataset} | {spread.mean:.2f} | {spread.interval().replace('+', '')} | "
+                     f"{spread.n} | {', '.join(f'{v:.2f}' for v in values)} |")
     return lines
 
 
-def report(key: str, found: list[Comparison] | None = None) -> str:
-    """findings.md: each arm's linear-probe top-1, then each claim's comparisons (difference, n, 95%
-    interval, verdict) and its verdict."""
-    found = comparisons(key) if found is None else found
-    lines = [f"**Findings of `{key}`**", ""]
+def provenance(key: str, plan: AnalysisConfig) -> str:
+    """What the results rest on: their seeds (pilot or confirmation), precision and the plan's hash."""
+    tables = [t for t in (_read(key, s) for s in ("default", "wsp_epochs", "model_size", "data_size", "transfer"))
+              if t is not None]
+    seeds = sorted({int(s) for t in tables for s in t.seed.dropna()})
+    kinds = {str(p) for t in tables if "precision" in t for p in t.precision.dropna()}
+    if len(kinds) > 1:
+        raise DataError(f"{results_dir(key)}: tables of precisions {sorted(kinds)}; allowed: one precision in one "
+                        "finding (rerun the studies at one precision)")
+    phase = ("pilot seeds (they chose settings: no verdict rests on them)" if key.endswith("/pilot")
+             else "confirmation seeds (they chose nothing)")
+    return (f"Seeds: {', '.join(map(str, seeds)) or 'none'}, {phase}. Precision: "
+            f"{kinds.pop() if kinds else 'not recorded'}. Analysis plan `{config_hash(dataclasses.asdict(plan))}` "
+            f"(`analysis` of the preset in experiments.yaml), alpha {plan.alpha}.")
+
+
+def summary(key: str, found: list[Comparison]) -> list[str]:
+    """The results in prose, every number and verdict computed: each claim's primary comparison, the count
+    of secondary ones that hold, and the baselines."""
+    lines = []
+    for claim, text in CLAIMS.items():
+        mine = [c for c in found if c.claim == claim]
+        primary = [c for c in mine if c.role == "primary"]
+        if not primary:
+            lines.append(f"- ({claim}) {text}: not studied in these results (no primary comparison).")
+            continue
+        secondary = [c for c in mine if c.role == "secondary"]
+        tally = ", ".join(f"{sum(c.verdict == v for c in secondary)} {v}" for v in ("holds", "contradicted",
+                                                                                       "inconclusive"))
+        against = " This contradicts the paper." if primary[0].verdict == "contradicted" else ""
+        lines.append(f"- ({claim}) {text}: **{primary[0].verdict}**.{against} Primary comparison, MAE→WSP − WSP "
+                     f"unless named: {primary[0].sentence()}. Secondary ({len(secondary)}): {tally}.")
+    for c in premise(key):
+        lines.append(f"- Premise, {c.what}: {c.mean:+.2f} points, 95% interval {c.interval()}, n = {c.n} "
+                     f"({c.verdict} by the interval alone).")
+    return lines
+
+
+def _claim_rows(found: list[Comparison]) -> list[str]:
+    lines = ["| claim | comparison (key) | role | difference | n | 95% interval | Holm p | verdict |",
+             "| --- | --- | --- | ---: | ---: | --- | ---: | --- |"]
+    for claim, text in CLAIMS.items():
+        mine = [c for c in found if c.claim == claim and c.role != "descriptive"]
+        if not mine:
+            lines.append(f"| ({claim}) {text} | not studied in these results | | | | | | |")
+            continue
+        lines.append(f"| **({claim}) {text}** | **claim** | | | | | | **{claim_verdict(mine)}** |")
+        for c in mine:
+            p = f"{c.p_holm:.2g}" if not math.isnan(c.p_holm) else ""
+            lines.append(f"| | {c.what} (`{c.key}`) | {c.role} | {c.mean:+.2f} | {c.n} | {c.interval()} | {p} | "
+                         f"{c.verdict} |")
+    return lines
+
+
+def report(key: str, plan: AnalysisConfig | None = None, found: list[Comparison] | None = None) -> str:
+    """findings.md: provenance, the results in prose, each arm's probe, the claims' comparisons by role,
+    the one-seed results, fine-tuning against the probe."""
+    plan = plan or AnalysisConfig()
+    found = analyse(comparisons(key), plan) if found is None else found
+    lines = [f"**Findings of `{key}`**", "", provenance(key, plan), "", *summary(key, found), ""]
     arms = arm_table(key)
     if arms:
         lines += ["Linear-probe top-1 (%) of every arm, default study:", "", *arms, ""]
-    lines += [f"Differences are paired, in top-1 points. Rule: {RULE}.", ""]
-    lines += ["| claim | comparison | difference | n | 95% interval | verdict |",
-              "| --- | --- | ---: | ---: | --- | --- |"]
-    for claim, text in CLAIMS.items():
-        mine = [c for c in found if c.claim == claim and c.n]
-        if not mine:
-            lines.append(f"| ({claim}) {text} | not studied in these results | | | | |")
-            continue
-        lines.append(f"| **({claim}) {text}** | **claim** | | | | **{claim_verdict([c.verdict for c in mine])}** |")
-        lines += [f"| | {c.what} | {c.mean:+.2f} | {c.n} | {c.interval()} | {c.verdict} |" for c in mine]
+    lines += [f"Differences are paired, in top-1 points. Rule: {RULE}.", "", *_claim_rows(found)]
+    single = [c for c in found if c.role == "descriptive"]
+    if single:
+        lines += ["", "One seed only: descriptive, in no verdict:", "", "| claim | comparison | difference | n |",
+                  "| --- | --- | ---: | ---: |", *[f"| ({c.claim}) | {c.what} | {c.mean:+.2f} | 1 |" for c in single]]
     checks = [c for c in finetune_against_probe(key) if c.n]
     if checks:
-        lines += ["", "Fine-tuning against the linear probe of the same encoder (same rule; it should hold):", "",
-                  "| encoder and dataset | difference | n | 95% interval | verdict |",
+        lines += ["", "Fine-tuning against the linear probe of the same encoder (by the 95% interval; it should hold):",
+                  "", "| encoder and dataset | difference | n | 95% interval | verdict |",
                   "| --- | ---: | ---: | --- | --- |"]
         lines += [f"| {c.what} | {c.mean:+.2f} | {c.n} | {c.interval()} | {c.verdict} |" for c in checks]
-        if any(c.mean <= 0 for c in checks):
-            lines += ["", "Where fine-tuning is not ahead: it starts from the linear probe's head (LP-FT) and trains "
-                      "every weight on the probe's own training images, so it ends below the probe only when its "
-                      "steps (transfer.finetune) overfit those few images or move the encoder off what the probe "
-                      "read; it is not a failed optimisation from a random head."]
     lines += ["", f"Arms below the random-init baseline (default study, linear probe): {below_random(key)}"]
     return "\n".join(lines) + "\n"
 
 
-def write(key: str) -> str:
+def write(key: str, plan: AnalysisConfig | None = None) -> str:
     """Write results/<key>/findings.md and findings.csv; returns the markdown."""
-    found = comparisons(key)
-    text = report(key, found)
-    rows = [{"claim": c.claim, "comparison": c.what, "difference": c.mean, "n": c.n, "half_width_95": c.half_width,
-             "verdict": c.verdict} for c in found if c.n]
+    plan = plan or AnalysisConfig()
+    found = analyse(comparisons(key), plan)
+    text = report(key, plan, found)
+    rows = [{"claim": c.claim, "key": c.key, "comparison": c.what, "role": c.role, "difference": c.mean, "n": c.n,
+             "sd": c.sd, "half_width_95": c.half_width, "p_holm": c.p_holm, "verdict": c.verdict} for c in found]
     folder = results_dir(key)
     atomic_write(folder / "findings.md", lambda f: f.write(text))
     atomic_write(folder / "findings.csv", lambda f: pd.DataFrame(rows).to_csv(f, index=False))

@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import platform
 import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,37 +41,13 @@ import yaml
 from studylib import distributed
 from studylib.config import Experiment, config_hash, result_settings, runs_dir
 from studylib.errors import RunFolderError, shown
+from studylib.io import atomic_write, git_sha, sha256, warn  # noqa: F401 (some used through runs)
 from studylib.registry import STAGES
 
 RUN_VERSION = 2  # bump when a change is meant to retrain every run (a fix that changes results)
 # a run folder holding only these has nothing to lose (TensorBoard events of an unfinished first epoch)
 UNTRAINED = {".lock", "meta.json", "config.yaml", "tensorboard"}
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "studylib")
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def sha256(path: Path) -> str:
-    """The file's sha256, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sidecar(path: Path) -> Path:
@@ -122,26 +95,6 @@ def load_weights(path: Path, map_location: str | torch.device = "cpu") -> Any:
             warn(f"{candidate}: not loadable ({shown(str(err).splitlines()[0] if str(err) else err, 80)}); "
                  "skipping it")
     return None
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr."""
-    print(f"studylib: warning: {message}", file=sys.stderr, flush=True)
-
-
-def git_sha() -> str:
-    """The commit of the studylib checkout, with '-dirty' when its code has uncommitted changes (outputs under
-    figures/ and results/ do not count: drawing one figure must not mark the next one's code as dirty)."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures",
-                                ":!results"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + ("-dirty" if dirty else "")
 
 
 def versions() -> dict[str, str]:

@@ -20,9 +20,10 @@ import yaml
 
 from studylib.config import Experiment, results_dir
 from studylib.data import load_dataset
-from studylib.distributed import is_main
+from studylib.distributed import is_main, precision_name
 from studylib.engine import duration
 from studylib.errors import ConfigError, DataError, RunFolderError
+from studylib.io import warn
 from studylib.models import VIT_SIZES, count_flops, count_params, vit
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
 from studylib.runs import Run, atomic_write
@@ -92,7 +93,7 @@ def probe_arms(exp: Experiment, study: str, **columns: object) -> list[dict]:
 
 def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datasets: tuple[str, ...] = (),
               study: str = "") -> list[dict]:
-    """`point` once per seed of studies.seeds (the first one only for a study in studies.first_seed_only).
+    """`point` once per seed the study runs (studies.seeds_of: the confirmation seeds, or the pilot seeds).
     Every dataset the study reads (the pool, MAE's images, the probe datasets and `datasets`) is loaded
     first, so bad data stops it before anything trains."""
     streamed = [exp.data.pretrain] if streamed_pool(exp) else []  # read as it trains
@@ -100,7 +101,9 @@ def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datase
         if name != "pretrain" and name not in streamed and not is_shard_folder(name):
             load_dataset(name, exp.data)
     check_sizes(exp)
-    seeds = exp.studies.seeds[:1] if study in exp.studies.first_seed_only else exp.studies.seeds
+    seeds = exp.studies.seeds_of(study, exp.pilot)
+    if not seeds:
+        raise ConfigError("studies.pilot_seeds: [] has no seed to run --pilot with; allowed: a non-empty list")
     rows, start = [], time.perf_counter()
     for k, seed in enumerate(seeds):
         eta = f", eta {duration((time.perf_counter() - start) / k * (len(seeds) - k))}" if k else ""
@@ -129,6 +132,7 @@ def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(rows).assign(study=study)
     table = table.reindex(columns=COLUMNS + [c for c in table.columns if c not in COLUMNS])
     table["model"] = table["model"].astype(object).fillna(exp.model)  # all-NaN (float) when no point sets it
+    table["precision"] = precision_name(exp)  # resolved on this machine: auto is bf16 on some CPUs, fp32 on others
     if is_main():
         folder = results_dir(exp.results_key)
         record = {"preset": exp.preset, "overrides": exp.overrides, "experiment": exp.to_dict()}
@@ -171,11 +175,15 @@ def parse_mae_data(text: str) -> tuple[str, float]:
 
 def data_size_study(exp: Experiment) -> pd.DataFrame:
     """Every arm with MAE's images at each point of studies.mae_data, 'DATASET:FRACTION' (that share of the
-    whole dataset; 'pretrain' is the pool). MAE takes the same steps at every point: each of its epochs
-    draws as many images as the pool holds. The arms without MAE are the same runs at every point."""
+    whole dataset; 'pretrain' is the pool), probed on the datasets outside every point (outside_mae_data).
+    MAE takes the same steps at every point: each of its epochs draws as many images as the pool holds. The
+    arms without MAE are the same runs at every point."""
+    probes = outside_mae_data(exp)
+
     def point(e: Experiment) -> list[dict]:
         rows = []
         pool = pretrain_count(e)
+        e = with_values(e, data={"probe": probes})
         for text in exp.studies.mae_data:
             dataset, fraction = parse_mae_data(text)
             at = with_values(e, mae={"data": dataset, "data_fraction": fraction})
@@ -188,6 +196,18 @@ def data_size_study(exp: Experiment) -> pd.DataFrame:
 
     datasets = tuple(parse_mae_data(text)[0] for text in exp.studies.mae_data)
     return _table(exp, "data_size", _per_seed(exp, point, datasets, "data_size"))
+
+
+def outside_mae_data(exp: Experiment) -> list[str]:
+    """The probe datasets that no point of studies.mae_data pre-pretrains on: a probe that fits on images
+    MAE saw would measure memory, not features."""
+    names = [parse_mae_data(text)[0] for text in exp.studies.mae_data]
+    seen = {part for name in names for part in (exp.data.pretrain if name == "pretrain" else name).split("+")}
+    probes = [name for name in exp.data.probe if name not in seen]
+    if not probes:
+        warn(f"studies.mae_data: every probe dataset of data.probe {exp.data.probe} is inside a pre-pretraining "
+             "set, so the data-size study probes images MAE saw (add a data.probe dataset outside them)")
+    return probes or list(exp.data.probe)
 
 
 def wsp_epochs_study(exp: Experiment) -> pd.DataFrame:

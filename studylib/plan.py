@@ -1,0 +1,96 @@
+"""How many seeds each claim needs, from its pilot: `studylib plan --preset cpu` reads the pilot seeds'
+tables (results/<key>/pilot/, written by `studylib study NAME --pilot`), and for every comparison of the
+analysis plan with a target half-width gives the smallest n whose expected 95% paired half-width,
+t(0.975, n - 1) * sd / sqrt(n) with the pilot's sd, meets the target; then what that many seeds of each
+study cost in wall time, from the pilot's own runs on this machine. The preset's seed counts
+(studies.seeds, studies.seed_counts) are set from it. A pilot sd from 3 seeds is itself uncertain: the
+plan is an estimate, and the confirmation seeds' interval is what the verdict uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+
+from studylib.config import Experiment, results_dir
+from studylib.findings import CLAIMS, Comparison, analyse, comparisons, t_quantile_975
+from studylib.io import atomic_write
+
+
+def seeds_needed(sd: float, target: float, most: int = 200) -> int:
+    """The smallest n >= 2 with t(0.975, n - 1) * sd / sqrt(n) <= target (`most` if none is)."""
+    for n in range(2, most + 1):
+        if t_quantile_975(n - 1) * sd / math.sqrt(n) <= target:
+            return n
+    return most
+
+
+def study_of(c: Comparison) -> str:
+    """The study whose table holds comparison `c`."""
+    if c.claim == "a":
+        return "default" if c.key.startswith("probe/") else "transfer"
+    return {"b": "wsp_epochs", "c": "model_size", "d": "data_size"}[c.claim]
+
+
+def minutes_per_seed(key: str, study: str) -> float:
+    """Wall minutes of one seed of `study` in the pilot: its distinct runs' wall_time_s over its seeds."""
+    path = results_dir(key) / f"{study}.csv"
+    if not path.exists():
+        return math.nan
+    table = pd.read_csv(path)
+    times = table[table.metric == "wall_time_s"].drop_duplicates("run")
+    return times.value.sum() / 60 / max(1, table.seed.nunique())
+
+
+def rows(exp: Experiment) -> list[dict]:
+    """One row per targeted comparison of the plan: pilot n, mean and sd, the seeds it needs, and the study's cost."""
+    pilot = dataclasses.replace(exp, pilot=True).results_key
+    found = analyse(comparisons(pilot), exp.analysis)
+    out = []
+    for claim in CLAIMS:
+        rules = getattr(exp.analysis, claim)
+        for c in (c for c in found if c.claim == claim and c.n > 1):
+            target = {"primary": rules.half_width, "secondary": rules.secondary_half_width}.get(c.role, 0.0)
+            if not target:
+                continue
+            study = study_of(c)
+            need = seeds_needed(c.sd, target)
+            out.append({"claim": claim, "key": c.key, "role": c.role, "study": study, "pilot_n": c.n,
+                        "pilot_mean": c.mean, "pilot_sd": c.sd, "target_half_width": target, "seeds_needed": need,
+                        "seeds_planned": len(exp.studies.seeds_of(study)),
+                        "minutes_per_seed": minutes_per_seed(pilot, study)})
+    return out
+
+
+def report(exp: Experiment) -> str:
+    """plan.md: the table of `rows`, and the batch's cost at the seeds planned."""
+    table = pd.DataFrame(rows(exp))
+    if table.empty:
+        return (f"No pilot comparison with a target: run `studylib study NAME --pilot --preset {exp.preset}` for "
+                "the studies of each claim's primary comparison, and set half_width in `analysis`.\n")
+    table["minutes_needed"] = table.seeds_needed * table.minutes_per_seed
+    lines = [f"**Seeds by plan for `{exp.results_key}`** (pilot seeds {exp.studies.pilot_seeds}; expected 95% "
+             "paired half-width t(0.975, n-1) sd / sqrt(n) at the pilot's sd)", "",
+             "| claim | comparison | role | study | pilot n | pilot mean | pilot sd | target | seeds needed | "
+             "seeds planned | min per seed |", "|" + " --- |" * 11]
+    for r in table.itertuples():
+        lines.append(f"| ({r.claim}) | `{r.key}` | {r.role} | {r.study} | {r.pilot_n} | {r.pilot_mean:+.2f} | "
+                     f"{r.pilot_sd:.2f} | {r.target_half_width:.2f} | {r.seeds_needed} | {r.seeds_planned} | "
+                     f"{r.minutes_per_seed:.1f} |")
+    need = table.groupby("study").agg(seeds=("seeds_needed", "max"), per_seed=("minutes_per_seed", "first"))
+    cost = ", ".join(f"{s} {int(r.seeds)} seeds x {r.per_seed:.1f} min" for s, r in need.iterrows())
+    lines += ["", f"Per study, the most seeds any target needs: {cost}; "
+                  f"{(need.seeds * need.per_seed).sum():.0f} minutes if no run were shared between studies."]
+    short = table[table.seeds_planned < table.seeds_needed]
+    lines += ["", "Every target is planned with enough seeds." if short.empty else
+              "Planned with fewer seeds than the pilot asks for: " + ", ".join(
+                  f"`{r.key}` ({r.seeds_planned} of {r.seeds_needed})" for r in short.itertuples())]
+    return "\n".join(lines) + "\n"
+
+
+def write(exp: Experiment) -> str:
+    text = report(exp)
+    atomic_write(results_dir(exp.results_key) / "plan.md", lambda f: f.write(text))
+    return text
