@@ -1,0 +1,51 @@
+"""Pilot seeds size the confirmation: `studylib plan` from the pilot's paired sd and its runs' wall time."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from studylib import plan
+from studylib.cli import main
+from studylib.config import load_experiment, results_dir
+from studylib.errors import ConfigError
+from studylib.findings import t_quantile_975
+
+
+def test_seeds_needed_is_the_smallest_n_whose_half_width_meets_the_target():
+    for sd, target in ((1.0, 1.0), (1.7, 1.5), (0.3, 1.0), (3.3, 1.5)):
+        n = plan.seeds_needed(sd, target)
+        assert t_quantile_975(n - 1) * sd / math.sqrt(n) <= target
+        assert n == 2 or t_quantile_975(n - 2) * sd / math.sqrt(n - 1) > target
+    assert plan.seeds_needed(1.0, 1.0) == 7  # t(0.975, 6) = 2.447; 2.447 / sqrt(7) = 0.92, and n = 6 gives 1.05
+
+
+def test_pilot_and_confirmation_seeds_are_apart_and_each_study_takes_its_count():
+    exp = load_experiment("smoke", ["studies.pilot_seeds=[0, 1]", "studies.seeds=[2, 3, 4]",
+                                    "studies.seed_counts=['transfer:1', 'model_size:2']"])
+    assert exp.studies.seeds_of("default") == [2, 3, 4] and exp.studies.seeds_of("transfer") == [2]
+    assert exp.studies.seeds_of("model_size") == [2, 3] and exp.studies.seeds_of("default", pilot=True) == [0, 1]
+    with pytest.raises(ConfigError, match="seed 2 is also a confirmation seed"):
+        load_experiment("smoke", ["studies.pilot_seeds=[2]", "studies.seeds=[2, 3]"])
+    with pytest.raises(ConfigError, match="STUDY:N"):
+        load_experiment("smoke", ["studies.seed_counts=['nothing:1']"])
+
+
+def test_plan_reads_the_pilot_tables_and_says_what_the_seeds_cost(isolated_dirs, capsys):
+    overrides = ["studies.pilot_seeds=[0, 1, 2]", "studies.seeds=[3, 4]", "analysis.a.half_width=0.5"]
+    exp = load_experiment("smoke", overrides)
+    folder = results_dir(exp.results_key) / "pilot"
+    folder.mkdir(parents=True)
+    gaps = {0: 1.0, 1: 2.0, 2: 3.0}  # paired sd 1.0: 0.5 needs n = 18 (t 2.110 / sqrt 18 = 0.497)
+    rows = [{"seed": s, "arm": arm, "stage": "probe", "metric": "top1", "dataset": "synthetic", "run": f"p{arm}{s}",
+             "value": 50 + (gap if arm == "mae_wsp" else 0)} for s, gap in gaps.items() for arm in ("wsp", "mae_wsp")]
+    rows += [{"seed": s, "arm": "wsp", "stage": "wsp", "metric": "wall_time_s", "run": f"w{s}", "value": 120.0}
+             for s in gaps]
+    pd.DataFrame(rows).to_csv(folder / "default.csv", index=False)
+    (row,) = plan.rows(exp)
+    assert row["key"] == "probe/synthetic" and row["role"] == "primary" and row["pilot_sd"] == pytest.approx(1.0)
+    assert row["seeds_needed"] == 18 and row["seeds_planned"] == 2 and row["minutes_per_seed"] == pytest.approx(2.0)
+    assert main(["plan", "--preset", "smoke", *[f"--set={o}" for o in overrides]]) == 0
+    out = capsys.readouterr().out
+    assert "default 18 seeds x 2.0 min" in out and "`probe/synthetic` (2 of 18)" in out
+    assert (results_dir(exp.results_key) / "plan.md").read_text() in out
