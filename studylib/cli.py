@@ -36,6 +36,7 @@ from studylib import registry
 from studylib.config import (
     REPO_ROOT,
     Experiment,
+    absolute_paths,
     check_output_places,
     load_experiment,
     result_settings,
@@ -85,7 +86,7 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
     from studylib.notebooks import run_notebooks
 
     start = time.perf_counter()
-    run_notebooks(args.preset, args.only, args.overrides, args.executor)
+    run_notebooks(args.preset, args.only, args.overrides, args.executor, Path(args.out) if args.out else None)
     print(f"all notebooks: {(time.perf_counter() - start) / 60:.1f} min")
 
 
@@ -245,7 +246,7 @@ def cmd_models(_args: argparse.Namespace) -> None:
 
 EXAMPLES = {
     "study": "  studylib study --preset smoke\n  studylib study wsp_epochs --preset cpu --set studies.seeds=[0]",
-    "notebooks": "  studylib notebooks --preset cpu\n  studylib notebooks --preset cpu --only default data_size",
+    "notebooks": "  studylib notebooks --preset cpu\n  studylib notebooks --preset cpu --only wsp data_size",
     "transfer": "  studylib transfer --preset cpu --arm wsp mae_wsp\n"
                 "  studylib transfer --preset cpu --checkpoint mae_pretrain_vit_base.pth --layout mae --set model=B/16",
     "figures": "  studylib figures --preset cpu",
@@ -287,6 +288,8 @@ def parser() -> argparse.ArgumentParser:
         if name == "notebooks":
             p.add_argument("--only", nargs="+", default=[], metavar="NAME", help="only these notebooks")
             p.add_argument("--executor", default="local", help="where each notebook's job runs (default: local)")
+            p.add_argument("--out", help="folder of the executed copies (default: $STUDYLIB_OUTPUT/notebooks/PRESET, "
+                                         "STUDYLIB_OUTPUT defaulting to <repo>/output)")
         if name == "transfer":
             p.add_argument("--arm", dest="arms", nargs="+", default=list(registry.STUDIES["transfer"].arms),
                            metavar="ARM", help=f"arms whose encoders to evaluate, of {list(registry.ARMS)} "
@@ -343,6 +346,7 @@ def version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    absolute_paths()
     try:
         args.func(args)
     except StudylibError as err:

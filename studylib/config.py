@@ -39,7 +39,7 @@ def data_dir() -> Path:
     return Path(os.environ.get("STUDYLIB_DATA", REPO_ROOT / "data"))
 
 
-def _folder_from(variable: str, default: Path) -> Path:
+def folder_from(variable: str, default: Path) -> Path:
     value = os.environ.get(variable)
     if value is None:
         return default
@@ -48,22 +48,36 @@ def _folder_from(variable: str, default: Path) -> Path:
     return Path(value).expanduser()
 
 
+PATH_VARIABLES = ("STUDYLIB_DATA", "STUDYLIB_RUNS", "STUDYLIB_RESULTS", "STUDYLIB_FIGURES", "STUDYLIB_CACHE",
+                  "STUDYLIB_OUTPUT")
+
+
+def absolute_paths() -> None:
+    """Each STUDYLIB_* path given relative to where the command was typed, made absolute once, at the entry
+    (the command, launch.run): kernels and jobs that start elsewhere (papermill runs a notebook in
+    notebooks/) then read and write the same folders."""
+    for name in PATH_VARIABLES:
+        value = os.environ.get(name)
+        if value and value.strip() and not Path(value).expanduser().is_absolute():
+            os.environ[name] = str(Path(value).expanduser().absolute())
+
+
 def runs_dir() -> Path:
     """Where run folders live: $STUDYLIB_RUNS, default <repo>/runs."""
-    return _folder_from("STUDYLIB_RUNS", REPO_ROOT / "runs")
+    return folder_from("STUDYLIB_RUNS", REPO_ROOT / "runs")
 
 
 def cache_dir() -> Path:
     """Where derived data is kept to save time (decoded image folders, shard tag counts): $STUDYLIB_CACHE,
     default $XDG_CACHE_HOME/studylib (~/.cache/studylib). Deleting it costs time, never results."""
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return _folder_from("STUDYLIB_CACHE", home / "studylib")
+    return folder_from("STUDYLIB_CACHE", home / "studylib")
 
 
 def results_dir(key: str) -> Path:
     """Where study tables go: $STUDYLIB_RESULTS/<key>, default <repo>/results/<key>; the key is the
     preset, or the preset and the hash of its overrides (`results_key`)."""
-    return _folder_from("STUDYLIB_RESULTS", REPO_ROOT / "results") / key
+    return folder_from("STUDYLIB_RESULTS", REPO_ROOT / "results") / key
 
 
 def check_output_places(key: str) -> None:

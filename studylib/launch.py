@@ -23,7 +23,7 @@ import submitit
 from tqdm.auto import tqdm
 
 from studylib import distributed, errors
-from studylib.config import Experiment, load_experiment, runs_dir
+from studylib.config import Experiment, absolute_paths, load_experiment, runs_dir
 from studylib.errors import ConfigError
 from studylib.registry import ARMS, STUDIES, call, targets
 
@@ -102,6 +102,7 @@ def run(target: str, preset: str, overrides: Sequence[str] = (), executor: str =
     """What a notebook calls: submit `target` as a job where `executor` says, show its progress until it
     ends, and return its result (a study's table; an arm's chain of runs). An error is shown as one line."""
     errors.one_line_in_notebooks()
+    absolute_paths()
     job = submit(target, preset, [*overrides, f"launch.executor={executor}"])
     return watch([job])[0]
 

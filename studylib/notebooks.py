@@ -1,7 +1,8 @@
 """Batch reruns of the study notebooks with papermill: `studylib notebooks --preset cpu [--only NAME]`.
 
 Each notebook runs with its `parameters` cell set to the preset, overrides and executor, and the
-executed copy goes to output/notebooks/<preset>/ (ignored by git). The studies reuse every finished
+executed copy goes to $STUDYLIB_OUTPUT/notebooks/<preset>/ (default output/, ignored by git). A failed
+notebook is one line: its name, the cell and the error's own line. The studies reuse every finished
 run folder, so a rerun after a change trains only what the change touched.
 """
 
@@ -11,8 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from studylib.config import REPO_ROOT, runs_dir
-from studylib.errors import ConfigError
+from studylib.config import REPO_ROOT, folder_from, runs_dir
+from studylib.errors import ConfigError, StudylibError
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 KERNEL = "studylib"  # registered by `make setup` (python -m ipykernel install --sys-prefix --name studylib)
@@ -41,7 +42,7 @@ def run_notebooks(preset: str, only: Sequence[str] = (), overrides: Sequence[str
 
     load_experiment(preset, [*overrides, f"launch.executor={executor}"])  # bad input fails before any notebook
     chosen = select(only)  # an unknown name fails before any folder is made
-    output = output or REPO_ROOT / "output" / "notebooks" / preset
+    output = output or folder_from("STUDYLIB_OUTPUT", REPO_ROOT / "output") / "notebooks" / preset
     output.mkdir(parents=True, exist_ok=True)
     executed = []
     for k, path in enumerate(chosen):
@@ -49,8 +50,39 @@ def run_notebooks(preset: str, only: Sequence[str] = (), overrides: Sequence[str
         target = output / path.name
         print(f"[{k + 1}/{len(chosen)}] {path.name} (cells below; job logs in {runs_dir() / preset / 'jobs'})",
               flush=True)
-        papermill.execute_notebook(str(path), str(target), kernel_name=KERNEL, progress_bar=True, cwd=str(path.parent),
-                                   parameters={"preset": preset, "overrides": list(overrides), "executor": executor})
+        try:
+            papermill.execute_notebook(str(path), str(target), kernel_name=KERNEL, progress_bar=True,
+                                       cwd=str(path.parent), parameters={"preset": preset,
+                                                                         "overrides": list(overrides),
+                                                                         "executor": executor})
+        except papermill.PapermillExecutionError as err:
+            raise notebook_error(path, target, err) from None
         print(f"{path.name}: {time.perf_counter() - start:.1f} s -> {target}", flush=True)
         executed.append(target)
     return executed
+
+
+def notebook_error(path: Path, executed: Path, err: Exception) -> StudylibError:
+    """A failed notebook as one line: its name, the cell, the error's own line (a studylib error as the line
+    it printed in the cell, exit 2; another exception by its name and last line, exit 1), and where the
+    executed copy is."""
+    count = getattr(err, "exec_count", None)
+    printed = [line for line in _cell_text(executed, count).splitlines() if line.startswith("studylib: ")]
+    last = (str(getattr(err, "evalue", "")) or str(err)).strip().splitlines() or [""]
+    line = printed[-1] if printed else f"{getattr(err, 'ename', type(err).__name__)}: {last[-1]}"
+    failed = StudylibError(f"{path.name}, cell [{getattr(err, 'exec_count', '?')}]: {line} "
+                           f"(executed copy: {executed})")
+    failed.kind, failed.exit_code = "notebook failed", 2 if printed else 1
+    return failed
+
+
+def _cell_text(executed: Path, count: object) -> str:
+    """What the cell of execution count `count` printed in an executed notebook ('' where none did)."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(executed, as_version=4).cells
+    except (OSError, ValueError):
+        return ""
+    outputs = [o for c in cells if str(c.get("execution_count")) == str(count) for o in c.get("outputs", [])]
+    return "".join(str(o.get("text", "")) for o in outputs if o.get("output_type") == "stream")

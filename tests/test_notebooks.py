@@ -54,3 +54,25 @@ def test_unknown_notebook_names_the_allowed_ones():
         select(["modelsize"])
     assert [p.stem for p in select(["explore", "08_figures"])] == ["01_explore", "08_figures"]
 
+
+
+def test_relative_paths_reach_the_kernels_and_a_failed_notebook_is_one_line(tmp_path):
+    """`studylib notebooks` typed in a folder with relative STUDYLIB_* paths: the kernel (which runs in
+    notebooks/) writes where the user meant, and a studylib error in a cell reaches the terminal as its line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STUDYLIB_RESULTS": "rel/results", "STUDYLIB_RUNS": "rel/runs",
+           "STUDYLIB_FIGURES": "rel/figures", "STUDYLIB_OUTPUT": "rel/out", "STUDYLIB_DATA": "missing"}
+    command = [sys.executable, "-m", "studylib", "notebooks", "--preset", "smoke", "--only", "explore"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "rel" / "results" / "smoke" / "explore.csv").exists()
+    assert (tmp_path / "rel" / "out" / "notebooks" / "smoke" / "01_explore.ipynb").exists()
+    failed = subprocess.run([*command, "--set", "data.pretrain=cifar100"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    last = failed.stderr.strip().splitlines()[-1]
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert last.startswith("studylib: notebook failed: 01_explore.ipynb, cell [")
+    assert f"STUDYLIB_DATA={tmp_path / 'missing'}: data directory does not exist" in last
