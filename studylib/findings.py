@@ -158,7 +158,8 @@ def _transfer(transfer: pd.DataFrame) -> list[Comparison]:
             part = drop[drop.dataset == dataset].assign(run=None)
             variant = "drop from clean"
         key = "/".join(x for x in (task, variant.replace(" ", "_"), dataset) if x)
-        found.append(_compare("a", key, f"{task} {variant} on {dataset}".replace("  ", " "), part))
+        note = " (in-distribution: its class names are WSP's hashtags)" if task == "zeroshot" else ""
+        found.append(_compare("a", key, f"{task} {variant} on {dataset}{note}".replace("  ", " "), part))
     return found
 
 

@@ -35,7 +35,9 @@ def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
 
 def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
     run = finetune(exp, encoder_run, dataset)
-    return [{"dataset": dataset, "metric": "top1", "value": run.results()["top1"], "run": run.name}]
+    results = run.results()
+    return [{"dataset": dataset, "metric": metric, "value": results[metric], "run": run.name}
+            for metric in ("top1", "steps") if metric in results]
 
 
 def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
