@@ -25,6 +25,19 @@ def test_image_folder_reads_classes_and_splits(tmp_path):
     assert data.train_images[3, 0, 0, 0] == 40  # dog's red channel
 
 
+def test_a_pool_needs_only_train_and_imagenets_val_is_the_test_split(tmp_path):
+    import shutil
+
+    pool = _folder(tmp_path / "pool")
+    shutil.rmtree(pool / "test")
+    data = image_folder(pool)
+    assert len(data.train_labels) == 6 and len(data.test_labels) == 0
+    imagenet = _folder(tmp_path / "imagenet", per_class=2)
+    (imagenet / "test").rename(imagenet / "val")
+    data = image_folder(imagenet)
+    assert len(data.test_labels) == 4 and data.test_labels.tolist() == [0, 0, 1, 1]
+
+
 def test_an_image_folder_is_decoded_once_then_read_from_the_cache_until_an_image_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDYLIB_CACHE", str(tmp_path / "cache"))
     folder = _folder(tmp_path / "pets")
