@@ -56,8 +56,9 @@ from PIL import Image
 
 from studylib import distributed
 from studylib.config import cache_dir
-from studylib.data import IMAGE_SUFFIXES, ImageDataset, ImageTransform, fingerprint
+from studylib.data import IMAGE_SUFFIXES, ImageDataset, ImageTransform
 from studylib.errors import DataError
+from studylib.io import atomic_write, sha256
 from studylib.weak_labels import Hashtags
 
 INDEX = "shards.json"
@@ -142,7 +143,7 @@ def tag_counts(folder: Path) -> tuple[Counter, int]:
     if not (folder / INDEX).is_file():
         classes, files = file_index(folder)
         return Counter(classes[label] for _, label in files), len(files)
-    cache = cache_dir() / f"tag_counts-{fingerprint(str(folder))}.json"
+    cache = cache_dir() / f"tag_counts-{shard_fingerprint(folder)}.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
         return Counter(saved["counts"]), saved["images"]
@@ -153,10 +154,11 @@ def tag_counts(folder: Path) -> tuple[Counter, int]:
             for member in tar:
                 if member.name.endswith(".json"):
                     try:
-                        counts.update({str(t) for t in json.loads(tar.extractfile(member).read())["tags"]})
-                        images += 1
+                        tags = json.loads(tar.extractfile(member).read())["tags"]
                     except (ValueError, KeyError, TypeError, AttributeError):
-                        pass  # training skips and counts such a sample (ShardStream)
+                        continue  # training skips and counts such a sample (ShardStream)
+                    counts.update(set(checked_tags(tags, f"{folder / shard['name']}: sample {member.name}")))
+                    images += 1
     if not counts:
         raise DataError(f"{folder}: no tags in any sample's .json; allowed: shards whose .json hold \"tags\": [...]")
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +168,13 @@ def tag_counts(folder: Path) -> tuple[Counter, int]:
     return counts, images
 
 
+def checked_tags(tags: object, where: str) -> list[str]:
+    """A sample's tags: a list of strings, else a DataError naming the sample."""
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise DataError(f"{where}: tags are {str(tags)[:60]}; allowed: a list of strings, e.g. [\"cat\", \"pet\"]")
+    return tags
+
+
 def vocabulary(folder: Path, size: int) -> list[str]:
     """The `size` most frequent tags of a streamed folder (tag_counts), ties broken by name."""
     counts, _ = tag_counts(folder)
@@ -173,14 +182,73 @@ def vocabulary(folder: Path, size: int) -> list[str]:
 
 
 def read_index(folder: Path) -> list[dict]:
-    """The shards of `folder` and their sample counts, from its shards.json."""
+    """The shards of `folder` and their sample counts, from its shards.json, checked: each name a plain file name
+    of a regular file in the folder, listed once; each count a positive integer."""
     path = folder / INDEX
     try:
         shards = json.loads(path.read_text())["shards"]
-        return [{"name": str(s["name"]), "samples": int(s["samples"])} for s in shards]
+        index = [{"name": s["name"], "samples": s["samples"]} for s in shards]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"{path}: not a shard index ({type(err).__name__}); allowed: the shards.json that "
                         "`studylib shards` writes, {\"shards\": [{\"name\": ..., \"samples\": ...}, ...]}") from None
+    seen = set()
+    for shard in index:
+        name, samples = shard["name"], shard["samples"]
+        plain = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+        if not plain or name in seen or not (folder / name).is_file() or (folder / name).is_symlink():
+            why = ("not a plain file name in the folder" if not plain else "listed twice" if name in seen
+                   else "not a regular file there")
+            raise DataError(f"{path}: shard {str(name)[:80]!r} is {why}; allowed: each tar of {folder} once, "
+                            "by its file name")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise DataError(f"{path}: shard {name!r} has samples {str(samples)[:40]}; allowed: an integer >= 1 "
+                            "(`studylib shards --index` counts them)")
+        seen.add(name)
+    return index
+
+
+def shard_fingerprint(folder: Path) -> str:
+    """What a run's identity holds of a shard folder: its index and the bytes of every tar it lists (each tar
+    read once: its hash and sample count cached under its path, size, mtime_ns and inode)."""
+    digest = hashlib.sha256()
+    for shard in read_index(folder):
+        digest.update(f"{shard['name']} {shard['samples']} {_tar_digest(folder / shard['name'], shard['samples'])}\n"
+                      .encode())
+    return digest.hexdigest()[:16]
+
+
+def _tar_digest(path: Path, samples: int) -> str:
+    """A listed tar's sha256, its sample count checked against the index's."""
+    stat = path.stat()
+    key = f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns} {stat.st_ino}"
+    cache = cache_dir() / "tars" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    try:
+        saved = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        saved = {"sha256": sha256(path), "samples": _count_samples(path)}
+        atomic_write(cache, lambda f: json.dump(saved, f))
+    if saved["samples"] != samples:
+        raise DataError(f"{path}: holds {saved['samples']} samples, shards.json lists {samples}; allowed: the count "
+                        f"the tar holds (`studylib shards --index {path.parent}` rewrites the index)")
+    return saved["sha256"]
+
+
+def _count_samples(path: Path) -> int:
+    """The samples of a tar: the keys with a .jpg member; a tar that is not one, holds none, or repeats a
+    member's name is a DataError naming it."""
+    names = []
+    try:
+        with tarfile.open(path) as tar:
+            names = [m.name for m in tar if m.isfile()]
+    except (OSError, tarfile.TarError) as err:
+        raise DataError(f"{path}: not a readable tar ({type(err).__name__}); allowed: WebDataset tars") from None
+    repeated = next((n for n, count in Counter(names).items() if count > 1), None)
+    if repeated is not None:
+        raise DataError(f"{path}: member {repeated[:80]!r} appears twice; allowed: one member per key and extension")
+    samples = len({n.rsplit(".", 1)[0] for n in names if n.lower().endswith(".jpg")})
+    if not samples:
+        raise DataError(f"{path}: no samples (no .jpg member); allowed: tars of <key>.jpg with <key>.json")
+    return samples
 
 
 class TarShards:
@@ -317,7 +385,7 @@ def _decode(sample: dict, size: int, crop_min: float | None = None,
     key = sample.get("__key__", "?")
     try:
         meta = json.loads(sample["json"])
-        tags = [str(t) for t in meta["tags"]]
+        tags = checked_tags(meta["tags"], key)
         with Image.open(io.BytesIO(sample["jpg"])) as opened:
             width, height = opened.size
             box = crop_box(width, height, crop_min, random.Random(f"{seed}:{key}"))
@@ -328,7 +396,8 @@ def _decode(sample: dict, size: int, crop_min: float | None = None,
             image = opened.convert("RGB").resize((size, size), Image.BICUBIC, box=box)
     except KeyError as err:
         return None, key, f"no {err.args[0]}"
-    except (OSError, ValueError, TypeError, SyntaxError) as err:  # PIL: truncated or not an image; json
+    except (OSError, ValueError, TypeError, SyntaxError, DataError,  # PIL: truncated or not an image; json
+            Image.DecompressionBombError) as err:
         return None, key, f"{type(err).__name__}: {err}"[:200]
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), key, tags
 

@@ -93,6 +93,73 @@ def test_a_bad_index_or_too_few_shards_is_one_line(tmp_path):
         read_index(tmp_path)
 
 
+@pytest.mark.parametrize("entry, message", [
+    ({"name": "../other/00000.tar", "samples": 16}, "not a plain file name"),
+    ({"name": "/dev/zero", "samples": 16}, "not a plain file name"),
+    ({"name": ".", "samples": 16}, "not a plain file name"),
+    ({"name": "00000.tar", "samples": 16}, "listed twice"),
+    ({"name": "missing.tar", "samples": 16}, "not a regular file there"),
+    ({"name": "00001.tar", "samples": -40}, "samples -40"),
+    ({"name": "00001.tar", "samples": True}, "samples True"),
+    ({"name": "00001.tar", "samples": 40.9}, "samples 40.9"),
+])
+def test_the_index_is_checked_where_it_is_read(tmp_path, entry, message):
+    _shards(tmp_path, 32, 16)
+    index = json.loads((tmp_path / "shards.json").read_text())
+    index["shards"] = [index["shards"][0], entry]
+    (tmp_path / "shards.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match=message):
+        read_index(tmp_path)
+
+
+def test_a_tar_is_known_by_its_bytes_and_its_count_and_keys_are_checked(tmp_path, isolated_dirs, monkeypatch):
+    monkeypatch.setenv("STUDYLIB_CACHE", str(isolated_dirs / "cache"))
+    _shards(tmp_path, 32, 16)
+    before = shards.shard_fingerprint(tmp_path)
+    counts, _ = shards.tag_counts(tmp_path)
+    with tarfile.open(tmp_path / "00001.tar") as tar:  # re-tag every sample: the tar's size stays (512-byte blocks)
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    size = (tmp_path / "00001.tar").stat().st_size
+    with tarfile.open(tmp_path / "00001.tar", "w") as tar:
+        for member, data in members:
+            if member.name.endswith(".json"):
+                data = json.dumps({**json.loads(data), "tags": ["retagged"]}).encode()
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    assert (tmp_path / "00001.tar").stat().st_size == size
+    assert shards.shard_fingerprint(tmp_path) != before  # another run name, and other tag counts
+    assert shards.tag_counts(tmp_path)[0]["retagged"] == 16 and "retagged" not in counts
+    index = json.loads((tmp_path / "shards.json").read_text())
+    index["shards"][1]["samples"] = 10
+    (tmp_path / "shards.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="00001.tar: holds 16 samples, shards.json lists 10"):
+        shards.shard_fingerprint(tmp_path)
+    with tarfile.open(tmp_path / "00001.tar", "a") as tar:  # a key's image twice
+        tar.addfile(members[0][0], io.BytesIO(members[0][1]))
+    with pytest.raises(DataError, match="appears twice"):
+        shards.shard_fingerprint(tmp_path)
+    (tmp_path / "00001.tar").write_bytes(b"not a tar at all" * 64)
+    with pytest.raises(DataError, match="not a readable tar"):
+        shards.shard_fingerprint(tmp_path)
+
+
+def test_tags_that_are_not_a_list_of_strings_name_the_sample(tmp_path, isolated_dirs, monkeypatch):
+    monkeypatch.setenv("STUDYLIB_CACHE", str(isolated_dirs / "cache"))
+    _shards(tmp_path, 16, 16)
+    with tarfile.open(tmp_path / "00000.tar") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for member, data in members:
+            if member.name == "000000002.json":
+                data = json.dumps({"tags": "cat"}).encode()
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(DataError, match=r"00000.tar: sample 000000002.json: tags are cat; allowed: a list"):
+        shards.tag_counts(tmp_path)
+    image, key, why = shards._decode({"__key__": "k", "json": b'{"tags": "cat"}', "jpg": b""}, 32)
+    assert image is None and "tags are cat" in why
+
+
 def test_the_shards_command_writes_the_pool_and_refuses_a_folder_in_use(tmp_path, capsys):
     from studylib.cli import main
 

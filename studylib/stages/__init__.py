@@ -17,7 +17,7 @@ from studylib.distributed import is_main
 from studylib.errors import DataError, RunFolderError
 from studylib.models import VIT_SIZES, encoder_state, load_encoder
 from studylib.runs import Run
-from studylib.shards import ShardBatches, index_fingerprint, is_shard_folder, open_folder
+from studylib.shards import ShardBatches, index_fingerprint, is_shard_folder, open_folder, shard_fingerprint
 
 
 def data_identity(exp: Experiment, dataset: str, fraction: float = 1.0) -> dict[str, Any]:
@@ -42,6 +42,9 @@ def pool_identity(exp: Experiment, dataset: str | None = None, fraction: float =
         fingerprint = index_fingerprint(Path(exp.data.pretrain).expanduser())
         return {"dataset": exp.data.pretrain, "fingerprint": fingerprint, "stream": True,
                 "fraction": exp.data.pretrain_fraction * fraction, "subset_seed": exp.data.subset_seed}
+    if dataset is None and is_shard_folder(exp.data.pretrain):  # known by its tars' bytes, not their sizes
+        return {**data_identity(exp, exp.data.pretrain, exp.data.pretrain_fraction * fraction),
+                "fingerprint": shard_fingerprint(Path(exp.data.pretrain).expanduser())}
     return data_identity(exp, *_pretrain_source(exp, dataset, fraction))
 
 
