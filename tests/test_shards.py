@@ -317,6 +317,28 @@ def test_the_file_index_is_listed_once_then_read_from_the_cache_until_a_class_fo
     assert (str(Path(name).parent / "moved.JPEG"), label) in file_index(tmp_path)[1]
 
 
+def test_a_streamed_folder_is_known_by_its_resolved_path_and_every_files_size_and_mtime(tmp_path, monkeypatch):
+    _imagenet_layout(tmp_path / "a" / "pool", per_class=3)
+    _imagenet_layout(tmp_path / "b" / "pool", per_class=3)
+    monkeypatch.chdir(tmp_path / "a")
+    here = shards.index_fingerprint(Path("pool"))
+    monkeypatch.chdir(tmp_path / "b")
+    assert shards.index_fingerprint(Path("pool")) != here  # ./pool elsewhere is another folder
+    root = tmp_path / "b" / "pool"
+    before = shards.index_fingerprint(root)
+    name = file_index(root)[1][0][0]
+    folder = (root / name).parent
+    stamp = folder.stat()
+    (root / name).unlink()  # then the class folder's mtime restored, as rsync -a, cp -a and tar do
+    os.utime(folder, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    shards._stat_fingerprint.cache_clear()  # a new process
+    assert shards.index_fingerprint(root) != before and name not in dict(file_index(root)[1])
+    image = next(p for p in root.rglob("*.JPEG"))
+    image.write_bytes(image.read_bytes() + b"\0")  # other bytes, same name
+    shards._stat_fingerprint.cache_clear()
+    assert shards.index_fingerprint(root) not in (before, here)
+
+
 def test_random_resized_crops_stay_inside_the_image_and_cover_the_asked_share():
     rng = random.Random(0)
     for width, height in ((500, 375), (64, 48), (32, 32)):
