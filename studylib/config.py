@@ -80,9 +80,16 @@ def results_dir(key: str) -> Path:
     return folder_from("STUDYLIB_RESULTS", REPO_ROOT / "results") / key
 
 
+def figures_dir(key: str) -> Path:
+    """Where figures go: $STUDYLIB_FIGURES/<key>, default <repo>/figures/<key>."""
+    return folder_from("STUDYLIB_FIGURES", REPO_ROOT / "figures") / key
+
+
 def check_output_places(key: str) -> None:
-    """Before anything trains: the runs folder and results/<key> are (or can be made) writable folders."""
-    for variable, folder in (("STUDYLIB_RUNS", runs_dir()), ("STUDYLIB_RESULTS", results_dir(key))):
+    """Before anything trains: every folder a command may write (runs, results/<key>, the cache, figures/<key>)
+    is, or can be made, a writable folder."""
+    for variable, folder in (("STUDYLIB_RUNS", runs_dir()), ("STUDYLIB_RESULTS", results_dir(key)),
+                             ("STUDYLIB_CACHE", cache_dir()), ("STUDYLIB_FIGURES", figures_dir(key))):
         existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
         if not existing.is_dir():
             raise ConfigError(f"{variable}: {existing} is {'a dangling link' if existing.is_symlink() else 'a file'}"

@@ -27,17 +27,13 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
-from studylib.config import REPO_ROOT, AnalysisConfig, ClaimPlan, load_experiment, results_dir  # noqa: E402  # noqa: E402
+from studylib.config import REPO_ROOT, AnalysisConfig, ClaimPlan, figures_dir, load_experiment, results_dir  # noqa: E402
 from studylib.errors import one_line_in_notebooks  # noqa: E402
 from studylib.findings import CLAIMS, analyse, comparisons, t_quantile_975, table_from  # noqa: E402
 from studylib.io import atomic_write, git_sha  # noqa: E402
 from studylib.registry import ARMS, FIGURES, STUDIES, call  # noqa: E402
 
 FORMATS = ("png", "svg")
-
-
-def figures_dir(key: str) -> Path:
-    return Path(os.environ.get("STUDYLIB_FIGURES", REPO_ROOT / "figures")) / key
 
 
 def arms(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str, str]]:

@@ -350,6 +350,17 @@ PLACES = [
          env=lambda d: {"STUDYLIB_RESULTS": _file(d, "results-file")}),
     Case("places", "transfer into a read-only runs folder", ["transfer", *SMOKE], ["STUDYLIB_RUNS", "not writable"],
          env=lambda d: {"STUDYLIB_RUNS": _read_only(d)}),
+    Case("places", "cache folder is a file", _study(), ["STUDYLIB_CACHE", "a file"],
+         env=lambda d: {"STUDYLIB_CACHE": _file(d, "cache-file")}, cli=True),
+    Case("places", "cache folder a dangling link", _study(), ["STUDYLIB_CACHE", "dangling link"],
+         env=lambda d: {"STUDYLIB_CACHE": _dangling(d)}),
+    Case("places", "figures folder read-only", ["figures", *SMOKE], ["STUDYLIB_FIGURES", "not writable"],
+         env=lambda d: {"STUDYLIB_FIGURES": _read_only(d)}),
+    Case("places", "figures folder is a file", _study(), ["STUDYLIB_FIGURES", "a file"],
+         env=lambda d: {"STUDYLIB_FIGURES": _file(d, "figures-file")}),
+    Case("commands", "findings --readme with no tables", ["findings", "--preset", "cpu", "--readme"],
+         ["--readme", "does not exist", "never written from no results"],
+         env=lambda d: {"STUDYLIB_RESULTS": str(d / "nothing")}),
 ]
 
 
