@@ -80,6 +80,20 @@ def cmd_study(args: argparse.Namespace) -> None:
         print(top1.pivot_table(index=index, columns="dataset", values="value").round(2).to_string())
     print(f"Elapsed in this call: {(time.perf_counter() - start) / 60:.1f} min; "
           f"table: {results_dir(exp.results_key) / (args.name + '.csv')}")
+    if distributed.is_main():
+        _figures_and_findings(exp, args.name)
+
+
+def _figures_and_findings(exp: Experiment, study: str) -> None:
+    """What a researcher looks at after a study: its figures, and the findings of every table so far."""
+    from studylib.figures import make_all
+    from studylib.findings import write
+
+    for name, paths in make_all(exp.results_key, registry.STUDIES[study].figures).items():
+        print(f"figure {name}: {paths[0]}")
+    if study != "explore":
+        write(exp.results_key, exp.analysis)
+        print(f"findings: {results_dir(exp.results_key) / 'findings.md'}")
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:

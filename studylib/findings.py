@@ -75,8 +75,10 @@ class Comparison:
     @property
     def verdict(self) -> str:
         """By the corrected p where the claim's family tested it, else by the 95% interval alone."""
-        if self.role.startswith("repeat") or self.role == "descriptive" or self.n < 2:
-            return "inconclusive" if not self.role.startswith("repeat") else self.role
+        if self.role.startswith("repeat"):
+            return self.role
+        if self.role == "descriptive" or self.n < 2:
+            return "inconclusive"
         if not math.isnan(self.p_holm):
             significant = self.p_holm < self.alpha
         else:
@@ -247,7 +249,7 @@ def analyse(found: list[Comparison], plan: AnalysisConfig) -> list[Comparison]:
                 c.role = "secondary"
             else:
                 continue
-            if c.n < 2 and not c.role.startswith("repeat"):
+            if c.n < 2 and c.role == "secondary":
                 c.role = "descriptive"
             if c.role in ("primary", "secondary"):
                 family.append(c)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,16 +138,20 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
     and ETA) until all are done, then return their results in order (a list of one result per task
     for a job of several tasks; a failed job raises its error). A notebook gets widget bars."""
     bars = [tqdm(total=100, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}", leave=True) for _ in jobs]
+    live = sys.stderr.isatty() or "ipykernel" in sys.modules  # else a log: a line only when a bar's text changes
+    shown: list[tuple] = [()] * len(jobs)
     try:
         while True:
-            for job, bar in zip(jobs, bars, strict=True):
+            for k, (job, bar) in enumerate(zip(jobs, bars, strict=True)):
                 line = progress(job)
                 fraction = done_fraction(line)
                 bar.set_description_str(f"job {job.job_id} {job.state}", refresh=False)
                 if fraction is not None:
                     bar.n = round(100 * fraction)
                 bar.set_postfix_str(line[:120], refresh=False)
-                bar.refresh()
+                if live or shown[k] != (job.state, bar.n, line):
+                    bar.refresh()
+                    shown[k] = (job.state, bar.n, line)
             if all(job.done() for job in jobs):
                 return [_result(job) for job in jobs]
             time.sleep(poll_s)
