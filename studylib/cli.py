@@ -13,6 +13,8 @@
                                                                declared analysis plan (results/<key>/findings.md)
     studylib plan [--preset cpu]                               seeds each claim needs, from the pilot seeds
                                                                (`studylib study NAME --pilot`)
+    studylib export RUN --out DIR                              a run's encoder as safetensors, timm config and
+                                                               model card (Hugging Face Hub layout)
     studylib registry [--readme]                               arms, studies, tasks and stages (README tables)
     studylib tags   [--preset cpu]                             statistics of the simulated hashtags
     studylib models                                            parameters and FLOPs of every ViT size
@@ -217,6 +219,15 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print(f"written: {results_dir(exp.results_key) / 'plan.md'}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """A run's encoder as model.safetensors, a timm config.json and a model card, ready for the Hub."""
+    from studylib.export import export, find_run
+
+    for path in export(find_run(args.run, args.preset), Path(args.out)):
+        print(f"written: {path}")
+    print(f"upload: huggingface-cli upload USER/NAME {args.out}")
+
+
 def cmd_tags(args: argparse.Namespace) -> None:
     from studylib.stages import pretrain_images
     from studylib.weak_labels import simulate
@@ -269,6 +280,8 @@ EXAMPLES = {
     "config": "  studylib config --preset cpu\n  studylib config --preset cpu --set mae.epochs=16",
     "findings": "  studylib findings --preset cpu\n  studylib findings --preset cpu --readme",
     "plan": "  studylib study --preset cpu --pilot\n  studylib plan --preset cpu",
+    "export": "  studylib export mae-191539b5 --preset cpu --out exported/mae-nano\n"
+              "  huggingface-cli upload USER/mae-nano exported/mae-nano",
     "registry": "  studylib registry\n  studylib registry --readme",
     "tags": "  studylib tags --preset cpu --set tags.noise_vocab=1000",
     "shards": "  studylib shards --preset cpu --out shards/cifar100-pool --per-shard 500\n"
@@ -289,6 +302,7 @@ def parser() -> argparse.ArgumentParser:
                              ("config", cmd_config, "print the resolved configuration"),
                              ("findings", cmd_findings, "check the paper's claims against the results"),
                              ("plan", cmd_plan, "seeds each claim needs, from the pilot seeds' results"),
+                             ("export", cmd_export, "a run's encoder for timm and the Hugging Face Hub"),
                              ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
                              ("tags", cmd_tags, "print hashtag statistics"),
                              ("shards", cmd_shards, "write the pool with its hashtags as WebDataset shards, or "
@@ -315,6 +329,11 @@ def parser() -> argparse.ArgumentParser:
                            help=f"what the job runs: a study or an arm, one of {list(registry.targets())} "
                                 "(default: default)")
             p.add_argument("--no-wait", action="store_true", help="submit and return")
+        if name == "export":
+            p.add_argument("run", help="a finished init, mae or wsp run: its folder, or its name under the "
+                                       "preset's runs")
+            p.add_argument("--out", required=True, help="a new or empty folder for model.safetensors, config.json and "
+                                                        "README.md")
         if name == "shards":
             which = p.add_mutually_exclusive_group(required=True)
             which.add_argument("--out", help="a new folder for 00000.tar, ... and shards.json")

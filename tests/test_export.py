@@ -1,0 +1,47 @@
+"""Exported encoders leave the project in timm's Hub layout and load there to the same features."""
+
+import json
+
+import pytest
+import torch
+
+from studylib.cli import main
+from studylib.config import load_experiment
+from studylib.export import load
+from studylib.stages import init
+from studylib.stages.probe import frozen_encoder
+
+
+def test_an_exported_encoder_loads_in_timm_and_gives_the_same_features(tmp_path, capsys):
+    exp = load_experiment("smoke", ["model=nano"])
+    run = init.random_encoder(exp)
+    out = tmp_path / "exported"
+    assert main(["export", run.name, "--preset", "smoke", "--out", str(out)]) == 0
+    assert "huggingface-cli upload USER/NAME" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_args"]["embed_dim"] == 64 and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    card = (out / "README.md").read_text()
+    assert "library_name: timm" in card and run.name in card and "fingerprint" in card
+    images = torch.randn(5, 3, 32, 32)
+    theirs = load(out).eval()
+    ours = frozen_encoder(exp, run).eval()
+    with torch.no_grad():
+        assert torch.allclose(theirs(images), ours(images), atol=1e-6)
+    assert main(["export", run.name, "--preset", "smoke", "--out", str(out)]) == 2  # not an empty folder
+    assert "not an empty folder" in capsys.readouterr().err
+    assert main(["export", "mae-00000000", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("size", ["pico", "B/16"])
+def test_the_timm_config_of_every_size_builds_that_vit(size):
+    from studylib.export import timm_config
+    from studylib.models import vit
+
+    config = timm_config(size)
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(config["architecture"], pretrained=False, **config["model_args"])
+        ours = vit(size)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
