@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -251,14 +252,32 @@ def cmd_shards(args: argparse.Namespace) -> None:
         print(f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: {Path(args.index) / 'shards.json'}")
         return
     exp = _experiment(args, writes=False)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out}: not empty; allowed: a new or empty folder (shards are never overwritten)")
     source = Path(exp.data.pretrain).expanduser() if exp.data.stream else None  # copied file by file
+    out = _shards_out(Path(args.out), source, args.per_shard, args.max_size)
     images = folder_labels(source) if source else pretrain_images(exp)
-    index = write_shards(images, simulate(images, exp.tags), out, args.per_shard, source=source)
+    index = write_shards(images, simulate(images, exp.tags), out, args.per_shard, source=source,
+                         max_size=args.max_size)
     print(f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: {out}/00000.tar ... "
           f"{index[-1]['name']}, index {out / 'shards.json'}")
+
+
+def _shards_out(out: Path, source: Path | None, per_shard: int, max_size: int) -> Path:
+    """--out checked before anything is read or written: a new or empty folder that can be made, not inside
+    the source; --per-shard at least 1; --max-size 0 (keep) or at least 1."""
+    if per_shard < 1 or max_size < 0:
+        raise ConfigError(f"--per-shard {per_shard}, --max-size {max_size}: allowed: --per-shard >= 1, "
+                          "--max-size 0 (keep sizes) or a short side in pixels")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists() or p.is_symlink())
+    if existing != out and not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file or a dangling link; allowed: a folder path")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out}: not an empty folder; allowed: a new or empty folder (shards are never "
+                          "overwritten)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {existing} is not writable; allowed: a folder that can be made")
+    if source is not None and out.absolute().resolve().is_relative_to(source.resolve()):
+        raise ConfigError(f"--out {out}: inside the source image folder {source}; allowed: a folder outside it")
+    return out
 
 
 def cmd_models(_args: argparse.Namespace) -> None:
@@ -285,6 +304,8 @@ EXAMPLES = {
     "registry": "  studylib registry\n  studylib registry --readme",
     "tags": "  studylib tags --preset cpu --set tags.noise_vocab=1000",
     "shards": "  studylib shards --preset cpu --out shards/cifar100-pool --per-shard 500\n"
+              "  studylib shards --preset cpu --set data.pretrain=/data/imagenet --set data.stream=true "
+              "--out /data/imagenet-256 --max-size 256\n"
               "  studylib shards --index /data/web-tags",
     "models": "  studylib models",
 }
@@ -340,6 +361,8 @@ def parser() -> argparse.ArgumentParser:
             which.add_argument("--index", metavar="FOLDER", help="a folder of tars (img2dataset's output): write its "
                                                                  "shards.json, each tar's samples counted")
             p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
+            p.add_argument("--max-size", type=int, default=0, help="resize to this short side where larger, aspect "
+                                                                   "kept, as img2dataset does (default: 0, keep)")
         if name in ("study", "findings", "figures"):
             p.add_argument("--pilot", action="store_true",
                            help="the pilot seeds (studies.pilot_seeds), tables in results/<key>/pilot/: "

@@ -45,6 +45,7 @@ import json
 import math
 import os
 import random
+import shutil
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -65,14 +66,33 @@ INDEX = "shards.json"
 
 
 def write_shards(dataset: ImageDataset, hashtags: Hashtags, folder: Path, per_shard: int = 1000,
-                 quality: int = 95, source: Path | None = None) -> list[dict]:
+                 quality: int = 95, source: Path | None = None, max_size: int = 0) -> list[dict]:
     """Write the training images of `dataset` with their hashtags as JPEG shards of `per_shard` samples
     (the last may hold fewer) into `folder`; returns the index it writes to shards.json. With `source` (an image
-    folder: `dataset` is then folder_labels(source)), each image is that folder's file, a JPEG copied as it is."""
+    folder: `dataset` is then folder_labels(source)), each image is that folder's file, a JPEG copied as it is,
+    or with `max_size` resized to that short side (aspect kept, as img2dataset does) where it is larger. The
+    shards are written into `<folder>.partial` and renamed to `folder` when all are written, so a failed or
+    interrupted command leaves no half-written folder (a `.partial` left by a killed one is written again)."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        index = _write(dataset, hashtags, partial, per_shard, quality, source, max_size)
+        (partial / INDEX).write_text(json.dumps({"shards": index}, indent=1))
+        if folder.exists():
+            folder.rmdir()  # empty: checked by the command
+        partial.rename(folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return index
+
+
+def _write(dataset: ImageDataset, hashtags: Hashtags, folder: Path, per_shard: int, quality: int,
+           source: Path | None, max_size: int) -> list[dict]:
     import webdataset as wds
 
     files = file_index(source)[1] if source else []
-    folder.mkdir(parents=True, exist_ok=True)
     index = []
     for start in range(0, len(dataset.train_labels), per_shard):
         name = f"{len(index):05d}.tar"
@@ -81,22 +101,34 @@ def write_shards(dataset: ImageDataset, hashtags: Hashtags, folder: Path, per_sh
             for i in range(start, stop):
                 tags = [hashtags.vocab[t] for t in hashtags.tags[i].tolist() if t >= 0]
                 caption = " ".join(tags)
-                sink.write({"__key__": f"{i:09d}", "jpg": _jpeg(dataset, i, quality, source, files), "txt": caption,
+                jpeg = _jpeg(dataset, i, quality, source, files, max_size)
+                sink.write({"__key__": f"{i:09d}", "jpg": jpeg, "txt": caption,
                             "json": {"tags": tags, "label": int(dataset.train_labels[i]), "caption": caption}})
         index.append({"name": name, "samples": stop - start})
-    (folder / INDEX).write_text(json.dumps({"shards": index}, indent=1))
     return index
 
 
-def _jpeg(dataset: ImageDataset, i: int, quality: int, source: Path | None, files: list[tuple[str, int]]) -> bytes:
-    """Image i as JPEG bytes: a JPEG file of `source` as it is, any other image encoded."""
-    if source and Path(files[i][0]).suffix.lower() in (".jpg", ".jpeg"):
-        return (source / files[i][0]).read_bytes()
-    if source:
-        with Image.open(source / files[i][0]) as opened:
-            image = opened.convert("RGB")
-    else:
-        image = Image.fromarray(dataset.train_images[i].permute(1, 2, 0).numpy())
+def _jpeg(dataset: ImageDataset, i: int, quality: int, source: Path | None, files: list[tuple[str, int]],
+          max_size: int = 0) -> bytes:
+    """Image i as JPEG bytes: a JPEG file of `source` as it is where no resize is asked for, else decoded,
+    resized to `max_size` on its short side where it is larger, and encoded. A source file that is not an
+    image is a DataError naming it."""
+    path = source / files[i][0] if source else None
+    try:
+        if path is not None and not max_size and path.suffix.lower() in (".jpg", ".jpeg"):
+            return path.read_bytes()
+        if path is not None:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        else:
+            image = Image.fromarray(dataset.train_images[i].permute(1, 2, 0).numpy())
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: not an image that can be read ({type(err).__name__}); allowed: JPEG, PNG or "
+                        "another image PIL reads (remove or replace the file)") from None
+    short = min(image.size)
+    if max_size and short > max_size:
+        image = image.resize((round(image.size[0] * max_size / short), round(image.size[1] * max_size / short)),
+                             Image.BICUBIC)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()

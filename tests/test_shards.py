@@ -168,7 +168,7 @@ def test_the_shards_command_writes_the_pool_and_refuses_a_folder_in_use(tmp_path
     assert [s["samples"] for s in read_index(out)] == [100] * 5 + [12]  # smoke's pool: 512 synthetic images
     assert "512 samples in 6 shards" in capsys.readouterr().out
     assert main(["shards", "--preset", "smoke", "--out", str(out)]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "not an empty folder" in capsys.readouterr().err
     written = read_index(out)  # tars from elsewhere (img2dataset) get their index by counting their samples
     (out / "shards.json").unlink()
     assert main(["shards", "--index", str(out)]) == 0 and read_index(out) == written
@@ -303,6 +303,31 @@ def test_the_shards_command_copies_a_streamed_image_folder_with_simulated_hashta
     assert sum(f"#n0{m['label']}" in m["tags"] for m in metas) >= 5  # simulated: the class tag, most of the time
     batches = list(ShardStream(out, batch_size=8, size=32, workers=0, rank=0, world=1, crop_min=0.5).epoch(0))
     assert len(batches) == 4 and batches[0][0].shape == (8, 3, 32, 32)
+
+
+def test_shards_resized_to_a_short_side_and_a_bad_source_or_out_is_one_line_leaving_nothing(tmp_path, capsys):
+    from studylib.cli import main
+
+    _imagenet_layout(tmp_path / "imagenet", per_class=3)
+    args = ["shards", "--preset", "smoke", "--set", f"data.pretrain={tmp_path / 'imagenet'}", "--set",
+            "data.stream=true", "--per-shard", "5"]
+    assert main([*args, "--out", str(tmp_path / "small"), "--max-size", "32"]) == 0
+    sizes = set()
+    for shard in read_index(tmp_path / "small"):
+        with tarfile.open(tmp_path / "small" / shard["name"]) as tar:
+            sizes |= {Image.open(io.BytesIO(tar.extractfile(m).read())).size for m in tar if m.name.endswith(".jpg")}
+    assert sizes == {(43, 32), (32, 43), (32, 32)}  # 64 x 48, 48 x 64 and 50 x 50, short side 32, aspect kept
+    for bad, message in ((["--per-shard", "0"], "--per-shard >= 1"),
+                         (["--out", str(tmp_path / "imagenet" / "inside")], "inside the source"),
+                         (["--out", str(tmp_path / "small")], "not an empty folder"),
+                         (["--out", str(tmp_path / "small" / "00000.tar" / "x")], "is a file")):
+        assert main([*args, "--out", str(tmp_path / "fresh"), *bad]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "imagenet" / "train" / "n00" / "broken.png").write_bytes(b"not a png")
+    assert main([*args, "--out", str(tmp_path / "broken")]) == 2
+    assert "broken.png: not an image that can be read" in capsys.readouterr().err
+    assert not (tmp_path / "broken").exists() and not (tmp_path / "broken.partial").exists()
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_the_file_index_is_listed_once_then_read_from_the_cache_until_a_class_folder_changes(tmp_path, monkeypatch):
