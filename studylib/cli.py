@@ -159,6 +159,8 @@ def cmd_config(args: argparse.Namespace) -> None:
     """The resolved experiment (every value that decides results), and where its tables go."""
     exp = _experiment(args, writes=False)
     print(yaml.safe_dump(result_settings(exp), sort_keys=False).rstrip())
+    print("# not in any result (speed, places, the analysis plan):")
+    print(yaml.safe_dump(_not_in_results(exp), sort_keys=False).rstrip())
     print(f"# overrides that change results: {exp.overrides or 'none'}")
     print(f"# tables: {results_dir(exp.results_key)}")
     try:  # run names hold the data's fingerprint: without the data there are none to print
@@ -169,6 +171,20 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(f"# run folders under {runs_dir() / exp.preset}, seed {exp.seed} (each arm's chain):")
     for name, chain in chains.items():
         print(f"#   {name:8s} {' -> '.join(run.name for run in chain)}")
+
+
+def _not_in_results(value: object) -> dict:
+    """The settings that result_settings leaves out: speed-only ones, launch, and the analysis plan."""
+    out = {}
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        if f.metadata.get("internal"):
+            continue
+        if f.metadata.get("identity", True) is False:
+            out[f.name] = dataclasses.asdict(item) if dataclasses.is_dataclass(item) else item
+        elif dataclasses.is_dataclass(item) and (inner := _not_in_results(item)):
+            out[f.name] = inner
+    return out
 
 
 def fill_readme(block: str, text: str) -> None:
