@@ -595,6 +595,10 @@ def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
             raise ConfigError(f"{_where(origins, key + '.accumulation_steps')}: {section.accumulation_steps} slices do "
                               f"not split {key}.batch_size {section.batch_size} ({per_step} images per task); "
                               f"allowed: divisors of {per_step}")
+    streamed = exp.data.stream or (Path(exp.data.pretrain).expanduser() / "shards.json").is_file()
+    if streamed and exp.mae.epoch_images and exp.mae.data == "pretrain":
+        raise ConfigError(f"{_where(origins, 'mae.epoch_images')}: {exp.mae.epoch_images} on a streamed pool, which "
+                          "reads each image once an epoch; allowed: 0 (set mae.epochs instead)")
     shared = sorted(set(exp.studies.pilot_seeds) & set(exp.studies.seeds))
     if shared:
         raise ConfigError(f"{_where(origins, 'studies.pilot_seeds')}: seed {shared[0]} is also a confirmation seed "

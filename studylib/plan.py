@@ -83,6 +83,12 @@ def report(exp: Experiment) -> str:
     cost = ", ".join(f"{s} {int(r.seeds)} seeds x {r.per_seed:.1f} min" for s, r in need.iterrows())
     lines += ["", f"Per study, the most seeds any target needs: {cost}; "
                   f"{(need.seeds * need.per_seed).sum():.0f} minutes if no run were shared between studies."]
+    plans = {claim: getattr(exp.analysis, claim) for claim in CLAIMS}
+    unpiloted = [f"({claim}) `{rules.primary}`" for claim, rules in plans.items()
+                 if rules.half_width and rules.primary not in set(table.key)]
+    if unpiloted:
+        lines += ["", "No pilot table holds the primary comparison of " + ", ".join(unpiloted) + ": their seeds are "
+                  "not sized by this plan."]
     short = table[table.seeds_planned < table.seeds_needed]
     lines += ["", "Every target is planned with enough seeds." if short.empty else
               "Planned with fewer seeds than the pilot asks for: " + ", ".join(

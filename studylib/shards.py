@@ -343,9 +343,9 @@ def _index_file(root: Path) -> Path:
         key = [str(root)] + [f"{d.name} {d.stat().st_mtime_ns}" for d in folders]
     except OSError as err:
         raise DataError(f"image folder {train}: cannot list it ({err.strerror})") from None
-    if not folders:
-        raise DataError(f"image folder {root}: no class folders; expected {root}/train/<class>/<image> "
-                        f"or {root}/<class>/<image>")
+    if len(folders) < 2:
+        raise DataError(f"image folder {root}: {len(folders)} class folder(s); allowed: at least 2 classes, as "
+                        f"{root}/train/<class>/<image> or {root}/<class>/<image> (as an in-memory folder needs)")
     cache = cache_dir() / f"file_index-{hashlib.sha256(chr(10).join(key).encode()).hexdigest()[:16]}.json"
     if cache.is_file():
         return cache

@@ -70,6 +70,11 @@ CONFIG = [
          ["transfer.zeroshot.text_heads", "divisors"]),
     Case("config", "streaming a built-in dataset", _study("data.stream=true"),
          ["override data.stream", "cannot be streamed", "image folder path"]),
+    Case("config", "MAE's epoch_images on a streamed pool", lambda d: _pics(_folder, "data.stream=true",
+                                                                            "mae.epoch_images=64")(d),
+         ["mae.epoch_images", "streamed pool", "allowed: 0"]),
+    Case("data", "a streamed folder of one class", lambda d: _pics(_one_class, "data.stream=true")(d),
+         ["1 class folder(s)", "at least 2 classes"]),
     Case("config", "deep unknown key", _study("a.b.c.d=1"), ["override a.b.c.d", "unknown key 'a'"], cli=True),
     Case("config", "unknown key in a section", _study("mae.b.c=1"), ["override mae.b.c", "unknown key 'b'"]),
     Case("config", "value for a section", _study("transfer=1"), ["transfer", "expected a mapping"]),
@@ -225,6 +230,10 @@ def _one_image(d: Path) -> Path:
     (d / "one" / "cat").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(d / "one" / "cat" / "0.png")
     return d / "one"
+
+
+def _one_class(d: Path) -> Path:
+    return _folder(d, classes=("cat",), splits=("train",))
 
 
 uint8 = np.uint8
