@@ -145,7 +145,7 @@ def default(key: str) -> list[Path]:
     probes, order, palette = arms(_probes(table))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.pointplot(probes, x="dataset", y="value", hue="arm", hue_order=order, palette=palette, errorbar=interval95,
-                  dodge=0.4, linestyle="none", ax=ax)
+                  dodge=0.4 if len(order) > 1 else False, linestyle="none", ax=ax)
     ax.set(xlabel="probe dataset", ylabel="linear-probe top-1 (%)", title=f"Every arm, linear probe ({_seeds(table)})")
     ax.legend(title=None, fontsize=8)
     fig.tight_layout()
@@ -257,7 +257,7 @@ def data_size(key: str) -> list[Path]:
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         sns.pointplot(probes[probes.dataset == dataset], x="images", y="value", hue="arm", hue_order=order,
-                      palette=palette, errorbar=interval95, dodge=0.3, ax=ax, native_scale=False)
+                      palette=palette, errorbar=interval95, dodge=0.3 if len(order) > 1 else False, ax=ax)
         ax.set_ylim(0, None)
         ax.set(xlabel="MAE's distinct images (same MAE steps at each)", ylabel=f"{dataset} linear-probe top-1 (%)")
         ax.set_xticks(ax.get_xticks(), [f"{float(t.get_text()):,.0f}" for t in ax.get_xticklabels()])

@@ -16,22 +16,14 @@ An image folder (`root/train/<class>/<image>`, or `root/<class>/<image>`; images
 units of 1,000 files that play the part of shards, each read in an order drawn per epoch; an image's one tag is its
 class name. With `data.stream: true`, such a folder is the pool that MAE and WSP stream.
 
-`ShardStream` reads a folder back, one rank's share of one epoch, in batches:
-- the shard list is shuffled by (seed, epoch), dealt round-robin to the ranks, and each rank's shards to
-  its DataLoader workers, which read, decode and random-resized-crop them (`_decode`: the crop drawn from
-  (seed, epoch, sample key), so it does not depend on which worker reads the sample; JPEGs decoded at the
-  smallest DCT scale that still covers the crop); the `webdataset` library reads the tars;
-- every sample is read at most once per epoch, and exactly once except the drop: every rank takes the same
-  number of steps in every epoch, the full batches that the floor(shards / ranks) smallest shards fill
-  (what the rank dealt the fewest samples holds at least); the samples past them are dropped;
-- the order is a function of (seed, epoch, rank) only, not of timing: the DataLoader takes its workers'
-  batches in turn, and batches are re-cut to `batch_size` in the main process; so a resumed epoch can start at
-  any step without decoding what comes before it (`epoch(e, start)`: the shards before it are not opened);
-- a sample that cannot be used (an image that does not decode, a truncated JPEG, metadata missing or not
-  JSON) is skipped and counted in `skipped`, its place in the batch taken by a usable sample of the same batch
-  (counted in `repeats`), so ranks take equal steps without talking to each other and a step's samples do not
-  depend on earlier bad ones. More than `max_skipped` of a rank's samples skipped in an epoch (of those read
-  since the epoch started or resumed) stops it with a DataError.
+`ShardStream` reads a folder back, one rank's share of one epoch, in batches. Its order is a function of (seed,
+epoch, rank) and the shards' sample counts only, never of the DataLoader's workers or their timing: a rank's shards
+are dealt to a fixed number of lanes (`LANES`), the stream takes a batch from each lane in turn (`_lanes`), the
+workers each read some lanes, and the main process puts their samples back in the stream's order (`_in_order`).
+So any number of workers gives the same batches, and an epoch resumed at a step, on any worker count, starts there
+without decoding what comes before it. Crops are drawn from (seed, epoch, sample key). Every rank takes the same
+steps an epoch (the full batches of its floor(shards / ranks) smallest shards); a sample that cannot be used is
+skipped, counted, and replaced by a usable one of its batch, up to `max_skipped`.
 """
 
 from __future__ import annotations
@@ -454,38 +446,50 @@ def _decode(sample: dict, size: int, crop_min: float | None = None,
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), key, tags
 
 
-class _Samples(torch.utils.data.IterableDataset):
-    """The decoded samples of a rank's lanes (a lane: the shards one DataLoader worker reads), the lanes rotated
-    to start at lane `first`, and the first `skips[lane]` samples of each lane passed over undecoded."""
+LANES = 16  # a rank's shards are dealt to this many lanes (fewer with fewer shards), whatever the workers
 
-    def __init__(self, source: TarShards | ImageFiles, lanes: list[list[dict]], skips: list[int], first: int,
+
+class _Samples(torch.utils.data.IterableDataset):
+    """The decoded samples of a rank's `chunks` (lane, first position, length), each tagged with its lane and
+    position; worker w reads the chunks of lanes w, w + workers, ..., each lane a sequential reader that passes
+    over the samples before its first chunk undecoded."""
+
+    def __init__(self, source: TarShards | ImageFiles, lanes: list[list[dict]], chunks: list[tuple[int, int, int]],
                  size: int, crop_min: float | None, seed: int) -> None:
-        self.source, self.lanes, self.skips, self.first = source, lanes, skips, first
+        self.source, self.lanes, self.chunks = source, lanes, chunks
         self.size, self.crop_min, self.seed = size, crop_min, seed
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor | None, str, list[str] | str]]:
+    def __iter__(self) -> Iterator[tuple[int, int, tuple[torch.Tensor | None, str, list[str] | str]]]:
         worker = torch.utils.data.get_worker_info()
-        lane = (self.first + (worker.id if worker else 0)) % len(self.lanes)
-        for sample in self.source.read(self.lanes[lane], self.seed, self.skips[lane]):
-            yield _decode(sample, self.size, self.crop_min, self.seed)
+        mine = [c for c in self.chunks if worker is None or c[0] % worker.num_workers == worker.id]
+        readers: dict[int, Iterator[dict]] = {}
+        for lane, first, length in mine:
+            if lane not in readers:
+                readers[lane] = self.source.read(self.lanes[lane], self.seed, first)
+            for position in range(first, first + length):
+                sample = next(readers[lane], None)
+                yield lane, position, (None, "?", "missing") if sample is None else _decode(
+                    sample, self.size, self.crop_min, self.seed)
 
 
-def _lanes(units: list[dict], workers: int, batch_size: int,
-           start: int) -> tuple[list[list[dict]], list[int], int, int]:
-    """A rank's units dealt round-robin to `workers` lanes, and where sample `start` of the rank's stream lies: the
-    samples each lane passes over, the lane that then comes first, and the samples to drop from its next batch.
-    The DataLoader takes a batch of `batch_size` samples from each lane in turn (a lane that has run out drops out),
-    so the stream's order follows from the lanes' sample counts alone."""
-    lanes = [units[w::workers] for w in range(workers)]
+def _lanes(units: list[dict], batch_size: int, start: int) -> tuple[list[list[dict]], list[tuple[int, int, int]]]:
+    """A rank's units dealt round-robin to min(LANES, units) lanes, and the rank's sample stream from sample `start`
+    on as chunks (lane, first position in the lane, length): a batch of `batch_size` samples from each lane in turn
+    (a lane that has run out drops out). The order follows from the lanes' sample counts alone, not from the
+    DataLoader's workers, so any number of workers gives the same stream."""
+    lanes = [units[k::min(LANES, len(units))] for k in range(min(LANES, len(units)))]
     left = [sum(unit["samples"] for unit in lane) for lane in lanes]
-    skips, lane = [0] * workers, 0
+    done, chunks, lane = [0] * len(lanes), [], 0
     while any(left):
         taken = min(batch_size, left[lane])
-        if start < taken:  # `start` lies inside this lane's next batch
-            break
-        start, skips[lane], left[lane] = start - taken, skips[lane] + taken, left[lane] - taken
-        lane = (lane + 1) % workers
-    return lanes, skips, lane, start
+        if taken:
+            skip = min(taken, max(0, start))
+            start -= skip
+            if taken > skip:
+                chunks.append((lane, done[lane] + skip, taken - skip))
+            done[lane], left[lane] = done[lane] + taken, left[lane] - taken
+        lane = (lane + 1) % len(lanes)
+    return lanes, chunks
 
 
 class ShardStream:
@@ -520,24 +524,19 @@ class ShardStream:
         the same batch, so where a step starts does not depend on which samples are unusable."""
         mine = epoch_shards(self.index, self.seed, epoch, self.rank, self.world)
         listed = sum(s["samples"] for s in mine)
-        workers = max(1, min(self.workers, len(mine)))
-        lanes, skips, first, drop = _lanes(mine, workers, self.batch_size, start * self.batch_size)
-        samples = _Samples(self.source, lanes, skips, first, self.size, self.crop_min, self.seed * 1_000_003 + epoch)
+        lanes, chunks = _lanes(mine, self.batch_size, start * self.batch_size)
+        samples = _Samples(self.source, lanes, chunks, self.size, self.crop_min, self.seed * 1_000_003 + epoch)
+        workers = min(self.workers, len(lanes))
         loader = torch.utils.data.DataLoader(samples, batch_size=self.batch_size, collate_fn=list,
-                                             num_workers=workers if self.workers else 0,
-                                             generator=torch.Generator())  # leaves torch's global one alone
-        parts, window = iter(loader), []
+                                             num_workers=workers, generator=torch.Generator())
+        stream = _in_order(iter(loader), chunks)
         self.skipped, self.repeats = [], 0
         size = self.batch_size
         for _ in range(start, self.steps()):
-            while len(window) < size:
-                more = next(parts, None)
-                if more is None:
-                    raise DataError(f"{self.folder}: rank {self.rank} read fewer samples in epoch {epoch} than "
-                                    "its shards are listed with; allowed: shards that hold what shards.json says")
-                window += more[drop:]
-                drop = 0
-            batch, window = window[:size], window[size:]
+            batch = list(itertools.islice(stream, size))
+            if len(batch) < size:
+                raise DataError(f"{self.folder}: rank {self.rank} read fewer samples in epoch {epoch} than "
+                                "its shards are listed with; allowed: shards that hold what shards.json says")
             good = [sample for sample in batch if sample[0] is not None]
             self.skipped += [sample[1:] for sample in batch if sample[0] is None]
             if len(self.skipped) > self.max_skipped * listed or not good:
@@ -547,6 +546,20 @@ class ShardStream:
             self.repeats += size - len(good)
             batch = [good[i % len(good)] if sample[0] is None else sample for i, sample in enumerate(batch)]
             yield torch.stack([b[0] for b in batch]), [b[1] for b in batch], [b[2] for b in batch]
+
+
+def _in_order(parts: Iterator[list], chunks: list[tuple[int, int, int]]) -> Iterator[tuple]:
+    """The workers' tagged samples in the stream's order (the chunks'), held back until their turn: each worker
+    reads its lanes in that order, so at most about a batch per worker waits."""
+    waiting: dict[tuple[int, int], tuple] = {}
+    for lane, first, length in chunks:
+        for position in range(first, first + length):
+            while (lane, position) not in waiting:
+                part = next(parts, None)
+                if part is None:
+                    return
+                waiting.update({(k, p): sample for k, p, sample in part})
+            yield waiting.pop((lane, position))
 
 
 class ShardBatches:

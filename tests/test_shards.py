@@ -160,6 +160,40 @@ def test_tags_that_are_not_a_list_of_strings_name_the_sample(tmp_path, isolated_
     assert image is None and "tags are cat" in why
 
 
+def test_the_stream_is_the_same_with_any_number_of_loader_workers_and_resumes_on_another(tmp_path):
+    """Worker counts set speed only: 0 to 3 workers give the same keys and pixels in the same batches, and an
+    epoch resumed at a step with another worker count is the rest of the same epoch."""
+    _shards(tmp_path, 200, 24)  # 9 unequal shards (the last holds 8)
+
+    def epoch(workers: int, start: int = 0) -> list[tuple[list[str], torch.Tensor]]:
+        stream = ShardStream(tmp_path, batch_size=8, size=16, seed=5, workers=workers, rank=0, world=1, crop_min=0.5)
+        return [(keys, images) for images, keys, _ in stream.epoch(1, start)]
+
+    whole = epoch(0)
+    for workers in (1, 2, 3):
+        other = epoch(workers)
+        assert [k for k, _ in other] == [k for k, _ in whole], workers
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(other, whole, strict=True)), workers
+    resumed = epoch(3, start=7)  # killed at step 7 with one worker count, resumed with another
+    assert [k for k, _ in resumed] == [k for k, _ in whole[7:]]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(resumed, whole[7:], strict=True))
+
+
+def test_wsp_on_a_shard_pool_ends_with_the_same_weights_whatever_the_loader_workers(tmp_path, monkeypatch):
+    from studylib.stages import wsp
+
+    _shards(tmp_path / "pool", 96, 16)
+    weights = []
+    for cpus in (2, 4):  # 1 and 3 DataLoader workers: the same run name, so each in its own runs folder
+        monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / f"runs{cpus}"))
+        exp = load_experiment("smoke", [f"data.pretrain={tmp_path / 'pool'}", "data.tag_vocabulary=8",
+                                        "wsp.epochs=1", "wsp.batch_size=16", f"launch.cpus_per_task={cpus}",
+                                        "model=pico"])
+        weights.append(torch.load(wsp.pretrain(exp).path / "encoder.pth", weights_only=True)["state"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_the_shards_command_writes_the_pool_and_refuses_a_folder_in_use(tmp_path, capsys):
     from studylib.cli import main
 
