@@ -95,8 +95,11 @@ def _figures_and_findings(exp: Experiment, study: str) -> None:
     for name, paths in make_all(exp.results_key, registry.STUDIES[study].figures).items():
         print(f"figure {name}: {paths[0]}")
     if study != "explore":
-        write(exp.results_key, exp.analysis)
-        print(f"findings: {results_dir(exp.results_key) / 'findings.md'}")
+        try:
+            write(exp.results_key, exp.analysis)
+            print(f"findings: {results_dir(exp.results_key) / 'findings.md'}")
+        except StudylibError as err:  # e.g. tables of two precisions: the study itself is done
+            print(f"findings not written: {shown_line(str(err), 300)}")
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:

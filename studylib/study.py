@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -135,10 +136,23 @@ def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
     table["precision"] = precision_name(exp)  # resolved on this machine: auto is bf16 on some CPUs, fp32 on others
     if is_main():
         folder = results_dir(exp.results_key)
+        _say_if_precision_changes(folder / f"{study}.csv", table["precision"].iloc[0] if len(table) else "")
         record = {"preset": exp.preset, "overrides": exp.overrides, "experiment": exp.to_dict()}
         atomic_write(folder / "experiment.yaml", lambda f: yaml.safe_dump(record, f, sort_keys=False))
         atomic_write(folder / f"{study}.csv", lambda f: table.to_csv(f, index=False))
     return table
+
+
+def _say_if_precision_changes(path: Path, precision: str) -> None:
+    """One line where a table of another precision is replaced (precision auto is bf16 on some CPUs, fp32 on
+    others): the folder's other tables keep theirs until their studies rerun, and findings refuse to mix them."""
+    try:
+        old = set(pd.read_csv(path, usecols=["precision"])["precision"].dropna()) if path.exists() else set()
+    except (ValueError, OSError):
+        return
+    if old and old != {precision}:
+        warn(f"{path}: replacing its {'/'.join(sorted(old))} results with {precision} ones (what precision resolves "
+             f"to here); findings will not pair them with {'/'.join(sorted(old))} tables left in {path.parent}")
 
 
 def default_point(exp: Experiment) -> list[dict]:

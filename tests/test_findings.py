@@ -173,3 +173,20 @@ def test_the_layout_check_sees_overlapping_labels_and_a_legend_over_data():
     found = figures.overlaps(fig)
     assert any("tick labels" in f for f in found) and any("legend covers" in f for f in found)
     figures.plt.close(fig)
+
+
+def test_a_table_of_another_precision_is_replaced_with_one_line_and_findings_refuse_to_mix(isolated_dirs, smoke,
+                                                                                            capsys):
+    from studylib.study import _table
+
+    folder = isolated_dirs / "results" / "smoke"
+    folder.mkdir(parents=True)
+    _default_table({"wsp": 25.0, "mae_wsp": 27.0}).assign(precision="bf16").to_csv(folder / "default.csv")
+    _default_table({"wsp": 25.0, "mae_wsp": 27.0}).assign(stage="finetune", variant="", precision="bf16").to_csv(
+        folder / "transfer.csv")
+    rows = _default_table({"wsp": 24.0, "mae_wsp": 26.0}).drop(columns="precision").to_dict("records")
+    _table(smoke, "default", rows)  # smoke runs fp32
+    assert "replacing its bf16 results with fp32 ones" in capsys.readouterr().err
+    assert set(pd.read_csv(folder / "default.csv").precision) == {"fp32"}
+    with pytest.raises(DataError, match="tables of precisions"):
+        findings.write("smoke")
