@@ -146,10 +146,23 @@ def default(key: str) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.pointplot(probes, x="dataset", y="value", hue="arm", hue_order=order, palette=palette, errorbar=interval95,
                   dodge=0.4 if len(order) > 1 else False, linestyle="none", ax=ax)
-    ax.set(xlabel="probe dataset", ylabel="linear-probe top-1 (%)", title=f"Every arm, linear probe ({_seeds(table)})")
+    ax.set(xlabel="probe dataset", ylabel="linear-probe top-1 (%, higher is better)",
+           title=f"Every arm, linear probe\n{setting(key)}; {_seeds(table)}")
     ax.legend(title=None, fontsize=8)
     fig.tight_layout()
     return save(fig, "default", key, ["default"], table)
+
+
+def setting(key: str, model: bool = True) -> str:
+    """What the results rest on, for titles: the model, the pool and the precision (results/<key>/experiment.yaml)."""
+    path = results_dir(key) / "experiment.yaml"
+    exp = ((yaml.safe_load(path.read_text()) or {}).get("experiment") or {}) if path.exists() else {}
+    data = exp.get("data") or {}
+    if not exp:
+        return "setting not recorded"
+    share = f" x {data.get('pretrain_fraction'):g}" if data.get("pretrain_fraction", 1) != 1 else ""
+    pool = f"pool {Path(str(data.get('pretrain'))).name}{share}, precision {exp.get('precision')}"
+    return f"ViT-{exp.get('model')}, {pool}" if model else pool
 
 
 def plan_of(key: str) -> AnalysisConfig:
@@ -180,7 +193,8 @@ def verdicts(key: str) -> list[Path]:
         ax.title.set_fontsize(9)
     handles, texts = axes[0][-1].get_legend_handles_labels()
     fig.legend(handles, texts, loc="upper center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 0.0), fontsize=8)
-    fig.suptitle("Each claim's primary comparison, MAE→WSP − WSP unless named, paired by seed", fontsize=10)
+    fig.suptitle(f"Each claim's primary comparison, MAE→WSP − WSP unless named, paired by seed\n{setting(key)}",
+                 fontsize=10)
     fig.tight_layout()
     return save(fig, "verdicts", key, ["default", "wsp_epochs", "model_size", "data_size"], read(key, "default"))
 
@@ -222,8 +236,8 @@ def convergence(key: str) -> list[Path]:
                 ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
     _legend_below(fig, list(axes.flat))
-    fig.suptitle(f"Every arm after full WSP schedules of each length, one run per length and seed "
-                 f"({_seeds(table)})")
+    fig.suptitle(f"Every arm after full WSP schedules of each length, one run per length and seed\n"
+                 f"{setting(key)}; {_seeds(table)}")
     fig.tight_layout()
     return save(fig, "convergence", key, ["wsp_epochs"], table)
 
@@ -242,7 +256,7 @@ def model_size(key: str) -> list[Path]:
             ax.annotate(name, (count, ax.get_ylim()[0]), textcoords="offset points", xytext=(2, 4), fontsize=8,
                         color="grey")
         ax.set(xscale="log", xlabel="encoder parameters", ylabel=f"{dataset} linear-probe top-1 (%)")
-    fig.suptitle(f"Model size: every arm ({_seeds(table)})")
+    fig.suptitle(f"Model size: every arm ({setting(key, model=False)}; {_seeds(table)})")
     fig.tight_layout()
     return save(fig, "model_size", key, ["model_size"], table)
 
@@ -262,7 +276,7 @@ def data_size(key: str) -> list[Path]:
         ax.set(xlabel="MAE's distinct images (same MAE steps at each)", ylabel=f"{dataset} linear-probe top-1 (%)")
         ax.set_xticks(ax.get_xticks(), [f"{float(t.get_text()):,.0f}" for t in ax.get_xticklabels()])
     _legend_below(fig, axes[0])
-    fig.suptitle(f"Pre-pretraining data: MAE on more distinct images ({_seeds(table)})")
+    fig.suptitle(f"Pre-pretraining data: MAE on more distinct images\n{setting(key)}; {_seeds(table)}")
     fig.tight_layout()
     return save(fig, "data_size", key, ["data_size"], table)
 
@@ -298,7 +312,7 @@ def transfer(key: str) -> list[Path]:
     axes[3].set(title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)")
     _legend_below(fig, axes)
     draws = "seeds and draws" if table.seed.nunique() > 1 else "draws"
-    fig.suptitle(f"Transfer ({_seeds(table)}; low-shot: sd over {draws})")
+    fig.suptitle(f"Transfer ({setting(key)}; {_seeds(table)}; low-shot: sd over {draws}; higher is better)")
     fig.tight_layout()
     return save(fig, "transfer", key, ["transfer"], table)
 
@@ -318,7 +332,7 @@ def reconstructions(key: str) -> list[Path]:
             axes[r, c].imshow(images[c])
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=9)
-    fig.suptitle(f"MAE reconstructions ({run})")
+    fig.suptitle(f"MAE reconstructions of test images ({setting(key)}, run {run})")
     fig.tight_layout()
     return save(fig, "reconstructions", key, ["explore"], pd.DataFrame({"run": [run]}))
 
