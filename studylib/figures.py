@@ -161,8 +161,20 @@ def setting(key: str, model: bool = True) -> str:
     if not exp:
         return "setting not recorded"
     share = f" x {data.get('pretrain_fraction'):g}" if data.get("pretrain_fraction", 1) != 1 else ""
-    pool = f"pool {Path(str(data.get('pretrain'))).name}{share}, precision {exp.get('precision')}"
+    pool = f"pool {Path(str(data.get('pretrain'))).name}{share}, {_precision(key) or exp.get('precision')}"
     return f"ViT-{exp.get('model')}, {pool}" if model else pool
+
+
+def _precision(key: str) -> str:
+    """The precision the tables of results/<key>/ resolved to ('' where none records it)."""
+    for path in sorted(results_dir(key).glob("*.csv")):
+        try:
+            found = pd.read_csv(path, usecols=["precision"])["precision"].dropna()
+        except ValueError:  # a table without the column
+            continue
+        if len(found):
+            return str(found.iloc[0])
+    return ""
 
 
 def plan_of(key: str) -> AnalysisConfig:
