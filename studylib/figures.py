@@ -193,7 +193,7 @@ def verdicts(key: str) -> list[Path]:
     found = [c for c in analyse(comparisons(key), plan_of(key)) if c.role == "primary"]
     if not found:
         raise FileNotFoundError(f"{results_dir(key)}: no primary comparison of the analysis plan in these results")
-    fig, axes = plt.subplots(1, len(found), figsize=(2.6 * len(found) + 0.6, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(found), figsize=(2.3 * len(found) + 0.6, 3.8), squeeze=False)
     for ax, c in zip(axes[0], found, strict=True):
         ax.axhline(0, color="black", lw=0.8)
         ax.scatter(np.linspace(-0.12, 0.12, c.n), c.differences, color="grey", s=14, zorder=3, label="one seed")
