@@ -383,20 +383,25 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
             p.add_argument("--max-size", type=int, default=0, help="resize to this short side where larger, aspect "
                                                                    "kept, as img2dataset does (default: 0, keep)")
-        if name in ("study", "findings", "figures"):
-            p.add_argument("--pilot", action="store_true",
-                           help="the pilot seeds (studies.pilot_seeds), tables in results/<key>/pilot/: "
-                                "for `studylib plan`, in no verdict")
-        if name in ("registry", "findings"):
-            p.add_argument("--readme", action="store_true", help=f"rewrite the README's {name} tables")
-        if name not in ("models", "registry"):
-            p.add_argument("--preset", default="cpu", help="preset of experiments.yaml: smoke (synthetic, seconds), "
-                                                           "cpu (real CIFAR, 2 cores), gpu, paper (default: cpu)")
-            p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                           help="override a config value, e.g. --set mae.epochs=3 (repeatable)")
-            if name != "notebooks":
-                p.add_argument("--config", default=None, help="config file (default: the repo's experiments.yaml)")
+        _shared_arguments(p, name)
     return root
+
+
+def _shared_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    """The options several commands share: --pilot, --readme, and the preset, its overrides and config file."""
+    if name in ("study", "findings", "figures"):
+        p.add_argument("--pilot", action="store_true",
+                       help="the pilot seeds (studies.pilot_seeds), tables in results/<key>/pilot/: "
+                            "for `studylib plan`, in no verdict")
+    if name in ("registry", "findings"):
+        p.add_argument("--readme", action="store_true", help=f"rewrite the README's {name} tables")
+    if name not in ("models", "registry"):
+        p.add_argument("--preset", default="cpu", help="preset of experiments.yaml: smoke (synthetic, seconds), "
+                                                       "cpu (real CIFAR, 2 cores), gpu, paper (default: cpu)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set mae.epochs=3 (repeatable)")
+        if name != "notebooks":
+            p.add_argument("--config", default=None, help="config file (default: the repo's experiments.yaml)")
 
 
 class _Version(argparse.Action):
