@@ -343,7 +343,7 @@ def provenance(key: str, plan: AnalysisConfig) -> str:
             f"(`analysis` of the preset in experiments.yaml), alpha {plan.alpha}.")
 
 
-def summary(key: str, found: list[Comparison]) -> list[str]:
+def summary(key: str, found: list[Comparison], plan: AnalysisConfig | None = None) -> list[str]:
     """The results in prose, every number and verdict computed: each claim's primary comparison, the count
     of secondary ones that hold, and the baselines."""
     lines = []
@@ -357,8 +357,11 @@ def summary(key: str, found: list[Comparison]) -> list[str]:
         tally = ", ".join(f"{sum(c.verdict == v for c in secondary)} {v}" for v in ("holds", "contradicted",
                                                                                        "inconclusive"))
         against = " This contradicts the paper." if primary[0].verdict == "contradicted" else ""
+        target = getattr(plan, claim).half_width if plan else 0.0
+        planned = (f" Its half-width {primary[0].half_width:.2f} against the planned {target:.2f}: "
+                   f"{'met' if primary[0].half_width <= target else 'not met'}." if target and primary[0].n > 1 else "")
         lines.append(f"- ({claim}) {text}: **{primary[0].verdict}**.{against} Primary comparison, MAE→WSP − WSP "
-                     f"unless named: {primary[0].sentence()}. Secondary ({len(secondary)}): {tally}.")
+                     f"unless named: {primary[0].sentence()}.{planned} Secondary ({len(secondary)}): {tally}.")
     for c in premise(key):
         lines.append(f"- Premise, {c.what}: {c.mean:+.2f} points, 95% interval {c.interval()}, n = {c.n} "
                      f"({c.verdict} by the interval alone).")
@@ -386,7 +389,7 @@ def report(key: str, plan: AnalysisConfig | None = None, found: list[Comparison]
     the one-seed results, fine-tuning against the probe."""
     plan = plan or AnalysisConfig()
     found = analyse(comparisons(key), plan) if found is None else found
-    lines = [f"**Findings of `{key}`**", "", provenance(key, plan), "", *summary(key, found), ""]
+    lines = [f"**Findings of `{key}`**", "", provenance(key, plan), "", *summary(key, found, plan), ""]
     arms = arm_table(key)
     if arms:
         lines += ["Linear-probe top-1 (%) of every arm, default study:", "", *arms, ""]
