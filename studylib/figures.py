@@ -146,8 +146,8 @@ def default(key: str) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.pointplot(probes, x="dataset", y="value", hue="arm", hue_order=order, palette=palette, errorbar=interval95,
                   dodge=0.4 if len(order) > 1 else False, linestyle="none", ax=ax)
-    ax.set(xlabel="probe dataset", ylabel="linear-probe top-1 (%, higher is better)",
-           title=f"Every arm, linear probe\n{setting(key)}; {_seeds(table)}")
+    ax.set(xlabel="probe dataset", ylabel="linear-probe top-1 (%)",
+           title=f"Every arm, linear probe (higher is better)\n{setting(key)}\n{_seeds(table)}")
     ax.legend(title=None, fontsize=8)
     fig.tight_layout()
     return save(fig, "default", key, ["default"], table)
