@@ -319,13 +319,11 @@ EXAMPLES = {
     "config": "  studylib config --preset cpu\n  studylib config --preset cpu --set mae.epochs=16",
     "findings": "  studylib findings --preset cpu\n  studylib findings --preset cpu --readme",
     "plan": "  studylib study --preset cpu --pilot\n  studylib plan --preset cpu",
-    "export": "  studylib export mae-191539b5 --preset cpu --out exported/mae-nano\n"
-              "  huggingface-cli upload USER/mae-nano exported/mae-nano",
+    "export": "  studylib export mae-191539b5 --preset cpu --out exported/mae-nano",
     "registry": "  studylib registry\n  studylib registry --readme",
     "tags": "  studylib tags --preset cpu --set tags.noise_vocab=1000",
     "shards": "  studylib shards --preset cpu --out shards/cifar100-pool --per-shard 500\n"
-              "  studylib shards --preset cpu --set data.pretrain=/data/imagenet --set data.stream=true "
-              "--out /data/imagenet-256 --max-size 256\n"
+              "  studylib shards --preset cpu --out shards/cifar100-256 --max-size 256\n"
               "  studylib shards --index /data/web-tags",
     "models": "  studylib models",
 }

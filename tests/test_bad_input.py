@@ -21,7 +21,7 @@ CASES = [
     # (id, extra arguments, expected words in the one-line error)
     ("unknown top-level key", ["--set", "modle=micro"], ["override modle: unknown key", "did you mean 'model'"]),
     ("unknown nested key", ["--set", "mae.mask_ration=0.5"], ["mae.mask_ration", "did you mean 'mask_ratio'"]),
-    ("unknown section", ["--set", "finetune.epochs=3"], ["unknown key", "allowed: ['data', 'device'"]),
+    ("unknown section", ["--set", "finetune.epochs=3"], ["unknown key", "allowed: ['analysis', 'data', 'device'"]),
     ("int as text", ["--set", "mae.epochs=three"], ["mae.epochs", "expected int, got 'three'"]),
     ("float as text", ["--set", "wsp.base_lr=fast"], ["wsp.base_lr", "expected float"]),
     ("float for int", ["--set", "wsp.epochs=2.5"], ["wsp.epochs", "expected int, got 2.5"]),

@@ -156,6 +156,8 @@ def test_committed_figures_have_no_colliding_labels_or_legends_over_data(monkeyp
     monkeypatch.setattr(figures, "save", check)
     figures.style()
     names = ("default", "verdicts", "convergence", "model_size", "data_size", "transfer", "hashtags")
+    table_of = {"convergence": "wsp_epochs", "verdicts": "default", "hashtags": "explore"}
+    names = [n for n in names if (REPO_ROOT / "results" / "cpu" / f"{table_of.get(n, n)}.csv").exists()]
     for name in names:
         getattr(figures, name)("cpu")
     assert {name: clashes for name, (clashes, _) in checked.items() if clashes} == {}
