@@ -155,14 +155,19 @@ def default(key: str) -> list[Path]:
 
 def setting(key: str, model: bool = True) -> str:
     """What the results rest on, for titles: the model, the pool and the precision (results/<key>/experiment.yaml)."""
-    path = results_dir(key) / "experiment.yaml"
-    exp = ((yaml.safe_load(path.read_text()) or {}).get("experiment") or {}) if path.exists() else {}
+    exp = _recorded(key)
     data = exp.get("data") or {}
     if not exp:
         return "setting not recorded"
     share = f" x {data.get('pretrain_fraction'):g}" if data.get("pretrain_fraction", 1) != 1 else ""
     pool = f"pool {Path(str(data.get('pretrain'))).name}{share}, {_precision(key) or exp.get('precision')}"
     return f"ViT-{exp.get('model')}, {pool}" if model else pool
+
+
+def _recorded(key: str) -> dict:
+    """The resolved experiment that results/<key>/experiment.yaml records ({} where there is none)."""
+    path = results_dir(key) / "experiment.yaml"
+    return ((yaml.safe_load(path.read_text()) or {}).get("experiment") or {}) if path.exists() else {}
 
 
 def _precision(key: str) -> str:
@@ -179,9 +184,7 @@ def _precision(key: str) -> str:
 
 def plan_of(key: str) -> AnalysisConfig:
     """The analysis plan that results/<key>/ was run under (its experiment.yaml), else the default plan."""
-    path = results_dir(key) / "experiment.yaml"
-    record = yaml.safe_load(path.read_text()) if path.exists() else None
-    claims = (record or {}).get("experiment", {}).get("analysis")
+    claims = _recorded(key).get("analysis")
     if not claims:
         return AnalysisConfig()
     return AnalysisConfig(alpha=claims["alpha"], **{c: ClaimPlan(**claims[c]) for c in CLAIMS})
