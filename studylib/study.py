@@ -196,20 +196,26 @@ def data_size_study(exp: Experiment) -> pd.DataFrame:
 
     def point(e: Experiment) -> list[dict]:
         rows = []
-        pool = pretrain_count(e)
-        e = with_values(e, data={"probe": probes})
-        for text in exp.studies.mae_data:
-            dataset, fraction = parse_mae_data(text)
-            at = with_values(e, mae={"data": dataset, "data_fraction": fraction})
-            images = pretrain_count(at, *mae.images(at))
-            if images != pool:  # else the very run of the other studies
-                at = with_values(at, mae={"epoch_images": pool})
+        for text, at, images in data_size_points(with_values(e, data={"probe": probes})):
             rows.append({"mae_data": text, "stage": "mae", "metric": "images", "value": images})
             rows += probe_arms(at, "data_size", mae_data=text)
         return rows
 
     datasets = tuple(parse_mae_data(text)[0] for text in exp.studies.mae_data)
     return _table(exp, "data_size", _per_seed(exp, point, datasets, "data_size"))
+
+
+def data_size_points(exp: Experiment) -> list[tuple[str, Experiment, int]]:
+    """Each point of studies.mae_data: its text, the experiment MAE runs under there and MAE's images."""
+    points, pool = [], pretrain_count(exp)
+    for text in exp.studies.mae_data:
+        dataset, fraction = parse_mae_data(text)
+        at = with_values(exp, mae={"data": dataset, "data_fraction": fraction})
+        images = pretrain_count(at, *mae.images(at))
+        if images != pool:  # else the very run of the other studies
+            at = with_values(at, mae={"epoch_images": pool})
+        points.append((text, at, images))
+    return points
 
 
 def outside_mae_data(exp: Experiment) -> list[str]:
