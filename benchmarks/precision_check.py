@@ -20,7 +20,7 @@ import pandas as pd
 
 from studylib.config import load_experiment
 from studylib.runs import git_sha
-from studylib.study import default_point
+from studylib.study import default_one_seed
 
 SHORT = ["data.pretrain_fraction=0.2", "mae.epochs=4", "wsp.epochs=2"]
 
@@ -39,7 +39,7 @@ def main() -> None:
         exp = load_experiment(args.preset, [*args.overrides, f"precision={precision}"])
         for seed in args.seeds:
             rows += [{**row, "precision": precision, "seed": seed}
-                     for row in default_point(dataclasses.replace(exp, seed=seed))]
+                     for row in default_one_seed(dataclasses.replace(exp, seed=seed))]
     table = pd.DataFrame(rows)
 
     top1 = table[table.metric == "top1"].pivot_table(index=["arm", "dataset"], columns="precision",

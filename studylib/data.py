@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 
 from studylib import distributed
 from studylib.config import DataConfig, cache_dir, data_dir
-from studylib.errors import ConfigError, DataError, shown
+from studylib.errors import ConfigError, DataError, cut, shown
+from studylib.io import sha256
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as timm and MAE use
@@ -135,15 +137,19 @@ def fingerprint(name: str, config: DataConfig | None = None) -> str:
     return _fingerprint(str(path), stat.st_mtime_ns, stat.st_size)
 
 
+def data_identity(config: DataConfig, dataset: str, fraction: float = 1.0) -> dict[str, Any]:
+    """What a run's identity holds of the data it reads: the dataset, its fingerprint and the share of
+    its training images, and the seed of every subset drawn from it."""
+    return {"dataset": dataset, "fingerprint": fingerprint(dataset, config), "fraction": fraction,
+            "subset_seed": config.subset_seed}
+
+
 @functools.lru_cache(maxsize=16)
 def _fingerprint(path: str, _mtime_ns: int, _size: int) -> str:
     root = Path(path)
-    digest = hashlib.sha256()
     if root.is_file():
-        with open(root, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()[:16]
+        return sha256(root)[:16]
+    digest = hashlib.sha256()
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     manifest = [str(root)] + [f"{p.relative_to(root)} {p.stat().st_size}" for p in files]
     digest.update("\n".join(manifest).encode())
@@ -343,8 +349,8 @@ def _read_images(files: list[Path]) -> torch.Tensor:
         try:
             with Image.open(path) as image:
                 return np.array(image.convert("RGB"))
-        except OSError as err:
-            raise DataError(f"{path}: not a readable image ({err})") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise DataError(f"{path}: not a readable image ({type(err).__name__}: {cut(str(err), 120)})") from None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         arrays = list(pool.map(read, files))

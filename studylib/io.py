@@ -1,4 +1,4 @@
-"""File writing and provenance that need no torch: atomic writes, file hashes, the code's commit. The
+"""File writing and provenance that need no torch: atomic writes, file hashes, the code's commit, durations. The
 commands that only read tables and draw (findings, figures) import this, not studylib.runs."""
 
 from __future__ import annotations
@@ -51,6 +51,14 @@ def git_sha() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
+
+
+def duration(seconds: float) -> str:
+    """'1h02m', '3m05s', '12s'."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def warn(message: str) -> None:

@@ -5,7 +5,7 @@ stepping through) and `slurm` (partition, GPUs, nodes, time, account and QoS fro
 A job runs a study or an arm of studylib.registry by name (`targets()`) on a preset and overrides,
 never notebook code. Preempted or timed-out jobs are requeued (at most `launch.max_requeues` times) and resume
 from their run's checkpoint: SLURM's warning signal makes the engine checkpoint the step in progress first
-(studylib.engine.catch_preemption), so a preemption loses no step; a kill without warning loses what came
+(studylib.checkpoint.catch_preemption), so a preemption loses no step; a kill without warning loses what came
 after the last checkpoint (every epoch, or every `checkpoint_every_steps` / `checkpoint_every_min`).
 """
 
@@ -40,7 +40,7 @@ class StudyJob(submitit.helpers.Checkpointable):
         self.max_requeues = max_requeues
 
     def __call__(self, exp: Experiment) -> Any:
-        from studylib.engine import catch_preemption  # training first checkpoints the step it is in
+        from studylib.checkpoint import catch_preemption  # training first checkpoints the step it is in
 
         distributed.init()
         catch_preemption()

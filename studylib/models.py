@@ -13,7 +13,6 @@ from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from studylib import distributed
 from studylib.registry import VIT_SIZES
 
 
@@ -74,15 +73,14 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     return torch.einsum("bchpwq->bhwpqc", x).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
-def random_masking(n: int, length: int, mask_ratio: float, device: torch.device
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masking(n: int, length: int, mask_ratio: float, device: torch.device, rank: int = 0,
+                   world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the kept patches (n, keep) and the mask (n, length), 1 where a patch is hidden.
 
     Exactly round(length * (1 - mask_ratio)) patches are kept in every sample. In a job of several
     tasks, the noise is drawn for the global batch and each rank takes its rows, as one process would.
     """
     keep = int(round(length * (1 - mask_ratio)))
-    rank, world = distributed.rank(), distributed.world_size()
     noise = torch.rand(n * world, length, device=device)[rank * n:(rank + 1) * n]
     ids_keep = noise.argsort(dim=1)[:, :keep]
     mask = torch.ones(n, length, device=device)
@@ -98,6 +96,7 @@ class MAE(nn.Module):
         super().__init__()
         self.encoder = vit(size)
         self.mask_ratio = mask_ratio
+        self.ranks = (0, 1)  # (rank, world) in a job of several tasks: its rows of the global batch's masks
         self.norm_pix_loss = norm_pix_loss
         self.patch = self.encoder.patch_embed.patch_size[0]
         grid = self.encoder.patch_embed.grid_size
@@ -140,7 +139,7 @@ class MAE(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss, predicted patches (B, L, p*p*3) and mask (B, L) for a batch of normalised images."""
         length = self.encoder.patch_embed.num_patches
-        ids_keep, mask = random_masking(images.shape[0], length, self.mask_ratio, images.device)
+        ids_keep, mask = random_masking(images.shape[0], length, self.mask_ratio, images.device, *self.ranks)
         latent = self.forward_encoder(images, ids_keep)
         pred = self.forward_decoder(latent, ids_keep, length)
         return self.loss(images, pred, mask), pred, mask
@@ -180,3 +179,9 @@ def size_table() -> list[dict]:
                      "params_M": count_params(model) / 1e6,
                      "gflops_per_image": count_flops(model, spec["img_size"]) / 1e9})
     return rows
+
+
+def train_flops(forward: float, images_seen: int) -> float:
+    """Training FLOPs: 3x the forward FLOPs per image (forward + backward; count_flops, called before
+    training, as a model sharded by FSDP2 cannot be copied) per image seen."""
+    return 3.0 * forward * images_seen

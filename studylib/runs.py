@@ -39,9 +39,11 @@ import torch
 import yaml
 
 from studylib import distributed
+from studylib.checkpoint import WHOLE, drop_fallbacks
 from studylib.config import Experiment, config_hash, result_settings, runs_dir
 from studylib.errors import RunFolderError, shown
 from studylib.io import atomic_write, git_sha, sha256, warn  # noqa: F401 (some used through runs)
+from studylib.models import encoder_state, load_encoder
 from studylib.registry import STAGES
 
 RUN_VERSION = 2  # bump when a change is meant to retrain every run (a fix that changes results)
@@ -118,7 +120,7 @@ class Run:
                          **sections, **inputs}
         self.hash = config_hash(self.identity)
         self.path = runs_dir() / experiment.preset / f"{stage}-{self.hash}"
-        self.checkpoint = self.path / "checkpoint.pth"
+        self.checkpoint = self.path / WHOLE
 
     def __repr__(self) -> str:
         return f"Run({self.path})"
@@ -233,10 +235,7 @@ class Run:
 
     def finish(self, results: dict[str, Any]) -> None:
         atomic_write(self.path / "results.json", lambda f: json.dump(results, f, indent=2))
-        previous = self.checkpoint.with_suffix(".prev.pth")
-        for fallback in (previous, _sidecar(previous)):
-            fallback.unlink(missing_ok=True)  # only needed while the run can still crash
-        shutil.rmtree(self.path / "checkpoint.prev.dcp", ignore_errors=True)
+        drop_fallbacks(self.path)
 
     def results(self) -> dict[str, Any]:
         results = self._saved_results()
@@ -255,8 +254,8 @@ class Run:
                 orphan.unlink(missing_ok=True)
 
 
-def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:
-    """Run `work` (which trains and returns the results) unless the run is finished, holding its lock;
+def train_once(run: Run, make_results: Callable[[], dict[str, Any]]) -> Run:
+    """Call `make_results` (which trains and returns the results) unless the run is finished, holding its lock;
     a run that another process finished while this one waited is not trained again.
 
     In a job of several tasks, rank 0 takes the lock and tells the other ranks whether to train;
@@ -271,7 +270,7 @@ def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:
                 if distributed.is_main():
                     run.clean_temporary()
                     run.start()
-                results = work()
+                results = make_results()
                 if distributed.is_main():
                     run.finish(results)
         except BaseException:
@@ -283,3 +282,23 @@ def train_once(run: Run, work: Callable[[], dict[str, Any]]) -> Run:
             raise
     distributed.barrier()
     return run
+
+
+def save_encoder(run: Run, model: torch.nn.Module) -> None:
+    """The encoder (a ViT without its head) that the next stage starts from: <run>/encoder.pth."""
+    state = encoder_state(model)  # on every rank: FSDP2's shards are gathered
+    if distributed.is_main():
+        run.save("encoder.pth", state)
+
+
+def load_encoder_from(run: Run, model: torch.nn.Module) -> None:
+    """The encoder weights of the finished `run` into `model` (a ViT of the same size, any head)."""
+    path = run.path / "encoder.pth"
+    state = run.load("encoder.pth")
+    if state is None:
+        raise RunFolderError(f"{path}: missing or corrupt encoder weights; delete {run.path} to retrain it")
+    try:
+        load_encoder(model, state)
+    except (ValueError, RuntimeError) as err:
+        raise RunFolderError(f"{path}: weights of another model than {model.__class__.__name__} "
+                             f"{model.embed_dim}d x {len(model.blocks)} blocks: {str(err).splitlines()[0]}") from None

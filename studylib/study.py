@@ -19,17 +19,17 @@ import pandas as pd
 import torch
 import yaml
 
-from studylib.config import Experiment, results_dir
+from studylib import pool
+from studylib.config import Experiment, parse_mae_data, results_dir
 from studylib.data import load_dataset
 from studylib.distributed import is_main, precision_name
-from studylib.engine import duration
 from studylib.errors import ConfigError, DataError, RunFolderError
-from studylib.io import warn
+from studylib.io import duration, warn
 from studylib.models import VIT_SIZES, count_flops, count_params, vit
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
 from studylib.runs import Run, atomic_write
 from studylib.shards import is_shard_folder
-from studylib.stages import mae, pretrain_count, pretrain_images, probe, streamed_pool
+from studylib.stages import mae, probe
 from studylib.transfer import transfer_suite
 from studylib.weak_labels import simulate
 
@@ -68,11 +68,11 @@ def pretrain_arm(exp: Experiment, arm: Arm, **columns: object) -> tuple[Run, lis
     where = {**columns, "arm": arm.name}
     rows = [row for run in chain for row in _rows(run, **where)]
     rows.append({**where, "stage": "pretraining", "metric": "train_flops", "run": chain[-1].name,
-                 "value": sum(_train_flops(run) for run in chain)})
+                 "value": sum(_recorded_train_flops(run) for run in chain)})
     return chain[-1], rows
 
 
-def _train_flops(run: Run) -> float:
+def _recorded_train_flops(run: Run) -> float:
     """A finished pretraining run's training FLOPs; a results.json without them is refused, not read as 0."""
     flops = run.results().get("train_flops")
     if not isinstance(flops, int | float) or flops < 0:
@@ -92,12 +92,12 @@ def probe_arms(exp: Experiment, study: str, **columns: object) -> list[dict]:
     return rows
 
 
-def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datasets: tuple[str, ...] = (),
+def _per_seed(exp: Experiment, one_seed: Callable[[Experiment], list[dict]], datasets: tuple[str, ...] = (),
               study: str = "") -> list[dict]:
-    """`point` once per seed the study runs (studies.seeds_of: the confirmation seeds, or the pilot seeds).
+    """`one_seed` once per seed the study runs (studies.seeds_of: the confirmation seeds, or the pilot seeds).
     Every dataset the study reads (the pool, MAE's images, the probe datasets and `datasets`) is loaded
     first, so bad data stops it before anything trains."""
-    streamed = [exp.data.pretrain] if streamed_pool(exp) else []  # read as it trains
+    streamed = [exp.data.pretrain] if pool.streamed(exp) else []  # read as it trains
     for name in dict.fromkeys([exp.data.pretrain, exp.mae.data, *exp.data.probe, *datasets]):
         if name != "pretrain" and name not in streamed and not is_shard_folder(name):
             load_dataset(name, exp.data)
@@ -109,16 +109,20 @@ def _per_seed(exp: Experiment, point: Callable[[Experiment], list[dict]], datase
     for k, seed in enumerate(seeds):
         eta = f", eta {duration((time.perf_counter() - start) / k * (len(seeds) - k))}" if k else ""
         print(f"[{study or 'study'}] seed {seed}: {k + 1} of {len(seeds)}{eta}", flush=True)
-        rows += [{**row, "seed": seed} for row in point(dataclasses.replace(exp, seed=seed))]
+        rows += [{**row, "seed": seed} for row in one_seed(dataclasses.replace(exp, seed=seed))]
     return rows
 
 
 def check_sizes(exp: Experiment) -> None:
     """What can be known before anything trains: every batch fits its images (a batch larger than the set
-    would shrink while its lr stays scaled for the configured one), and every probe dataset has test images."""
-    pool, mae_images = pretrain_count(exp), pretrain_count(exp, *mae.images(exp))
+    would shrink while its lr stays scaled for the configured one), every probe dataset has test images, and a
+    streamed pool's tars and tags are sound (its fingerprint and tag counts, both cached for the runs)."""
+    if pool.streamed(exp):
+        pool.identity(exp)
+        pool.streamed_tags(exp)
+    pool_images, mae_images = pool.count(exp), pool.count(exp, *mae.image_source(exp))
     for key, batch, images, what in (("mae.batch_size", exp.mae.batch_size, mae_images, "MAE's images"),
-                                     ("wsp.batch_size", exp.wsp.batch_size, pool, "the pool")):
+                                     ("wsp.batch_size", exp.wsp.batch_size, pool_images, "the pool")):
         if batch > images:
             raise ConfigError(f"{key}: {batch} is more than the {images} images of {what}; allowed: at most {images}")
     for name in exp.data.probe:
@@ -155,19 +159,19 @@ def _say_if_precision_changes(path: Path, precision: str) -> None:
              f"to here); findings will not pair them with {'/'.join(sorted(old))} tables left in {path.parent}")
 
 
-def default_point(exp: Experiment) -> list[dict]:
+def default_one_seed(exp: Experiment) -> list[dict]:
     """One seed of the default study: every arm, linear probes of each."""
     return probe_arms(exp, "default")
 
 
 def default_study(exp: Experiment) -> pd.DataFrame:
     """Every arm, then linear probes on every probe dataset."""
-    return _table(exp, "default", _per_seed(exp, default_point, study="default"))
+    return _table(exp, "default", _per_seed(exp, default_one_seed, study="default"))
 
 
 def model_size_study(exp: Experiment) -> pd.DataFrame:
     """The default study at every size of studies.model_sizes, with parameters and FLOPs per image."""
-    def point(e: Experiment) -> list[dict]:
+    def one_seed(e: Experiment) -> list[dict]:
         rows = []
         for size in exp.studies.model_sizes:
             with torch.device("meta"):
@@ -178,13 +182,7 @@ def model_size_study(exp: Experiment) -> pd.DataFrame:
             rows += probe_arms(dataclasses.replace(e, model=size), "model_size", model=size)
         return rows
 
-    return _table(exp, "model_size", _per_seed(exp, point, study="model_size"))
-
-
-def parse_mae_data(text: str) -> tuple[str, float]:
-    """'pretrain:0.2' -> ('pretrain', 0.2)."""
-    name, _, fraction = text.rpartition(":")
-    return name, float(fraction)
+    return _table(exp, "model_size", _per_seed(exp, one_seed, study="model_size"))
 
 
 def data_size_study(exp: Experiment) -> pd.DataFrame:
@@ -194,7 +192,7 @@ def data_size_study(exp: Experiment) -> pd.DataFrame:
     arms without MAE are the same runs at every point."""
     probes = outside_mae_data(exp)
 
-    def point(e: Experiment) -> list[dict]:
+    def one_seed(e: Experiment) -> list[dict]:
         rows = []
         for text, at, images in data_size_points(with_values(e, data={"probe": probes})):
             rows.append({"mae_data": text, "stage": "mae", "metric": "images", "value": images})
@@ -202,18 +200,18 @@ def data_size_study(exp: Experiment) -> pd.DataFrame:
         return rows
 
     datasets = tuple(parse_mae_data(text)[0] for text in exp.studies.mae_data)
-    return _table(exp, "data_size", _per_seed(exp, point, datasets, "data_size"))
+    return _table(exp, "data_size", _per_seed(exp, one_seed, datasets, "data_size"))
 
 
 def data_size_points(exp: Experiment) -> list[tuple[str, Experiment, int]]:
     """Each point of studies.mae_data: its text, the experiment MAE runs under there and MAE's images."""
-    points, pool = [], pretrain_count(exp)
+    points, pool_images = [], pool.count(exp)
     for text in exp.studies.mae_data:
         dataset, fraction = parse_mae_data(text)
         at = with_values(exp, mae={"data": dataset, "data_fraction": fraction})
-        images = pretrain_count(at, *mae.images(at))
-        if images != pool:  # else the very run of the other studies
-            at = with_values(at, mae={"epoch_images": pool})
+        images = pool.count(at, *mae.image_source(at))
+        if images != pool_images:  # else the very run of the other studies
+            at = with_values(at, mae={"epoch_images": pool_images})
         points.append((text, at, images))
     return points
 
@@ -233,16 +231,16 @@ def outside_mae_data(exp: Experiment) -> list[str]:
 def wsp_epochs_study(exp: Experiment) -> pd.DataFrame:
     """Every arm at every WSP length of studies.wsp_epochs (each a full schedule); the arms without WSP
     are the same runs at every length."""
-    def point(e: Experiment) -> list[dict]:
+    def one_seed(e: Experiment) -> list[dict]:
         return [row for epochs in exp.studies.wsp_epochs
                 for row in probe_arms(with_values(e, wsp={"epochs": epochs}), "wsp_epochs", wsp_epochs=epochs)]
 
-    return _table(exp, "wsp_epochs", _per_seed(exp, point, study="wsp_epochs"))
+    return _table(exp, "wsp_epochs", _per_seed(exp, one_seed, study="wsp_epochs"))
 
 
 def transfer_study(exp: Experiment) -> pd.DataFrame:
     """The transfer suite on the encoder of every arm the study takes."""
-    def point(e: Experiment) -> list[dict]:
+    def one_seed(e: Experiment) -> list[dict]:
         rows = []
         for arm in arms_of(e, "transfer"):
             encoder, _ = pretrain_arm(e, arm)
@@ -250,12 +248,12 @@ def transfer_study(exp: Experiment) -> pd.DataFrame:
             rows += table.assign(arm=arm.name).to_dict("records")
         return rows
 
-    return _table(exp, "transfer", _per_seed(exp, point, study="transfer"))
+    return _table(exp, "transfer", _per_seed(exp, one_seed, study="transfer"))
 
 
 def explore_study(exp: Experiment) -> pd.DataFrame:
     """Hashtag statistics of the pool and tag frequencies; MAE reconstructions saved beside the tables."""
-    hashtags = simulate(pretrain_images(exp), exp.tags)
+    hashtags = simulate(pool.images(exp), exp.tags)
     rows = [{"stage": "hashtags", "metric": k, "value": v} for k, v in hashtags.stats().items()]
     counts = torch.bincount(hashtags.tags[hashtags.tags >= 0], minlength=hashtags.vocab_size)
     rows += [{"stage": "tag_count", "dataset": hashtags.vocab[i], "metric": "count", "value": int(counts[i])}
@@ -267,6 +265,19 @@ def explore_study(exp: Experiment) -> pd.DataFrame:
         atomic_write(path, lambda f: np.savez(f, **images, run=mae_run.name), mode="wb")
     rows += _rows(mae_run, arm="mae")
     return _table(exp, "explore", [{**row, "seed": exp.seed} for row in rows])
+
+
+def top1_text(table: pd.DataFrame) -> str:
+    """A study's top-1 (%) as plain text, by the columns the study varies, one column per dataset."""
+    top1 = table[(table.metric == "top1") & ~table.variant.astype("string").fillna("").str.contains("/")]
+    columns = ("model", "mae_data", "wsp_epochs", "stage", "variant", "arm")
+    index = [c for c in columns if c in top1 and top1[c].notna().any()]
+    return top1.pivot_table(index=index, columns="dataset", values="value").round(2).to_string()
+
+
+def hashtags_text(table: pd.DataFrame) -> str:
+    """The explore study's hashtag statistics as plain text."""
+    return table[table.stage == "hashtags"][["metric", "value"]].to_string(index=False)
 
 
 def summary_text(table: pd.DataFrame) -> str:

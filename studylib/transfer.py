@@ -21,7 +21,7 @@ from studylib.runs import Run, atomic_write, sha256, train_once
 def import_checkpoint(exp: Experiment, path: str | Path, layout: str = "auto") -> Run:
     """An outside checkpoint (timm, official MAE or MAWS layout) as a finished run holding encoder.pth
     for `exp.model`, so that every task can take it like one of this project's own runs."""
-    from studylib.checkpoints import load_external
+    from studylib.external_weights import load_external
 
     path = Path(path)
     if not path.is_file():
@@ -29,13 +29,13 @@ def import_checkpoint(exp: Experiment, path: str | Path, layout: str = "auto") -
     digest = sha256(path)
     run = Run(exp, "import", {"sha256": digest, "layout": layout})
 
-    def work() -> dict:
+    def make_results() -> dict:
         state = load_external(path, layout, size=exp.model)
         if is_main():
             run.save("encoder.pth", state)
         return {"source": str(path.resolve()), "sha256": digest, "layout": layout, "model": exp.model}
 
-    return train_once(run, work)
+    return train_once(run, make_results)
 
 
 def transfer_suite(exp: Experiment, encoder_run: Run) -> pd.DataFrame:

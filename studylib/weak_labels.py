@@ -136,16 +136,25 @@ def simulate(dataset: ImageDataset, config: TagsConfig) -> Hashtags:
         pairs.append((holders, base + rng.choice(config.noise_vocab, size=len(holders),
                                                  p=_zipf(config.noise_vocab, config.zipf_exponent))))
 
+    tags = _tag_table(pairs, n, len(vocab), rng)
+    return Hashtags(vocab, torch.from_numpy(tags), dataset.train_labels.clone())
+
+
+def _tag_table(pairs: list[tuple[np.ndarray, np.ndarray]], n: int, vocab_size: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """The (image, tag) pairs as one row of distinct tags per image, padded with -1; an image without any
+    gets one tag drawn at random (every image keeps at least one)."""
+    image = np.arange(n)
     images_of = np.concatenate([p[0] for p in pairs])
     tags_of = np.concatenate([p[1] for p in pairs])
-    untagged = np.setdiff1d(image, images_of)  # every image keeps at least one tag
+    untagged = np.setdiff1d(image, images_of)
     images_of = np.concatenate([images_of, untagged])
-    tags_of = np.concatenate([tags_of, rng.integers(0, len(vocab), len(untagged))])
-    key = np.unique(images_of.astype(np.int64) * len(vocab) + tags_of)
-    images_of, tags_of = key // len(vocab), key % len(vocab)
+    tags_of = np.concatenate([tags_of, rng.integers(0, vocab_size, len(untagged))])
+    key = np.unique(images_of.astype(np.int64) * vocab_size + tags_of)
+    images_of, tags_of = key // vocab_size, key % vocab_size
     per_image = np.bincount(images_of, minlength=n)
     start = np.concatenate([[0], np.cumsum(per_image)[:-1]])
     slot = np.arange(len(key)) - start[images_of]
     tags = np.full((n, per_image.max()), -1, dtype=np.int64)
     tags[images_of, slot] = tags_of
-    return Hashtags(vocab, torch.from_numpy(tags), dataset.train_labels.clone())
+    return tags

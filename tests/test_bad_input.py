@@ -14,8 +14,7 @@ from studylib.cli import main
 from studylib.config import load_experiment
 from studylib.errors import ConfigError, RunFolderError
 from studylib.models import vit
-from studylib.runs import Run
-from studylib.stages import load_encoder_from
+from studylib.runs import Run, load_encoder_from
 
 CASES = [
     # (id, extra arguments, expected words in the one-line error)

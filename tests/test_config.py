@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studylib.config import config_hash, load_experiment
+from studylib.config import Experiment, config_hash, load_experiment
 from studylib.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -14,7 +14,11 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "paper"])
 def test_every_preset_is_valid(preset):
     exp = load_experiment(preset)
-    assert exp.preset == preset and exp.mae.epochs > 0
+    written = yaml.safe_load((REPO / "experiments.yaml").read_text())["presets"][preset]
+    assert exp.preset == preset and exp.model == written.get("model", Experiment().model)
+    for stage in ("mae", "wsp"):  # what the preset writes, else the dataclass default
+        expected = written.get(stage, {}).get("epochs", getattr(Experiment(), stage).epochs)
+        assert getattr(exp, stage).epochs == expected
 
 
 def test_overrides_change_values_and_the_hash():
@@ -77,17 +81,17 @@ def test_run_hash_ignores_speed_and_launch_settings_only():
 
 
 def test_mae_data_fraction_is_a_share_of_the_named_dataset_not_of_the_pool():
-    from studylib.stages import pool_identity, pretrain_images
+    from studylib import pool
 
     exp = load_experiment("smoke", ["data.pretrain_fraction=0.5"])
     total = exp.data.synthetic_train
-    assert len(pretrain_images(exp).train_labels) == total // 2  # the pool
-    assert len(pretrain_images(exp, None, 0.5).train_labels) == total // 4  # 'pretrain:0.5': half the pool
-    assert len(pretrain_images(exp, "synthetic", 1.0).train_labels) == total  # 'synthetic:1': all of it
-    assert pool_identity(exp, "synthetic", 1.0)["fraction"] == 1.0
-    pool = set(pretrain_images(exp).train_images[:, 0, 0, 0].tolist())
-    larger = set(pretrain_images(exp, "synthetic", 0.75).train_images[:, 0, 0, 0].tolist())
-    assert len(pool) > 1 and pool <= larger  # nested
+    assert len(pool.images(exp).train_labels) == total // 2  # the pool
+    assert len(pool.images(exp, None, 0.5).train_labels) == total // 4  # 'pretrain:0.5': half the pool
+    assert len(pool.images(exp, "synthetic", 1.0).train_labels) == total  # 'synthetic:1': all of it
+    assert pool.identity(exp, "synthetic", 1.0)["fraction"] == 1.0
+    in_pool = set(pool.images(exp).train_images[:, 0, 0, 0].tolist())
+    larger = set(pool.images(exp, "synthetic", 0.75).train_images[:, 0, 0, 0].tolist())
+    assert len(in_pool) > 1 and in_pool <= larger  # nested
 
 
 def test_every_command_shows_examples_that_parse_and_name_valid_keys(capsys):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from studylib import data, registry, study
+from studylib import data, pool, registry, study
 from studylib.config import Experiment, load_experiment
 
 RECORD = Path(__file__).with_name("run_names.json")
@@ -52,7 +52,7 @@ def record() -> dict:
                     *(study.parse_mae_data(t)[0] for t in exp.studies.mae_data)} - {"pretrain"}
         counts = {text: images for text, _, images in study.data_size_points(exp)}
         out[preset] = {"seeds": seeds, "fingerprints": {d: data.fingerprint(d, exp.data) for d in datasets},
-                       "pool": study.pretrain_count(exp), "mae_images": counts,
+                       "pool": pool.count(exp), "mae_images": counts,
                        "names": run_names(exp, seeds)}
     return out
 
@@ -70,7 +70,7 @@ def test_run_names_are_unchanged(preset, monkeypatch, tmp_path):
     def count(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> int:
         return known["pool"] if (dataset, fraction) == (None, 1.0) else images[(dataset or "pretrain", fraction)]
 
-    monkeypatch.setattr(study, "pretrain_count", count)
+    monkeypatch.setattr(pool, "count", count)
     exp = load_experiment(preset)
     assert run_names(exp, known["seeds"]) == known["names"], (
         f"{preset}: run names changed; committed results would be orphaned. If the change of identity "

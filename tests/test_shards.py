@@ -410,7 +410,8 @@ def test_random_resized_crops_stay_inside_the_image_and_cover_the_asked_share():
 
 
 def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(tmp_path, isolated_dirs, monkeypatch):
-    from studylib.stages import mae, pretrain_images, wsp, zeroshot
+    from studylib import pool
+    from studylib.stages import mae, wsp, zeroshot
 
     _imagenet_layout(tmp_path / "imagenet", per_class=32)
     monkeypatch.setattr(shards, "ImageFiles", lambda root: ImageFiles(root, per_unit=16))
@@ -430,7 +431,7 @@ def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(tmp_p
     assert {row["dataset"] for row in rows} == {"synthetic"} and lit.identity["evaluated_on"]["dataset"] == "synthetic"
     assert lit.results()["text_vocab"] == 3 + 4  # the special tokens and the four class names, words of the captions
     with pytest.raises(DataError, match="is streamed"):
-        pretrain_images(exp)
+        pool.images(exp)
     resampled = wsp.pretrain(load_experiment("smoke", [*overrides, "wsp.epochs=1", "wsp.rare_tag_threshold=0.5"]))
     assert math.isfinite(resampled.results()["final_loss"])  # tag shares from the file index
 

@@ -18,19 +18,18 @@ import torch
 from torch import nn
 
 from studylib.config import Experiment
-from studylib.data import Batches, ImageTransform, load_dataset
+from studylib.data import Batches, ImageTransform, data_identity, load_dataset
 from studylib.distributed import device_and_dtype, is_main
 from studylib.engine import train
 from studylib.errors import RunFolderError
 from studylib.models import VIT_SIZES, full_state, vit
-from studylib.runs import Run, train_once
-from studylib.stages import data_identity, load_encoder_from
-from studylib.stages.probe import extract_features, fit_head, frozen_encoder
+from studylib.runs import Run, load_encoder_from, train_once
+from studylib.stages.probe import extract_features, fit_head, frozen_encoder, top1
 
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     """The run folder of fine-tuning `encoder_run` on `dataset`."""
-    return Run(exp, "finetune", {"encoder": encoder_run.name, "data": data_identity(exp, dataset)})
+    return Run(exp, "finetune", {"encoder": encoder_run.name, "data": data_identity(exp.data, dataset)})
 
 
 def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
@@ -40,11 +39,10 @@ def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
             for metric in ("top1", "steps") if metric in results]
 
 
-def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+def classifier_top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
          dtype: torch.dtype | None) -> float:
     """Top-1 accuracy (%) of a classifier on uint8 `images`."""
-    predictions = extract_features(model, images, device, dtype).argmax(1).cpu()
-    return (predictions == labels).float().mean().item() * 100
+    return top1(extract_features(model, images, device, dtype), labels)
 
 
 def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
@@ -55,7 +53,7 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(model(images).float(), labels, label_smoothing=config.label_smoothing)
 
-    def work() -> dict:
+    def make_results() -> dict:
         data = load_dataset(dataset, exp.data)
         images, labels = data.train_images, data.train_labels
         if config.train_per_class:
@@ -77,11 +75,11 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
         state = full_state(model)  # on every rank: FSDP2's shards are gathered
         if is_main():
             run.save("model.pth", state)
-        return {**summary, "top1": top1(model, data.test_images, data.test_labels, device, dtype),
+        return {**summary, "top1": classifier_top1(model, data.test_images, data.test_labels, device, dtype),
                 "dataset": dataset, "encoder": encoder_run.name, "train_images": len(images),
                 "steps": epochs * len(batches)}
 
-    return train_once(run, work)
+    return train_once(run, make_results)
 
 
 def load_finetuned(exp: Experiment, run: Run, num_classes: int) -> nn.Module:

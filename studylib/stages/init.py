@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from studylib.checkpoint import check_free_disk
 from studylib.config import Experiment
-from studylib.engine import check_free_disk
 from studylib.models import vit
-from studylib.runs import Run, train_once
-from studylib.stages import save_encoder
+from studylib.runs import Run, save_encoder, train_once
 
 
 def run_for(exp: Experiment) -> Run:
@@ -19,11 +18,11 @@ def run_for(exp: Experiment) -> Run:
 def random_encoder(exp: Experiment) -> Run:
     run = run_for(exp)
 
-    def work() -> dict:
+    def make_results() -> dict:
         torch.manual_seed(exp.seed)
         model = vit(exp.model)
         check_free_disk(run, model)
         save_encoder(run, model)
         return {"train_flops": 0.0}
 
-    return train_once(run, work)
+    return train_once(run, make_results)

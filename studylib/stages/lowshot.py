@@ -14,11 +14,10 @@ import torch
 from torch import nn
 
 from studylib.config import Experiment
-from studylib.data import ImageDataset, load_dataset
+from studylib.data import ImageDataset, data_identity, load_dataset
 from studylib.distributed import device_and_dtype
 from studylib.runs import Run, train_once
-from studylib.stages import data_identity
-from studylib.stages.probe import extract_features, fit_logistic, frozen_encoder
+from studylib.stages.probe import extract_features, fit_logistic, frozen_encoder, top1
 
 
 def draw_seed(exp: Experiment, draw: int) -> int:
@@ -35,7 +34,7 @@ def normalise(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
-    return Run(exp, "lowshot", {"encoder": encoder_run.name, "data": data_identity(exp, dataset)})
+    return Run(exp, "lowshot", {"encoder": encoder_run.name, "data": data_identity(exp.data, dataset)})
 
 
 def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
@@ -50,7 +49,7 @@ def lowshot(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     config = exp.transfer.lowshot
     run = run_for(exp, encoder_run, dataset)
 
-    def work() -> dict:
+    def make_results() -> dict:
         data = load_dataset(dataset, exp.data)
         device, dtype = device_and_dtype(exp)
         encoder = frozen_encoder(exp, encoder_run)
@@ -67,11 +66,10 @@ def lowshot(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
                 mean = x.mean(0)
                 head = fit_logistic(normalise(x, mean), y, data.num_classes, config.weight_decay)
                 with torch.no_grad():
-                    predictions = head(normalise(test, mean)).argmax(1).cpu()
-                accuracies.append((predictions == data.test_labels).float().mean().item() * 100)
+                    accuracies.append(top1(head(normalise(test, mean)), data.test_labels))
             results["top1"][str(k)] = accuracies
             results[f"top1_{k}shot_mean"] = statistics.mean(accuracies)
             results[f"top1_{k}shot_std"] = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
         return results
 
-    return train_once(run, work)
+    return train_once(run, make_results)

@@ -5,54 +5,49 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from studylib import distributed, pool
 from studylib.config import Experiment
 from studylib.data import MEAN, STD, Batches, ImageTransform
 from studylib.distributed import device_and_dtype, is_main
 from studylib.engine import tensorboard_writer, train
 from studylib.errors import RunFolderError
-from studylib.models import MAE, VIT_SIZES, count_flops, patchify
-from studylib.runs import Run, train_once
-from studylib.stages import (
-    pool_batches,
-    pool_identity,
-    pretrain_images,
-    save_encoder,
-    streamed_pool,
-    train_flops,
-)
+from studylib.models import MAE, VIT_SIZES, count_flops, patchify, train_flops
+from studylib.runs import Run, save_encoder, train_once
 
 
 def build(exp: Experiment) -> MAE:
     c = exp.mae
-    return MAE(exp.model, c.mask_ratio, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.norm_pix_loss)
+    model = MAE(exp.model, c.mask_ratio, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.norm_pix_loss)
+    model.ranks = (distributed.rank(), distributed.world_size())
+    return model
 
 
 def mae_loss(model: MAE, images: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
     return model(images)[0]
 
 
-def images(exp: Experiment) -> tuple[str | None, float]:
+def image_source(exp: Experiment) -> tuple[str | None, float]:
     """MAE's dataset (None: the pool) and fraction."""
     return (None if exp.mae.data == "pretrain" else exp.mae.data), exp.mae.data_fraction
 
 
 def run_for(exp: Experiment) -> Run:
     """The run folder of MAE pre-pretraining under `exp`."""
-    return Run(exp, "mae", {"data": pool_identity(exp, *images(exp))})
+    return Run(exp, "mae", {"data": pool.identity(exp, *image_source(exp))})
 
 
 def pretrain(exp: Experiment) -> Run:
     """Pre-pretrain the encoder with MAE; the run's encoder.pth holds the encoder weights."""
     run = run_for(exp)
 
-    def work() -> dict:
+    def make_results() -> dict:
         device, dtype = device_and_dtype(exp)
         img_size = VIT_SIZES[exp.model]["img_size"]
         data = None  # a pool of shards is streamed
-        if streamed_pool(exp) and exp.mae.data == "pretrain":
-            batches = pool_batches(exp, exp.mae, device, fraction=exp.mae.data_fraction)
+        if pool.streamed(exp) and exp.mae.data == "pretrain":
+            batches = pool.batches(exp, exp.mae, device, fraction=exp.mae.data_fraction)
         else:
-            data = pretrain_images(exp, *images(exp))
+            data = pool.images(exp, *image_source(exp))
             batches = Batches(data.train_images, data.train_labels, exp.mae.batch_size, device,
                               ImageTransform(img_size, exp.mae.crop_min), images_per_epoch=exp.mae.epoch_images)
         torch.manual_seed(exp.seed)
@@ -67,7 +62,7 @@ def pretrain(exp: Experiment) -> Run:
                                   summary["epochs"], dataformats="NHWC")
         return {**summary, "train_flops": train_flops(forward, summary["images_seen"])}
 
-    return train_once(run, work)
+    return train_once(run, make_results)
 
 
 def reconstructions(exp: Experiment, mae_run: Run, count: int = 8) -> dict[str, np.ndarray]:
@@ -78,7 +73,7 @@ def reconstructions(exp: Experiment, mae_run: Run, count: int = 8) -> dict[str, 
         raise RunFolderError(f"{mae_run.checkpoint}: missing (a run with sharded checkpoints has checkpoint.dcp/ "
                              "instead); allowed for the reconstructions: mae.checkpoint_format whole")
     model.load_state_dict(state["model"])
-    return reconstruct(model, pretrain_images(exp, *images(exp)).test_images[:count], exp)
+    return reconstruct(model, pool.images(exp, *image_source(exp)).test_images[:count], exp)
 
 
 @torch.no_grad()

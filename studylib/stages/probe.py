@@ -20,12 +20,11 @@ from torch import nn
 
 from studylib import distributed
 from studylib.config import Experiment, ProbeConfig
-from studylib.data import Batches, ImageTransform, load_dataset
+from studylib.data import Batches, ImageTransform, data_identity, load_dataset
 from studylib.distributed import device_and_dtype
 from studylib.errors import DataError
 from studylib.models import choose_attention, vit
-from studylib.runs import Run, train_once
-from studylib.stages import data_identity, load_encoder_from
+from studylib.runs import Run, load_encoder_from, train_once
 
 
 @torch.no_grad()
@@ -90,9 +89,14 @@ def fit_logistic(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
     return head.requires_grad_(False)
 
 
+def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy (%) of class `scores` (one row per image) against `labels`: every task's one metric."""
+    return (scores.argmax(1) == labels.to(scores.device)).float().mean().item() * 100
+
+
 @torch.no_grad()
 def accuracy(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> float:
-    return (head(features).argmax(1) == labels.to(features.device)).float().mean().item() * 100
+    return top1(head(features), labels)
 
 
 def choose_weight_decay(features: torch.Tensor, labels: torch.Tensor, num_classes: int, config: ProbeConfig,
@@ -136,7 +140,7 @@ def fit_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, con
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     """The run folder of a linear probe of `encoder_run` on `dataset`."""
-    return Run(exp, "probe", {"encoder": encoder_run.name, "data": data_identity(exp, dataset)})
+    return Run(exp, "probe", {"encoder": encoder_run.name, "data": data_identity(exp.data, dataset)})
 
 
 def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
@@ -148,7 +152,7 @@ def probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     """Top-1 of the converged logistic regression on `encoder_run`'s frozen features, on `dataset`'s test set."""
     run = run_for(exp, encoder_run, dataset)
 
-    def work() -> dict:
+    def make_results() -> dict:
         data = load_dataset(dataset, exp.data)
         train_images, train_labels = data.train_images, data.train_labels
         if exp.probe.train_per_class:
@@ -172,4 +176,4 @@ def probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
                 "feature_seconds": feature_seconds, "feature_images_per_s": n_images / feature_seconds,
                 "fit_seconds": fit_seconds, "wall_time_s": feature_seconds + fit_seconds}
 
-    return train_once(run, work)
+    return train_once(run, make_results)

@@ -8,15 +8,15 @@ import statistics
 
 from studylib.config import Experiment
 from studylib.corruptions import SEVERITIES, corrupt
-from studylib.data import load_dataset
+from studylib.data import data_identity, load_dataset
 from studylib.distributed import device_and_dtype
 from studylib.runs import Run, train_once
-from studylib.stages import data_identity, finetune
-from studylib.stages.finetune import load_finetuned, top1
+from studylib.stages import finetune
+from studylib.stages.finetune import classifier_top1, load_finetuned
 
 
 def run_for(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
-    return Run(exp, "robustness", {"finetuned": finetune_run.name, "data": data_identity(exp, dataset)})
+    return Run(exp, "robustness", {"finetuned": finetune_run.name, "data": data_identity(exp.data, dataset)})
 
 
 def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
@@ -35,7 +35,7 @@ def robustness(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
     config = exp.transfer.robustness
     run = run_for(exp, finetune_run, dataset)
 
-    def work() -> dict:
+    def make_results() -> dict:
         data = load_dataset(dataset, exp.data)
         images, labels = data.test_images, data.test_labels
         if config.test_images:
@@ -43,8 +43,8 @@ def robustness(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
             images, labels = images[keep], labels[keep]
         device, dtype = device_and_dtype(exp)
         model = load_finetuned(exp, finetune_run, data.num_classes)
-        clean = top1(model, images, labels, device, dtype)
-        accuracy = {name: [top1(model, corrupt(images, name, severity, seed=exp.seed), labels, device, dtype)
+        clean = classifier_top1(model, images, labels, device, dtype)
+        accuracy = {name: [classifier_top1(model, corrupt(images, name, severity, seed=exp.seed), labels, device, dtype)
                            for severity in SEVERITIES]
                     for name in config.corruptions}
         mean = statistics.mean(a for per_severity in accuracy.values() for a in per_severity)
@@ -52,4 +52,4 @@ def robustness(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
                 "top1_clean": clean, "top1_corrupted": accuracy, "mean_corruption_top1": mean,
                 "drop_from_clean": clean - mean}
 
-    return train_once(run, work)
+    return train_once(run, make_results)

@@ -15,22 +15,13 @@ import functools
 
 import torch
 
+from studylib import pool
 from studylib.config import Experiment
 from studylib.data import Batches, ImageTransform
 from studylib.distributed import device_and_dtype
 from studylib.engine import train
-from studylib.models import VIT_SIZES, count_flops, vit
-from studylib.runs import Run, train_once
-from studylib.shards import tag_counts, vocabulary
-from studylib.stages import (
-    load_encoder_from,
-    pool_batches,
-    pool_identity,
-    pretrain_images,
-    save_encoder,
-    streamed_pool,
-    train_flops,
-)
+from studylib.models import VIT_SIZES, count_flops, train_flops, vit
+from studylib.runs import Run, load_encoder_from, save_encoder, train_once
 from studylib.weak_labels import multi_hot, simulate
 
 
@@ -54,8 +45,8 @@ def repeat_factors(counts: torch.Tensor, images: int, threshold: float) -> torch
 
 def run_for(exp: Experiment, init: Run | None = None) -> Run:
     """The run folder of WSP under `exp` from `init` (an encoder run) or from scratch (None)."""
-    identity = {"data": pool_identity(exp), "init": init.name if init else "scratch"}
-    if streamed_pool(exp):  # real tags: the classes are the pool's most frequent ones
+    identity = {"data": pool.identity(exp), "init": init.name if init else "scratch"}
+    if pool.streamed(exp):  # real tags: the classes are the pool's most frequent ones
         identity["tag_vocabulary"] = exp.data.tag_vocabulary
     return Run(exp, "wsp", identity)
 
@@ -64,17 +55,16 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
     """WSP from random init (init=None) or from the encoder of a finished run."""
     run = run_for(exp, init)
 
-    def work() -> dict:
+    def make_results() -> dict:
         device, dtype = device_and_dtype(exp)
         img_size = VIT_SIZES[exp.model]["img_size"]
-        folder = streamed_pool(exp)
+        folder = pool.streamed(exp)
         if folder:
-            vocab = vocabulary(folder, exp.data.tag_vocabulary)
-            batches = pool_batches(exp, exp.wsp, device, vocab)
-            counts, images = tag_counts(folder)
+            vocab, counts, images = pool.streamed_tags(exp)
+            batches = pool.batches(exp, exp.wsp, device, vocab)
             carried = torch.tensor([counts[tag] for tag in vocab])
         else:
-            data = pretrain_images(exp)
+            data = pool.images(exp)
             hashtags = simulate(data, exp.tags)
             vocab, images = hashtags.vocab, len(hashtags.tags)
             batches = Batches(data.train_images, hashtags.tags, exp.wsp.batch_size, device,
@@ -95,4 +85,4 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
         return {**summary, "init": run.identity["init"], "vocab_size": len(vocab), **streamed,
                 "train_flops": train_flops(forward, summary["images_seen"])}
 
-    return train_once(run, work)
+    return train_once(run, make_results)

@@ -20,24 +20,15 @@ import re
 import torch
 from torch import nn
 
-from studylib import distributed
+from studylib import distributed, pool
 from studylib.config import Experiment, ZeroShotConfig
-from studylib.data import Batches, ImageDataset, ImageTransform, load_dataset
+from studylib.data import Batches, ImageDataset, ImageTransform, data_identity, load_dataset
 from studylib.distributed import device_and_dtype
 from studylib.engine import train
 from studylib.errors import DataError
 from studylib.models import VIT_SIZES
 from studylib.runs import Run, train_once
-from studylib.shards import ShardStream
-from studylib.stages import (
-    data_identity,
-    loader_workers,
-    pool_identity,
-    pretrain_images,
-    streamed_pool,
-    units_taken,
-)
-from studylib.stages.probe import extract_features, forward, frozen_encoder
+from studylib.stages.probe import extract_features, forward, frozen_encoder, top1
 from studylib.weak_labels import simulate
 
 PAD, CLS, UNKNOWN = 0, 1, 2
@@ -114,9 +105,9 @@ def zeroshot_weights(tower: TextTower, tokenizer: Tokenizer, names: list[str], c
 
 
 def run_for(exp: Experiment, encoder_run: Run) -> Run:
-    identity = {"encoder": encoder_run.name, "data": pool_identity(exp)}
-    if streamed_pool(exp):
-        identity["evaluated_on"] = data_identity(exp, exp.data.probe[0])
+    identity = {"encoder": encoder_run.name, "data": pool.identity(exp)}
+    if pool.streamed(exp):
+        identity["evaluated_on"] = data_identity(exp.data, exp.data.probe[0])
     return Run(exp, "zeroshot", identity)
 
 
@@ -125,8 +116,7 @@ def pool_features(exp: Experiment, encoder: nn.Module, device: torch.device,
                   dtype: torch.dtype | None) -> tuple[torch.Tensor, list[str]]:
     """A streamed pool's image features and tag captions, every rank's share gathered in rank order."""
     encoder.to(device).eval()
-    stream = ShardStream(streamed_pool(exp), 64, VIT_SIZES[exp.model]["img_size"], seed=exp.seed,
-                         workers=loader_workers(exp), shards=len(units_taken(exp)))
+    stream = pool.samples(exp, 64)
     normalise, features, captions = ImageTransform(VIT_SIZES[exp.model]["img_size"]), [], []
     for images, _keys, tags in stream.epoch(0):
         features.append(forward(encoder, normalise(images.to(device)), device, dtype))
@@ -153,14 +143,14 @@ def zeroshot(exp: Experiment, encoder_run: Run) -> Run:
     config = exp.transfer.zeroshot
     run = run_for(exp, encoder_run)
 
-    def work() -> dict:
+    def make_results() -> dict:
         device, dtype = device_and_dtype(exp)
         encoder = frozen_encoder(exp, encoder_run)
-        if streamed_pool(exp):
+        if pool.streamed(exp):
             image_features, captions = pool_features(exp, encoder, device, dtype)
             data = load_dataset(exp.data.probe[0], exp.data)
         else:
-            data = pretrain_images(exp)
+            data = pool.images(exp)
             captions = simulate(data, exp.tags).captions()
             image_features = extract_features(encoder, data.train_images, device, dtype)
         tokenizer = Tokenizer(captions)
@@ -177,9 +167,8 @@ def zeroshot(exp: Experiment, encoder_run: Run) -> Run:
                 continue
             labels = data.test_labels if level == "fine" else data.fine_to_coarse[data.test_labels]
             weights = zeroshot_weights(tower, tokenizer, names, config, device)
-            predictions = (test @ weights.T).argmax(1).cpu()
-            results[f"top1_{level}"] = (predictions == labels).float().mean().item() * 100
+            results[f"top1_{level}"] = top1(test @ weights.T, labels)
             results[f"chance_{level}"] = 100 / len(names)
         return results
 
-    return train_once(run, work)
+    return train_once(run, make_results)

@@ -6,8 +6,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from studylib.checkpoints import LAYOUTS, detect_layout, load_external, to_encoder_state
 from studylib.errors import ConfigError
+from studylib.external_weights import LAYOUTS, detect_layout, load_external, to_encoder_state
 from studylib.models import MAE, encoder_state, load_encoder, vit
 
 MICRO = dict(patch_size=4, embed_dim=128, depth=6, num_heads=4)

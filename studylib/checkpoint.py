@@ -1,0 +1,232 @@
+"""A run's checkpoint, in one place: what it holds (weights, AdamW moments, the finished epochs' history
+and, inside an epoch, the position reached with the random state there), when it is written (after every
+epoch; every `checkpoint_every_steps` steps or `checkpoint_every_min` minutes; at a preemption signal),
+its form (checkpoint.pth from rank 0, or checkpoint.dcp/ with a shard from every rank) and how a run
+resumes from it. The checkpoint before is kept as the fallback until the run finishes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from studylib import distributed
+from studylib.config import TrainConfig
+from studylib.errors import RunFolderError, shown
+from studylib.io import warn
+from studylib.models import full_state
+
+if TYPE_CHECKING:
+    from studylib.runs import Run
+
+WHOLE = "checkpoint.pth"  # and checkpoint.prev.pth, the one before (studylib.runs.save_weights)
+SHARDED, SHARDED_PREVIOUS = "checkpoint.dcp", "checkpoint.prev.dcp"
+AGREE_EVERY_STEPS = 10  # ranks decide together whether to checkpoint (clocks and signals differ by rank)
+
+
+def drop_fallbacks(folder: Path) -> None:
+    """The checkpoints before the last: needed only while the run can still crash."""
+    for name in ("checkpoint.prev.pth", "checkpoint.prev.pth.sha256"):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / SHARDED_PREVIOUS, ignore_errors=True)
+
+
+def check_free_disk(run: Run, model: nn.Module) -> None:
+    """Fail before training when the run's disk cannot hold what it writes at its peak: three checkpoints
+    (current, previous and the one being written) of weights and AdamW moments, plus the encoder."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = 3 * 3 * weights + weights + (64 << 20)
+    folder = next(p for p in (run.path, *run.path.parents) if p.exists())
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise RunFolderError(f"{folder}: too little free disk for the checkpoints of {run.name}: "
+                             f"needs {needed / 2**30:.2f} GiB, has {free / 2**30:.2f} GiB")
+
+
+def whole_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The model's and optimizer's state with whole tensors (FSDP2's shards gathered: every rank must call
+    it), so a checkpoint resumes under any sharding and any number of ranks."""
+    from torch.distributed.tensor import DTensor
+
+    saved = optimizer.state_dict()
+    saved["state"] = {i: {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in moments.items()}
+                      for i, moments in saved["state"].items()}
+    return {"model": full_state(model), "optimizer": saved}
+
+
+def load_whole_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """whole_state's tensors into `model` and `optimizer`, sharded again where they are."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    def like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        if isinstance(reference, DTensor) and not isinstance(value, DTensor):
+            return distribute_tensor(value.to(reference.dtype), reference.device_mesh, reference.placements)
+        return value
+
+    current = model.state_dict()
+    model.load_state_dict({k: like(v, current[k]) for k, v in state["model"].items()})
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            moments = optimizer.state.get(param, {})
+            for key, value in moments.items():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    moments[key] = like(value, param)
+
+
+class Checkpointer:
+    """The checkpoint of one run's training; every method is called on every rank."""
+
+    def __init__(self, run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 device: torch.device) -> None:
+        self.run, self.model, self.optimizer, self.config, self.device = run, model, optimizer, config, device
+        self.preempted = False  # a preemption signal, as the last `due` decided with the other ranks
+
+    def save(self, history: list[dict], reached: dict[str, Any] | None = None) -> None:
+        """The weights, the finished epochs' `history` and, inside an epoch, the position `reached` (step,
+        images, seconds, loss sum, first bad step) with the random state after it."""
+        progress: dict[str, Any] = {"history": history}
+        if reached is not None:
+            cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+            progress["position"] = {**reached, "rng": torch.get_rng_state(), "cuda_rng": cuda}
+        if self.config.checkpoint_format == "whole":
+            state = {**whole_state(self.model, self.optimizer), **progress}  # FSDP2's shards gathered
+            if distributed.is_main():
+                self.run.save(WHOLE, state, keep_previous=True)
+        else:
+            self._save_sharded(progress)
+
+    def _save_sharded(self, progress: dict[str, Any]) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
+        path = self.run.path
+        new, folder, previous = path / f".{SHARDED}.tmp", path / SHARDED, path / SHARDED_PREVIOUS
+        if distributed.is_main():
+            shutil.rmtree(new, ignore_errors=True)
+        distributed.barrier()
+        # a tuple is one object to DCP: the run's name and the progress, saved whole by one rank
+        dcp.save({"model": model_state, "optimizer": optimizer_state, "progress": (self.run.name, progress)},
+                 checkpoint_id=new)
+        if distributed.is_main():
+            shutil.rmtree(previous, ignore_errors=True)
+            if folder.exists():
+                folder.rename(previous)
+            new.rename(folder)
+        distributed.barrier()
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved progress (history, and the position inside an epoch), its weights and optimizer state
+        loaded; None where there is none. A sharded one is resharded to this job's ranks; where it cannot be
+        read, the one before it."""
+        if self.config.checkpoint_format == "whole":
+            state = self.run.load(WHOLE, map_location=self.device)
+            if state is not None:
+                load_whole_state(self.model, self.optimizer, state)
+            return state
+        for folder in (self.run.path / SHARDED, self.run.path / SHARDED_PREVIOUS):
+            if (folder / ".metadata").is_file() and (progress := self._load_sharded(folder)) is not None:
+                return progress
+        return None
+
+    def _load_sharded(self, folder: Path) -> dict[str, Any] | None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state, "progress": ()}
+        try:
+            dcp.load(state, checkpoint_id=folder)
+        except (RuntimeError, OSError, ValueError, dcp.api.CheckpointException) as err:
+            warn(f"{folder}: cannot be read ({shown(str(err), 120)}); trying the checkpoint before it")
+            return None
+        name, progress = state["progress"]
+        if name != self.run.name:
+            raise RunFolderError(f"{folder}: a checkpoint of run {name}, not of {self.run.name}; move it away or "
+                                 f"delete {self.run.path}")
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
+        return progress
+
+    def due(self, step: int, steps: int, since_save_s: float) -> bool:
+        """Whether to checkpoint after `step` (counted from 1) of an epoch of `steps`: every
+        checkpoint_every_steps, after checkpoint_every_min minutes, or at a preemption signal."""
+        every, minutes = self.config.checkpoint_every_steps, self.config.checkpoint_every_min
+        timed = bool(minutes) and since_save_s >= 60 * minutes
+        preempted = preemption_pending()
+        if distributed.world_size() > 1:  # decided together, every AGREE_EVERY_STEPS steps
+            agreed = step % AGREE_EVERY_STEPS == 0
+            timed, preempted = distributed.any_rank([timed, preempted], self.device) if agreed else (False, False)
+        self.preempted = preempted
+        return bool((every and step % every == 0) or timed or preempted) and step < steps
+
+
+def resume_epoch(batches: Iterable, position: dict[str, Any], device: torch.device) -> Iterator:
+    """The epoch's batches from the saved position's step on, with the random state as it was there. The
+    epoch's order is drawn first, from the epoch's seed; batches with a `start_step` (streamed ones) start
+    at the step themselves, others are passed over up to it."""
+    if hasattr(batches, "start_step"):
+        batches.start_step = position["step"]
+    epoch_batches = iter(batches)
+    for _ in range(0 if hasattr(batches, "start_step") else position["step"]):
+        next(epoch_batches)
+    torch.set_rng_state(position["rng"].cpu())
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(position["cuda_rng"].cpu(), device)
+    return epoch_batches
+
+
+# Preemption: submitit's signal (USR2) is held during training until the step in progress ends and is
+# checkpointed; then submitit's own handler requeues the job.
+_preemption: dict[str, Any] = {"training": False, "pending": None, "handler": None}
+
+
+def _preemption_signal() -> int:
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+
+
+def catch_preemption() -> None:
+    """In a submitit job: take over its preemption signal (USR2 unless $SUBMITIT_PREEMPT_SIGNAL says
+    otherwise). During training it waits for the end of the step in progress (see `training`);
+    outside training the job's handler runs at once."""
+    signum = _preemption_signal()
+    _preemption["handler"] = signal.getsignal(signum)
+    if not callable(_preemption["handler"]):
+        return  # no job handler to defer to (not a submitit job)
+
+    def on_signal(number: int, frame: Any) -> None:
+        if _preemption["training"]:
+            _preemption["pending"] = (number, frame)
+        else:
+            _preemption["handler"](number, frame)
+
+    signal.signal(signum, on_signal)
+
+
+def set_training(training: bool) -> None:
+    """Whether a preemption signal now waits for a checkpoint (during training) or acts at once."""
+    _preemption["training"] = training
+
+
+def preemption_pending() -> bool:
+    return _preemption["pending"] is not None
+
+
+def act_on_preemption() -> None:
+    """The deferred signal's handler, now that the checkpoint is written (on a rank that has not seen the
+    signal yet, as if it had)."""
+    number, frame = _preemption["pending"] or (_preemption_signal(), None)
+    _preemption["pending"] = None
+    handler = _preemption["handler"]
+    print(f"preempted (signal {signal.Signals(number).name}): checkpoint written, handing over to the job's "
+          "handler", flush=True)
+    if callable(handler):
+        handler(number, frame)  # submitit's: requeue the job, then exit
+    raise SystemExit(f"preempted by signal {number}")  # a handler that returned: stop here all the same
