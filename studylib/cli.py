@@ -46,7 +46,7 @@ from studylib.config import (
     results_dir,
     runs_dir,
 )
-from studylib.errors import ConfigError, StudylibError
+from studylib.errors import ConfigError, StudylibError, one_line
 
 
 def _experiment(args: argparse.Namespace, writes: bool = True) -> Experiment:
@@ -67,20 +67,12 @@ def cmd_study(args: argparse.Namespace) -> None:
     _choose("study", args.name, registry.STUDIES)
     exp = _experiment(args)  # checked before torch is imported: bad input costs no wait
     from studylib import distributed
-    from studylib.study import summary_text
 
     distributed.init()  # several processes under torchrun: one DDP study
     start = time.perf_counter()
-    table = registry.call(registry.STUDIES[args.name].run, exp)
-    if args.name == "default":
-        print(summary_text(table))
-    elif args.name == "explore":
-        print(table[table.stage == "hashtags"][["metric", "value"]].to_string(index=False))
-    else:
-        top1 = table[(table.metric == "top1") & ~table.variant.astype("string").fillna("").str.contains("/")]
-        columns = ("model", "mae_data", "wsp_epochs", "stage", "variant", "arm")
-        index = [c for c in columns if top1[c].notna().any()]
-        print(top1.pivot_table(index=index, columns="dataset", values="value").round(2).to_string())
+    study = registry.STUDIES[args.name]
+    table = registry.call(study.run, exp)
+    print(registry.call(study.shown, table))
     print(f"Elapsed in this call: {(time.perf_counter() - start) / 60:.1f} min; "
           f"table: {results_dir(exp.results_key) / (args.name + '.csv')}")
     if distributed.is_main():
@@ -94,12 +86,12 @@ def _figures_and_findings(exp: Experiment, study: str) -> None:
 
     for name, paths in make_all(exp.results_key, registry.STUDIES[study].figures).items():
         print(f"figure {name}: {paths[0]}")
-    if study != "explore":
+    if registry.STUDIES[study].arms != ():  # a study of arms has findings
         try:
             write(exp.results_key, exp.analysis)
             print(f"findings: {results_dir(exp.results_key) / 'findings.md'}")
         except StudylibError as err:  # e.g. tables of two precisions: the study itself is done
-            print(f"findings not written: {shown_line(str(err), 300)}")
+            print(f"findings not written: {one_line(str(err), 300)}")
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:
@@ -150,12 +142,8 @@ def cmd_submit(args: argparse.Namespace) -> None:
         result = watch([job])[0]
         if isinstance(result, list) and result and isinstance(result[0], pd.DataFrame):
             result = result[0]  # a job of several tasks: rank 0's result
-        if args.target == "default":
-            from studylib.study import summary_text
-
-            print(summary_text(result))
-        else:
-            print(result)
+        study = registry.STUDIES.get(args.target)
+        print(registry.call(study.shown, result) if study and isinstance(result, pd.DataFrame) else result)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -169,7 +157,7 @@ def cmd_config(args: argparse.Namespace) -> None:
     try:  # run names hold the data's fingerprint: without the data there are none to print
         chains = {name: registry.call(arm.pretrain, exp, train=False) for name, arm in registry.ARMS.items()}
     except StudylibError as err:
-        print(f"# run folders: not known without the data ({shown_line(str(err), 200)})")
+        print(f"# run folders: not known without the data ({one_line(str(err), 200)})")
         return
     print(f"# run folders under {runs_dir() / exp.preset}, seed {exp.seed} (each arm's chain):")
     for name, chain in chains.items():
@@ -249,11 +237,11 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_tags(args: argparse.Namespace) -> None:
-    from studylib.stages import pretrain_images
+    from studylib import pool
     from studylib.weak_labels import simulate
 
     exp = _experiment(args, writes=False)
-    hashtags = simulate(pretrain_images(exp), exp.tags)
+    hashtags = simulate(pool.images(exp), exp.tags)
     for key, value in hashtags.stats().items():
         print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
     print("examples:")
@@ -262,8 +250,8 @@ def cmd_tags(args: argparse.Namespace) -> None:
 
 
 def cmd_shards(args: argparse.Namespace) -> None:
+    from studylib import pool
     from studylib.shards import folder_labels, index_shards, write_shards
-    from studylib.stages import pretrain_images
     from studylib.weak_labels import simulate
 
     if args.index:
@@ -273,7 +261,7 @@ def cmd_shards(args: argparse.Namespace) -> None:
     exp = _experiment(args, writes=False)
     source = Path(exp.data.pretrain).expanduser() if exp.data.stream else None  # copied file by file
     out = _shards_out(Path(args.out), source, args.per_shard, args.max_size)
-    images = folder_labels(source) if source else pretrain_images(exp)
+    images = folder_labels(source) if source else pool.images(exp)
     index = write_shards(images, simulate(images, exp.tags), out, args.per_shard, source=source,
                          max_size=args.max_size)
     print(f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: {out}/00000.tar ... "
@@ -429,19 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except StudylibError as err:
-        print(f"studylib: {err.kind}: {shown_line(str(err))}", file=sys.stderr)
+        print(f"studylib: {err.kind}: {one_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("studylib: interrupted: stopped; every finished epoch is in its run's checkpoint, and the same "
               "command resumes", file=sys.stderr)
         return 130
     return 0
-
-
-def shown_line(message: str, limit: int = 1000) -> str:
-    """The error as one line of at most `limit` characters."""
-    line = " ".join(message.split())
-    return line if len(line) <= limit else line[: limit - 30] + f"... ({len(line)} characters)"
 
 
 if __name__ == "__main__":

@@ -332,12 +332,20 @@ class TransferConfig:
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
 
 
-def _mae_data_point(text: str) -> bool:
+def parse_mae_data(text: str) -> tuple[str, float]:
+    """A point of studies.mae_data: 'pretrain:0.2' -> ('pretrain', 0.2); ValueError if it is not one."""
     name, sep, fraction = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"{text!r} has no ':FRACTION'")
+    return name, float(fraction)
+
+
+def _mae_data_point(text: str) -> bool:
     try:
-        return bool(sep) and (name == "pretrain" or _dataset_name(name)) and 0 < float(fraction) <= 1
+        name, fraction = parse_mae_data(text)
     except ValueError:
         return False
+    return (name == "pretrain" or bool(_dataset_name(name))) and 0 < fraction <= 1
 
 
 @dataclass(kw_only=True)

@@ -8,10 +8,19 @@ from __future__ import annotations
 import sys
 
 
+def cut(text: str, limit: int) -> str:
+    """`text` cut to about `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
+
+
 def shown(value: object, limit: int = 80) -> str:
     """`repr(value)` cut to `limit` characters: an error line never echoes a huge value whole."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
+    return cut(repr(value), limit)
+
+
+def one_line(message: str, limit: int = 1000) -> str:
+    """A message as one line of at most about `limit` characters."""
+    return cut(" ".join(message.split()), limit)
 
 
 def one_line_in_notebooks() -> None:

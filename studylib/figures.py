@@ -29,9 +29,9 @@ import yaml  # noqa: E402
 
 from studylib.config import REPO_ROOT, AnalysisConfig, ClaimPlan, figures_dir, load_experiment, results_dir  # noqa: E402
 from studylib.errors import one_line_in_notebooks  # noqa: E402
-from studylib.findings import CLAIMS, analyse, comparisons, t_quantile_975, table_from  # noqa: E402
+from studylib.findings import CLAIMS, analyse, comparisons, read_table, t_quantile_975  # noqa: E402
 from studylib.io import atomic_write, git_sha  # noqa: E402
-from studylib.registry import ARMS, FIGURES, STUDIES, call  # noqa: E402
+from studylib.registry import ARMS, FIGURES, STUDIES, call, compared_pairs  # noqa: E402
 
 FORMATS = ("png", "svg")
 
@@ -59,10 +59,12 @@ def style() -> None:
 
 
 def read(key: str, study: str) -> pd.DataFrame:
-    path = results_dir(key) / f"{study}.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no results yet; run the study first (studylib study {study})")
-    return table_from(path)
+    """A study's table, which the figure needs (read_table)."""
+    table = read_table(key, study)
+    if table is None:
+        raise FileNotFoundError(f"{results_dir(key) / f'{study}.csv'}: no results yet; run the study first "
+                                f"(studylib study {study})")
+    return table
 
 
 def save(fig: plt.Figure, name: str, key: str, sources: list[str], table: pd.DataFrame) -> list[Path]:
@@ -201,7 +203,8 @@ def verdicts(key: str) -> list[Path]:
         ax.axhline(0, color="black", lw=0.8)
         ax.scatter(np.linspace(-0.12, 0.12, c.n), c.differences, color="grey", s=14, zorder=3, label="one seed")
         if c.n > 1:
-            ax.errorbar([0.35], [c.mean], yerr=[[c.half_width]], fmt="o", color=ARMS["mae_wsp"].color, capsize=4,
+            color = ARMS[compared_pairs()[0][0]].color
+            ax.errorbar([0.35], [c.mean], yerr=[[c.half_width]], fmt="o", color=color, capsize=4,
                         label="mean, 95% t-interval")
         ax.set(xlim=(-0.4, 0.7), xticks=[], ylabel="paired difference (top-1 points)" if ax is axes[0][0] else "",
                title=f"({c.claim}) {c.key}\nn = {c.n}: {c.verdict}")

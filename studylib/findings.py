@@ -24,7 +24,7 @@ import pandas as pd
 from studylib.config import AnalysisConfig, config_hash, results_dir
 from studylib.errors import DataError, shown
 from studylib.io import atomic_write
-from studylib.registry import labels
+from studylib.registry import compared_pairs, labels
 
 RULE = ("each comparison is a paired t-test over seeds; within a claim, Holm's correction over its primary and "
         "secondary comparisons with n >= 2; a comparison holds if its corrected p < alpha and the mean difference is "
@@ -103,7 +103,7 @@ def t_quantile_975(df: int) -> float:
     return float(stats.t.ppf(0.975, df))
 
 
-def paired(table: pd.DataFrame, a: str = "mae_wsp", b: str = "wsp") -> tuple[list[float], tuple[str, ...]]:
+def paired(table: pd.DataFrame, a: str, b: str) -> tuple[list[float], tuple[str, ...]]:
     """Differences a - b of `value` (averaged within a seed), one per seed that both arms have, and the runs."""
     wide = table.pivot_table(index="seed", columns="arm", values="value", aggfunc="mean")
     if a not in wide or b not in wide:
@@ -117,7 +117,8 @@ def _probe_top1(table: pd.DataFrame) -> pd.DataFrame:
     return table[(table.stage == "probe") & (table.metric == "top1")]
 
 
-def _read(key: str, study: str) -> pd.DataFrame | None:
+def read_table(key: str, study: str) -> pd.DataFrame | None:
+    """results/<key>/<study>.csv (see table_from), or None where the study has not run."""
     path = results_dir(key) / f"{study}.csv"
     return table_from(path) if path.exists() else None
 
@@ -139,13 +140,12 @@ def table_from(path: Path) -> pd.DataFrame:
     return table
 
 
-def _compare(claim: str, key: str, what: str, part: pd.DataFrame, a: str = "mae_wsp",
-             b: str = "wsp") -> Comparison:
+def _compare(claim: str, key: str, what: str, part: pd.DataFrame, a: str, b: str) -> Comparison:
     differences, runs = paired(part, a, b)
     return Comparison(claim, key, what, differences, runs)
 
 
-def _transfer(transfer: pd.DataFrame) -> list[Comparison]:
+def _transfer(transfer: pd.DataFrame, a: str, b: str) -> list[Comparison]:
     """Transfer tasks but the probe (the default study's): robustness as the drop from clean accuracy."""
     top1 = transfer[(transfer.metric == "top1") & ~transfer.variant.fillna("").str.contains("/")]
     top1 = top1[top1.stage != "probe"].assign(variant=top1.variant.fillna(""))
@@ -161,68 +161,78 @@ def _transfer(transfer: pd.DataFrame) -> list[Comparison]:
             variant = "drop from clean"
         key = "/".join(x for x in (task, variant.replace(" ", "_"), dataset) if x)
         note = " (in-distribution: its class names are WSP's hashtags)" if task == "zeroshot" else ""
-        found.append(_compare("a", key, f"{task} {variant} on {dataset}{note}".replace("  ", " "), part))
+        found.append(_compare("a", key, f"{task} {variant} on {dataset}{note}".replace("  ", " "), part, a, b))
     return found
 
 
 def comparisons(key: str) -> list[Comparison]:
-    """Every comparison the tables under results/<key>/ allow, claim by claim."""
+    """Every comparison the tables under results/<key>/ allow, claim by claim, for each pair of arms the
+    registry declares (Arm.beats); the first pair's keys are bare, another's start with 'ARM-BASELINE/'."""
+    studies = ("default", "transfer", "wsp_epochs", "model_size", "data_size")
+    tables = {study: read_table(key, study) for study in studies}
     found: list[Comparison] = []
-    default = _read(key, "default")
-    if default is not None:
-        for dataset, part in _probe_top1(default).groupby("dataset", sort=False):
-            found.append(_compare("a", f"probe/{dataset}", f"linear probe on {dataset}", part))
-    transfer = _read(key, "transfer")
-    if transfer is not None:
-        found += _transfer(transfer)
-    epochs = _read(key, "wsp_epochs")
-    if epochs is not None:
-        for (wsp_epochs, dataset), part in _probe_top1(epochs).groupby(["wsp_epochs", "dataset"], sort=True):
-            found.append(_compare("b", f"epochs{int(wsp_epochs)}/{dataset}",
-                                  f"after {int(wsp_epochs)} WSP epochs, {dataset}", part))
-        found += _per_flop(epochs)
-    sizes = _read(key, "model_size")
-    if sizes is not None:
-        for (model, dataset), part in _probe_top1(sizes).groupby(["model", "dataset"], sort=False):
-            found.append(_compare("c", f"{model}/{dataset}", f"{model}, {dataset}", part))
-    data = _read(key, "data_size")
-    if data is not None:
-        found += _data_size(data)
+    for k, (a, b) in enumerate(compared_pairs()):
+        mine = _comparisons_of(tables, a, b)
+        if k:
+            named = f"{labels().get(a, a)} − {labels().get(b, b)}: "
+            mine = [dataclasses.replace(c, key=f"{a}-{b}/{c.key}", what=named + c.what) for c in mine]
+        found += mine
     return found
 
 
-def _per_flop(table: pd.DataFrame) -> list[Comparison]:
-    """MAE→WSP against WSP at matched training compute (MAE's FLOPs counted): each MAE→WSP point paired with
-    the WSP point whose FLOPs are closest, when the two are within a factor 1.5 of each other."""
+def _comparisons_of(tables: dict[str, pd.DataFrame | None], a: str, b: str) -> list[Comparison]:
+    """Arm `a` against arm `b` in every table there is."""
+    found: list[Comparison] = []
+    if (default := tables["default"]) is not None:
+        for dataset, part in _probe_top1(default).groupby("dataset", sort=False):
+            found.append(_compare("a", f"probe/{dataset}", f"linear probe on {dataset}", part, a, b))
+    if (transfer := tables["transfer"]) is not None:
+        found += _transfer(transfer, a, b)
+    if (epochs := tables["wsp_epochs"]) is not None:
+        for (wsp_epochs, dataset), part in _probe_top1(epochs).groupby(["wsp_epochs", "dataset"], sort=True):
+            found.append(_compare("b", f"epochs{int(wsp_epochs)}/{dataset}",
+                                  f"after {int(wsp_epochs)} WSP epochs, {dataset}", part, a, b))
+        found += _per_flop(epochs, a, b)
+    if (sizes := tables["model_size"]) is not None:
+        for (model, dataset), part in _probe_top1(sizes).groupby(["model", "dataset"], sort=False):
+            found.append(_compare("c", f"{model}/{dataset}", f"{model}, {dataset}", part, a, b))
+    if (data := tables["data_size"]) is not None:
+        found += _data_size(data, [a])
+    return found
+
+
+def _per_flop(table: pd.DataFrame, a: str, b: str) -> list[Comparison]:
+    """`a` against `b` at matched training compute (MAE's FLOPs counted): each point of `a` paired with
+    the point of `b` whose FLOPs are closest, when the two are within a factor 1.5 of each other."""
     flops = table[(table.stage == "pretraining") & (table.metric == "train_flops")]
     mean_flops = flops.groupby(["arm", "wsp_epochs"])["value"].mean()
-    if "mae_wsp" not in mean_flops or "wsp" not in mean_flops:
+    if a not in mean_flops or b not in mean_flops:
         return []
     found = []
     probes = _probe_top1(table)
-    for mae_epochs, compute in mean_flops["mae_wsp"].items():
-        wsp_epochs, wsp_compute = min(mean_flops["wsp"].items(), key=lambda kv: abs(math.log(kv[1] / compute)))
+    for mae_epochs, compute in mean_flops[a].items():
+        wsp_epochs, wsp_compute = min(mean_flops[b].items(), key=lambda kv: abs(math.log(kv[1] / compute)))
         if max(compute, wsp_compute) / min(compute, wsp_compute) > 1.5:
             continue
         for dataset, part in probes.groupby("dataset", sort=False):
-            mine = part[(part.arm == "mae_wsp") & (part.wsp_epochs == mae_epochs)]
-            theirs = part[(part.arm == "wsp") & (part.wsp_epochs == wsp_epochs)]
+            mine = part[(part.arm == a) & (part.wsp_epochs == mae_epochs)]
+            theirs = part[(part.arm == b) & (part.wsp_epochs == wsp_epochs)]
             found.append(_compare("b", f"per_flop{int(mae_epochs)}/{dataset}",
-                                  f"per FLOP: MAE→WSP with {int(mae_epochs)} WSP epochs ({compute:.2g} FLOPs) vs "
-                                  f"WSP {int(wsp_epochs)} epochs ({wsp_compute:.2g}), {dataset}",
-                                  pd.concat([mine, theirs.assign(arm="wsp_matched")]), b="wsp_matched"))
+                                  f"per FLOP: {labels().get(a, a)} with {int(mae_epochs)} WSP epochs ({compute:.2g} "
+                                  f"FLOPs) vs {labels().get(b, b)} {int(wsp_epochs)} epochs ({wsp_compute:.2g}), "
+                                  f"{dataset}", pd.concat([mine, theirs.assign(arm="matched")]), a, "matched"))
     return found
 
 
-def _data_size(table: pd.DataFrame) -> list[Comparison]:
-    """MAE alone and MAE→WSP with the most pre-pretraining images against the fewest."""
+def _data_size(table: pd.DataFrame, arms: list[str]) -> list[Comparison]:
+    """MAE alone and each of `arms` with the most pre-pretraining images against the fewest."""
     images = table[(table.stage == "mae") & (table.metric == "images")].groupby("mae_data")["value"].mean()
     if len(images) < 2:
         return []
     fewest, most = images.idxmin(), images.idxmax()
     found = []
     probes = _probe_top1(table)
-    for arm in ("mae", "mae_wsp"):
+    for arm in dict.fromkeys(["mae", *arms]):
         for dataset, part in probes[probes.arm == arm].groupby("dataset", sort=False):
             part = part[part.mae_data.isin([most, fewest])].assign(arm=part.mae_data)
             found.append(_compare("d", f"{arm}/{dataset}", f"{labels()[arm]}: MAE on {images[most]:,.0f} images vs "
@@ -269,7 +279,7 @@ def claim_verdict(mine: list[Comparison]) -> str:
 
 def below_random(key: str) -> str:
     """The arms whose mean linear-probe top-1 in the default study is below the random-init arm's."""
-    default = _read(key, "default")
+    default = read_table(key, "default")
     if default is None or "random" not in set(default.arm):
         return "not known: no random-init arm in these results"
     means = _probe_top1(default).groupby(["dataset", "arm"])["value"].mean()
@@ -280,7 +290,7 @@ def below_random(key: str) -> str:
 
 def premise(key: str) -> list[Comparison]:
     """The paper's premise, paired by seed in the default study: WSP beats random init, and WSP beats MAE alone."""
-    default = _read(key, "default")
+    default = read_table(key, "default")
     if default is None:
         return []
     found = []
@@ -295,7 +305,7 @@ def premise(key: str) -> list[Comparison]:
 def finetune_against_probe(key: str) -> list[Comparison]:
     """Per arm and dataset: the fine-tuned encoder's top-1 minus the linear probe's on the same encoder
     (transfer study against default study, paired by seed). Fine-tuning should come out ahead."""
-    transfer, default = _read(key, "transfer"), _read(key, "default")
+    transfer, default = read_table(key, "transfer"), read_table(key, "default")
     if transfer is None or default is None:
         return []
     tuned = transfer[(transfer.stage == "finetune") & (transfer.metric == "top1")]
@@ -315,7 +325,7 @@ def finetune_against_probe(key: str) -> list[Comparison]:
 def arm_table(key: str) -> list[str]:
     """Markdown rows: each arm's linear-probe top-1 in the default study per dataset, mean with its 95%
     t-interval over seeds, n, and the per-seed values."""
-    default = _read(key, "default")
+    default = read_table(key, "default")
     if default is None:
         return []
     lines = ["| arm | dataset | mean top-1 | 95% interval | n | per seed |", "| --- | --- | ---: | --- | ---: | --- |"]
@@ -329,7 +339,7 @@ def arm_table(key: str) -> list[str]:
 
 def provenance(key: str, plan: AnalysisConfig) -> str:
     """What the results rest on: their seeds (pilot or confirmation), precision and the plan's hash."""
-    tables = [t for t in (_read(key, s) for s in ("default", "wsp_epochs", "model_size", "data_size", "transfer"))
+    tables = [t for t in (read_table(key, s) for s in ("default", "wsp_epochs", "model_size", "data_size", "transfer"))
               if t is not None]
     seeds = sorted({int(s) for t in tables for s in t.seed.dropna()})
     kinds = {str(p) for t in tables if "precision" in t for p in t.precision.dropna()}

@@ -51,6 +51,7 @@ class Arm:
     color: str
     pretrain: Ref
     summary: str
+    beats: str | None = None  # the arm this one is claimed to beat: the findings test the pair, paired by seed
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ class Study:
     summary: str
     notebook: str | None = None
     figures: tuple[str, ...] = ()  # names in FIGURES
-    arms: tuple[str, ...] | None = None
+    arms: tuple[str, ...] | None = None  # () for a study of no arm: no findings
+    shown: Ref = "studylib.study:top1_text"  # table -> the text printed when the study ends
 
 
 @dataclass(frozen=True)
@@ -94,13 +96,27 @@ _TABLES = {Stage: STAGES, Arm: ARMS, Task: TASKS, Study: STUDIES, Figure: FIGURE
 
 
 def register(item: Stage | Arm | Task | Study | Figure) -> Any:
-    """Add `item` to its table (replacing one of the same name); returns it."""
-    _TABLES[type(item)][item.name] = item
+    """Add `item` to its table; returns it. A name already taken is refused (unregister it first)."""
+    table = _TABLES[type(item)]
+    if item.name in table:
+        raise ValueError(f"{type(item).__name__} {item.name!r} is registered already; allowed: a new name, "
+                         f"not one of {sorted(table)}")
+    table[item.name] = item
     return item
+
+
+def unregister(item: Stage | Arm | Task | Study | Figure) -> None:
+    """Take `item`'s name out of its table (a test's or a notebook's own entries)."""
+    _TABLES[type(item)].pop(item.name, None)
 
 
 def study_arms(study: Study) -> list[Arm]:
     return [ARMS[name] for name in study.arms] if study.arms is not None else list(ARMS.values())
+
+
+def compared_pairs() -> list[tuple[str, str]]:
+    """(arm, the arm it is claimed to beat), in declaration order: the first is the paper's claim."""
+    return [(arm.name, arm.beats) for arm in ARMS.values() if arm.beats]
 
 
 def targets() -> dict[str, str]:
@@ -129,7 +145,8 @@ for _item in (
     Arm("random", "random init", "#8C8C8C", "studylib.arms:random_init", "no pretraining: the floor"),
     Arm("mae", "MAE", "#55A868", "studylib.arms:mae_only", "MAE pre-pretraining alone"),
     Arm("wsp", "WSP", "#4C72B0", "studylib.arms:wsp_from_scratch", "WSP from random init: the paper's baseline"),
-    Arm("mae_wsp", "MAE→WSP", "#DD8452", "studylib.arms:mae_then_wsp", "WSP from the MAE encoder: the paper's recipe"),
+    Arm("mae_wsp", "MAE→WSP", "#DD8452", "studylib.arms:mae_then_wsp", "WSP from the MAE encoder: the paper's recipe",
+        beats="wsp"),
 
     Task("finetune", "fine-tune", "studylib.stages.finetune:rows", True, "full fine-tuning, top-1"),
     Task("probe", "linear probe", "studylib.stages.probe:rows", True, "linear probe, top-1"),
@@ -140,9 +157,9 @@ for _item in (
          "the fine-tuned model on corrupted test images, top-1 per corruption and severity"),
 
     Study("explore", "studylib.study:explore_study", "hashtag statistics, the tags' long tail, MAE reconstructions",
-          "01_explore", ("hashtags", "reconstructions"), arms=()),
+          "01_explore", ("hashtags", "reconstructions"), arms=(), shown="studylib.study:hashtags_text"),
     Study("default", "studylib.study:default_study", "every arm, linear probes on every probe dataset",
-          "03_wsp", ("default", "verdicts")),
+          "03_wsp", ("default", "verdicts"), shown="studylib.study:summary_text"),
     Study("model_size", "studylib.study:model_size_study", "every arm at every size of studies.model_sizes",
           "04_model_size", ("model_size",)),
     Study("data_size", "studylib.study:data_size_study",
@@ -206,7 +223,8 @@ def markdown() -> str:
                 *["| " + " | ".join(r) + " |" for r in rows], ""]
 
     lines = ["**Arms** (`studylib.registry.ARMS`; in every figure's legend, in this order)", ""]
-    lines += table(["arm", "label", "what"], [[f"`{a.name}`", a.label, a.summary] for a in ARMS.values()])
+    lines += table(["arm", "label", "claimed to beat (findings)", "what"],
+                   [[f"`{a.name}`", a.label, f"`{a.beats}`" if a.beats else "", a.summary] for a in ARMS.values()])
     lines += ["**Studies** (`STUDIES`; `studylib study NAME`, `studylib submit NAME`)", ""]
     lines += table(["study", "notebook", "arms", "figures", "what"],
                    [[f"`{s.name}`", f"`{s.notebook}`" if s.notebook else "", ", ".join(

@@ -149,9 +149,7 @@ def index_shards(folder: Path) -> list[dict]:
         except (OSError, tarfile.TarError) as err:
             raise DataError(f"{path}: not a readable tar ({type(err).__name__}); allowed: WebDataset tars") from None
         index.append({"name": path.name, "samples": len(keys)})
-    tmp = folder / f"{INDEX}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"shards": index}, indent=1))
-    os.replace(tmp, folder / INDEX)
+    atomic_write(folder / INDEX, lambda f: f.write(json.dumps({"shards": index}, indent=1)))
     return index
 
 
@@ -185,10 +183,7 @@ def tag_counts(folder: Path) -> tuple[Counter, int]:
                     images += 1
     if not counts:
         raise DataError(f"{folder}: no tags in any sample's .json; allowed: shards whose .json hold \"tags\": [...]")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"images": images, "counts": counts}))
-    os.replace(tmp, cache)
+    atomic_write(cache, lambda f: f.write(json.dumps({"images": images, "counts": counts})))
     return counts, images
 
 
@@ -300,7 +295,7 @@ def file_index(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     an added, removed or renamed image changes), so a folder of a million images is listed once; each file
     stat'ed once per process (index_fingerprint), which lists it again where an image is gone."""
     index_fingerprint(root)
-    return _read_index(_index_file(root))
+    return _read_file_index(_index_file(root))
 
 
 def index_fingerprint(root: Path) -> str:
@@ -316,12 +311,12 @@ def index_fingerprint(root: Path) -> str:
 def _stat_fingerprint(root: Path, index: Path, _index_hash: str) -> str:
     digest = hashlib.sha256(str(root).encode())
     try:
-        for name, label in _read_index(index)[1]:
+        for name, label in _read_file_index(index)[1]:
             stat = os.stat(root / name)
             digest.update(f"{name} {label} {stat.st_size} {stat.st_mtime_ns}\n".encode())
     except FileNotFoundError:
         index.unlink(missing_ok=True)  # stale: listed again, once
-        _read_index.cache_clear(), _hash_file.cache_clear()
+        _read_file_index.cache_clear(), _hash_file.cache_clear()
         return _stat_fingerprint(root, _index_file(root), "relisted")
     return digest.hexdigest()[:16]
 
@@ -348,15 +343,13 @@ def _index_file(root: Path) -> Path:
             raise DataError(f"{folder}: no images in this class folder ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                             "allowed: at least one image in every class folder")
         files += [(str(folder.relative_to(root) / name), label) for name in found]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"root": str(root), "classes": [d.name for d in folders], "files": files}))
-    os.replace(tmp, cache)
+    index = {"root": str(root), "classes": [d.name for d in folders], "files": files}
+    atomic_write(cache, lambda f: f.write(json.dumps(index)))
     return cache
 
 
 @functools.lru_cache(maxsize=4)
-def _read_index(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def _read_file_index(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """A cached file index, parsed once per process (a file's content never changes under its name, which holds
     the folder's key)."""
     index = json.loads(path.read_text())
@@ -365,7 +358,7 @@ def _read_index(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
 
 @functools.lru_cache(maxsize=4)
 def _hash_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return sha256(path)[:16]
 
 
 class ImageFiles:

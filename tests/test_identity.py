@@ -146,3 +146,33 @@ def test_leaf_modules_and_the_command_import_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert out.strip() == "[]"
+
+
+def test_modules_that_read_tables_import_no_torch():
+    """findings, figures and the plan read CSVs and draw: they compute nothing with torch, so import none."""
+    code = ("import sys, studylib.io, studylib.findings, studylib.figures, studylib.plan; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'torchvision')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert out.strip() == "[]"
+
+
+def test_no_module_imports_torch_without_computing_with_it():
+    """A module that only names torch in type hints imports it under TYPE_CHECKING (layers stay light)."""
+    import ast
+
+    for path in sorted((REPO / "studylib").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = set()
+        for node in tree.body:  # the module's own imports, at its top
+            if isinstance(node, ast.Import):
+                names |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] == "torch"}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch":
+                names |= {a.asname or a.name for a in node.names}
+        if not names:
+            continue
+        hints = [n.annotation for n in ast.walk(tree) if isinstance(n, ast.arg | ast.AnnAssign) and n.annotation]
+        hints += [n.returns for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.returns]
+        in_hints = {id(n) for hint in hints for n in ast.walk(hint)}
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in in_hints}
+        assert names & used, f"{path.relative_to(REPO)} imports {sorted(names)} for type hints only"

@@ -38,7 +38,8 @@ def test_unknown_target_is_a_clear_error():
 def test_requeues_are_bounded(monkeypatch, smoke):
     job = StudyJob("mae", max_requeues=2)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    assert job.checkpoint(smoke) is not None
+    again = job.checkpoint(smoke)  # the same call, submitted again
+    assert again.function is job and again.args == (smoke,)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     assert job.checkpoint(smoke) is None
 

@@ -11,6 +11,7 @@ from studylib import registry
 from studylib.cli import main, parser
 from studylib.config import load_experiment
 from studylib.figures import make_all
+from studylib.findings import comparisons
 from studylib.notebooks import notebooks
 from studylib.registry import targets
 from studylib.stages import mae
@@ -39,15 +40,14 @@ def draw_arm_count(key):
 
 @pytest.fixture
 def registered():
-    items = [registry.Arm("mae_short", "MAE (1 epoch)", "#9467BD", mae_one_epoch, "MAE for one epoch"),
+    items = [registry.Arm("mae_short", "MAE (1 epoch)", "#9467BD", mae_one_epoch, "MAE for one epoch", beats="random"),
              registry.Study("arm_count", count_arms, "how many arms", figures=("arm_count",)),
              registry.Figure("arm_count", draw_arm_count, "arm_count")]
     for item in items:
         registry.register(item)
     yield items
-    for table in (registry.ARMS, registry.STUDIES, registry.FIGURES):
-        for item in items:
-            table.pop(item.name, None)
+    for item in items:
+        registry.unregister(item)
 
 
 def test_a_new_arm_and_study_from_test_code_show_up_everywhere(registered, capsys, isolated_dirs):
@@ -58,6 +58,11 @@ def test_a_new_arm_and_study_from_test_code_show_up_everywhere(registered, capsy
     assert list(top1.arm) == ["random", "mae_short"] and (top1.value > 10).all()
     svg = make_all(exp.results_key, ["default"])["default"][1].read_text()
     assert "MAE (1 epoch)" in svg and "random init" in svg  # the legend, with the registry's labels
+    found = {c.key: c for c in comparisons(exp.results_key)}  # its pair (Arm.beats) enters the findings
+    mine = found["mae_short-random/probe/synthetic"]
+    assert mine.differences == pytest.approx([top1.value.iloc[1] - top1.value.iloc[0]])
+    assert mine.what.startswith("MAE (1 epoch) − random init: linear probe")
+    assert "probe/synthetic" in found and found["probe/synthetic"].n == 0  # the paper's pair: no arm here
 
     assert main(["study", "arm_count", "--preset", "smoke"]) == 0  # the study, then its own figure
     assert pd.read_csv(isolated_dirs / "results" / "smoke" / "arm_count.csv").value.item() == 5
@@ -122,3 +127,22 @@ def test_architecture_names_every_module_and_only_modules_that_exist():
         module, function = name
         if (REPO / "studylib" / f"{module}.py").exists() and function not in ("py", "md"):
             assert hasattr(importlib.import_module(f"studylib.{module}"), function), name
+
+
+def test_a_taken_name_is_refused():
+    arm = registry.ARMS["wsp"]
+    with pytest.raises(ValueError, match="Arm 'wsp' is registered already"):
+        registry.register(arm)
+    assert registry.ARMS["wsp"] is arm
+
+
+def test_no_function_of_studylib_is_over_a_screen():
+    import ast
+
+    long = []
+    for path in sorted((REPO / "studylib").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} "
+                            f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
