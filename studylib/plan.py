@@ -35,13 +35,14 @@ def study_of(c: Comparison) -> str:
 
 
 def minutes_per_seed(key: str, study: str) -> float:
-    """Wall minutes of one seed of `study` in the pilot: its distinct runs' wall_time_s over its seeds."""
+    """Wall minutes of one seed of `study` in the pilot: the median over its seeds of their distinct runs'
+    wall_time_s (a median, so a seed slowed by other work on the machine does not set the cost)."""
     path = results_dir(key) / f"{study}.csv"
     if not path.exists():
         return math.nan
     table = pd.read_csv(path)
     times = table[table.metric == "wall_time_s"].drop_duplicates("run")
-    return times.value.sum() / 60 / max(1, table.seed.nunique())
+    return float(times.groupby("seed").value.sum().median() / 60) if len(times) else math.nan
 
 
 def rows(exp: Experiment) -> list[dict]:
