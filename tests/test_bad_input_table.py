@@ -3,15 +3,20 @@ no traceback. Each case builds its input in a temporary folder, then runs `study
 marked `CLI` also run through the real `studylib` command in a subprocess.
 
 Categories: config (values, files, presets), data (files, arrays, folders), sizes (checked before anything
-trains), output places (environment variables and folders), commands (arguments of the other commands).
+trains), output places (environment variables and folders), commands (arguments of the other commands), scale
+(shard indexes, tars and their tags, decompression bombs, the `shards` command).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import subprocess
 import sys
+import tarfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,7 +408,126 @@ COMMANDS = [
     Case("commands", "transfer of an unknown arm", ["transfer", *SMOKE, "--arm", "dino"], ["dino"]),
 ]
 
-TABLE = CONFIG + DATA + SIZES + PLACES + COMMANDS
+def _pool(d: Path, damage: Callable[[Path], None] = lambda folder: None) -> Path:
+    """A pool of 32 synthetic images in two shards of 16, then `damage`d."""
+    from studylib.config import load_experiment
+    from studylib.data import synthetic
+    from studylib.shards import write_shards
+    from studylib.weak_labels import simulate
+
+    data = synthetic(32, 8)
+    write_shards(data, simulate(data, load_experiment("smoke").tags), d / "pool", per_shard=16)
+    damage(d / "pool")
+    return d / "pool"
+
+
+def _listed(entry: dict) -> Callable[[Path], None]:
+    """The index's second entry replaced by `entry`."""
+    def damage(folder: Path) -> None:
+        index = json.loads((folder / "shards.json").read_text())
+        index["shards"][1] = entry
+        (folder / "shards.json").write_text(json.dumps(index))
+    return damage
+
+
+def _rewritten(change: Callable[[str, bytes], bytes | None], extra: int = 0) -> Callable[[Path], None]:
+    """00001.tar written again with each member's bytes changed by `change` (None drops it), then its first
+    `extra` members appended once more."""
+    def damage(folder: Path) -> None:
+        with tarfile.open(folder / "00001.tar") as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        with tarfile.open(folder / "00001.tar", "w") as tar:
+            for member, data in [*members, *members[:extra]]:
+                data = change(member.name, data)
+                if data is not None:
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+    return damage
+
+
+def _tags(value: object) -> Callable[[str, bytes], bytes]:
+    def change(name: str, data: bytes) -> bytes:
+        return json.dumps({**json.loads(data), "tags": value}).encode() if name == "000000017.json" else data
+    return change
+
+
+def _on_pool(damage: Callable[[Path], None] = lambda folder: None) -> Callable[[Path], list[str]]:
+    return lambda d: _study(f"data.pretrain={_pool(d, damage)}", "mae.batch_size=8", "wsp.batch_size=8")
+
+
+def _bomb(path: Path) -> None:
+    """A PNG whose header claims 20,000 x 20,000 pixels: PIL refuses it as a decompression bomb."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 7))
+                     + chunk(b"IEND", b""))
+
+
+def _with_bomb(d: Path) -> Path:
+    root = _folder(d)
+    _bomb(root / "train" / "cat" / "bomb.png")
+    return root
+
+
+def _shards_of(build: Callable[[Path], Path], *extra: str) -> Callable[[Path], list[str]]:
+    """`studylib shards` copying the streamed image folder `build` makes."""
+    return lambda d: ["shards", *SMOKE, "--set", f"data.pretrain={build(d)}", "--set", "data.stream=true",
+                      "--out", str(d / "out"), *extra]
+
+
+SCALE = [
+    Case("scale", "index names a tar outside the folder", _on_pool(_listed({"name": "../x/0.tar", "samples": 16})),
+         ["shards.json", "not a plain file name"], cli=True),
+    Case("scale", "index names an absolute path", _on_pool(_listed({"name": "/dev/zero", "samples": 16})),
+         ["not a plain file name"], cli=True),
+    Case("scale", "index names the folder itself", _on_pool(_listed({"name": ".", "samples": 16})),
+         ["not a plain file name"]),
+    Case("scale", "index lists a tar twice", _on_pool(_listed({"name": "00000.tar", "samples": 16})),
+         ["00000.tar", "listed twice"], cli=True),
+    Case("scale", "index lists a missing tar", _on_pool(_listed({"name": "gone.tar", "samples": 16})),
+         ["gone.tar", "not a regular file there"], cli=True),
+    Case("scale", "index count negative", _on_pool(_listed({"name": "00001.tar", "samples": -40})),
+         ["samples -40"], cli=True),
+    Case("scale", "index count a boolean", _on_pool(_listed({"name": "00001.tar", "samples": True})),
+         ["samples True"]),
+    Case("scale", "index count fractional", _on_pool(_listed({"name": "00001.tar", "samples": 40.9})),
+         ["samples 40.9"]),
+    Case("scale", "index count below what the tar holds", _on_pool(_listed({"name": "00001.tar", "samples": 10})),
+         ["00001.tar: holds 16 samples, shards.json lists 10"], cli=True),
+    Case("scale", "index not an index", _on_pool(lambda f: (f / "shards.json").write_text("{}")),
+         ["shards.json: not a shard index"], cli=True),
+    Case("scale", "tar with a sample twice", _on_pool(_rewritten(lambda name, data: data, extra=1)),
+         ["00001.tar", "appears twice"], cli=True),
+    Case("scale", "tar that is not a tar", _on_pool(lambda f: (f / "00001.tar").write_bytes(b"not a tar" * 200)),
+         ["00001.tar", "not a readable tar"], cli=True),
+    Case("scale", "tags a string", _on_pool(_rewritten(_tags("cat"))),
+         ["00001.tar: sample 000000017.json: tags are cat", "allowed: a list"], cli=True),
+    Case("scale", "tags nested lists", _on_pool(_rewritten(_tags([["cat"]]))),
+         ["sample 000000017.json: tags are"]),
+    Case("scale", "tags numbers", _on_pool(_rewritten(_tags([1, 2]))), ["sample 000000017.json: tags are"]),
+    Case("scale", "in-memory pool holding a decompression bomb", _pics(_with_bomb),
+         ["bomb.png: not a readable image", "DecompressionBombError"], cli=True),
+    Case("scale", "probe data holding a decompression bomb",
+         lambda d: _study(f"data.probe=[{_with_bomb(d)}]"), ["bomb.png: not a readable image"]),
+    Case("scale", "shards of a folder holding a decompression bomb", _shards_of(_with_bomb),
+         ["bomb.png: not an image that can be read"], cli=True),
+    Case("scale", "shards --per-shard 0", _shards_of(_folder, "--per-shard", "0"), ["--per-shard >= 1"],
+         cli=True),
+    Case("scale", "shards --per-shard negative", _shards_of(_folder, "--per-shard", "-5"), ["--per-shard >= 1"]),
+    Case("scale", "shards --out inside the source",
+         lambda d: [*_shards_of(_folder)(d)[:-2], "--out", str(d / "pics" / "inside")], ["inside the source"],
+         cli=True),
+    Case("scale", "shards --out under a file",
+         lambda d: [*_shards_of(_folder)(d)[:-2], "--out", f"{_file(d, 'plain')}/x"], ["is a file"]),
+    Case("scale", "shards --out a folder in use",
+         lambda d: ((d / "out").mkdir(), (d / "out" / "keep.txt").write_text("x"), _shards_of(_folder)(d))[2],
+         ["not an empty folder"], cli=True),
+    Case("scale", "shards --index of a folder without tars", lambda d: ["shards", "--index", str(d)],
+         ["no .tar files there"]),
+]
+
+TABLE = CONFIG + DATA + SIZES + PLACES + COMMANDS + SCALE
 
 
 def _prepare(case: Case, folder: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -455,8 +579,10 @@ def test_bad_input_through_the_real_command(case, tmp_path, monkeypatch, isolate
 
 
 def test_the_table_covers_every_category_with_enough_cases():
-    counts = {c: sum(case.category == c for case in TABLE) for c in ("config", "data", "sizes", "places", "commands")}
-    assert sum(counts.values()) >= 120 and min(counts.values()) >= 5, counts
+    kinds = ("config", "data", "sizes", "places", "commands", "scale")
+    counts = {c: sum(case.category == c for case in TABLE) for c in kinds}
+    assert sum(counts.values()) == len(TABLE) >= 150 and min(counts.values()) >= 5, counts
+    assert counts["scale"] >= 20 and sum(c.cli for c in TABLE if c.category == "scale") >= 10
     assert len(CLI_CASES) >= 20
 
 
