@@ -8,6 +8,8 @@ run folder, so a rerun after a change trains only what the change touched.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +39,7 @@ def run_notebooks(preset: str, only: Sequence[str] = (), overrides: Sequence[str
                   output: Path | None = None) -> list[Path]:
     """Execute the notebooks (all, or those named in `only`) for `preset`; returns the executed copies."""
     import papermill
+    from traitlets.config import Config
 
     from studylib.config import load_experiment
 
@@ -44,21 +47,25 @@ def run_notebooks(preset: str, only: Sequence[str] = (), overrides: Sequence[str
     chosen = select(only)  # an unknown name fails before any folder is made
     output = output or folder_from("STUDYLIB_OUTPUT", REPO_ROOT / "output") / "notebooks" / preset
     output.mkdir(parents=True, exist_ok=True)
-    executed = []
-    for k, path in enumerate(chosen):
-        start = time.perf_counter()
-        target = output / path.name
-        print(f"[{k + 1}/{len(chosen)}] {path.name} (cells below; job logs in {runs_dir() / preset / 'jobs'})",
-              flush=True)
-        try:
-            papermill.execute_notebook(str(path), str(target), kernel_name=KERNEL, progress_bar=True,
-                                       cwd=str(path.parent), parameters={"preset": preset,
-                                                                         "overrides": list(overrides),
-                                                                         "executor": executor})
-        except papermill.PapermillExecutionError as err:
-            raise notebook_error(path, target, err) from None
-        print(f"{path.name}: {time.perf_counter() - start:.1f} s -> {target}", flush=True)
-        executed.append(target)
+    executed, sockets = [], Path(tempfile.mkdtemp(prefix="studylib-kernel-"))
+    # the kernel talks over local sockets, not TCP ports: nothing to eavesdrop on, and no warning per notebook
+    transport = Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}})
+    parameters = {"preset": preset, "overrides": list(overrides), "executor": executor}
+    try:
+        for k, path in enumerate(chosen):
+            start = time.perf_counter()
+            target = output / path.name
+            print(f"[{k + 1}/{len(chosen)}] {path.name} (cells below; job logs in {runs_dir() / preset / 'jobs'})",
+                  flush=True)
+            try:
+                papermill.execute_notebook(str(path), str(target), kernel_name=KERNEL, progress_bar=True,
+                                           cwd=str(path.parent), parameters=parameters, config=transport)
+            except papermill.PapermillExecutionError as err:
+                raise notebook_error(path, target, err) from None
+            print(f"{path.name}: {time.perf_counter() - start:.1f} s -> {target}", flush=True)
+            executed.append(target)
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     return executed
 
 

@@ -72,6 +72,7 @@ def test_relative_paths_reach_the_kernels_and_a_failed_notebook_is_one_line(tmp_
     failed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     last = failed.stderr.strip().splitlines()[-1]
     assert failed.returncode == 2, failed.stderr[-2000:]
+    assert "without encryption" not in failed.stderr  # the kernel talks over local sockets, not TCP
     assert last.startswith("studylib: notebook failed: 01_explore.ipynb, cell [")
     # the kernel, running in notebooks/, looked where the user typed the command; the copy went there too
     assert f"STUDYLIB_DATA={tmp_path / 'missing'}: data directory does not exist" in last
