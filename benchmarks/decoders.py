@@ -1,0 +1,157 @@
+"""The JPEG decoders a loader worker could use, each against its own limit (decoding alone), one thread.
+
+    pip install -e ".[bench]"   # simplejpeg; torchvision and PIL are there already
+    python benchmarks/decoders.py --images 256 --out benchmarks/results/decoders_<commit>.json
+
+On photo-sized JPEGs (500 x 375, quality 90, made as benchmarks/loader.py makes them) and on the same photos
+resized to a 256 px short side (what `studylib shards --max-size 256` writes), best of 3 passes:
+
+- decode only: the whole JPEG to RGB pixels, the limit of that decoder;
+- decode + crop: WSP's random-resized crop (crop_min 0.08, the boxes of `studylib.shards.crop_box`, the same
+  for every decoder) resized bicubic to 224 px. PIL with `draft` (the worker's `_decode` path: DCT-domain
+  scaling to the smallest scale that still covers the crop), simplejpeg with the same DCT-domain scaling
+  (`min_width`/`min_height`), and torchvision's `decode_jpeg` (whole image, then `resized_crop`).
+
+Each path's crops are compared with PIL's: the mean absolute difference in pixel values (0-255).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from studylib.shards import crop_box
+
+SIZE, CROP_MIN = 224, 0.08
+
+
+def photos(count: int, short_side: int | None = None) -> list[bytes]:
+    """`count` 500 x 375 JPEGs at quality 90 (CIFAR-10 test images upscaled, with fine noise), or the same
+    photos resized to `short_side`."""
+    from loader import photos as full_size  # benchmarks/loader.py, beside this script
+
+    blobs = full_size(count)
+    if short_side is None:
+        return blobs
+    out = []
+    for blob in blobs:
+        with Image.open(io.BytesIO(blob)) as image:
+            scale = short_side / min(image.size)
+            resized = image.resize((round(image.size[0] * scale), round(image.size[1] * scale)), Image.BICUBIC)
+        buffer = io.BytesIO()
+        resized.save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def boxes(blobs: list[bytes]) -> list[tuple[int, int, int, int]]:
+    found = []
+    for i, blob in enumerate(blobs):
+        with Image.open(io.BytesIO(blob)) as image:
+            found.append(crop_box(*image.size, CROP_MIN, random.Random(f"0:{i}")))
+    return found
+
+
+def _scaled_box(box: tuple, width: int, height: int, decoded: tuple[int, int]) -> tuple[float, ...]:
+    sx, sy = decoded[0] / width, decoded[1] / height
+    return box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+
+
+def pil_draft(blob: bytes, box: tuple) -> np.ndarray:
+    with Image.open(io.BytesIO(blob)) as image:
+        width, height = image.size
+        image.draft("RGB", (width * SIZE // (box[2] - box[0]), height * SIZE // (box[3] - box[1])))
+        scaled = _scaled_box(box, width, height, image.size)
+        return np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.BICUBIC, box=scaled))
+
+
+def simplejpeg_scaled(blob: bytes, box: tuple) -> np.ndarray:
+    import simplejpeg
+
+    width, height = simplejpeg.decode_jpeg_header(blob)[1::-1]
+    pixels = simplejpeg.decode_jpeg(blob, "RGB", min_width=width * SIZE // (box[2] - box[0]),
+                                    min_height=height * SIZE // (box[3] - box[1]))
+    scaled = _scaled_box(box, width, height, (pixels.shape[1], pixels.shape[0]))
+    return np.asarray(Image.fromarray(pixels).resize((SIZE, SIZE), Image.BICUBIC, box=scaled))
+
+
+def torchvision_whole(blob: bytes, box: tuple) -> np.ndarray:
+    from torchvision.io import decode_jpeg
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resized_crop
+
+    pixels = decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
+    crop = resized_crop(pixels, box[1], box[0], box[3] - box[1], box[2] - box[0], [SIZE, SIZE],
+                        InterpolationMode.BICUBIC, antialias=True)
+    return crop.permute(1, 2, 0).numpy()
+
+
+def decode_only() -> dict[str, Callable[[bytes], object]]:
+    import simplejpeg
+    from torchvision.io import decode_jpeg
+
+    def pil(blob: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(blob)) as image:
+            return np.asarray(image.convert("RGB"))
+
+    return {"PIL": pil, "simplejpeg": lambda blob: simplejpeg.decode_jpeg(blob, "RGB"),
+            "torchvision": lambda blob: decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8))}
+
+
+CROPS = {"PIL": pil_draft, "simplejpeg": simplejpeg_scaled, "torchvision": torchvision_whole}
+
+
+def rate(work: Callable[[], object], count: int, repeats: int = 3) -> float:
+    """Images a second: the best of `repeats` passes of `work()` over `count` images."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return count / best
+
+
+def measure(blobs: list[bytes]) -> dict:
+    crops = boxes(blobs)
+    reference = [pil_draft(b, c) for b, c in zip(blobs, crops, strict=True)]
+    out = {}
+    for name, decode in decode_only().items():
+        crop = CROPS[name]
+        made = [crop(b, c) for b, c in zip(blobs, crops, strict=True)]
+        difference = float(np.mean([np.abs(m.astype(np.int16) - r).mean() for m, r in zip(made, reference,
+                                                                                       strict=True)]))
+        decoded = rate(lambda decode=decode: [decode(b) for b in blobs], len(blobs))
+        cropped = rate(lambda crop=crop: [crop(b, c) for b, c in zip(blobs, crops, strict=True)], len(blobs))
+        out[name] = {"decode_only_img_s": decoded, "decode_crop_224_img_s": cropped,
+                     "crop_vs_decode_only": cropped / decoded, "mean_abs_pixel_difference_vs_PIL": difference}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one worker's share of the CPU
+    full, small = photos(args.images), photos(args.images, short_side=256)
+    result = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "images": args.images, "kb_mean": {"500x375": sum(map(len, full)) / len(full) / 1024,
+                                                 "256px": sum(map(len, small)) / len(small) / 1024},
+              "500x375": measure(full), "256px": measure(small)}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
