@@ -296,7 +296,7 @@ def cmd_models(_args: argparse.Namespace) -> None:
 
 
 EXAMPLES = {
-    "study": "  studylib study --preset smoke\n  studylib study wsp_epochs --preset cpu --set studies.seeds=[3]\n"
+    "study": "  studylib study --preset smoke\n  studylib study wsp_epochs --preset cpu --set studies.seeds=[7]\n"
              "  studylib study --preset cpu --pilot",
     "notebooks": "  studylib notebooks --preset cpu\n  studylib notebooks --preset cpu --only wsp data_size",
     "transfer": "  studylib transfer --preset cpu --arm wsp mae_wsp\n"
