@@ -1,16 +1,19 @@
-"""The JPEG decoders a loader worker could use, each against its own limit (decoding alone), one thread.
+"""The JPEG decoders a loader worker could use, each against its own limit (decoding alone), one
+thread.
 
     pip install -e ".[bench]"   # simplejpeg; torchvision and PIL are there already
     python benchmarks/decoders.py --images 256 --out benchmarks/results/decoders_<commit>.json
 
-On photo-sized JPEGs (500 x 375, quality 90, made as benchmarks/loader.py makes them) and on the same photos
-resized to a 256 px short side (what `studylib shards --max-size 256` writes), best of 3 passes:
+On photo-sized JPEGs (500 x 375, quality 90, made as benchmarks/loader.py makes them) and on the
+same photos resized to a 256 px short side (what `studylib shards --max-size 256` writes), best of 3
+passes:
 
 - decode only: the whole JPEG to RGB pixels, the limit of that decoder;
-- decode + crop: WSP's random-resized crop (crop_min 0.08, the boxes of `studylib.shards.crop_box`, the same
-  for every decoder) resized bicubic to 224 px. PIL with `draft` (the worker's `_decode` path: DCT-domain
-  scaling to the smallest scale that still covers the crop), simplejpeg with the same DCT-domain scaling
-  (`min_width`/`min_height`), and torchvision's `decode_jpeg` (whole image, then `resized_crop`).
+- decode + crop: WSP's random-resized crop (crop_min 0.08, the boxes of `studylib.shards.crop_box`,
+  the same for every decoder) resized bicubic to 224 px. PIL with `draft` (the worker's `_decode`
+  path: DCT-domain scaling to the smallest scale that still covers the crop), simplejpeg with the
+  same DCT-domain scaling (`min_width`/`min_height`), and torchvision's `decode_jpeg` (whole image,
+  then `resized_crop`).
 
 Each path's crops are compared with PIL's: the mean absolute difference in pixel values (0-255).
 """
@@ -36,8 +39,8 @@ SIZE, CROP_MIN = 224, 0.08
 
 
 def photos(count: int, short_side: int | None = None) -> list[bytes]:
-    """`count` 500 x 375 JPEGs at quality 90 (CIFAR-10 test images upscaled, with fine noise), or the same
-    photos resized to `short_side`."""
+    """`count` 500 x 375 JPEGs at quality 90 (CIFAR-10 test images upscaled, with fine noise), or
+    the same photos resized to `short_side`."""
     from loader import photos as full_size  # benchmarks/loader.py, beside this script
 
     blobs = full_size(count)
@@ -47,7 +50,9 @@ def photos(count: int, short_side: int | None = None) -> list[bytes]:
     for blob in blobs:
         with Image.open(io.BytesIO(blob)) as image:
             scale = short_side / min(image.size)
-            resized = image.resize((round(image.size[0] * scale), round(image.size[1] * scale)), Image.BICUBIC)
+            resized = image.resize(
+                (round(image.size[0] * scale), round(image.size[1] * scale)), Image.BICUBIC
+            )
         buffer = io.BytesIO()
         resized.save(buffer, "JPEG", quality=90)
         out.append(buffer.getvalue())
@@ -79,8 +84,12 @@ def simplejpeg_scaled(blob: bytes, box: tuple) -> np.ndarray:
     import simplejpeg
 
     width, height = simplejpeg.decode_jpeg_header(blob)[1::-1]
-    pixels = simplejpeg.decode_jpeg(blob, "RGB", min_width=width * SIZE // (box[2] - box[0]),
-                                    min_height=height * SIZE // (box[3] - box[1]))
+    pixels = simplejpeg.decode_jpeg(
+        blob,
+        "RGB",
+        min_width=width * SIZE // (box[2] - box[0]),
+        min_height=height * SIZE // (box[3] - box[1]),
+    )
     scaled = _scaled_box(box, width, height, (pixels.shape[1], pixels.shape[0]))
     return np.asarray(Image.fromarray(pixels).resize((SIZE, SIZE), Image.BICUBIC, box=scaled))
 
@@ -91,8 +100,16 @@ def torchvision_whole(blob: bytes, box: tuple) -> np.ndarray:
     from torchvision.transforms.v2.functional import resized_crop
 
     pixels = decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
-    crop = resized_crop(pixels, box[1], box[0], box[3] - box[1], box[2] - box[0], [SIZE, SIZE],
-                        InterpolationMode.BICUBIC, antialias=True)
+    crop = resized_crop(
+        pixels,
+        box[1],
+        box[0],
+        box[3] - box[1],
+        box[2] - box[0],
+        [SIZE, SIZE],
+        InterpolationMode.BICUBIC,
+        antialias=True,
+    )
     return crop.permute(1, 2, 0).numpy()
 
 
@@ -104,8 +121,13 @@ def decode_only() -> dict[str, Callable[[bytes], object]]:
         with Image.open(io.BytesIO(blob)) as image:
             return np.asarray(image.convert("RGB"))
 
-    return {"PIL": pil, "simplejpeg": lambda blob: simplejpeg.decode_jpeg(blob, "RGB"),
-            "torchvision": lambda blob: decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8))}
+    return {
+        "PIL": pil,
+        "simplejpeg": lambda blob: simplejpeg.decode_jpeg(blob, "RGB"),
+        "torchvision": lambda blob: decode_jpeg(
+            torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        ),
+    }
 
 
 CROPS = {"PIL": pil_draft, "simplejpeg": simplejpeg_scaled, "torchvision": torchvision_whole}
@@ -128,12 +150,24 @@ def measure(blobs: list[bytes]) -> dict:
     for name, decode in decode_only().items():
         crop = CROPS[name]
         made = [crop(b, c) for b, c in zip(blobs, crops, strict=True)]
-        difference = float(np.mean([np.abs(m.astype(np.int16) - r).mean() for m, r in zip(made, reference,
-                                                                                       strict=True)]))
+        difference = float(
+            np.mean(
+                [
+                    np.abs(m.astype(np.int16) - r).mean()
+                    for m, r in zip(made, reference, strict=True)
+                ]
+            )
+        )
         decoded = rate(lambda decode=decode: [decode(b) for b in blobs], len(blobs))
-        cropped = rate(lambda crop=crop: [crop(b, c) for b, c in zip(blobs, crops, strict=True)], len(blobs))
-        out[name] = {"decode_only_img_s": decoded, "decode_crop_224_img_s": cropped,
-                     "crop_vs_decode_only": cropped / decoded, "mean_abs_pixel_difference_vs_PIL": difference}
+        cropped = rate(
+            lambda crop=crop: [crop(b, c) for b, c in zip(blobs, crops, strict=True)], len(blobs)
+        )
+        out[name] = {
+            "decode_only_img_s": decoded,
+            "decode_crop_224_img_s": cropped,
+            "crop_vs_decode_only": cropped / decoded,
+            "mean_abs_pixel_difference_vs_PIL": difference,
+        }
     return out
 
 
@@ -144,10 +178,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # one worker's share of the CPU
     full, small = photos(args.images), photos(args.images, short_side=256)
-    result = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "images": args.images, "kb_mean": {"500x375": sum(map(len, full)) / len(full) / 1024,
-                                                 "256px": sum(map(len, small)) / len(small) / 1024},
-              "500x375": measure(full), "256px": measure(small)}
+    result = {
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "images": args.images,
+        "kb_mean": {
+            "500x375": sum(map(len, full)) / len(full) / 1024,
+            "256px": sum(map(len, small)) / len(small) / 1024,
+        },
+        "500x375": measure(full),
+        "256px": measure(small),
+    }
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

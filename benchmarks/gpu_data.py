@@ -1,13 +1,17 @@
-"""Carry real CIFAR to a GPU machine that has no copy and no network, under a size limit per transfer.
+"""Carry real CIFAR to a GPU machine that has no copy and no network, under a size limit per
+transfer.
 
-    python benchmarks/gpu_data.py pack cifar10 .carry/gpu10      # here: one .npz of JPEG bytes per dataset
+    # here: one .npz of JPEG bytes per dataset
+    python benchmarks/gpu_data.py pack cifar10 .carry/gpu10
     python benchmarks/gpu_data.py pack cifar100 .carry/gpu100 --quality 85
-    python benchmarks/gpu_data.py unpack .carry/gpu10 .carry/gpu100 --to /tmp/data   # there: STUDYLIB_DATA=/tmp/data
+    # there: then STUDYLIB_DATA=/tmp/data
+    python benchmarks/gpu_data.py unpack .carry/gpu10 .carry/gpu100 --to /tmp/data
 
-CIFAR-10 keeps its JPEG files byte for byte (the data directory's copy is JPEG already); CIFAR-100's exact
-pixels are stored as JPEG at --quality (85: 1.0 KB an image, 61 MB for 60,000), so its pixels differ
-slightly from the original's, as CIFAR-10's do. Unpacking rebuilds the data directory's layouts
-(../shared/data/README.md): cifar10/ as an image folder, cifar100.npz with every key studylib reads.
+CIFAR-10 keeps its JPEG files byte for byte (the data directory's copy is JPEG already); CIFAR-100's
+exact pixels are stored as JPEG at --quality (85: 1.0 KB an image, 61 MB for 60,000), so its pixels
+differ slightly from the original's, as CIFAR-10's do. Unpacking rebuilds the data directory's
+layouts (../shared/data/README.md): cifar10/ as an image folder, cifar100.npz with every key
+studylib reads.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ def pack(name: str, out: Path, quality: int) -> None:
     if name == "cifar10":
         files = sorted((root / "cifar10").glob("*/*/*.jpg"))
         paths = [str(f.relative_to(root / "cifar10")) for f in files]
-        np.savez(out / "cifar10.npz", paths=np.array(paths), **_joined([f.read_bytes() for f in files]))
+        np.savez(
+            out / "cifar10.npz", paths=np.array(paths), **_joined([f.read_bytes() for f in files])
+        )
         return
     data = dict(np.load(root / "cifar100.npz"))
 
@@ -48,7 +54,12 @@ def pack(name: str, out: Path, quality: int) -> None:
 
     arrays = {k: v for k, v in data.items() if not k.startswith("x_")}
     for split in ("train", "test"):
-        arrays.update({f"{split}_{k}": v for k, v in _joined([encoded(x) for x in data[f"x_{split}"]]).items()})
+        arrays.update(
+            {
+                f"{split}_{k}": v
+                for k, v in _joined([encoded(x) for x in data[f"x_{split}"]]).items()
+            }
+        )
     np.savez(out / "cifar100.npz", **arrays)
 
 
@@ -58,20 +69,25 @@ def unpack(folders: list[Path], to: Path) -> None:
         for packed in folder.glob("*.npz"):
             data = dict(np.load(packed))
             if packed.stem == "cifar10":
-                for path, blob in zip(data["paths"], _split(data["jpeg"], data["offsets"]), strict=True):
+                for path, blob in zip(
+                    data["paths"], _split(data["jpeg"], data["offsets"]), strict=True
+                ):
                     (to / "cifar10" / path).parent.mkdir(parents=True, exist_ok=True)
                     (to / "cifar10" / path).write_bytes(blob)
                 continue
             with ThreadPoolExecutor(16) as pool:
                 for split in ("train", "test"):
                     blobs = _split(data.pop(f"{split}_jpeg"), data.pop(f"{split}_offsets"))
-                    data[f"x_{split}"] = np.stack(list(pool.map(lambda b: np.asarray(Image.open(io.BytesIO(b))),
-                                                                blobs)))
+                    data[f"x_{split}"] = np.stack(
+                        list(pool.map(lambda b: np.asarray(Image.open(io.BytesIO(b))), blobs))
+                    )
             np.savez(to / "cifar100.npz", **data)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     packing = commands.add_parser("pack")
     packing.add_argument("dataset", choices=["cifar10", "cifar100"])

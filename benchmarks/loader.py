@@ -1,14 +1,15 @@
-"""How fast one DataLoader worker turns JPEGs into 224 px images, from shards and from an image folder, and how many
-workers a GPU then needs (issue 16's loader benchmark).
+"""How fast one DataLoader worker turns JPEGs into 224 px images, from shards and from an image
+folder, and how many workers a GPU then needs (issue 16's loader benchmark).
 
     python benchmarks/loader.py --images 512 --out benchmarks/results/loader_<commit>.json
 
-It writes `--images` photo-sized JPEGs (500 x 375, ImageNet's typical size, quality 90: CIFAR-10 test images
-upscaled, with fine noise so they do not compress like flat colour) once as WebDataset shards and once as an image
-folder, then times, in this process (one worker's work), what each ShardStream worker runs: reading each sample
-(`TarShards.read`, `ImageFiles.read`), decoding it and random-resized-cropping it to 224 px (`studylib.shards._decode`:
-WSP's crop_min 0.08, JPEG draft decoding), and beside it the old way, decoding the whole JPEG then resizing it to
-224 px; and the device side, flip + normalise of 224 px batches (what ShardBatches does after the workers). Workers
+It writes `--images` photo-sized JPEGs (500 x 375, ImageNet's typical size, quality 90: CIFAR-10
+test images upscaled, with fine noise so they do not compress like flat colour) once as WebDataset
+shards and once as an image folder, then times, in this process (one worker's work), what each
+ShardStream worker runs: reading each sample (`TarShards.read`, `ImageFiles.read`), decoding it and
+random-resized-cropping it to 224 px (`studylib.shards._decode`: WSP's crop_min 0.08, JPEG draft
+decoding), and beside it the old way, decoding the whole JPEG then resizing it to 224 px; and the
+device side, flip + normalise of 224 px batches (what ShardBatches does after the workers). Workers
 per GPU = the recorded GPU step rate (benchmarks/RESULTS.md) / one worker's rate.
 """
 
@@ -31,7 +32,12 @@ from studylib.data import ImageTransform, load_dataset
 from studylib.shards import ImageFiles, TarShards, _decode
 
 # img/s recorded in benchmarks/RESULTS.md (bf16, batch 256, compiled): WSP and MAE steps of B/16
-GPU_RATES = {"H100 B/16 WSP": 3243, "H100 B/16 MAE": 8637, "H200 B/16 WSP": 3432, "H200 B/16 MAE": 9527}
+GPU_RATES = {
+    "H100 B/16 WSP": 3243,
+    "H100 B/16 MAE": 8637,
+    "H200 B/16 WSP": 3432,
+    "H200 B/16 MAE": 9527,
+}
 
 
 def photos(count: int) -> list[bytes]:
@@ -41,7 +47,9 @@ def photos(count: int) -> list[bytes]:
     out = []
     for image in images:
         big = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((500, 375), Image.BICUBIC)
-        noisy = np.clip(np.asarray(big, np.int16) + rng.integers(-12, 13, (375, 500, 3)), 0, 255).astype(np.uint8)
+        noisy = np.clip(
+            np.asarray(big, np.int16) + rng.integers(-12, 13, (375, 500, 3)), 0, 255
+        ).astype(np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(noisy).save(buffer, "JPEG", quality=90)
         out.append(buffer.getvalue())
@@ -72,7 +80,9 @@ def main() -> None:
         with wds.TarWriter(str(shard)) as sink:
             for i, blob in enumerate(blobs):
                 sink.write({"__key__": f"{i:09d}", "jpg": blob, "json": {"tags": ["a", "b"]}})
-        (Path(tmp) / "shards.json").write_text(json.dumps({"shards": [{"name": "00000.tar", "samples": len(blobs)}]}))
+        (Path(tmp) / "shards.json").write_text(
+            json.dumps({"shards": [{"name": "00000.tar", "samples": len(blobs)}]})
+        )
         folder = Path(tmp) / "folder" / "class"
         folder.mkdir(parents=True)
         for i, blob in enumerate(blobs):
@@ -89,20 +99,33 @@ def main() -> None:
                 with Image.open(io.BytesIO(sample["jpg"])) as opened:
                     np.asarray(opened.convert("RGB").resize((224, 224), Image.BICUBIC))
 
-        shards_s, folder_s = timed(lambda: decoded(shards, 0.08)), timed(lambda: decoded(files, 0.08))
+        shards_s, folder_s = (
+            timed(lambda: decoded(shards, 0.08)),
+            timed(lambda: decoded(files, 0.08)),
+        )
         mae_s, whole_s = timed(lambda: decoded(shards, 0.2)), timed(whole_then_resized)
     batch = torch.randint(0, 256, (256, 3, 224, 224), dtype=torch.uint8)
     normalise = ImageTransform(224)
-    flip_s = timed(lambda: normalise(torch.where(torch.rand(256, 1, 1, 1) < 0.5, batch.flip(-1), batch)))
-    per_worker = {"shards": args.images / shards_s, "folder": args.images / folder_s,
-                  "shards, MAE crop_min 0.2": args.images / mae_s}
+    flip_s = timed(
+        lambda: normalise(torch.where(torch.rand(256, 1, 1, 1) < 0.5, batch.flip(-1), batch))
+    )
+    per_worker = {
+        "shards": args.images / shards_s,
+        "folder": args.images / folder_s,
+        "shards, MAE crop_min 0.2": args.images / mae_s,
+    }
     result = {
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "images": args.images,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "images": args.images,
         "jpeg_kb_mean": sum(map(len, blobs)) / len(blobs) / 1024,
         "decode_crop_img_s_per_worker": per_worker,
         "whole_decode_then_resize_img_s_per_worker": args.images / whole_s,
         "device_flip_normalise_img_s_1_thread": 256 / flip_s,
-        "workers_per_gpu": {name: {src: rate / r for src, r in per_worker.items()} for name, rate in GPU_RATES.items()},
+        "workers_per_gpu": {
+            name: {src: rate / r for src, r in per_worker.items()}
+            for name, rate in GPU_RATES.items()
+        },
         "cores": os.cpu_count(),
     }
     print(json.dumps(result, indent=1))

@@ -1,8 +1,9 @@
-"""A run's checkpoint, in one place: what it holds (weights, AdamW moments, the finished epochs' history
-and, inside an epoch, the position reached with the random state there), when it is written (after every
-epoch; every `checkpoint_every_steps` steps or `checkpoint_every_min` minutes; at a preemption signal),
-its form (checkpoint.pth from rank 0, or checkpoint.dcp/ with a shard from every rank) and how a run
-resumes from it. The checkpoint before is kept as the fallback until the run finishes."""
+"""A run's checkpoint, in one place: what it holds (weights, AdamW moments, the finished epochs'
+history and, inside an epoch, the position reached with the random state there), when it is written
+(after every epoch; every `checkpoint_every_steps` steps or `checkpoint_every_min` minutes; at a
+preemption signal), its form (checkpoint.pth from rank 0, or checkpoint.dcp/ with a shard from every
+rank) and how a run resumes from it. The checkpoint before is kept as the fallback until the run
+finishes."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
 
 WHOLE = "checkpoint.pth"  # and checkpoint.prev.pth, the one before (studylib.runs.save_weights)
 SHARDED, SHARDED_PREVIOUS = "checkpoint.dcp", "checkpoint.prev.dcp"
-AGREE_EVERY_STEPS = 10  # ranks decide together whether to checkpoint (clocks and signals differ by rank)
+AGREE_EVERY_STEPS = (
+    10  # ranks decide together whether to checkpoint (clocks and signals differ by rank)
+)
 
 
 def drop_fallbacks(folder: Path) -> None:
@@ -38,35 +41,44 @@ def drop_fallbacks(folder: Path) -> None:
 
 
 def check_free_disk(run: Run, model: nn.Module) -> None:
-    """Fail before training when the run's disk cannot hold what it writes at its peak: three checkpoints
-    (current, previous and the one being written) of weights and AdamW moments, plus the encoder."""
+    """Fail before training when the run's disk cannot hold what it writes at its peak: three
+    checkpoints (current, previous and the one being written) of weights and AdamW moments, plus the
+    encoder."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     needed = 3 * 3 * weights + weights + (64 << 20)
     folder = next(p for p in (run.path, *run.path.parents) if p.exists())
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise RunFolderError(f"{folder}: too little free disk for the checkpoints of {run.name}: "
-                             f"needs {needed / 2**30:.2f} GiB, has {free / 2**30:.2f} GiB")
+        raise RunFolderError(
+            f"{folder}: too little free disk for the checkpoints of {run.name}: "
+            f"needs {needed / 2**30:.2f} GiB, has {free / 2**30:.2f} GiB"
+        )
 
 
 def whole_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The model's and optimizer's state with whole tensors (FSDP2's shards gathered: every rank must call
-    it), so a checkpoint resumes under any sharding and any number of ranks."""
+    """The model's and optimizer's state with whole tensors (FSDP2's shards gathered: every rank
+    must call it), so a checkpoint resumes under any sharding and any number of ranks."""
     from torch.distributed.tensor import DTensor
 
     saved = optimizer.state_dict()
-    saved["state"] = {i: {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in moments.items()}
-                      for i, moments in saved["state"].items()}
+    saved["state"] = {
+        i: {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in moments.items()}
+        for i, moments in saved["state"].items()
+    }
     return {"model": full_state(model), "optimizer": saved}
 
 
-def load_whole_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def load_whole_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     """whole_state's tensors into `model` and `optimizer`, sharded again where they are."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     def like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         if isinstance(reference, DTensor) and not isinstance(value, DTensor):
-            return distribute_tensor(value.to(reference.dtype), reference.device_mesh, reference.placements)
+            return distribute_tensor(
+                value.to(reference.dtype), reference.device_mesh, reference.placements
+            )
         return value
 
     current = model.state_dict()
@@ -83,20 +95,37 @@ def load_whole_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: 
 class Checkpointer:
     """The checkpoint of one run's training; every method is called on every rank."""
 
-    def __init__(self, run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                 device: torch.device) -> None:
-        self.run, self.model, self.optimizer, self.config, self.device = run, model, optimizer, config, device
-        self.preempted = False  # a preemption signal, as the last `due` decided with the other ranks
+    def __init__(
+        self,
+        run: Run,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        self.run, self.model, self.optimizer, self.config, self.device = (
+            run,
+            model,
+            optimizer,
+            config,
+            device,
+        )
+        self.preempted = (
+            False  # a preemption signal, as the last `due` decided with the other ranks
+        )
 
     def save(self, history: list[dict], reached: dict[str, Any] | None = None) -> None:
-        """The weights, the finished epochs' `history` and, inside an epoch, the position `reached` (step,
-        images, seconds, loss sum, first bad step) with the random state after it."""
+        """The weights, the finished epochs' `history` and, inside an epoch, the position `reached`
+        (step, images, seconds, loss sum, first bad step) with the random state after it."""
         progress: dict[str, Any] = {"history": history}
         if reached is not None:
             cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
             progress["position"] = {**reached, "rng": torch.get_rng_state(), "cuda_rng": cuda}
         if self.config.checkpoint_format == "whole":
-            state = {**whole_state(self.model, self.optimizer), **progress}  # FSDP2's shards gathered
+            state = {
+                **whole_state(self.model, self.optimizer),
+                **progress,
+            }  # FSDP2's shards gathered
             if distributed.is_main():
                 self.run.save(WHOLE, state, keep_previous=True)
         else:
@@ -113,8 +142,14 @@ class Checkpointer:
             shutil.rmtree(new, ignore_errors=True)
         distributed.barrier()
         # a tuple is one object to DCP: the run's name and the progress, saved whole by one rank
-        dcp.save({"model": model_state, "optimizer": optimizer_state, "progress": (self.run.name, progress)},
-                 checkpoint_id=new)
+        dcp.save(
+            {
+                "model": model_state,
+                "optimizer": optimizer_state,
+                "progress": (self.run.name, progress),
+            },
+            checkpoint_id=new,
+        )
         if distributed.is_main():
             shutil.rmtree(previous, ignore_errors=True)
             if folder.exists():
@@ -123,16 +158,18 @@ class Checkpointer:
         distributed.barrier()
 
     def load(self) -> dict[str, Any] | None:
-        """The saved progress (history, and the position inside an epoch), its weights and optimizer state
-        loaded; None where there is none. A sharded one is resharded to this job's ranks; where it cannot be
-        read, the one before it."""
+        """The saved progress (history, and the position inside an epoch), its weights and optimizer
+        state loaded; None where there is none. A sharded one is resharded to this job's ranks;
+        where it cannot be read, the one before it."""
         if self.config.checkpoint_format == "whole":
             state = self.run.load(WHOLE, map_location=self.device)
             if state is not None:
                 load_whole_state(self.model, self.optimizer, state)
             return state
         for folder in (self.run.path / SHARDED, self.run.path / SHARDED_PREVIOUS):
-            if (folder / ".metadata").is_file() and (progress := self._load_sharded(folder)) is not None:
+            if (folder / ".metadata").is_file() and (
+                progress := self._load_sharded(folder)
+            ) is not None:
                 return progress
         return None
 
@@ -145,14 +182,23 @@ class Checkpointer:
         try:
             dcp.load(state, checkpoint_id=folder)
         except (RuntimeError, OSError, ValueError, dcp.api.CheckpointException) as err:
-            warn(f"{folder}: cannot be read ({shown(str(err), 120)}); trying the checkpoint before it")
+            warn(
+                f"{folder}: cannot be read ({shown(str(err), 120)}); trying the checkpoint before "
+                "it"
+            )
             return None
         name, progress = state["progress"]
         if name != self.run.name:
-            raise RunFolderError(f"{folder}: a checkpoint of run {name}, not of {self.run.name}; move it away or "
-                                 f"delete {self.run.path}")
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"])
+            raise RunFolderError(
+                f"{folder}: a checkpoint of run {name}, not of {self.run.name}; move it away or "
+                f"delete {self.run.path}"
+            )
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+        )
         return progress
 
     def due(self, step: int, steps: int, since_save_s: float) -> bool:
@@ -163,15 +209,17 @@ class Checkpointer:
         preempted = preemption_pending()
         if distributed.world_size() > 1:  # decided together, every AGREE_EVERY_STEPS steps
             agreed = step % AGREE_EVERY_STEPS == 0
-            timed, preempted = distributed.any_rank([timed, preempted], self.device) if agreed else (False, False)
+            timed, preempted = (
+                distributed.any_rank([timed, preempted], self.device) if agreed else (False, False)
+            )
         self.preempted = preempted
         return bool((every and step % every == 0) or timed or preempted) and step < steps
 
 
 def resume_epoch(batches: Iterable, position: dict[str, Any], device: torch.device) -> Iterator:
-    """The epoch's batches from the saved position's step on, with the random state as it was there. The
-    epoch's order is drawn first, from the epoch's seed; batches with a `start_step` (streamed ones) start
-    at the step themselves, others are passed over up to it."""
+    """The epoch's batches from the saved position's step on, with the random state as it was there.
+    The epoch's order is drawn first, from the epoch's seed; batches with a `start_step` (streamed
+    ones) start at the step themselves, others are passed over up to it."""
     if hasattr(batches, "start_step"):
         batches.start_step = position["step"]
     epoch_batches = iter(batches)
@@ -183,8 +231,8 @@ def resume_epoch(batches: Iterable, position: dict[str, Any], device: torch.devi
     return epoch_batches
 
 
-# Preemption: submitit's signal (USR2) is held during training until the step in progress ends and is
-# checkpointed; then submitit's own handler requeues the job.
+# Preemption: submitit's signal (USR2) is held during training until the step in progress ends and
+# is checkpointed; then submitit's own handler requeues the job.
 _preemption: dict[str, Any] = {"training": False, "pending": None, "handler": None}
 
 
@@ -220,13 +268,19 @@ def preemption_pending() -> bool:
 
 
 def act_on_preemption() -> None:
-    """The deferred signal's handler, now that the checkpoint is written (on a rank that has not seen the
-    signal yet, as if it had)."""
+    """The deferred signal's handler, now that the checkpoint is written (on a rank that has not
+    seen the signal yet, as if it had)."""
     number, frame = _preemption["pending"] or (_preemption_signal(), None)
     _preemption["pending"] = None
     handler = _preemption["handler"]
-    print(f"preempted (signal {signal.Signals(number).name}): checkpoint written, handing over to the job's "
-          "handler", flush=True)
+    print(
+        f"preempted (signal {signal.Signals(number).name}): checkpoint written, handing over to "
+        "the job's "
+        "handler",
+        flush=True,
+    )
     if callable(handler):
         handler(number, frame)  # submitit's: requeue the job, then exit
-    raise SystemExit(f"preempted by signal {number}")  # a handler that returned: stop here all the same
+    raise SystemExit(
+        f"preempted by signal {number}"
+    )  # a handler that returned: stop here all the same

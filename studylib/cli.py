@@ -1,23 +1,29 @@
 """The `studylib` command.
 
-    studylib study [NAME] [--preset cpu] [--set KEY=VALUE ...]  a study of studylib.registry.STUDIES
-                 [--pilot]                                     (default: `default`, every arm and probes)
-    studylib notebooks [--preset cpu] [--only NAME ...]        every study notebook in batch (papermill)
-    studylib transfer [--arm NAME ...] [--checkpoint FILE]     the transfer suite on arms' encoders, or on
-                                                               an outside checkpoint
-    studylib figures [--preset cpu] [--set ...]                every figure from the results
-    studylib submit TARGET [--preset cpu] [--set ...]          a study or an arm as a submitit job (local,
-                                                               debug or SLURM: --set launch.executor=slurm)
-    studylib config [--preset cpu] [--set ...]                 the resolved configuration, where its tables go
-    studylib findings [--preset cpu] [--readme]                the paper's claims against the results, by the
-                                                               declared analysis plan (results/<key>/findings.md)
-    studylib plan [--preset cpu]                               seeds each claim needs, from the pilot seeds
-                                                               (`studylib study NAME --pilot`)
-    studylib export RUN --out DIR                              a run's encoder as safetensors, timm config and
-                                                               model card (Hugging Face Hub layout)
-    studylib registry [--readme]                               arms, studies, tasks and stages (README tables)
-    studylib tags   [--preset cpu]                             statistics of the simulated hashtags
-    studylib models                                            parameters and FLOPs of every ViT size
+    studylib study [NAME] [--preset cpu] [--set KEY=VALUE ...] [--pilot]
+        a study of studylib.registry.STUDIES (default: `default`, every arm and probes)
+    studylib notebooks [--preset cpu] [--only NAME ...]
+        every study notebook in batch (papermill)
+    studylib transfer [--arm NAME ...] [--checkpoint FILE]
+        the transfer suite on arms' encoders, or on an outside checkpoint
+    studylib figures [--preset cpu] [--set ...]
+        every figure from the results
+    studylib submit TARGET [--preset cpu] [--set ...]
+        a study or an arm as a submitit job (local, debug or SLURM: --set launch.executor=slurm)
+    studylib config [--preset cpu] [--set ...]
+        the resolved configuration, where its tables go
+    studylib findings [--preset cpu] [--readme]
+        the paper's claims against the results, by the declared analysis plan (findings.md)
+    studylib plan [--preset cpu]
+        seeds each claim needs, from the pilot seeds (`studylib study NAME --pilot`)
+    studylib export RUN --out DIR
+        a run's encoder as safetensors, timm config and model card (Hugging Face Hub layout)
+    studylib registry [--readme]
+        arms, studies, tasks and stages (README tables)
+    studylib tags [--preset cpu]
+        statistics of the simulated hashtags
+    studylib models
+        parameters and FLOPs of every ViT size
 
 Bad input (config keys, values, data paths) prints one line naming the file, key and allowed values
 and exits with status 2, before anything is written.
@@ -73,14 +79,17 @@ def cmd_study(args: argparse.Namespace) -> None:
     study = registry.STUDIES[args.name]
     table = registry.call(study.run, exp)
     print(registry.call(study.shown, table))
-    print(f"Elapsed in this call: {(time.perf_counter() - start) / 60:.1f} min; "
-          f"table: {results_dir(exp.results_key) / (args.name + '.csv')}")
+    print(
+        f"Elapsed in this call: {(time.perf_counter() - start) / 60:.1f} min; "
+        f"table: {results_dir(exp.results_key) / (args.name + '.csv')}"
+    )
     if distributed.is_main():
         _figures_and_findings(exp, args.name)
 
 
 def _figures_and_findings(exp: Experiment, study: str) -> None:
-    """What a researcher looks at after a study: its figures, and the findings of every table so far."""
+    """What a researcher looks at after a study: its figures, and the findings of every table so
+    far."""
     from studylib.figures import make_all
     from studylib.findings import write
 
@@ -98,7 +107,9 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
     from studylib.notebooks import run_notebooks
 
     start = time.perf_counter()
-    run_notebooks(args.preset, args.only, args.overrides, args.executor, Path(args.out) if args.out else None)
+    run_notebooks(
+        args.preset, args.only, args.overrides, args.executor, Path(args.out) if args.out else None
+    )
     print(f"all notebooks: {(time.perf_counter() - start) / 60:.1f} min")
 
 
@@ -119,8 +130,11 @@ def cmd_transfer(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         table = transfer_suite(exp, encoder)
         print(summary(table).to_string())
-        print(f"{encoder.name}: {(time.perf_counter() - start) / 60:.1f} min in this call; "
-              f"table: {encoder.path / 'transfer.csv'}", flush=True)
+        print(
+            f"{encoder.name}: {(time.perf_counter() - start) / 60:.1f} min in this call; "
+            f"table: {encoder.path / 'transfer.csv'}",
+            flush=True,
+        )
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -143,7 +157,11 @@ def cmd_submit(args: argparse.Namespace) -> None:
         if isinstance(result, list) and result and isinstance(result[0], pd.DataFrame):
             result = result[0]  # a job of several tasks: rank 0's result
         study = registry.STUDIES.get(args.target)
-        print(registry.call(study.shown, result) if study and isinstance(result, pd.DataFrame) else result)
+        print(
+            registry.call(study.shown, result)
+            if study and isinstance(result, pd.DataFrame)
+            else result
+        )
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -155,7 +173,10 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(f"# overrides that change results: {exp.overrides or 'none'}")
     print(f"# tables: {results_dir(exp.results_key)}")
     try:  # run names hold the data's fingerprint: without the data there are none to print
-        chains = {name: registry.call(arm.pretrain, exp, train=False) for name, arm in registry.ARMS.items()}
+        chains = {
+            name: registry.call(arm.pretrain, exp, train=False)
+            for name, arm in registry.ARMS.items()
+        }
     except StudylibError as err:
         print(f"# run folders: not known without the data ({one_line(str(err), 200)})")
         return
@@ -165,7 +186,8 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def _not_in_results(value: object) -> dict:
-    """The settings that result_settings leaves out: speed-only ones, launch, and the analysis plan."""
+    """The settings that result_settings leaves out: speed-only ones, launch, and the analysis
+    plan."""
     out = {}
     for f in dataclasses.fields(value):
         item = getattr(value, f.name)
@@ -179,12 +201,15 @@ def _not_in_results(value: object) -> dict:
 
 
 def fill_readme(block: str, text: str) -> None:
-    """Replace what stands between `<!-- BLOCK: begin -->` and `<!-- BLOCK: end -->` in the README."""
+    """Replace what stands between `<!-- BLOCK: begin -->` and `<!-- BLOCK: end -->` in the
+    README."""
     readme = REPO_ROOT / "README.md"
     pattern = re.compile(rf"(<!-- {block}: begin -->\n).*?(<!-- {block}: end -->)", re.DOTALL)
     old = readme.read_text()
     if not pattern.search(old):
-        raise ConfigError(f"{readme}: no '<!-- {block}: begin -->' ... '<!-- {block}: end -->' block to fill")
+        raise ConfigError(
+            f"{readme}: no '<!-- {block}: begin -->' ... '<!-- {block}: end -->' block to fill"
+        )
     readme.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), old))
     print(f"{readme}: {block} rewritten")
 
@@ -198,18 +223,24 @@ def cmd_registry(args: argparse.Namespace) -> None:
 
 
 def cmd_findings(args: argparse.Namespace) -> None:
-    """The paper's claims against the study tables of a preset (and overrides): results/<key>/findings.md."""
+    """The paper's claims against the study tables of a preset (and overrides):
+    results/<key>/findings.md."""
     from studylib.findings import write
 
     exp = _experiment(args)
     key = exp.results_key
     if args.readme:
         if key != "cpu":
-            raise ConfigError(f"--readme: the README's findings come from the cpu preset's own results, not {key!r}; "
-                              "allowed: --preset cpu without result-changing --set")
+            raise ConfigError(
+                "--readme: the README's findings come from the cpu preset's own results, not "
+                f"{key!r}; "
+                "allowed: --preset cpu without result-changing --set"
+            )
         if not (results_dir(key) / "default.csv").exists():
-            raise ConfigError(f"--readme: {results_dir(key) / 'default.csv'} does not exist, and the README's "
-                              "findings are never written from no results; allowed: after `studylib study`")
+            raise ConfigError(
+                f"--readme: {results_dir(key) / 'default.csv'} does not exist, and the README's "
+                "findings are never written from no results; allowed: after `studylib study`"
+            )
     text = write(key, exp.analysis)
     if args.readme:
         fill_readme("findings", text)
@@ -228,7 +259,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """A run's encoder as model.safetensors, a timm config.json and a model card, ready for the Hub."""
+    """A run's encoder as model.safetensors, a timm config.json and a model card, ready for the
+    Hub."""
     from studylib.export import export, find_run
 
     for path in export(find_run(args.run, args.preset), Path(args.out)):
@@ -256,34 +288,57 @@ def cmd_shards(args: argparse.Namespace) -> None:
 
     if args.index:
         index = index_shards(Path(args.index))
-        print(f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: {Path(args.index) / 'shards.json'}")
+        print(
+            f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: "
+            f"{Path(args.index) / 'shards.json'}"
+        )
         return
     exp = _experiment(args, writes=False)
-    source = Path(exp.data.pretrain).expanduser() if exp.data.stream else None  # copied file by file
+    source = (
+        Path(exp.data.pretrain).expanduser() if exp.data.stream else None
+    )  # copied file by file
     out = _shards_out(Path(args.out), source, args.per_shard, args.max_size)
     images = folder_labels(source) if source else pool.images(exp)
-    index = write_shards(images, simulate(images, exp.tags), out, args.per_shard, source=source,
-                         max_size=args.max_size)
-    print(f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: {out}/00000.tar ... "
-          f"{index[-1]['name']}, index {out / 'shards.json'}")
+    index = write_shards(
+        images,
+        simulate(images, exp.tags),
+        out,
+        args.per_shard,
+        source=source,
+        max_size=args.max_size,
+    )
+    print(
+        f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: {out}/00000.tar ... "
+        f"{index[-1]['name']}, index {out / 'shards.json'}"
+    )
 
 
 def _shards_out(out: Path, source: Path | None, per_shard: int, max_size: int) -> Path:
-    """--out checked before anything is read or written: a new or empty folder that can be made, not inside
-    the source; --per-shard at least 1; --max-size 0 (keep) or at least 1."""
+    """--out checked before anything is read or written: a new or empty folder that can be made, not
+    inside the source; --per-shard at least 1; --max-size 0 (keep) or at least 1."""
     if per_shard < 1 or max_size < 0:
-        raise ConfigError(f"--per-shard {per_shard}, --max-size {max_size}: allowed: --per-shard >= 1, "
-                          "--max-size 0 (keep sizes) or a short side in pixels")
+        raise ConfigError(
+            f"--per-shard {per_shard}, --max-size {max_size}: allowed: --per-shard >= 1, "
+            "--max-size 0 (keep sizes) or a short side in pixels"
+        )
     existing = next(p for p in (out, *out.absolute().parents) if p.exists() or p.is_symlink())
     if existing != out and not existing.is_dir():
-        raise ConfigError(f"--out {out}: {existing} is a file or a dangling link; allowed: a folder path")
+        raise ConfigError(
+            f"--out {out}: {existing} is a file or a dangling link; allowed: a folder path"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out}: not an empty folder; allowed: a new or empty folder (shards are never "
-                          "overwritten)")
+        raise ConfigError(
+            f"--out {out}: not an empty folder; allowed: a new or empty folder (shards are never "
+            "overwritten)"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: {existing} is not writable; allowed: a folder that can be made")
+        raise ConfigError(
+            f"--out {out}: {existing} is not writable; allowed: a folder that can be made"
+        )
     if source is not None and out.absolute().resolve().is_relative_to(source.resolve()):
-        raise ConfigError(f"--out {out}: inside the source image folder {source}; allowed: a folder outside it")
+        raise ConfigError(
+            f"--out {out}: inside the source image folder {source}; allowed: a folder outside it"
+        )
     return out
 
 
@@ -296,14 +351,17 @@ def cmd_models(_args: argparse.Namespace) -> None:
 
 
 EXAMPLES = {
-    "study": "  studylib study --preset smoke\n  studylib study wsp_epochs --preset cpu --set studies.seeds=[7]\n"
-             "  studylib study --preset cpu --pilot",
-    "notebooks": "  studylib notebooks --preset cpu\n  studylib notebooks --preset cpu --only wsp data_size",
+    "study": "  studylib study --preset smoke\n  studylib study wsp_epochs --preset cpu --set "
+    "studies.seeds=[7]\n"
+    "  studylib study --preset cpu --pilot",
+    "notebooks": "  studylib notebooks --preset cpu\n  studylib notebooks --preset cpu --only wsp "
+    "data_size",
     "transfer": "  studylib transfer --preset cpu --arm wsp mae_wsp\n"
-                "  studylib transfer --preset cpu --checkpoint mae_pretrain_vit_base.pth --layout mae --set model=B/16",
+    "  studylib transfer --preset cpu --checkpoint mae_pretrain_vit_base.pth --layout mae --set "
+    "model=B/16",
     "figures": "  studylib figures --preset cpu",
     "submit": "  studylib submit --preset smoke\n"
-              "  studylib submit mae_wsp --preset paper --set launch.executor=slurm --no-wait",
+    "  studylib submit mae_wsp --preset paper --set launch.executor=slurm --no-wait",
     "config": "  studylib config --preset cpu\n  studylib config --preset cpu --set mae.epochs=16",
     "findings": "  studylib findings --preset cpu\n  studylib findings --preset cpu --readme",
     "plan": "  studylib study --preset cpu --pilot\n  studylib plan --preset cpu",
@@ -311,83 +369,151 @@ EXAMPLES = {
     "registry": "  studylib registry\n  studylib registry --readme",
     "tags": "  studylib tags --preset cpu --set tags.noise_vocab=1000",
     "shards": "  studylib shards --preset cpu --out shards/cifar100-pool --per-shard 500\n"
-              "  studylib shards --preset cpu --out shards/cifar100-256 --max-size 256\n"
-              "  studylib shards --index /data/web-tags",
+    "  studylib shards --preset cpu --out shards/cifar100-256 --max-size 256\n"
+    "  studylib shards --index /data/web-tags",
     "models": "  studylib models",
 }
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="studylib", description=__doc__.split("\n")[0])
-    root.add_argument("--version", nargs=0, action=_Version, help="show the version and the checkout's commit")
+    root.add_argument(
+        "--version", nargs=0, action=_Version, help="show the version and the checkout's commit"
+    )
     sub = root.add_subparsers(dest="command", required=True)
-    for name, func, text in (("study", cmd_study, "run a study (default: the default study)"),
-                             ("notebooks", cmd_notebooks, "run the study notebooks in batch with papermill"),
-                             ("transfer", cmd_transfer, "run the transfer suite"),
-                             ("figures", cmd_figures, "make every figure from the results"),
-                             ("submit", cmd_submit, "submit a job through submitit and watch it"),
-                             ("config", cmd_config, "print the resolved configuration"),
-                             ("findings", cmd_findings, "check the paper's claims against the results"),
-                             ("plan", cmd_plan, "seeds each claim needs, from the pilot seeds' results"),
-                             ("export", cmd_export, "a run's encoder for timm and the Hugging Face Hub"),
-                             ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
-                             ("tags", cmd_tags, "print hashtag statistics"),
-                             ("shards", cmd_shards, "write the pool with its hashtags as WebDataset shards, or "
-                                                    "index a folder of tars"),
-                             ("models", cmd_models, "print model sizes")):
-        p = sub.add_parser(name, help=text, description=text, epilog="examples:\n" + EXAMPLES[name],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, func, text in (
+        ("study", cmd_study, "run a study (default: the default study)"),
+        ("notebooks", cmd_notebooks, "run the study notebooks in batch with papermill"),
+        ("transfer", cmd_transfer, "run the transfer suite"),
+        ("figures", cmd_figures, "make every figure from the results"),
+        ("submit", cmd_submit, "submit a job through submitit and watch it"),
+        ("config", cmd_config, "print the resolved configuration"),
+        ("findings", cmd_findings, "check the paper's claims against the results"),
+        ("plan", cmd_plan, "seeds each claim needs, from the pilot seeds' results"),
+        ("export", cmd_export, "a run's encoder for timm and the Hugging Face Hub"),
+        ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
+        ("tags", cmd_tags, "print hashtag statistics"),
+        (
+            "shards",
+            cmd_shards,
+            "write the pool with its hashtags as WebDataset shards, or index a folder of tars",
+        ),
+        ("models", cmd_models, "print model sizes"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog="examples:\n" + EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(func=func)
         if name == "study":
-            p.add_argument("name", nargs="?", default="default", help=f"one of {list(registry.STUDIES)}")
+            p.add_argument(
+                "name", nargs="?", default="default", help=f"one of {list(registry.STUDIES)}"
+            )
         if name == "notebooks":
-            p.add_argument("--only", nargs="+", default=[], metavar="NAME", help="only these notebooks")
-            p.add_argument("--executor", default="local", help="where each notebook's job runs (default: local)")
-            p.add_argument("--out", help="folder of the executed copies (default: $STUDYLIB_OUTPUT/notebooks/PRESET, "
-                                         "STUDYLIB_OUTPUT defaulting to <repo>/output)")
+            p.add_argument(
+                "--only", nargs="+", default=[], metavar="NAME", help="only these notebooks"
+            )
+            p.add_argument(
+                "--executor",
+                default="local",
+                help="where each notebook's job runs (default: local)",
+            )
+            p.add_argument(
+                "--out",
+                help="folder of the executed copies (default: $STUDYLIB_OUTPUT/notebooks/PRESET, "
+                "STUDYLIB_OUTPUT defaulting to <repo>/output)",
+            )
         if name == "transfer":
-            p.add_argument("--arm", dest="arms", nargs="+", default=list(registry.STUDIES["transfer"].arms),
-                           metavar="ARM", help=f"arms whose encoders to evaluate, of {list(registry.ARMS)} "
-                                               f"(default: {' '.join(registry.STUDIES['transfer'].arms)})")
-            p.add_argument("--checkpoint", help="an outside checkpoint file (timm, MAE or MAWS weights)")
+            p.add_argument(
+                "--arm",
+                dest="arms",
+                nargs="+",
+                default=list(registry.STUDIES["transfer"].arms),
+                metavar="ARM",
+                help=f"arms whose encoders to evaluate, of {list(registry.ARMS)} "
+                f"(default: {' '.join(registry.STUDIES['transfer'].arms)})",
+            )
+            p.add_argument(
+                "--checkpoint", help="an outside checkpoint file (timm, MAE or MAWS weights)"
+            )
             p.add_argument("--layout", default="auto", help="its layout: auto, timm, mae or maws")
         if name == "submit":
-            p.add_argument("target", nargs="?", default="default",
-                           help=f"what the job runs: a study or an arm, one of {list(registry.targets())} "
-                                "(default: default)")
+            p.add_argument(
+                "target",
+                nargs="?",
+                default="default",
+                help=f"what the job runs: a study or an arm, one of {list(registry.targets())} "
+                "(default: default)",
+            )
             p.add_argument("--no-wait", action="store_true", help="submit and return")
         if name == "export":
-            p.add_argument("run", help="a finished init, mae or wsp run: its folder, or its name under the "
-                                       "preset's runs")
-            p.add_argument("--out", required=True, help="a new or empty folder for model.safetensors, config.json and "
-                                                        "README.md")
+            p.add_argument(
+                "run",
+                help="a finished init, mae or wsp run: its folder, or its name under the "
+                "preset's runs",
+            )
+            p.add_argument(
+                "--out",
+                required=True,
+                help="a new or empty folder for model.safetensors, config.json and README.md",
+            )
         if name == "shards":
             which = p.add_mutually_exclusive_group(required=True)
             which.add_argument("--out", help="a new folder for 00000.tar, ... and shards.json")
-            which.add_argument("--index", metavar="FOLDER", help="a folder of tars (img2dataset's output): write its "
-                                                                 "shards.json, each tar's samples counted")
-            p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
-            p.add_argument("--max-size", type=int, default=0, help="resize to this short side where larger, aspect "
-                                                                   "kept, as img2dataset does (default: 0, keep)")
+            which.add_argument(
+                "--index",
+                metavar="FOLDER",
+                help="a folder of tars (img2dataset's output): write its "
+                "shards.json, each tar's samples counted",
+            )
+            p.add_argument(
+                "--per-shard", type=int, default=1000, help="samples per shard (default: 1000)"
+            )
+            p.add_argument(
+                "--max-size",
+                type=int,
+                default=0,
+                help="resize to this short side where larger, aspect "
+                "kept, as img2dataset does (default: 0, keep)",
+            )
         _shared_arguments(p, name)
     return root
 
 
 def _shared_arguments(p: argparse.ArgumentParser, name: str) -> None:
-    """The options several commands share: --pilot, --readme, and the preset, its overrides and config file."""
+    """The options several commands share: --pilot, --readme, and the preset, its overrides and
+    config file."""
     if name in ("study", "findings", "figures"):
-        p.add_argument("--pilot", action="store_true",
-                       help="the pilot seeds (studies.pilot_seeds), tables in results/<key>/pilot/: "
-                            "for `studylib plan`, in no verdict")
+        p.add_argument(
+            "--pilot",
+            action="store_true",
+            help="the pilot seeds (studies.pilot_seeds), tables in results/<key>/pilot/: "
+            "for `studylib plan`, in no verdict",
+        )
     if name in ("registry", "findings"):
         p.add_argument("--readme", action="store_true", help=f"rewrite the README's {name} tables")
     if name not in ("models", "registry"):
-        p.add_argument("--preset", default="cpu", help="preset of experiments.yaml: smoke (synthetic, seconds), "
-                                                       "cpu (real CIFAR, 2 cores), gpu, paper (default: cpu)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set mae.epochs=3 (repeatable)")
+        p.add_argument(
+            "--preset",
+            default="cpu",
+            help="preset of experiments.yaml: smoke (synthetic, seconds), "
+            "cpu (real CIFAR, 2 cores), gpu, paper (default: cpu)",
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set mae.epochs=3 (repeatable)",
+        )
         if name != "notebooks":
-            p.add_argument("--config", default=None, help="config file (default: the repo's experiments.yaml)")
+            p.add_argument(
+                "--config", default=None, help="config file (default: the repo's experiments.yaml)"
+            )
 
 
 class _Version(argparse.Action):
@@ -420,8 +546,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"studylib: {err.kind}: {one_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("studylib: interrupted: stopped; every finished epoch is in its run's checkpoint, and the same "
-              "command resumes", file=sys.stderr)
+        print(
+            "studylib: interrupted: stopped; every finished epoch is in its run's checkpoint, and "
+            "the same "
+            "command resumes",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

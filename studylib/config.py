@@ -3,7 +3,8 @@
 The dataclasses below hold every default, once: a preset of experiments.yaml changes some of them,
 then `--set key=value` overrides change any. Every value is checked once, here; a bad one raises
 ConfigError with the file, the key and the allowed values, and nothing has been written yet.
-`studylib config --preset NAME` prints a preset resolved. This module imports neither torch nor timm.
+`studylib config --preset NAME` prints a preset resolved. This module imports neither torch nor
+timm.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ PRESET_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def data_dir() -> Path:
-    """Where datasets live (and where torchvision downloads them): $STUDYLIB_DATA, default <repo>/data."""
+    """Where datasets live (and where torchvision downloads them): $STUDYLIB_DATA, default
+    <repo>/data."""
     return Path(os.environ.get("STUDYLIB_DATA", REPO_ROOT / "data"))
 
 
@@ -44,18 +46,26 @@ def folder_from(variable: str, default: Path) -> Path:
     if value is None:
         return default
     if not value.strip():
-        raise ConfigError(f"{variable} is set but empty; allowed: a folder path, or unset for {default}")
+        raise ConfigError(
+            f"{variable} is set but empty; allowed: a folder path, or unset for {default}"
+        )
     return Path(value).expanduser()
 
 
-PATH_VARIABLES = ("STUDYLIB_DATA", "STUDYLIB_RUNS", "STUDYLIB_RESULTS", "STUDYLIB_FIGURES", "STUDYLIB_CACHE",
-                  "STUDYLIB_OUTPUT")
+PATH_VARIABLES = (
+    "STUDYLIB_DATA",
+    "STUDYLIB_RUNS",
+    "STUDYLIB_RESULTS",
+    "STUDYLIB_FIGURES",
+    "STUDYLIB_CACHE",
+    "STUDYLIB_OUTPUT",
+)
 
 
 def absolute_paths() -> None:
-    """Each STUDYLIB_* path given relative to where the command was typed, made absolute once, at the entry
-    (the command, launch.run): kernels and jobs that start elsewhere (papermill runs a notebook in
-    notebooks/) then read and write the same folders."""
+    """Each STUDYLIB_* path given relative to where the command was typed, made absolute once, at
+    the entry (the command, launch.run): kernels and jobs that start elsewhere (papermill runs a
+    notebook in notebooks/) then read and write the same folders."""
     for name in PATH_VARIABLES:
         value = os.environ.get(name)
         if value and value.strip() and not Path(value).expanduser().is_absolute():
@@ -68,8 +78,9 @@ def runs_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where derived data is kept to save time (decoded image folders, shard tag counts): $STUDYLIB_CACHE,
-    default $XDG_CACHE_HOME/studylib (~/.cache/studylib). Deleting it costs time, never results."""
+    """Where derived data is kept to save time (decoded image folders, shard tag counts):
+    $STUDYLIB_CACHE, default $XDG_CACHE_HOME/studylib (~/.cache/studylib). Deleting it costs time,
+    never results."""
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return folder_from("STUDYLIB_CACHE", home / "studylib")
 
@@ -86,20 +97,31 @@ def figures_dir(key: str) -> Path:
 
 
 def check_output_places(key: str) -> None:
-    """Before anything trains: every folder a command may write (runs, results/<key>, the cache, figures/<key>)
-    is, or can be made, a writable folder."""
-    for variable, folder in (("STUDYLIB_RUNS", runs_dir()), ("STUDYLIB_RESULTS", results_dir(key)),
-                             ("STUDYLIB_CACHE", cache_dir()), ("STUDYLIB_FIGURES", figures_dir(key))):
+    """Before anything trains: every folder a command may write (runs, results/<key>, the cache,
+    figures/<key>) is, or can be made, a writable folder."""
+    for variable, folder in (
+        ("STUDYLIB_RUNS", runs_dir()),
+        ("STUDYLIB_RESULTS", results_dir(key)),
+        ("STUDYLIB_CACHE", cache_dir()),
+        ("STUDYLIB_FIGURES", figures_dir(key)),
+    ):
         existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
         if not existing.is_dir():
-            raise ConfigError(f"{variable}: {existing} is {'a dangling link' if existing.is_symlink() else 'a file'}"
-                              f", where {folder} should be; allowed: a folder")
+            raise ConfigError(
+                f"{variable}: {existing} is "
+                f"{'a dangling link' if existing.is_symlink() else 'a file'}"
+                f", where {folder} should be; allowed: a folder"
+            )
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(f"{variable}: {existing} is not writable, so {folder} cannot be written; "
-                              "allowed: a writable folder")
+            raise ConfigError(
+                f"{variable}: {existing} is not writable, so {folder} cannot be written; "
+                "allowed: a writable folder"
+            )
 
 
-def _check(allowed: str, ok: typing.Callable[[Any], bool], extra: dict | None = None, **kwargs: Any) -> Any:
+def _check(
+    allowed: str, ok: typing.Callable[[Any], bool], extra: dict | None = None, **kwargs: Any
+) -> Any:
     return field(metadata={"allowed": allowed, "ok": ok, **(extra or {})}, **kwargs)
 
 
@@ -121,9 +143,15 @@ def _one_of(choices: typing.Iterable[str], **kwargs: Any) -> Any:
 
 
 def _list_of(choices: typing.Collection[str], **kwargs: Any) -> Any:
-    """A non-empty list of names in `choices`, read when checked (a registry may grow after import)."""
-    return field(metadata={"allowed": lambda: f"a non-empty list of {list(choices)}",
-                           "ok": lambda v: len(v) > 0 and all(x in choices for x in v)}, **kwargs)
+    """A non-empty list of names in `choices`, read when checked (a registry may grow after
+    import)."""
+    return field(
+        metadata={
+            "allowed": lambda: f"a non-empty list of {list(choices)}",
+            "ok": lambda v: len(v) > 0 and all(x in choices for x in v),
+        },
+        **kwargs,
+    )
 
 
 def _dataset_name(name: str) -> bool:
@@ -133,33 +161,42 @@ def _dataset_name(name: str) -> bool:
     return name in BUILTIN_DATASETS or ("/" in name and Path(name).expanduser().is_dir())
 
 
-SPEED_ONLY = {"identity": False}  # field metadata: changes speed, never results, so no run hash or table
-# field metadata of a setting added after runs existed: in a run's identity only where it is not the default, so
-# the runs made before it keep their hashes
+SPEED_ONLY = {
+    "identity": False
+}  # field metadata: changes speed, never results, so no run hash or table
+# field metadata of a setting added after runs existed: in a run's identity only where it is not the
+# default, so the runs made before it keep their hashes
 WHEN_SET = {"identity": "when set"}
 
 
 @dataclass(kw_only=True)
 class DataConfig:
     # images for MAE and, with simulated hashtags, for WSP: the pool
-    pretrain: str = _check(f"one of {BUILTIN_DATASETS} or the path of an existing image folder", _dataset_name,
-                           default="cifar100")
+    pretrain: str = _check(
+        f"one of {BUILTIN_DATASETS} or the path of an existing image folder",
+        _dataset_name,
+        default="cifar100",
+    )
     pretrain_fraction: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)
-    probe: list[str] = _check(f"a list of {BUILTIN_DATASETS} or paths of existing image folders",
-                              lambda v: len(v) > 0 and all(_dataset_name(n) for n in v),
-                              default_factory=lambda: ["cifar10", "cifar100"])
+    probe: list[str] = _check(
+        f"a list of {BUILTIN_DATASETS} or paths of existing image folders",
+        lambda v: len(v) > 0 and all(_dataset_name(n) for n in v),
+        default_factory=lambda: ["cifar10", "cifar100"],
+    )
     # size of the generated `synthetic` dataset (3 KB an image, held in memory)
     synthetic_train: int = _check("in [1, 1000000]", lambda v: 1 <= v <= 1_000_000, default=2000)
     synthetic_test: int = _check("in [1, 1000000]", lambda v: 1 <= v <= 1_000_000, default=500)
-    # the draw of every subset of images (the pool's share, the images per class of probes and fine-tuning,
-    # robustness's test images), the same for every seed of studies.seeds: a seed then varies training
-    # only (init, order, masks, crops), and a difference paired by seed does not carry the data's draw too
+    # the draw of every subset of images (the pool's share, the images per class of probes and
+    # fine-tuning, robustness's test images), the same for every seed of studies.seeds: a seed then
+    # varies training only (init, order, masks, crops), and a difference paired by seed does not
+    # carry the data's draw too
     subset_seed: int = _at_least_zero(default=0)
-    # stream an image-folder pool (data.pretrain: root/train/<class>/<image>, any image sizes) from disk, decoded
-    # and cropped in DataLoader workers, instead of holding it in memory; a folder of shards always streams
+    # stream an image-folder pool (data.pretrain: root/train/<class>/<image>, any image sizes) from
+    # disk, decoded and cropped in DataLoader workers, instead of holding it in memory; a folder of
+    # shards always streams
     stream: bool = _check("true or false", lambda v: isinstance(v, bool), default=False)
-    # a streamed pool (shards, or an image folder with data.stream): WSP's classes are its this many most
-    # frequent tags (part of a WSP run's identity there, and only there)
+    # a streamed pool (shards, or an image folder with data.stream): WSP's classes are its this many
+    # most frequent tags (part of a WSP run's identity there, and only there)
     tag_vocabulary: int = _positive(default=1000)
 
 
@@ -191,18 +228,23 @@ class TrainConfig:
     warmup_epochs: float = _at_least_zero(default=0.0)
     weight_decay: float = _at_least_zero(default=0.05)
     clip_grad: float = _at_least_zero(default=1.0)  # 0: no clipping
-    compile: bool = field(default=False, metadata=SPEED_ONLY)  # torch.compile: +27% for B/16 on an H200
-    # memory: recompute each transformer block's activations in the backward pass instead of keeping them
+    compile: bool = field(
+        default=False, metadata=SPEED_ONLY
+    )  # torch.compile: +27% for B/16 on an H200
+    # memory: recompute each transformer block's activations in the backward pass instead of keeping
+    # them
     activation_checkpointing: bool = field(default=False, metadata=SPEED_ONLY)
-    # in a job of several tasks: ddp (every rank holds the whole model and optimizer) or fsdp (FSDP2: weights,
-    # gradients and AdamW moments sharded over the ranks, each block's weights gathered while it computes)
+    # in a job of several tasks: ddp (every rank holds the whole model and optimizer) or fsdp
+    # (FSDP2: weights, gradients and AdamW moments sharded over the ranks, each block's weights
+    # gathered while it computes)
     sharding: str = _one_of(["ddp", "fsdp"], default="ddp", extra=SPEED_ONLY)
-    # checkpoints as one file of whole tensors gathered on rank 0 (checkpoint.pth), or sharded: a folder
-    # (checkpoint.dcp/) where every rank writes its own shards with torch.distributed.checkpoint, resumable on
-    # any number of ranks
+    # checkpoints as one file of whole tensors gathered on rank 0 (checkpoint.pth), or sharded: a
+    # folder (checkpoint.dcp/) where every rank writes its own shards with
+    # torch.distributed.checkpoint, resumable on any number of ranks
     checkpoint_format: str = _one_of(["whole", "sharded"], default="whole", extra=SPEED_ONLY)
-    # checkpoint.pth also every this many steps and/or minutes inside an epoch (0: at epoch ends only), holding
-    # the data position and random state, so a resumed run goes on with exactly the batches it would have seen
+    # checkpoint.pth also every this many steps and/or minutes inside an epoch (0: at epoch ends
+    # only), holding the data position and random state, so a resumed run goes on with exactly the
+    # batches it would have seen
     checkpoint_every_steps: int = _at_least_zero(default=0, extra=SPEED_ONLY)
     checkpoint_every_min: float = _at_least_zero(default=0.0, extra=SPEED_ONLY)
 
@@ -219,9 +261,11 @@ def _recipe(name: str, default: Any) -> Any:
 class ImageTrainConfig(TrainConfig):
     """A stage that trains on augmented images (not on cached features)."""
 
-    crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.35)  # random-resized-crop area
-    # memory: each optimizer step sums the gradients of this many equal slices of its batch_size images
-    # (losses that are means over images: the same step as one batch, up to float rounding)
+    crop_min: float = _check(
+        "in (0, 1]", lambda v: 0 < v <= 1, default=0.35
+    )  # random-resized-crop area
+    # memory: each optimizer step sums the gradients of this many equal slices of its batch_size
+    # images (losses that are means over images: the same step as one batch, up to float rounding)
     accumulation_steps: int = _positive(default=1, extra=SPEED_ONLY)
 
 
@@ -230,20 +274,29 @@ class MAEConfig(ImageTrainConfig):
     """MAE's recipe: AdamW(0.9, 0.95), wd 0.05, mask 75%, normalised-pixel loss."""
 
     epochs: int = _recipe("epochs", 10)
-    base_lr: float = _recipe("base_lr", 1.5e-3)  # MAE's 1.5e-4 is for 800+ epochs; short schedules need more
+    base_lr: float = _recipe(
+        "base_lr", 1.5e-3
+    )  # MAE's 1.5e-4 is for 800+ epochs; short schedules need more
     warmup_epochs: float = _recipe("warmup_epochs", 1.0)
     clip_grad: float = _recipe("clip_grad", 0.0)
     crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.2)
-    # MAE's own images: "pretrain" (the WSP pool) or a dataset (names joined by '+' are taken together),
-    # and the share of them taken: of the pool, or of that whole dataset. The data-size study varies these.
-    data: str = _check(f"'pretrain', one of {BUILTIN_DATASETS}, the path of an existing image folder, or such "
-                       "names joined by '+'", lambda v: v == "pretrain" or _dataset_name(v), default="pretrain")
+    # MAE's own images: "pretrain" (the WSP pool) or a dataset (names joined by '+' are taken
+    # together), and the share of them taken: of the pool, or of that whole dataset. The data-size
+    # study varies these.
+    data: str = _check(
+        f"'pretrain', one of {BUILTIN_DATASETS}, the path of an existing image folder, or such "
+        "names joined by '+'",
+        lambda v: v == "pretrain" or _dataset_name(v),
+        default="pretrain",
+    )
     data_fraction: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=1.0)
-    # images drawn per epoch (0: one pass over MAE's images); the data-size study sets the pool's size,
-    # so MAE takes the same steps on sets of every size
+    # images drawn per epoch (0: one pass over MAE's images); the data-size study sets the pool's
+    # size, so MAE takes the same steps on sets of every size
     epoch_images: int = _at_least_zero(default=0)
     mask_ratio: float = _check("in (0, 1)", lambda v: 0 < v < 1, default=0.75)
-    decoder_dim: int = _positive(default=64)  # light: at 32 px the decoder sees 4x the encoder's tokens
+    decoder_dim: int = _positive(
+        default=64
+    )  # light: at 32 px the decoder sees 4x the encoder's tokens
     decoder_depth: int = _positive(default=2)
     decoder_heads: int = _positive(default=4)
     norm_pix_loss: bool = True
@@ -254,23 +307,32 @@ class WSPConfig(ImageTrainConfig):
     epochs: int = _recipe("epochs", 3)
     warmup_epochs: float = _recipe("warmup_epochs", 0.5)
     weight_decay: float = _recipe("weight_decay", 0.1)
-    # resampling of rare tags (SWAG, after Mahajan et al. 2018), by LVIS's repeat-factor rule: an image counts
-    # max(1, sqrt(t / f)) times, f the share of the pool's images carrying its rarest tag, t this threshold
-    # (0: off); applied as the image's weight in the loss, the expectation of repeating it that often
-    rare_tag_threshold: float = _check("in [0, 1]", lambda v: 0 <= v <= 1, default=0.0, extra=WHEN_SET)
+    # resampling of rare tags (SWAG, after Mahajan et al. 2018), by LVIS's repeat-factor rule: an
+    # image counts max(1, sqrt(t / f)) times, f the share of the pool's images carrying its rarest
+    # tag, t this threshold (0: off); applied as the image's weight in the loss, the expectation of
+    # repeating it that often
+    rare_tag_threshold: float = _check(
+        "in [0, 1]", lambda v: 0 <= v <= 1, default=0.0, extra=WHEN_SET
+    )
 
 
 @dataclass(kw_only=True)
 class ProbeConfig:
-    """Linear probe: L2 logistic regression on cached features, solved to convergence (studylib.stages.probe)."""
+    """Linear probe: L2 logistic regression on cached features, solved to convergence
+    (studylib.stages.probe)."""
 
     train_per_class: int = _at_least_zero(default=0)  # 0: every training image
-    # L2 strengths tried on a held-out part of the training images; the best one is refit on all of them
-    weight_decays: list[float] = _check("a non-empty list of floats >= 0", lambda v: len(v) > 0 and min(v) >= 0,
-                                        default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+    # L2 strengths tried on a held-out part of the training images; the best one is refit on all of
+    # them
+    weight_decays: list[float] = _check(
+        "a non-empty list of floats >= 0",
+        lambda v: len(v) > 0 and min(v) >= 0,
+        default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+    )
     holdout_fraction: float = _check("in (0, 0.5]", lambda v: 0 < v <= 0.5, default=0.1)
     max_iter: int = _positive(default=1000)  # L-BFGS iterations at most
-    # stop when the gradient's largest entry falls below it: the objective is then within 1e-3 nats of its optimum
+    # stop when the gradient's largest entry falls below it: the objective is then within 1e-3 nats
+    # of its optimum
     tolerance: float = _positive(default=1e-4)
 
 
@@ -282,8 +344,12 @@ class FinetuneConfig(ImageTrainConfig):
     batch_size: int = _recipe("batch_size", 128)
     warmup_epochs: float = _recipe("warmup_epochs", 1.0)
     clip_grad: float = _recipe("clip_grad", 0.0)
-    layer_decay: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.75)  # block lr x decay^(blocks above)
-    drop_path: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)  # stochastic depth rate
+    layer_decay: float = _check(
+        "in (0, 1]", lambda v: 0 < v <= 1, default=0.75
+    )  # block lr x decay^(blocks above)
+    drop_path: float = _check(
+        "in [0, 1)", lambda v: 0 <= v < 1, default=0.1
+    )  # stochastic depth rate
     train_per_class: int = _at_least_zero(default=0)  # 0: every training image
     label_smoothing: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)
     # at least this many optimizer steps on every dataset: a small training set gets more epochs
@@ -293,15 +359,19 @@ class FinetuneConfig(ImageTrainConfig):
 
 @dataclass(kw_only=True)
 class LowShotConfig:
-    shots: list[int] = _check("a non-empty list of ints > 0", lambda v: len(v) > 0 and min(v) > 0,
-                              default_factory=lambda: [1, 5, 10])
+    shots: list[int] = _check(
+        "a non-empty list of ints > 0",
+        lambda v: len(v) > 0 and min(v) > 0,
+        default_factory=lambda: [1, 5, 10],
+    )
     draws: int = _positive(default=5)  # random draws of the k examples per class
     weight_decay: float = _at_least_zero(default=1e-3)  # L2 penalty of the logistic regression
 
 
 @dataclass(kw_only=True)
 class ZeroShotConfig(TrainConfig):
-    """Locked-image tuning (LiT): the image tower frozen, a text tower trained on hashtag captions."""
+    """Locked-image tuning (LiT): the image tower frozen, a text tower trained on hashtag
+    captions."""
 
     epochs: int = _recipe("epochs", 10)
     warmup_epochs: float = _recipe("warmup_epochs", 1.0)
@@ -309,15 +379,20 @@ class ZeroShotConfig(TrainConfig):
     text_depth: int = _positive(default=2)
     text_heads: int = _positive(default=4)
     max_tokens: int = _positive(default=16)
-    templates: list[str] = _check("a non-empty list of texts, each with one {}",
-                                  lambda v: len(v) > 0 and all(t.count("{}") == 1 for t in v),
-                                  default_factory=lambda: ["{}", "#{}", "a photo of a {}.", "a picture of the {}."])
+    templates: list[str] = _check(
+        "a non-empty list of texts, each with one {}",
+        lambda v: len(v) > 0 and all(t.count("{}") == 1 for t in v),
+        default_factory=lambda: ["{}", "#{}", "a photo of a {}.", "a picture of the {}."],
+    )
 
 
 @dataclass(kw_only=True)
 class RobustnessConfig:
-    corruptions: list[str] = _list_of(CORRUPTIONS, default_factory=lambda: list(CORRUPTIONS))  # severities 1-5
-    # a class-balanced share of the test set, this many images (test_images // classes of each); 0: all
+    corruptions: list[str] = _list_of(
+        CORRUPTIONS, default_factory=lambda: list(CORRUPTIONS)
+    )  # severities 1-5
+    # a class-balanced share of the test set, this many images (test_images // classes of each); 0:
+    # all
     test_images: int = _at_least_zero(default=0)
 
 
@@ -333,7 +408,8 @@ class TransferConfig:
 
 
 def parse_mae_data(text: str) -> tuple[str, float]:
-    """A point of studies.mae_data: 'pretrain:0.2' -> ('pretrain', 0.2); ValueError if it is not one."""
+    """A point of studies.mae_data: 'pretrain:0.2' -> ('pretrain', 0.2); ValueError if it is not
+    one."""
     name, sep, fraction = text.rpartition(":")
     if not sep:
         raise ValueError(f"{text!r} has no ':FRACTION'")
@@ -350,30 +426,47 @@ def _mae_data_point(text: str) -> bool:
 
 @dataclass(kw_only=True)
 class StudiesConfig:
-    """What the scaling studies sweep (studylib.study); each point is a set of ordinary runs, once per seed."""
+    """What the scaling studies sweep (studylib.study); each point is a set of ordinary runs, once
+    per seed."""
 
-    seeds: list[int] = _check("a non-empty list of ints >= 0", lambda v: len(v) > 0 and min(v) >= 0,
-                              default_factory=lambda: [0])
+    seeds: list[int] = _check(
+        "a non-empty list of ints >= 0",
+        lambda v: len(v) > 0 and min(v) >= 0,
+        default_factory=lambda: [0],
+    )
     model_sizes: list[str] = _list_of(VIT_SIZES, default_factory=lambda: ["nano", "micro"])
-    # MAE's images as DATASET:FRACTION: that share of the pool ('pretrain') or of a whole dataset (names
-    # joined by '+' are taken together); MAE takes the same steps at every point (mae.epoch_images)
-    mae_data: list[str] = _check("a non-empty list of 'pretrain:F' or 'DATASET:F', F in (0, 1]",
-                                 lambda v: len(v) > 0 and all(_mae_data_point(p) for p in v),
-                                 default_factory=lambda: ["pretrain:0.2", "pretrain:1", "cifar10:1"])
-    wsp_epochs: list[int] = _check(f"a non-empty list of ints in [1, {MAX_EPOCHS}]",
-                                   lambda v: len(v) > 0 and 1 <= min(v) and max(v) <= MAX_EPOCHS,
-                                   default_factory=lambda: [1, 2, 4])
+    # MAE's images as DATASET:FRACTION: that share of the pool ('pretrain') or of a whole dataset
+    # (names joined by '+' are taken together); MAE takes the same steps at every point
+    # (mae.epoch_images)
+    mae_data: list[str] = _check(
+        "a non-empty list of 'pretrain:F' or 'DATASET:F', F in (0, 1]",
+        lambda v: len(v) > 0 and all(_mae_data_point(p) for p in v),
+        default_factory=lambda: ["pretrain:0.2", "pretrain:1", "cifar10:1"],
+    )
+    wsp_epochs: list[int] = _check(
+        f"a non-empty list of ints in [1, {MAX_EPOCHS}]",
+        lambda v: len(v) > 0 and 1 <= min(v) and max(v) <= MAX_EPOCHS,
+        default_factory=lambda: [1, 2, 4],
+    )
     arms: list[str] = _list_of(ARMS, default_factory=lambda: list(ARMS))  # arms the studies compare
-    # seeds that chose a setting (pilot seeds: `studylib study --pilot`, `studylib plan`); the verdicts come from
-    # `seeds`, fresh confirmation seeds that chose nothing
-    pilot_seeds: list[int] = _check("a list of ints >= 0", lambda v: not v or min(v) >= 0, default_factory=list)
-    # 'STUDY:N': that study runs the first N of `seeds` only, where every seed costs too much (its rows say n)
-    seed_counts: list[str] = field(default_factory=list, metadata={
-        "allowed": lambda: f"a list of 'STUDY:N', STUDY one of {list(STUDIES)}, N >= 1",
-        "ok": lambda v: all(_seed_count(x) for x in v)})
+    # seeds that chose a setting (pilot seeds: `studylib study --pilot`, `studylib plan`); the
+    # verdicts come from `seeds`, fresh confirmation seeds that chose nothing
+    pilot_seeds: list[int] = _check(
+        "a list of ints >= 0", lambda v: not v or min(v) >= 0, default_factory=list
+    )
+    # 'STUDY:N': that study runs the first N of `seeds` only, where every seed costs too much (its
+    # rows say n)
+    seed_counts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "allowed": lambda: f"a list of 'STUDY:N', STUDY one of {list(STUDIES)}, N >= 1",
+            "ok": lambda v: all(_seed_count(x) for x in v),
+        },
+    )
 
     def seeds_of(self, study: str, pilot: bool = False) -> list[int]:
-        """The seeds `study` runs: every pilot seed, or the first N confirmation seeds of seed_counts."""
+        """The seeds `study` runs: every pilot seed, or the first N confirmation seeds of
+        seed_counts."""
         if pilot:
             return list(self.pilot_seeds)
         counts = dict(text.split(":") for text in self.seed_counts)
@@ -387,9 +480,10 @@ def _seed_count(text: str) -> bool:
 
 @dataclass(kw_only=True)
 class ClaimPlan:
-    """One claim's analysis, declared before its confirmation runs (studylib.findings): the comparison that
-    decides it, the others reported beside it (fnmatch patterns of comparison keys), Holm-corrected together,
-    and the 95% half-widths that `studylib plan` sizes the seeds for (0: no target)."""
+    """One claim's analysis, declared before its confirmation runs (studylib.findings): the
+    comparison that decides it, the others reported beside it (fnmatch patterns of comparison keys),
+    Holm-corrected together, and the 95% half-widths that `studylib plan` sizes the seeds for (0: no
+    target)."""
 
     primary: str = ""
     secondary: list[str] = field(default_factory=lambda: ["*"])
@@ -399,7 +493,8 @@ class ClaimPlan:
 
 @dataclass(kw_only=True)
 class AnalysisConfig:
-    """The analysis plan of the paper's four claims (keys: `studylib findings` lists every comparison's)."""
+    """The analysis plan of the paper's four claims (keys: `studylib findings` lists every
+    comparison's)."""
 
     alpha: float = _check("in (0, 0.5]", lambda v: 0 < v <= 0.5, default=0.05)
     a: ClaimPlan = field(default_factory=lambda: ClaimPlan(primary="probe/cifar100"))
@@ -410,9 +505,12 @@ class AnalysisConfig:
 
 @dataclass(kw_only=True)
 class LaunchConfig:
-    """Where jobs run (studylib.launch); none of it changes a run's result, its hash or its table."""
+    """Where jobs run (studylib.launch); none of it changes a run's result, its hash or its
+    table."""
 
-    executor: str = _one_of(["auto", "local", "debug", "slurm"], default="auto")  # auto: slurm where sbatch exists
+    executor: str = _one_of(
+        ["auto", "local", "debug", "slurm"], default="auto"
+    )  # auto: slurm where sbatch exists
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -426,17 +524,25 @@ class LaunchConfig:
     array_parallelism: int = _positive(default=16)
 
 
-INTERNAL = {"internal": True}  # field metadata: set by load_experiment, never by a config file or --set
+INTERNAL = {
+    "internal": True
+}  # field metadata: set by load_experiment, never by a config file or --set
 
 
 @dataclass(kw_only=True)
 class Experiment:
     preset: str = field(default="", metadata=INTERNAL)
-    overrides: dict[str, Any] = field(default_factory=dict, metadata=INTERNAL)  # what differs from the preset
+    overrides: dict[str, Any] = field(
+        default_factory=dict, metadata=INTERNAL
+    )  # what differs from the preset
     model: str = _one_of(VIT_SIZES, default="micro")
     seed: int = _at_least_zero(default=0)  # of single runs; studies run every seed of studies.seeds
-    device: str = field(default="auto", metadata={**_one_of(["auto", "cpu", "cuda"]).metadata, **SPEED_ONLY})
-    precision: str = _one_of(["auto", "bf16", "fp32"], default="auto")  # auto: bf16 where native: GPU, AMX, avx512_bf16
+    device: str = field(
+        default="auto", metadata={**_one_of(["auto", "cpu", "cuda"]).metadata, **SPEED_ONLY}
+    )
+    precision: str = _one_of(
+        ["auto", "bf16", "fp32"], default="auto"
+    )  # auto: bf16 where native: GPU, AMX, avx512_bf16
     data: DataConfig = field(default_factory=DataConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
@@ -444,10 +550,13 @@ class Experiment:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     studies: StudiesConfig = field(default_factory=StudiesConfig)
-    # decides findings, not tables: not part of any run or results key (findings.md records its hash)
+    # decides findings, not tables: not part of any run or results key (findings.md records its
+    # hash)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig, metadata={"identity": False})
     launch: LaunchConfig = field(default_factory=LaunchConfig, metadata=SPEED_ONLY)
-    pilot: bool = field(default=False, metadata=INTERNAL)  # `studylib study --pilot`: studies.pilot_seeds
+    pilot: bool = field(
+        default=False, metadata=INTERNAL
+    )  # `studylib study --pilot`: studies.pilot_seeds
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -462,8 +571,8 @@ class Experiment:
     @property
     def results_key(self) -> str:
         """Where this experiment's study tables and figures go: the preset's own folder, or, with
-        overrides that change results, `<preset>+<hash of the overrides>`, so neither replaces the other;
-        pilot seeds' tables in its `pilot/` folder."""
+        overrides that change results, `<preset>+<hash of the overrides>`, so neither replaces the
+        other; pilot seeds' tables in its `pilot/` folder."""
         key = self.preset if not self.overrides else f"{self.preset}+{config_hash(self.overrides)}"
         return f"{key}/pilot" if self.pilot else key
 
@@ -472,9 +581,13 @@ def result_settings(value: Any) -> Any:
     """A config section as it decides results: its values without the speed-only ones."""
     if not dataclasses.is_dataclass(value):
         return value
-    return {f.name: result_settings(getattr(value, f.name)) for f in dataclasses.fields(value)
-            if f.metadata.get("identity", True) and not f.metadata.get("internal")
-            and not (f.metadata.get("identity") == "when set" and getattr(value, f.name) == f.default)}
+    return {
+        f.name: result_settings(getattr(value, f.name))
+        for f in dataclasses.fields(value)
+        if f.metadata.get("identity", True)
+        and not f.metadata.get("internal")
+        and not (f.metadata.get("identity") == "when set" and getattr(value, f.name) == f.default)
+    }
 
 
 def config_hash(obj: Any) -> str:
@@ -484,13 +597,15 @@ def config_hash(obj: Any) -> str:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """YAML without its traps for a config: a key given twice, or an alias (*name), is an error, not the
-    last one silently winning or a billion-fold expansion."""
+    """YAML without its traps for a config: a key given twice, or an alias (*name), is an error, not
+    the last one silently winning or a billion-fold expansion."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
-            raise yaml.YAMLError(f"line {mark.line + 1}: aliases (*name) are not allowed in a config")
+            raise yaml.YAMLError(
+                f"line {mark.line + 1}: aliases (*name) are not allowed in a config"
+            )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -498,7 +613,9 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: key {shown(key)} is given twice")
+                raise yaml.YAMLError(
+                    f"line {key_node.start_mark.line + 1}: key {shown(key)} is given twice"
+                )
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -515,38 +632,55 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key.strip(), _yaml(value) if value.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {key.strip()[:80]}: value {shown(value)} is not valid YAML "
-                          f"({shown(' '.join(str(err).split()), 120)})") from None
+        raise ConfigError(
+            f"override {key.strip()[:80]}: value {shown(value)} is not valid YAML "
+            f"({shown(' '.join(str(err).split()), 120)})"
+        ) from None
 
 
-def load_experiment(preset: str, overrides: list[str] | tuple[str, ...] = (),
-                    config_file: str | Path | None = None) -> Experiment:
-    """The validated Experiment of `preset` in `config_file`, with `overrides` ('key=value') on top."""
+def load_experiment(
+    preset: str, overrides: list[str] | tuple[str, ...] = (), config_file: str | Path | None = None
+) -> Experiment:
+    """The validated Experiment of `preset` in `config_file`, with `overrides` ('key=value') on
+    top."""
     path = Path(config_file) if config_file is not None else DEFAULT_CONFIG_FILE
     try:
         document = _yaml(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); allowed: a UTF-8 YAML file") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {err.start}); allowed: a UTF-8 YAML file"
+        ) from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {shown(' '.join(str(err).split()), 200)}") from None
+        raise ConfigError(
+            f"{path}: not valid YAML: {shown(' '.join(str(err).split()), 200)}"
+        ) from None
     if not PRESET_NAME.fullmatch(preset):
-        raise ConfigError(f"preset {shown(preset)}: not a preset name; allowed: letters, digits, '_' and '-' "
-                          "(it names folders under STUDYLIB_RUNS and STUDYLIB_RESULTS)")
+        raise ConfigError(
+            f"preset {shown(preset)}: not a preset name; allowed: letters, digits, '_' and '-' "
+            "(it names folders under STUDYLIB_RUNS and STUDYLIB_RESULTS)"
+        )
     if not isinstance(document, dict) or not isinstance(document.get("presets"), dict):
         raise ConfigError(f"{path}: expected a mapping with a 'presets' key")
     presets = document["presets"]
     if preset not in presets:
-        raise ConfigError(f"{path}: unknown preset {preset!r}{_suggest(preset, presets)}; "
-                          f"allowed: {sorted(presets)}")
+        raise ConfigError(
+            f"{path}: unknown preset {preset!r}{_suggest(preset, presets)}; "
+            f"allowed: {sorted(presets)}"
+        )
     bad = [name for name in presets if not PRESET_NAME.fullmatch(str(name))]
     if bad:
-        raise ConfigError(f"{path}: preset name {shown(bad[0])} is not allowed; must be letters, digits, '_' and '-'")
+        raise ConfigError(
+            f"{path}: preset name {shown(bad[0])} is not allowed; must be letters, digits, '_' and "
+            "'-'"
+        )
     unknown_top = set(document) - {"presets"}
     if unknown_top:
-        raise ConfigError(f"{path}: unknown top-level key {sorted(unknown_top)[0]!r}; allowed: ['presets'] "
-                          "(defaults live in studylib/config.py)")
+        raise ConfigError(
+            f"{path}: unknown top-level key {sorted(unknown_top)[0]!r}; allowed: ['presets'] "
+            "(defaults live in studylib/config.py)"
+        )
 
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -561,13 +695,17 @@ def load_experiment(preset: str, overrides: list[str] | tuple[str, ...] = (),
             nested = {part: nested}
         _merge(values, origins, nested, "override")
     exp = _build(Experiment, values, origins, prefix="")
-    if "seed" in set_by_override:  # a seed asked for on the command line is the seed the studies run
+    if (
+        "seed" in set_by_override
+    ):  # a seed asked for on the command line is the seed the studies run
         if "studies.seeds" not in set_by_override:
             exp.studies.seeds = [exp.seed]
             exp.studies.pilot_seeds = [s for s in exp.studies.pilot_seeds if s != exp.seed]
         elif exp.seed not in exp.studies.seeds:
-            raise ConfigError(f"override seed: {exp.seed} is not among studies.seeds {exp.studies.seeds}, "
-                              "which the studies run; allowed: one of them, or leave seed out")
+            raise ConfigError(
+                f"override seed: {exp.seed} is not among studies.seeds {exp.studies.seeds}, "
+                "which the studies run; allowed: one of them, or leave seed out"
+            )
     _check_together(exp, origins)
     exp.preset = preset
     mine, theirs = _flatten(result_settings(exp)), _flatten(result_settings(own))
@@ -588,53 +726,87 @@ def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
     """Checks of several values at once, which single fields cannot make."""
     zeroshot = exp.transfer.zeroshot
-    for key, dim, heads in (("mae.decoder_dim", exp.mae.decoder_dim, exp.mae.decoder_heads),
-                            ("transfer.zeroshot.text_dim", zeroshot.text_dim, zeroshot.text_heads)):
+    for key, dim, heads in (
+        ("mae.decoder_dim", exp.mae.decoder_dim, exp.mae.decoder_heads),
+        ("transfer.zeroshot.text_dim", zeroshot.text_dim, zeroshot.text_heads),
+    ):
         heads_key = key.rsplit("_", 1)[0] + "_heads"
         if dim % heads and origins.get(heads_key) == "override" and origins.get(key) != "override":
-            raise ConfigError(f"{_where(origins, heads_key)}: {heads} heads do not split {key} = {dim}; "
-                              f"allowed: divisors of {dim}")
+            raise ConfigError(
+                f"{_where(origins, heads_key)}: {heads} heads do not split {key} = {dim}; "
+                f"allowed: divisors of {dim}"
+            )
         if dim % heads:
-            raise ConfigError(f"{_where(origins, key)}: {dim} does not split into {heads} heads; "
-                              f"allowed: multiples of {heads_key} = {heads}")
-    for key, section in (("mae", exp.mae), ("wsp", exp.wsp), ("transfer.finetune", exp.transfer.finetune)):
+            raise ConfigError(
+                f"{_where(origins, key)}: {dim} does not split into {heads} heads; "
+                f"allowed: multiples of {heads_key} = {heads}"
+            )
+    for key, section in (
+        ("mae", exp.mae),
+        ("wsp", exp.wsp),
+        ("transfer.finetune", exp.transfer.finetune),
+    ):
         per_step = section.batch_size // exp.launch.nodes // exp.launch.tasks_per_node
         if per_step % section.accumulation_steps:
-            raise ConfigError(f"{_where(origins, key + '.accumulation_steps')}: {section.accumulation_steps} slices do "
-                              f"not split {key}.batch_size {section.batch_size} ({per_step} images per task); "
-                              f"allowed: divisors of {per_step}")
+            raise ConfigError(
+                f"{_where(origins, key + '.accumulation_steps')}: {section.accumulation_steps} "
+                "slices do "
+                f"not split {key}.batch_size {section.batch_size} ({per_step} images per task); "
+                f"allowed: divisors of {per_step}"
+            )
     streamed = exp.data.stream or (Path(exp.data.pretrain).expanduser() / "shards.json").is_file()
     if streamed and exp.mae.epoch_images and exp.mae.data == "pretrain":
-        raise ConfigError(f"{_where(origins, 'mae.epoch_images')}: {exp.mae.epoch_images} on a streamed pool, which "
-                          "reads each image once an epoch; allowed: 0 (set mae.epochs instead)")
+        raise ConfigError(
+            f"{_where(origins, 'mae.epoch_images')}: {exp.mae.epoch_images} on a streamed pool, "
+            "which "
+            "reads each image once an epoch; allowed: 0 (set mae.epochs instead)"
+        )
     shared = sorted(set(exp.studies.pilot_seeds) & set(exp.studies.seeds))
     if shared:
-        raise ConfigError(f"{_where(origins, 'studies.pilot_seeds')}: seed {shared[0]} is also a confirmation seed "
-                          "(studies.seeds); allowed: pilot seeds apart from the seeds that decide the verdicts")
+        raise ConfigError(
+            f"{_where(origins, 'studies.pilot_seeds')}: seed {shared[0]} is also a confirmation "
+            "seed "
+            "(studies.seeds); allowed: pilot seeds apart from the seeds that decide the verdicts"
+        )
     if exp.data.stream and (exp.data.pretrain in BUILTIN_DATASETS or "+" in exp.data.pretrain):
-        raise ConfigError(f"{_where(origins, 'data.stream')}: data.pretrain {exp.data.pretrain} cannot be streamed; "
-                          "allowed: data.stream true with data.pretrain an image folder path, else false")
+        raise ConfigError(
+            f"{_where(origins, 'data.stream')}: data.pretrain {exp.data.pretrain} cannot be "
+            "streamed; "
+            "allowed: data.stream true with data.pretrain an image folder path, else false"
+        )
     for size in dict.fromkeys([exp.model, *exp.studies.model_sizes]):
         spec = VIT_SIZES[size]
         patches = (spec["img_size"] // spec["patch_size"]) ** 2
         if not 0 < round(patches * (1 - exp.mae.mask_ratio)) < patches:
-            raise ConfigError(f"{_where(origins, 'mae.mask_ratio')}: {exp.mae.mask_ratio} hides no patch or every "
-                              f"patch of {size}'s {patches}; "
-                              f"allowed: in ({0.5 / patches:.3f}, {1 - 0.5 / patches:.3f})")
-    for key, values in (("studies.seeds", exp.studies.seeds), ("studies.pilot_seeds", exp.studies.pilot_seeds),
-                        ("studies.model_sizes", exp.studies.model_sizes),
-                        ("studies.mae_data", exp.studies.mae_data), ("studies.wsp_epochs", exp.studies.wsp_epochs),
-                        ("studies.arms", exp.studies.arms), ("transfer.tasks", exp.transfer.tasks),
-                        ("probe.weight_decays", exp.probe.weight_decays),
-                        ("transfer.lowshot.shots", exp.transfer.lowshot.shots)):
+            raise ConfigError(
+                f"{_where(origins, 'mae.mask_ratio')}: {exp.mae.mask_ratio} hides no patch or "
+                "every "
+                f"patch of {size}'s {patches}; "
+                f"allowed: in ({0.5 / patches:.3f}, {1 - 0.5 / patches:.3f})"
+            )
+    for key, values in (
+        ("studies.seeds", exp.studies.seeds),
+        ("studies.pilot_seeds", exp.studies.pilot_seeds),
+        ("studies.model_sizes", exp.studies.model_sizes),
+        ("studies.mae_data", exp.studies.mae_data),
+        ("studies.wsp_epochs", exp.studies.wsp_epochs),
+        ("studies.arms", exp.studies.arms),
+        ("transfer.tasks", exp.transfer.tasks),
+        ("probe.weight_decays", exp.probe.weight_decays),
+        ("transfer.lowshot.shots", exp.transfer.lowshot.shots),
+    ):
         if len(set(values)) < len(values):
-            raise ConfigError(f"{_where(origins, key)}: {values} repeats a value; allowed: distinct values")
+            raise ConfigError(
+                f"{_where(origins, key)}: {values} repeats a value; allowed: distinct values"
+            )
 
 
 def _merge(values: dict, origins: dict, new: Any, origin: str, prefix: str = "") -> None:
     if not isinstance(new, dict):
-        raise ConfigError(f"{origin}{'.' + prefix.rstrip('.') if prefix else ''}: expected a mapping, "
-                          f"got {shown(new)}")
+        raise ConfigError(
+            f"{origin}{'.' + prefix.rstrip('.') if prefix else ''}: expected a mapping, "
+            f"got {shown(new)}"
+        )
     for key, value in new.items():
         key = str(key)
         if isinstance(value, dict):
@@ -648,8 +820,8 @@ def _merge(values: dict, origins: dict, new: Any, origin: str, prefix: str = "")
 
 
 def _where(origins: dict[str, str], key: str) -> str:
-    """Where `key` was set: a file's preset or an override; for a section, where a key inside it was set
-    (that key named in full when it came from an override)."""
+    """Where `key` was set: a file's preset or an override; for a section, where a key inside it was
+    set (that key named in full when it came from an override)."""
     inside = [k for k in origins if k.startswith(key + ".")]
     if key not in origins and inside:
         key = next((k for k in inside if origins[k] == "override"), key)
@@ -671,20 +843,26 @@ def _build(cls: type, values: dict[str, Any], origins: dict[str, str], prefix: s
     for key, value in values.items():
         full = prefix + key
         if key not in known:
-            raise ConfigError(f"{_where(origins, full)}: unknown key {shown(key)}{_suggest(key, known)}; "
-                              f"allowed: {sorted(known)}")
+            raise ConfigError(
+                f"{_where(origins, full)}: unknown key {shown(key)}{_suggest(key, known)}; "
+                f"allowed: {sorted(known)}"
+            )
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ConfigError(f"{_where(origins, full)}: expected a mapping of "
-                                  f"{sorted(f.name for f in dataclasses.fields(hint))}, got {shown(value)}")
+                raise ConfigError(
+                    f"{_where(origins, full)}: expected a mapping of "
+                    f"{sorted(f.name for f in dataclasses.fields(hint))}, got {shown(value)}"
+                )
             kwargs[key] = _build(hint, value, origins, full + ".")
             continue
         value = _coerce(value, hint, _where(origins, full))
         meta = known[key].metadata
         if "ok" in meta and not meta["ok"](value):
             allowed = meta["allowed"]() if callable(meta["allowed"]) else meta["allowed"]
-            raise ConfigError(f"{_where(origins, full)}: {shown(value)} is not allowed; must be {allowed}")
+            raise ConfigError(
+                f"{_where(origins, full)}: {shown(value)} is not allowed; must be {allowed}"
+            )
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -703,7 +881,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: expected {hint.__name__}, got {shown(value)}")
         if hint is int and not -INT_LIMIT <= value <= INT_LIMIT:
-            raise ConfigError(f"{where}: {shown(value)} is not allowed; must be at most {INT_LIMIT} in size")
+            raise ConfigError(
+                f"{where}: {shown(value)} is not allowed; must be at most {INT_LIMIT} in size"
+            )
         return value
     origin = typing.get_origin(hint)
     if origin is list:

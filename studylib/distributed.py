@@ -21,13 +21,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' asked for, but torch sees no CUDA device; allowed here: auto, cpu")
+        raise ConfigError(
+            "device: 'cuda' asked for, but torch sees no CUDA device; allowed here: auto, cpu"
+        )
     return torch.device(name)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. 'auto' takes bf16 where the hardware computes it: a GPU
-    that supports it, a CPU with AMX or avx512_bf16 (elsewhere torch emulates bf16, slower than fp32)."""
+    """The autocast dtype, or None for plain fp32. 'auto' takes bf16 where the hardware computes it:
+    a GPU that supports it, a CPU with AMX or avx512_bf16 (elsewhere torch emulates bf16, slower
+    than fp32)."""
     if name == "fp32":
         return None
     if device.type == "cuda":
@@ -37,7 +40,8 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 @functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX or avx512_bf16); elsewhere torch emulates it slowly."""
+    """Whether this CPU computes bf16 natively (AMX or avx512_bf16); elsewhere torch emulates it
+    slowly."""
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
@@ -101,7 +105,8 @@ def agree(flag: bool) -> bool:
 
 
 def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag, true where it is true on any rank (one small all-reduce; `flags` itself for one process)."""
+    """Each flag, true where it is true on any rank (one small all-reduce; `flags` itself for one
+    process)."""
     if not dist.is_initialized():
         return flags
     box = torch.tensor(flags, dtype=torch.int32, device=device)
@@ -115,8 +120,8 @@ def barrier() -> None:
 
 
 def gather_rows(part: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Every rank's `part` (its first counts[rank] rows; all parts the same shape), concatenated in rank
-    order, on every rank; `part` itself for one process."""
+    """Every rank's `part` (its first counts[rank] rows; all parts the same shape), concatenated in
+    rank order, on every rank; `part` itself for one process."""
     if not dist.is_initialized():
         return part[: counts[0]]
     parts = [torch.empty_like(part) for _ in counts]
@@ -125,7 +130,8 @@ def gather_rows(part: torch.Tensor, counts: list[int]) -> torch.Tensor:
 
 
 def gather_objects(part: list) -> list:
-    """Every rank's list `part`, concatenated in rank order, on every rank; `part` itself for one process."""
+    """Every rank's list `part`, concatenated in rank order, on every rank; `part` itself for one
+    process."""
     if not dist.is_initialized():
         return part
     parts = [None] * dist.get_world_size()

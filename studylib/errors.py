@@ -1,6 +1,8 @@
-"""studylib's errors, in a module that imports only the standard library, so every other module can raise them.
+"""studylib's errors, in a module that imports only the standard library, so every other module can
+raise them.
 
-Each one reaches the user as one line (`studylib: error: ...`) and its exit code; none is a traceback.
+Each one reaches the user as one line (`studylib: error: ...`) and its exit code; none is a
+traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import sys
 
 def cut(text: str, limit: int) -> str:
     """`text` cut to about `limit` characters, saying how long it was."""
-    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
 
 
 def shown(value: object, limit: int = 80) -> str:
@@ -24,13 +26,16 @@ def one_line(message: str, limit: int = 1000) -> str:
 
 
 def one_line_in_notebooks() -> None:
-    """In a Jupyter kernel, show a StudylibError as its one line instead of a traceback (the cell still
-    fails, so papermill and nbval stop on it). Outside IPython, nothing."""
+    """In a Jupyter kernel, show a StudylibError as its one line instead of a traceback (the cell
+    still fails, so papermill and nbval stop on it). Outside IPython, nothing."""
     try:
         from IPython import get_ipython
     except ImportError:
         return
-    def show(_shell: object, _type: type, err: StudylibError, _tb: object, tb_offset: int | None = None) -> list[str]:
+
+    def show(
+        _shell: object, _type: type, err: StudylibError, _tb: object, tb_offset: int | None = None
+    ) -> list[str]:
         line = f"studylib: {err.kind}: {err}"
         print(line, file=sys.stderr, flush=True)
         return [line]
@@ -56,7 +61,8 @@ class DataError(StudylibError):
 
 
 class RunFolderError(StudylibError):
-    """A run folder whose files cannot be used as they are: weights of another run, too little disk."""
+    """A run folder whose files cannot be used as they are: weights of another run, too little
+    disk."""
 
 
 class DivergedError(StudylibError, RuntimeError):

@@ -1,9 +1,9 @@
-"""A trained encoder in the layout that timm and the Hugging Face Hub load: `studylib export RUN --out DIR`
-writes `model.safetensors` (the encoder's weights), a timm-style `config.json` (architecture, the ViT's
-arguments, image size, mean and std) and a model card `README.md` (stage, preset, the run's identity and
-metrics, the command that reproduces it). `huggingface-cli upload USER/NAME DIR` publishes the folder as it is;
-timm then loads it with `timm.create_model("hf-hub:USER/NAME", pretrained=True)`, or from the folder with
-`load(DIR)` below.
+"""A trained encoder in the layout that timm and the Hugging Face Hub load: `studylib export RUN
+--out DIR` writes `model.safetensors` (the encoder's weights), a timm-style `config.json`
+(architecture, the ViT's arguments, image size, mean and std) and a model card `README.md` (stage,
+preset, the run's identity and metrics, the command that reproduces it). `huggingface-cli upload
+USER/NAME DIR` publishes the folder as it is; timm then loads it with
+`timm.create_model("hf-hub:USER/NAME", pretrained=True)`, or from the folder with `load(DIR)` below.
 """
 
 from __future__ import annotations
@@ -27,19 +27,34 @@ def find_run(name: str, preset: str) -> Path:
     for path in (Path(name).expanduser(), runs_dir() / preset / name):
         if (path / "config.yaml").is_file():
             return path
-    raise ConfigError(f"run {name!r}: no run folder there or under {runs_dir() / preset}; allowed: a finished run "
-                      "with encoder.pth (e.g. mae-1a2b3c4d, or its path)")
+    raise ConfigError(
+        f"run {name!r}: no run folder there or under {runs_dir() / preset}; allowed: a finished "
+        "run "
+        "with encoder.pth (e.g. mae-1a2b3c4d, or its path)"
+    )
 
 
 def timm_config(size: str) -> dict[str, Any]:
-    """timm's Hub config.json for a studylib ViT size: the encoder's output is its normalised class token."""
+    """timm's Hub config.json for a studylib ViT size: the encoder's output is its normalised class
+    token."""
     from studylib.data import MEAN, STD
 
     spec = VIT_SIZES[size]
-    return {"architecture": ARCHITECTURE, "num_classes": 0, "num_features": spec["embed_dim"], "global_pool": "token",
-            "model_args": {**spec, "num_classes": 0, "global_pool": "token"},
-            "pretrained_cfg": {"input_size": [3, spec["img_size"], spec["img_size"]], "mean": list(MEAN),
-                               "std": list(STD), "interpolation": "bicubic", "crop_pct": 1.0, "num_classes": 0}}
+    return {
+        "architecture": ARCHITECTURE,
+        "num_classes": 0,
+        "num_features": spec["embed_dim"],
+        "global_pool": "token",
+        "model_args": {**spec, "num_classes": 0, "global_pool": "token"},
+        "pretrained_cfg": {
+            "input_size": [3, spec["img_size"], spec["img_size"]],
+            "mean": list(MEAN),
+            "std": list(STD),
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+            "num_classes": 0,
+        },
+    }
 
 
 def export(run_path: Path, out: Path) -> list[Path]:
@@ -51,38 +66,84 @@ def export(run_path: Path, out: Path) -> list[Path]:
     record = yaml.safe_load((run_path / "config.yaml").read_text())
     size = record["identity"].get("model")
     saved = load_weights(run_path / "encoder.pth")
-    state = saved.get("state") if isinstance(saved, dict) and saved.get("run") == run_path.name else None
+    state = (
+        saved.get("state")
+        if isinstance(saved, dict) and saved.get("run") == run_path.name
+        else None
+    )
     if state is None or size not in VIT_SIZES:
-        raise RunFolderError(f"{run_path}: no loadable encoder.pth of a known model size; allowed: a finished "
-                             "init, mae or wsp run")
+        raise RunFolderError(
+            f"{run_path}: no loadable encoder.pth of a known model size; allowed: a finished "
+            "init, mae or wsp run"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out}: exists and is not an empty folder; allowed: a new or empty folder")
+        raise ConfigError(
+            f"--out {out}: exists and is not an empty folder; allowed: a new or empty folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt", "studylib_run": run_path.name})
+    save_file(
+        tensors,
+        str(out / "model.safetensors"),
+        metadata={"format": "pt", "studylib_run": run_path.name},
+    )
     atomic_write(out / "config.json", lambda f: json.dump(timm_config(size), f, indent=2))
     atomic_write(out / "README.md", lambda f: f.write(model_card(run_path, record)))
     return [out / "model.safetensors", out / "config.json", out / "README.md"]
 
 
 def model_card(run_path: Path, record: dict) -> str:
-    """The Hub's model card: what the weights are, how they were made and measured, and how to load them."""
+    """The Hub's model card: what the weights are, how they were made and measured, and how to load
+    them."""
     identity, experiment = record["identity"], record.get("experiment", {})
-    results = json.loads((run_path / "results.json").read_text()) if (run_path / "results.json").exists() else {}
+    results = (
+        json.loads((run_path / "results.json").read_text())
+        if (run_path / "results.json").exists()
+        else {}
+    )
     overrides = " ".join(f"--set {k}={v}" for k, v in (experiment.get("overrides") or {}).items())
-    return "\n".join([
-        "---", "library_name: timm", "tags: [image-feature-extraction, mae, studylib]", "---", "",
-        f"# {run_path.name}: a ViT-{identity['model']} encoder from studylib ({identity['stage']} stage)", "",
-        f"Trained by studylib's `{identity['stage']}` stage, preset `{experiment.get('preset', '?')}`, seed "
-        f"{identity.get('seed')}, precision {identity.get('precision')}. The encoder's output is its normalised "
-        "class token (no head).", "",
-        "```python", "import timm",
-        'model = timm.create_model("hf-hub:USER/NAME", pretrained=True)  # after huggingface-cli upload USER/NAME .',
-        "```", "", "Reproduce it:", "", "```bash",
-        f"studylib study --preset {experiment.get('preset', 'cpu')} {overrides}".rstrip(), "```", "",
-        "Its metrics (results.json):", "", "```json", json.dumps(results, indent=1), "```", "",
-        "Its identity (the settings and data that decide it; the data's fingerprint included):", "", "```yaml",
-        yaml.safe_dump(identity, sort_keys=False).rstrip(), "```", ""])
+    return "\n".join(
+        [
+            "---",
+            "library_name: timm",
+            "tags: [image-feature-extraction, mae, studylib]",
+            "---",
+            "",
+            f"# {run_path.name}: a ViT-{identity['model']} encoder from studylib "
+            f"({identity['stage']} stage)",
+            "",
+            f"Trained by studylib's `{identity['stage']}` stage, preset "
+            f"`{experiment.get('preset', '?')}`, seed "
+            f"{identity.get('seed')}, precision {identity.get('precision')}. The encoder's output "
+            "is its normalised "
+            "class token (no head).",
+            "",
+            "```python",
+            "import timm",
+            'model = timm.create_model("hf-hub:USER/NAME", pretrained=True)  # after '
+            "huggingface-cli upload USER/NAME .",
+            "```",
+            "",
+            "Reproduce it:",
+            "",
+            "```bash",
+            f"studylib study --preset {experiment.get('preset', 'cpu')} {overrides}".rstrip(),
+            "```",
+            "",
+            "Its metrics (results.json):",
+            "",
+            "```json",
+            json.dumps(results, indent=1),
+            "```",
+            "",
+            "Its identity (the settings and data that decide it; the data's fingerprint included):",
+            "",
+            "```yaml",
+            yaml.safe_dump(identity, sort_keys=False).rstrip(),
+            "```",
+            "",
+        ]
+    )
 
 
 def load(folder: Path) -> Any:
@@ -90,6 +151,12 @@ def load(folder: Path) -> Any:
     import timm
 
     config = json.loads((folder / "config.json").read_text())
-    return timm.create_model(config["architecture"], pretrained=True, **config["model_args"],
-                             pretrained_cfg_overlay={"file": str(folder / "model.safetensors"),
-                                                     **config["pretrained_cfg"]})
+    return timm.create_model(
+        config["architecture"],
+        pretrained=True,
+        **config["model_args"],
+        pretrained_cfg_overlay={
+            "file": str(folder / "model.safetensors"),
+            **config["pretrained_cfg"],
+        },
+    )

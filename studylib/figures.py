@@ -1,11 +1,11 @@
-"""The study's figures (studylib.registry.FIGURES), made from the tables under results/<key>/ only, in
-one seaborn style; arms in the registry's order, colours and labels.
+"""The study's figures (studylib.registry.FIGURES), made from the tables under results/<key>/ only,
+in one seaborn style; arms in the registry's order, colours and labels.
 
 Each figure is saved as PNG and SVG in figures/<key>/ (or $STUDYLIB_FIGURES/<key>/) with a
 provenance file beside it: preset, overrides, git SHA, the runs whose results it shows, its source
 tables and the date. The key is the preset, or the preset and its overrides' hash (see
-Experiment.results_key). Points are means over seeds with their 95% t-interval (the findings' interval);
-every title states the number of seeds n; one seed draws no bar.
+Experiment.results_key). Points are means over seeds with their 95% t-interval (the findings'
+interval); every title states the number of seeds n; one seed draws no bar.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
-from studylib.config import REPO_ROOT, AnalysisConfig, ClaimPlan, figures_dir, load_experiment, results_dir  # noqa: E402
+from studylib.config import (
+    REPO_ROOT,
+    AnalysisConfig,
+    ClaimPlan,
+    figures_dir,
+    load_experiment,
+    results_dir,
+)  # noqa: E402
 from studylib.errors import one_line_in_notebooks  # noqa: E402
 from studylib.findings import CLAIMS, analyse, comparisons, read_table, t_quantile_975  # noqa: E402
 from studylib.io import atomic_write, git_sha  # noqa: E402
@@ -37,15 +44,16 @@ FORMATS = ("png", "svg")
 
 
 def arms(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
-    """`table` with each arm named by its label (figures are for people), then the labels of the arms it
-    holds in the registry's order (the legend's order) and their colours."""
+    """`table` with each arm named by its label (figures are for people), then the labels of the
+    arms it holds in the registry's order (the legend's order) and their colours."""
     present = [arm for name, arm in ARMS.items() if name in set(table.arm.dropna())]
     labelled = table.assign(arm=table.arm.map({a.name: a.label for a in present}))
     return labelled, [a.label for a in present], {a.label: a.color for a in present}
 
 
 def _relative(path: Path) -> str:
-    """`path` relative to the repository where it lies inside it: provenance that reads the same anywhere."""
+    """`path` relative to the repository where it lies inside it: provenance that reads the same
+    anywhere."""
     try:
         return str(path.resolve().relative_to(REPO_ROOT))
     except ValueError:
@@ -53,54 +61,81 @@ def _relative(path: Path) -> str:
 
 
 def style() -> None:
-    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95,
-                  rc={"figure.dpi": 110, "svg.hashsalt": "studylib",  # fixed SVG ids: same results, same file
-                      "svg.fonttype": "none"})  # SVG text as text: searchable, and small
+    sns.set_theme(
+        context="notebook",
+        style="whitegrid",
+        font_scale=0.95,
+        rc={
+            "figure.dpi": 110,
+            "svg.hashsalt": "studylib",  # fixed SVG ids: same results, same file
+            "svg.fonttype": "none",
+        },
+    )  # SVG text as text: searchable, and small
 
 
 def read(key: str, study: str) -> pd.DataFrame:
     """A study's table, which the figure needs (read_table)."""
     table = read_table(key, study)
     if table is None:
-        raise FileNotFoundError(f"{results_dir(key) / f'{study}.csv'}: no results yet; run the study first "
-                                f"(studylib study {study})")
+        raise FileNotFoundError(
+            f"{results_dir(key) / f'{study}.csv'}: no results yet; run the study first "
+            f"(studylib study {study})"
+        )
     return table
 
 
-def save(fig: plt.Figure, name: str, key: str, sources: list[str], table: pd.DataFrame) -> list[Path]:
+def save(
+    fig: plt.Figure, name: str, key: str, sources: list[str], table: pd.DataFrame
+) -> list[Path]:
     """Write `fig` in every format and its provenance; returns the paths written."""
     folder = figures_dir(key)
     for clash in overlaps(fig):
         print(f"warning: figure {name}: {clash}")
     paths = [folder / f"{name}.{fmt}" for fmt in FORMATS]
     for path in paths:
-        atomic_write(path, lambda f, fmt=path.suffix[1:]: fig.savefig(f, format=fmt, bbox_inches="tight",
-                                                                       dpi=150, metadata=_metadata(fmt)), mode="wb")
+        atomic_write(
+            path,
+            lambda f, fmt=path.suffix[1:]: fig.savefig(
+                f, format=fmt, bbox_inches="tight", dpi=150, metadata=_metadata(fmt)
+            ),
+            mode="wb",
+        )
     runs = sorted({r for r in table.get("run", pd.Series(dtype=str)).dropna().unique()})
     record = results_dir(key) / "experiment.yaml"
     recorded = yaml.safe_load(record.read_text()) if record.exists() else {}
-    provenance = {"figure": name, "results_key": key, "preset": recorded.get("preset", key),
-                  "overrides": recorded.get("overrides", {}), "git_sha": git_sha(),
-                  "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "sources": [_relative(results_dir(key) / f"{s}.csv") for s in sources], "runs": runs}
+    provenance = {
+        "figure": name,
+        "results_key": key,
+        "preset": recorded.get("preset", key),
+        "overrides": recorded.get("overrides", {}),
+        "git_sha": git_sha(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sources": [_relative(results_dir(key) / f"{s}.csv") for s in sources],
+        "runs": runs,
+    }
     atomic_write(folder / f"{name}.json", lambda f: json.dump(provenance, f, indent=2))
     plt.close(fig)
     return [*paths, folder / f"{name}.json"]
 
 
 def overlaps(fig: plt.Figure) -> list[str]:
-    """What collides in `fig` as drawn: tick labels of one axis that overlap each other, texts (annotations,
-    titles) that overlap each other, and legends that cover plotted points. Empty for a clean figure."""
+    """What collides in `fig` as drawn: tick labels of one axis that overlap each other, texts
+    (annotations, titles) that overlap each other, and legends that cover plotted points. Empty for
+    a clean figure."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     found = []
 
     def boxes(texts: list) -> list:
-        return [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text()]
+        return [
+            (t.get_text(), t.get_window_extent(renderer))
+            for t in texts
+            if t.get_visible() and t.get_text()
+        ]
 
     def clashes(named: list, what: str) -> None:
         for i, (a, box_a) in enumerate(named):
-            for b, box_b in named[i + 1:]:
+            for b, box_b in named[i + 1 :]:
                 if box_a.overlaps(box_b):
                     found.append(f"{what}: {a!r} and {b!r}")
 
@@ -111,16 +146,30 @@ def overlaps(fig: plt.Figure) -> list[str]:
         legend = ax.get_legend()
         if legend is not None and legend.get_visible():
             box = legend.get_window_extent(renderer)
-            points = [ax.transData.transform(line.get_xydata()) for line in ax.lines if len(line.get_xydata())]
-            points += [ax.transData.transform(c.get_offsets()) for c in ax.collections if len(c.get_offsets())]
-            covered = sum(box.contains(x, y) for xy in points for x, y in xy if np.isfinite([x, y]).all())
+            points = [
+                ax.transData.transform(line.get_xydata())
+                for line in ax.lines
+                if len(line.get_xydata())
+            ]
+            points += [
+                ax.transData.transform(c.get_offsets())
+                for c in ax.collections
+                if len(c.get_offsets())
+            ]
+            covered = sum(
+                box.contains(x, y) for xy in points for x, y in xy if np.isfinite([x, y]).all()
+            )
             if covered:
-                found.append(f"{ax.get_title() or 'axes'}: the legend covers {covered} plotted points")
+                found.append(
+                    f"{ax.get_title() or 'axes'}: the legend covers {covered} plotted points"
+                )
     return found
 
 
 def _metadata(fmt: str) -> dict:
-    return {"Date": None} if fmt == "svg" else {}  # SVGs without a date: reruns of the same results match
+    return (
+        {"Date": None} if fmt == "svg" else {}
+    )  # SVGs without a date: reruns of the same results match
 
 
 def _probes(table: pd.DataFrame) -> pd.DataFrame:
@@ -129,7 +178,9 @@ def _probes(table: pd.DataFrame) -> pd.DataFrame:
 
 def _seeds(table: pd.DataFrame) -> str:
     n = table.seed.nunique()
-    return f"n = {n} seed{'s' if n > 1 else ''}" + (", mean and 95% t-interval" if n > 1 else ", no interval")
+    return f"n = {n} seed{'s' if n > 1 else ''}" + (
+        ", mean and 95% t-interval" if n > 1 else ", no interval"
+    )
 
 
 def interval95(values: pd.Series) -> tuple[float, float]:
@@ -146,30 +197,50 @@ def default(key: str) -> list[Path]:
     table = read(key, "default")
     probes, order, palette = arms(_probes(table))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sns.pointplot(probes, x="dataset", y="value", hue="arm", hue_order=order, palette=palette, errorbar=interval95,
-                  dodge=0.4 if len(order) > 1 else False, linestyle="none", ax=ax)
-    ax.set(xlabel="probe dataset", ylabel="linear-probe top-1 (%)",
-           title=f"Every arm, linear probe (higher is better)\n{setting(key)}\n{_seeds(table)}")
+    sns.pointplot(
+        probes,
+        x="dataset",
+        y="value",
+        hue="arm",
+        hue_order=order,
+        palette=palette,
+        errorbar=interval95,
+        dodge=0.4 if len(order) > 1 else False,
+        linestyle="none",
+        ax=ax,
+    )
+    ax.set(
+        xlabel="probe dataset",
+        ylabel="linear-probe top-1 (%)",
+        title=f"Every arm, linear probe (higher is better)\n{setting(key)}\n{_seeds(table)}",
+    )
     ax.legend(title=None, fontsize=8)
     fig.tight_layout()
     return save(fig, "default", key, ["default"], table)
 
 
 def setting(key: str, model: bool = True) -> str:
-    """What the results rest on, for titles: the model, the pool and the precision (results/<key>/experiment.yaml)."""
+    """What the results rest on, for titles: the model, the pool and the precision
+    (results/<key>/experiment.yaml)."""
     exp = _recorded(key)
     data = exp.get("data") or {}
     if not exp:
         return "setting not recorded"
     share = f" x {data.get('pretrain_fraction'):g}" if data.get("pretrain_fraction", 1) != 1 else ""
-    pool = f"pool {Path(str(data.get('pretrain'))).name}{share}, {_precision(key) or exp.get('precision')}"
+    pool = (
+        f"pool {Path(str(data.get('pretrain'))).name}{share}, "
+        f"{_precision(key) or exp.get('precision')}"
+    )
     return f"ViT-{exp.get('model')}, {pool}" if model else pool
 
 
 def _recorded(key: str) -> dict:
-    """The resolved experiment that results/<key>/experiment.yaml records ({} where there is none)."""
+    """The resolved experiment that results/<key>/experiment.yaml records ({} where there is
+    none)."""
     path = results_dir(key) / "experiment.yaml"
-    return ((yaml.safe_load(path.read_text()) or {}).get("experiment") or {}) if path.exists() else {}
+    return (
+        ((yaml.safe_load(path.read_text()) or {}).get("experiment") or {}) if path.exists() else {}
+    )
 
 
 def _precision(key: str) -> str:
@@ -185,7 +256,8 @@ def _precision(key: str) -> str:
 
 
 def plan_of(key: str) -> AnalysisConfig:
-    """The analysis plan that results/<key>/ was run under (its experiment.yaml), else the default plan."""
+    """The analysis plan that results/<key>/ was run under (its experiment.yaml), else the default
+    plan."""
     claims = _recorded(key).get("analysis")
     if not claims:
         return AnalysisConfig()
@@ -193,33 +265,70 @@ def plan_of(key: str) -> AnalysisConfig:
 
 
 def verdicts(key: str) -> list[Path]:
-    """Each claim's primary comparison as the findings test it: the paired difference at every seed, its
-    mean with the 95% t-interval, the zero line, and the verdict by the declared plan."""
+    """Each claim's primary comparison as the findings test it: the paired difference at every seed,
+    its mean with the 95% t-interval, the zero line, and the verdict by the declared plan."""
     found = [c for c in analyse(comparisons(key), plan_of(key)) if c.role == "primary"]
     if not found:
-        raise FileNotFoundError(f"{results_dir(key)}: no primary comparison of the analysis plan in these results")
+        raise FileNotFoundError(
+            f"{results_dir(key)}: no primary comparison of the analysis plan in these results"
+        )
     fig, axes = plt.subplots(1, len(found), figsize=(2.3 * len(found) + 0.6, 3.8), squeeze=False)
     for ax, c in zip(axes[0], found, strict=True):
         ax.axhline(0, color="black", lw=0.8)
-        ax.scatter(np.linspace(-0.12, 0.12, c.n), c.differences, color="grey", s=14, zorder=3, label="one seed")
+        ax.scatter(
+            np.linspace(-0.12, 0.12, c.n),
+            c.differences,
+            color="grey",
+            s=14,
+            zorder=3,
+            label="one seed",
+        )
         if c.n > 1:
             color = ARMS[compared_pairs()[0][0]].color
-            ax.errorbar([0.35], [c.mean], yerr=[[c.half_width]], fmt="o", color=color, capsize=4,
-                        label="mean, 95% t-interval")
-        ax.set(xlim=(-0.4, 0.7), xticks=[], ylabel="paired difference (top-1 points)" if ax is axes[0][0] else "",
-               title=f"({c.claim}) {c.key}\nn = {c.n}: {c.verdict}")
+            ax.errorbar(
+                [0.35],
+                [c.mean],
+                yerr=[[c.half_width]],
+                fmt="o",
+                color=color,
+                capsize=4,
+                label="mean, 95% t-interval",
+            )
+        ax.set(
+            xlim=(-0.4, 0.7),
+            xticks=[],
+            ylabel="paired difference (top-1 points)" if ax is axes[0][0] else "",
+            title=f"({c.claim}) {c.key}\nn = {c.n}: {c.verdict}",
+        )
         ax.title.set_fontsize(9)
     handles, texts = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, texts, loc="upper center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 0.0), fontsize=8)
-    fig.suptitle(f"Each claim's primary comparison, MAE→WSP − WSP unless named, paired by seed\n{setting(key)}",
-                 fontsize=10)
+    fig.legend(
+        handles,
+        texts,
+        loc="upper center",
+        ncol=2,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+        fontsize=8,
+    )
+    fig.suptitle(
+        "Each claim's primary comparison, MAE→WSP − WSP unless named, paired by "
+        f"seed\n{setting(key)}",
+        fontsize=10,
+    )
     fig.tight_layout()
-    return save(fig, "verdicts", key, ["default", "wsp_epochs", "model_size", "data_size"], read(key, "default"))
+    return save(
+        fig,
+        "verdicts",
+        key,
+        ["default", "wsp_epochs", "model_size", "data_size"],
+        read(key, "default"),
+    )
 
 
 def _legend_below(fig: plt.Figure, axes: Sequence[plt.Axes]) -> None:
-    """One legend for the figure, under its axes (where it covers no data), holding every entry of the
-    axes' own legends once; those are removed."""
+    """One legend for the figure, under its axes (where it covers no data), holding every entry of
+    the axes' own legends once; those are removed."""
     entries = {}
     for ax in axes:
         legend = ax.get_legend()
@@ -228,8 +337,15 @@ def _legend_below(fig: plt.Figure, axes: Sequence[plt.Axes]) -> None:
                 if text.get_text() not in ("arm", "dataset"):  # seaborn's section titles
                     entries.setdefault(text.get_text(), handle)
             legend.remove()
-    fig.legend(entries.values(), entries.keys(), loc="upper center", ncol=min(len(entries), 6), frameon=False,
-               bbox_to_anchor=(0.5, 0.0), fontsize=8)
+    fig.legend(
+        entries.values(),
+        entries.keys(),
+        loc="upper center",
+        ncol=min(len(entries), 6),
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+        fontsize=8,
+    )
 
 
 def convergence(key: str) -> list[Path]:
@@ -244,18 +360,37 @@ def convergence(key: str) -> list[Path]:
         part = probes[probes.dataset == dataset]
         for row, x in enumerate(("wsp_epochs", "train_flops")):
             ax = axes[row, col]
-            sns.lineplot(part[part.train_flops > 0] if row == 1 else part, x=x, y="value", hue="arm",
-                         hue_order=order, palette=palette, marker="o", errorbar=interval95, ax=ax)
-            ax.set(ylabel=f"{dataset} linear-probe top-1 (%)",
-                   xlabel="WSP epochs" if row == 0 else "total training FLOPs (MAE included)")
+            sns.lineplot(
+                part[part.train_flops > 0] if row == 1 else part,
+                x=x,
+                y="value",
+                hue="arm",
+                hue_order=order,
+                palette=palette,
+                marker="o",
+                errorbar=interval95,
+                ax=ax,
+            )
+            ax.set(
+                ylabel=f"{dataset} linear-probe top-1 (%)",
+                xlabel="WSP epochs" if row == 0 else "total training FLOPs (MAE included)",
+            )
             if row == 1:
                 ax.set_xscale("log")
-                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5 x 10^n
-                ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
+                ax.xaxis.set_major_locator(
+                    matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0))
+                )  # 1, 2, 5 x 10^n
+                ax.xaxis.set_major_formatter(
+                    matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False)
+                )
+                ax.xaxis.set_minor_formatter(
+                    matplotlib.ticker.NullFormatter()
+                )  # no crowded minor labels
     _legend_below(fig, list(axes.flat))
-    fig.suptitle(f"Every arm after full WSP schedules of each length, one run per length and seed\n"
-                 f"{setting(key)}; {_seeds(table)}")
+    fig.suptitle(
+        f"Every arm after full WSP schedules of each length, one run per length and seed\n"
+        f"{setting(key)}; {_seeds(table)}"
+    )
     fig.tight_layout()
     return save(fig, "convergence", key, ["wsp_epochs"], table)
 
@@ -264,16 +399,35 @@ def model_size(key: str) -> list[Path]:
     """Linear-probe top-1 against encoder parameters, every arm."""
     table = read(key, "model_size")
     params = table[table.metric == "params"][["model", "value"]].drop_duplicates("model")
-    probes, order, palette = arms(_probes(table).merge(params.rename(columns={"value": "params"}), on="model"))
+    probes, order, palette = arms(
+        _probes(table).merge(params.rename(columns={"value": "params"}), on="model")
+    )
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        sns.lineplot(probes[probes.dataset == dataset], x="params", y="value", hue="arm", hue_order=order,
-                     palette=palette, marker="o", errorbar=interval95, ax=ax)
+        sns.lineplot(
+            probes[probes.dataset == dataset],
+            x="params",
+            y="value",
+            hue="arm",
+            hue_order=order,
+            palette=palette,
+            marker="o",
+            errorbar=interval95,
+            ax=ax,
+        )
         for name, count in zip(params.model, params.value, strict=True):
-            ax.annotate(name, (count, ax.get_ylim()[0]), textcoords="offset points", xytext=(2, 4), fontsize=8,
-                        color="grey")
-        ax.set(xscale="log", xlabel="encoder parameters", ylabel=f"{dataset} linear-probe top-1 (%)")
+            ax.annotate(
+                name,
+                (count, ax.get_ylim()[0]),
+                textcoords="offset points",
+                xytext=(2, 4),
+                fontsize=8,
+                color="grey",
+            )
+        ax.set(
+            xscale="log", xlabel="encoder parameters", ylabel=f"{dataset} linear-probe top-1 (%)"
+        )
     fig.suptitle(f"Model size: every arm ({setting(key, model=False)}; {_seeds(table)})")
     fig.tight_layout()
     return save(fig, "model_size", key, ["model_size"], table)
@@ -283,54 +437,132 @@ def data_size(key: str) -> list[Path]:
     """Linear-probe top-1 of every arm at each point of MAE's images (the arms without MAE are the
     same runs at every point): points with error bars on an axis from zero."""
     table = read(key, "data_size")
-    images = table[(table.stage == "mae") & (table.metric == "images")].groupby("mae_data")["value"].mean()
+    images = (
+        table[(table.stage == "mae") & (table.metric == "images")]
+        .groupby("mae_data")["value"]
+        .mean()
+    )
     probes, order, palette = arms(_probes(table).assign(images=lambda t: t.mae_data.map(images)))
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        sns.pointplot(probes[probes.dataset == dataset], x="images", y="value", hue="arm", hue_order=order,
-                      palette=palette, errorbar=interval95, dodge=0.3 if len(order) > 1 else False, ax=ax)
+        sns.pointplot(
+            probes[probes.dataset == dataset],
+            x="images",
+            y="value",
+            hue="arm",
+            hue_order=order,
+            palette=palette,
+            errorbar=interval95,
+            dodge=0.3 if len(order) > 1 else False,
+            ax=ax,
+        )
         ax.set_ylim(0, None)
-        ax.set(xlabel="MAE's distinct images (same MAE steps at each)", ylabel=f"{dataset} linear-probe top-1 (%)")
-        ax.set_xticks(ax.get_xticks(), [f"{float(t.get_text()):,.0f}" for t in ax.get_xticklabels()])
+        ax.set(
+            xlabel="MAE's distinct images (same MAE steps at each)",
+            ylabel=f"{dataset} linear-probe top-1 (%)",
+        )
+        ax.set_xticks(
+            ax.get_xticks(), [f"{float(t.get_text()):,.0f}" for t in ax.get_xticklabels()]
+        )
     _legend_below(fig, axes[0])
-    fig.suptitle(f"Pre-pretraining data: MAE on more distinct images\n{setting(key)}; {_seeds(table)}")
+    fig.suptitle(
+        f"Pre-pretraining data: MAE on more distinct images\n{setting(key)}; {_seeds(table)}"
+    )
     fig.tight_layout()
     return save(fig, "data_size", key, ["data_size"], table)
 
 
 def transfer(key: str) -> list[Path]:
-    """Every transfer task, every arm of the study: fine-tune and linear; low-shot; zero-shot; robustness."""
+    """Every transfer task, every arm of the study: fine-tune and linear; low-shot; zero-shot;
+    robustness."""
     table, order, palette = arms(read(key, "transfer").fillna({"variant": ""}))
     fig, grid = plt.subplots(2, 2, figsize=(10, 8))
     axes = list(grid.flat)
     top1 = table[table.metric == "top1"]
-    whole = top1[top1.stage.isin(["finetune", "probe"])].assign(task=lambda t: t.stage + " " + t.dataset)
-    sns.barplot(whole, x="task", y="value", hue="arm", hue_order=order, palette=palette, errorbar=interval95,
-                ax=axes[0])
+    whole = top1[top1.stage.isin(["finetune", "probe"])].assign(
+        task=lambda t: t.stage + " " + t.dataset
+    )
+    sns.barplot(
+        whole,
+        x="task",
+        y="value",
+        hue="arm",
+        hue_order=order,
+        palette=palette,
+        errorbar=interval95,
+        ax=axes[0],
+    )
     axes[0].set(title="fine-tune and linear probe", xlabel="", ylabel="top-1 (%)")
-    axes[0].set_xticks(axes[0].get_xticks(), [t.get_text().replace(" ", "\n") for t in axes[0].get_xticklabels()])
-    low = top1[top1.stage == "lowshot"].assign(shots=lambda t: t.variant.str.split("-").str[0].astype(int))
-    sns.lineplot(low, x="shots", y="value", hue="arm", hue_order=order, style="dataset", palette=palette,
-                 marker="o", errorbar="sd", err_style="bars", ax=axes[1])
-    axes[1].set(title="low-shot (mean ± sd over draws)", xlabel="labelled images per class", ylabel="top-1 (%)",
-                xscale="log", xticks=sorted(low.shots.unique()), xticklabels=sorted(low.shots.unique()))
+    axes[0].set_xticks(
+        axes[0].get_xticks(), [t.get_text().replace(" ", "\n") for t in axes[0].get_xticklabels()]
+    )
+    low = top1[top1.stage == "lowshot"].assign(
+        shots=lambda t: t.variant.str.split("-").str[0].astype(int)
+    )
+    sns.lineplot(
+        low,
+        x="shots",
+        y="value",
+        hue="arm",
+        hue_order=order,
+        style="dataset",
+        palette=palette,
+        marker="o",
+        errorbar="sd",
+        err_style="bars",
+        ax=axes[1],
+    )
+    axes[1].set(
+        title="low-shot (mean ± sd over draws)",
+        xlabel="labelled images per class",
+        ylabel="top-1 (%)",
+        xscale="log",
+        xticks=sorted(low.shots.unique()),
+        xticklabels=sorted(low.shots.unique()),
+    )
     zero = table[table.stage == "zeroshot"]
-    sns.barplot(zero[zero.metric == "top1"], x="variant", y="value", hue="arm", hue_order=order,
-                palette=palette, errorbar=interval95, ax=axes[2])
+    sns.barplot(
+        zero[zero.metric == "top1"],
+        x="variant",
+        y="value",
+        hue="arm",
+        hue_order=order,
+        palette=palette,
+        errorbar=interval95,
+        ax=axes[2],
+    )
     for i, chance in enumerate(zero[zero.metric == "chance"].drop_duplicates("variant")["value"]):
-        axes[2].hlines(chance, i - 0.4, i + 0.4, color="black", ls=":", label="chance" if i == 0 else None)
-    axes[2].set(title=f"zero-shot (LiT) on {zero.dataset.iloc[0]}", xlabel="class names", ylabel="top-1 (%)")
+        axes[2].hlines(
+            chance, i - 0.4, i + 0.4, color="black", ls=":", label="chance" if i == 0 else None
+        )
+    axes[2].set(
+        title=f"zero-shot (LiT) on {zero.dataset.iloc[0]}", xlabel="class names", ylabel="top-1 (%)"
+    )
     axes[2].legend()
     robust = top1[(top1.stage == "robustness") & top1.variant.str.contains("/")]
     robust = robust.assign(severity=robust.variant.str.split("/").str[1].astype(int))
     clean = top1[(top1.stage == "robustness") & (top1.variant == "clean")].assign(severity=0)
-    sns.lineplot(pd.concat([clean, robust]), x="severity", y="value", hue="arm", hue_order=order,
-                 style="dataset", palette=palette, marker="o", errorbar=None, ax=axes[3])
-    axes[3].set(title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)")
+    sns.lineplot(
+        pd.concat([clean, robust]),
+        x="severity",
+        y="value",
+        hue="arm",
+        hue_order=order,
+        style="dataset",
+        palette=palette,
+        marker="o",
+        errorbar=None,
+        ax=axes[3],
+    )
+    axes[3].set(
+        title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)"
+    )
     _legend_below(fig, axes)
     draws = "seeds and draws" if table.seed.nunique() > 1 else "draws"
-    fig.suptitle(f"Transfer ({setting(key)}; {_seeds(table)}; low-shot: sd over {draws}; higher is better)")
+    fig.suptitle(
+        f"Transfer ({setting(key)}; {_seeds(table)}; low-shot: sd over {draws}; higher is better)"
+    )
     fig.tight_layout()
     return save(fig, "transfer", key, ["transfer"], table)
 
@@ -358,15 +590,30 @@ def reconstructions(key: str) -> list[Path]:
 def hashtags(key: str) -> list[Path]:
     """How often each simulated hashtag is used, by rank: the long tail WSP learns from."""
     table = read(key, "explore")
-    counts = table[table.stage == "tag_count"].sort_values("value", ascending=False).reset_index(drop=True)
+    counts = (
+        table[table.stage == "tag_count"]
+        .sort_values("value", ascending=False)
+        .reset_index(drop=True)
+    )
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.loglog(np.arange(1, len(counts) + 1), counts["value"], marker=".", ls="none", color=ARMS["wsp"].color)
+    ax.loglog(
+        np.arange(1, len(counts) + 1),
+        counts["value"],
+        marker=".",
+        ls="none",
+        color=ARMS["wsp"].color,
+    )
     top = "\n".join(f"{i + 1}. {counts.dataset[i]}" for i in range(min(5, len(counts))))
-    ax.text(0.97, 0.97, f"most used:\n{top}", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+    ax.text(
+        0.97, 0.97, f"most used:\n{top}", transform=ax.transAxes, ha="right", va="top", fontsize=8
+    )
     stats = table[table.stage == "hashtags"].set_index("metric")["value"]
-    ax.set(xlabel="tag rank", ylabel="images with the tag",
-           title=f"{int(stats['vocab_size'])} hashtags, {stats['tags_per_image_mean']:.1f} per image, "
-                 f"{stats['missing_true_tag'] * 100:.0f}% miss the true one")
+    ax.set(
+        xlabel="tag rank",
+        ylabel="images with the tag",
+        title=f"{int(stats['vocab_size'])} hashtags, {stats['tags_per_image_mean']:.1f} per image, "
+        f"{stats['missing_true_tag'] * 100:.0f}% miss the true one",
+    )
     fig.tight_layout()
     return save(fig, "hashtags", key, ["explore"], table)
 
@@ -384,8 +631,11 @@ def make_all(key: str, names: Sequence[str] | None = None) -> dict[str, list[Pat
     return made
 
 
-def draw(preset: str, overrides: Sequence[str] = (), study: str | None = None) -> dict[str, list[Path]]:
-    """What a notebook calls: the figures of `study` (default: all) for a preset and its overrides."""
+def draw(
+    preset: str, overrides: Sequence[str] = (), study: str | None = None
+) -> dict[str, list[Path]]:
+    """What a notebook calls: the figures of `study` (default: all) for a preset and its
+    overrides."""
     one_line_in_notebooks()
     key = load_experiment(preset, list(overrides)).results_key
     return make_all(key, STUDIES[study].figures if study else None)

@@ -1,12 +1,13 @@
 """The paper's claims, checked against a study's tables by an analysis plan declared before the runs
-(`analysis` in experiments.yaml): `studylib findings --preset cpu` writes results/<key>/findings.md and
-findings.csv, and `--readme` puts the same text, prose included, into the README.
+(`analysis` in experiments.yaml): `studylib findings --preset cpu` writes results/<key>/findings.md
+and findings.csv, and `--readme` puts the same text, prose included, into the README.
 
-Every comparison is paired by seed (same seed, data and head initialisation for both arms; low-shot draws
-averaged within a seed first) and has a stable key, e.g. `probe/cifar100`. Each claim has one primary
-comparison, which decides it, and secondary ones; a paired t-test (scipy) gives each a p-value, and Holm's
-correction (statsmodels) runs over the claim's primary and secondaries with n >= 2. A comparison that pairs the
-same runs as one of an earlier claim is that result again: shown, not counted twice. One-seed comparisons are
+Every comparison is paired by seed (same seed, data and head initialisation for both arms; low-shot
+draws averaged within a seed first) and has a stable key, e.g. `probe/cifar100`. Each claim has one
+primary comparison, which decides it, and secondary ones; a paired t-test (scipy) gives each a
+p-value, and Holm's correction (statsmodels) runs over the claim's primary and secondaries with n >=
+2. A comparison that pairs the same runs as one of an earlier claim is that result again: shown, not
+   counted twice. One-seed comparisons are
 descriptive only.
 """
 
@@ -26,13 +27,22 @@ from studylib.errors import DataError, shown
 from studylib.io import atomic_write
 from studylib.registry import compared_pairs, labels
 
-RULE = ("each comparison is a paired t-test over seeds; within a claim, Holm's correction over its primary and "
-        "secondary comparisons with n >= 2; a comparison holds if its corrected p < alpha and the mean difference is "
-        "above 0, is contradicted if p < alpha and below 0, and is inconclusive otherwise (or with n < 2); a claim's "
-        "verdict is its primary comparison's")
+RULE = (
+    "each comparison is a paired t-test over seeds; within a claim, Holm's correction over its "
+    "primary and "
+    "secondary comparisons with n >= 2; a comparison holds if its corrected p < alpha and the mean "
+    "difference is "
+    "above 0, is contradicted if p < alpha and below 0, and is inconclusive otherwise (or with n < "
+    "2); a claim's "
+    "verdict is its primary comparison's"
+)
 
-CLAIMS = {"a": "MAE→WSP beats WSP in transfer", "b": "MAE→WSP converges faster (per WSP epoch; per training FLOP, "
-          "MAE's counted)", "c": "MAE→WSP beats WSP at every model size", "d": "more pre-pretraining data helps MAE"}
+CLAIMS = {
+    "a": "MAE→WSP beats WSP in transfer",
+    "b": "MAE→WSP converges faster (per WSP epoch; per training FLOP, MAE's counted)",
+    "c": "MAE→WSP beats WSP at every model size",
+    "d": "more pre-pretraining data helps MAE",
+}
 
 
 @dataclass
@@ -93,7 +103,9 @@ class Comparison:
     def sentence(self) -> str:
         """The comparison in words, with its n, interval and corrected p."""
         p = f", Holm-corrected p = {self.p_holm:.2g}" if not math.isnan(self.p_holm) else ""
-        return f"{self.what}: {self.mean:+.2f} points, 95% interval {self.interval()}, n = {self.n}{p}"
+        return (
+            f"{self.what}: {self.mean:+.2f} points, 95% interval {self.interval()}, n = {self.n}{p}"
+        )
 
 
 def t_quantile_975(df: int) -> float:
@@ -104,7 +116,8 @@ def t_quantile_975(df: int) -> float:
 
 
 def paired(table: pd.DataFrame, a: str, b: str) -> tuple[list[float], tuple[str, ...]]:
-    """Differences a - b of `value` (averaged within a seed), one per seed that both arms have, and the runs."""
+    """Differences a - b of `value` (averaged within a seed), one per seed that both arms have, and
+    the runs."""
     wide = table.pivot_table(index="seed", columns="arm", values="value", aggfunc="mean")
     if a not in wide or b not in wide:
         return [], ()
@@ -124,19 +137,28 @@ def read_table(key: str, study: str) -> pd.DataFrame | None:
 
 
 def table_from(path: Path) -> pd.DataFrame:
-    """A study's table as written by studylib.study; a file that is not one is a DataError naming it."""
+    """A study's table as written by studylib.study; a file that is not one is a DataError naming
+    it."""
     try:
         table = pd.read_csv(path)
     except (ValueError, OSError, UnicodeDecodeError) as err:  # pandas' ParserError is a ValueError
-        raise DataError(f"{path}: not a readable study table ({shown(' '.join(str(err).split()), 100)}); "
-                        "allowed: the CSV a study writes (rerun the study)") from None
+        raise DataError(
+            f"{path}: not a readable study table ({shown(' '.join(str(err).split()), 100)}); "
+            "allowed: the CSV a study writes (rerun the study)"
+        ) from None
     missing = [c for c in ("arm", "stage", "metric", "value", "seed") if c not in table]
     if missing or not pd.api.types.is_numeric_dtype(table["value"]):
         found = f"no column {missing[0]!r}" if missing else "a value that is not a number"
-        raise DataError(f"{path}: not a study table ({found}); allowed: the CSV a study writes (rerun the study)")
+        raise DataError(
+            f"{path}: not a study table ({found}); allowed: the CSV a study writes (rerun the "
+            "study)"
+        )
     if "precision" in table and table["precision"].nunique() > 1:
-        raise DataError(f"{path}: rows of precisions {sorted(table['precision'].dropna().unique())} in one table; "
-                        "allowed: one precision (rerun the study with --set precision=...)")
+        raise DataError(
+            f"{path}: rows of precisions {sorted(table['precision'].dropna().unique())} in one "
+            "table; "
+            "allowed: one precision (rerun the study with --set precision=...)"
+        )
     return table
 
 
@@ -146,11 +168,13 @@ def _compare(claim: str, key: str, what: str, part: pd.DataFrame, a: str, b: str
 
 
 def _transfer(transfer: pd.DataFrame, a: str, b: str) -> list[Comparison]:
-    """Transfer tasks but the probe (the default study's): robustness as the drop from clean accuracy."""
+    """Transfer tasks but the probe (the default study's): robustness as the drop from clean
+    accuracy."""
     top1 = transfer[(transfer.metric == "top1") & ~transfer.variant.fillna("").str.contains("/")]
     top1 = top1[top1.stage != "probe"].assign(variant=top1.variant.fillna(""))
-    robust = top1[top1.stage == "robustness"].pivot_table(index=["arm", "seed", "dataset"], columns="variant",
-                                                           values="value")
+    robust = top1[top1.stage == "robustness"].pivot_table(
+        index=["arm", "seed", "dataset"], columns="variant", values="value"
+    )
     found = []
     for (task, dataset, variant), part in top1.groupby(["stage", "dataset", "variant"], sort=False):
         if task == "robustness":
@@ -160,14 +184,21 @@ def _transfer(transfer: pd.DataFrame, a: str, b: str) -> list[Comparison]:
             part = drop[drop.dataset == dataset].assign(run=None)
             variant = "drop from clean"
         key = "/".join(x for x in (task, variant.replace(" ", "_"), dataset) if x)
-        note = " (in-distribution: its class names are WSP's hashtags)" if task == "zeroshot" else ""
-        found.append(_compare("a", key, f"{task} {variant} on {dataset}{note}".replace("  ", " "), part, a, b))
+        note = (
+            " (in-distribution: its class names are WSP's hashtags)" if task == "zeroshot" else ""
+        )
+        found.append(
+            _compare(
+                "a", key, f"{task} {variant} on {dataset}{note}".replace("  ", " "), part, a, b
+            )
+        )
     return found
 
 
 def comparisons(key: str) -> list[Comparison]:
-    """Every comparison the tables under results/<key>/ allow, claim by claim, for each pair of arms the
-    registry declares (Arm.beats); the first pair's keys are bare, another's start with 'ARM-BASELINE/'."""
+    """Every comparison the tables under results/<key>/ allow, claim by claim, for each pair of arms
+    the registry declares (Arm.beats); the first pair's keys are bare, another's start with
+    'ARM-BASELINE/'."""
     studies = ("default", "transfer", "wsp_epochs", "model_size", "data_size")
     tables = {study: read_table(key, study) for study in studies}
     found: list[Comparison] = []
@@ -175,7 +206,9 @@ def comparisons(key: str) -> list[Comparison]:
         mine = _comparisons_of(tables, a, b)
         if k:
             named = f"{labels().get(a, a)} − {labels().get(b, b)}: "
-            mine = [dataclasses.replace(c, key=f"{a}-{b}/{c.key}", what=named + c.what) for c in mine]
+            mine = [
+                dataclasses.replace(c, key=f"{a}-{b}/{c.key}", what=named + c.what) for c in mine
+            ]
         found += mine
     return found
 
@@ -185,13 +218,25 @@ def _comparisons_of(tables: dict[str, pd.DataFrame | None], a: str, b: str) -> l
     found: list[Comparison] = []
     if (default := tables["default"]) is not None:
         for dataset, part in _probe_top1(default).groupby("dataset", sort=False):
-            found.append(_compare("a", f"probe/{dataset}", f"linear probe on {dataset}", part, a, b))
+            found.append(
+                _compare("a", f"probe/{dataset}", f"linear probe on {dataset}", part, a, b)
+            )
     if (transfer := tables["transfer"]) is not None:
         found += _transfer(transfer, a, b)
     if (epochs := tables["wsp_epochs"]) is not None:
-        for (wsp_epochs, dataset), part in _probe_top1(epochs).groupby(["wsp_epochs", "dataset"], sort=True):
-            found.append(_compare("b", f"epochs{int(wsp_epochs)}/{dataset}",
-                                  f"after {int(wsp_epochs)} WSP epochs, {dataset}", part, a, b))
+        for (wsp_epochs, dataset), part in _probe_top1(epochs).groupby(
+            ["wsp_epochs", "dataset"], sort=True
+        ):
+            found.append(
+                _compare(
+                    "b",
+                    f"epochs{int(wsp_epochs)}/{dataset}",
+                    f"after {int(wsp_epochs)} WSP epochs, {dataset}",
+                    part,
+                    a,
+                    b,
+                )
+            )
         found += _per_flop(epochs, a, b)
     if (sizes := tables["model_size"]) is not None:
         for (model, dataset), part in _probe_top1(sizes).groupby(["model", "dataset"], sort=False):
@@ -202,8 +247,9 @@ def _comparisons_of(tables: dict[str, pd.DataFrame | None], a: str, b: str) -> l
 
 
 def _per_flop(table: pd.DataFrame, a: str, b: str) -> list[Comparison]:
-    """`a` against `b` at matched training compute (MAE's FLOPs counted): each point of `a` paired with
-    the point of `b` whose FLOPs are closest, when the two are within a factor 1.5 of each other."""
+    """`a` against `b` at matched training compute (MAE's FLOPs counted): each point of `a` paired
+    with the point of `b` whose FLOPs are closest, when the two are within a factor 1.5 of each
+    other."""
     flops = table[(table.stage == "pretraining") & (table.metric == "train_flops")]
     mean_flops = flops.groupby(["arm", "wsp_epochs"])["value"].mean()
     if a not in mean_flops or b not in mean_flops:
@@ -211,22 +257,37 @@ def _per_flop(table: pd.DataFrame, a: str, b: str) -> list[Comparison]:
     found = []
     probes = _probe_top1(table)
     for mae_epochs, compute in mean_flops[a].items():
-        wsp_epochs, wsp_compute = min(mean_flops[b].items(), key=lambda kv: abs(math.log(kv[1] / compute)))
+        wsp_epochs, wsp_compute = min(
+            mean_flops[b].items(), key=lambda kv: abs(math.log(kv[1] / compute))
+        )
         if max(compute, wsp_compute) / min(compute, wsp_compute) > 1.5:
             continue
         for dataset, part in probes.groupby("dataset", sort=False):
             mine = part[(part.arm == a) & (part.wsp_epochs == mae_epochs)]
             theirs = part[(part.arm == b) & (part.wsp_epochs == wsp_epochs)]
-            found.append(_compare("b", f"per_flop{int(mae_epochs)}/{dataset}",
-                                  f"per FLOP: {labels().get(a, a)} with {int(mae_epochs)} WSP epochs ({compute:.2g} "
-                                  f"FLOPs) vs {labels().get(b, b)} {int(wsp_epochs)} epochs ({wsp_compute:.2g}), "
-                                  f"{dataset}", pd.concat([mine, theirs.assign(arm="matched")]), a, "matched"))
+            found.append(
+                _compare(
+                    "b",
+                    f"per_flop{int(mae_epochs)}/{dataset}",
+                    f"per FLOP: {labels().get(a, a)} with {int(mae_epochs)} WSP epochs "
+                    f"({compute:.2g} "
+                    f"FLOPs) vs {labels().get(b, b)} {int(wsp_epochs)} epochs ({wsp_compute:.2g}), "
+                    f"{dataset}",
+                    pd.concat([mine, theirs.assign(arm="matched")]),
+                    a,
+                    "matched",
+                )
+            )
     return found
 
 
 def _data_size(table: pd.DataFrame, arms: list[str]) -> list[Comparison]:
     """MAE alone and each of `arms` with the most pre-pretraining images against the fewest."""
-    images = table[(table.stage == "mae") & (table.metric == "images")].groupby("mae_data")["value"].mean()
+    images = (
+        table[(table.stage == "mae") & (table.metric == "images")]
+        .groupby("mae_data")["value"]
+        .mean()
+    )
     if len(images) < 2:
         return []
     fewest, most = images.idxmin(), images.idxmax()
@@ -235,8 +296,17 @@ def _data_size(table: pd.DataFrame, arms: list[str]) -> list[Comparison]:
     for arm in dict.fromkeys(["mae", *arms]):
         for dataset, part in probes[probes.arm == arm].groupby("dataset", sort=False):
             part = part[part.mae_data.isin([most, fewest])].assign(arm=part.mae_data)
-            found.append(_compare("d", f"{arm}/{dataset}", f"{labels()[arm]}: MAE on {images[most]:,.0f} images vs "
-                                  f"{images[fewest]:,.0f}, {dataset}", part, most, fewest))
+            found.append(
+                _compare(
+                    "d",
+                    f"{arm}/{dataset}",
+                    f"{labels()[arm]}: MAE on {images[most]:,.0f} images vs "
+                    f"{images[fewest]:,.0f}, {dataset}",
+                    part,
+                    most,
+                    fewest,
+                )
+            )
     return found
 
 
@@ -278,33 +348,45 @@ def claim_verdict(mine: list[Comparison]) -> str:
 
 
 def below_random(key: str) -> str:
-    """The arms whose mean linear-probe top-1 in the default study is below the random-init arm's."""
+    """The arms whose mean linear-probe top-1 in the default study is below the random-init
+    arm's."""
     default = read_table(key, "default")
     if default is None or "random" not in set(default.arm):
         return "not known: no random-init arm in these results"
     means = _probe_top1(default).groupby(["dataset", "arm"])["value"].mean()
-    below = [f"{labels()[arm]} on {dataset}: {value:.2f} < random init {means[dataset, 'random']:.2f}"
-             for (dataset, arm), value in means.items() if arm != "random" and value < means[dataset, "random"]]
+    below = [
+        f"{labels()[arm]} on {dataset}: {value:.2f} < random init {means[dataset, 'random']:.2f}"
+        for (dataset, arm), value in means.items()
+        if arm != "random" and value < means[dataset, "random"]
+    ]
     return "; ".join(below) or "none"
 
 
 def premise(key: str) -> list[Comparison]:
-    """The paper's premise, paired by seed in the default study: WSP beats random init, and WSP beats MAE alone."""
+    """The paper's premise, paired by seed in the default study: WSP beats random init, and WSP
+    beats MAE alone."""
     default = read_table(key, "default")
     if default is None:
         return []
     found = []
     for dataset, part in _probe_top1(default).groupby("dataset", sort=False):
         for other in ("random", "mae"):
-            c = _compare("premise", f"wsp-{other}/{dataset}", f"WSP − {labels().get(other, other)} on {dataset}",
-                         part, "wsp", other)
+            c = _compare(
+                "premise",
+                f"wsp-{other}/{dataset}",
+                f"WSP − {labels().get(other, other)} on {dataset}",
+                part,
+                "wsp",
+                other,
+            )
             found += [c] if c.n else []
     return found
 
 
 def finetune_against_probe(key: str) -> list[Comparison]:
-    """Per arm and dataset: the fine-tuned encoder's top-1 minus the linear probe's on the same encoder
-    (transfer study against default study, paired by seed). Fine-tuning should come out ahead."""
+    """Per arm and dataset: the fine-tuned encoder's top-1 minus the linear probe's on the same
+    encoder (transfer study against default study, paired by seed). Fine-tuning should come out
+    ahead."""
     transfer, default = read_table(key, "transfer"), read_table(key, "default")
     if transfer is None or default is None:
         return []
@@ -313,74 +395,124 @@ def finetune_against_probe(key: str) -> list[Comparison]:
     found = []
     for (arm, dataset), part in tuned.groupby(["arm", "dataset"], sort=False):
         mine = part.groupby("seed")["value"].mean().rename("tuned")
-        theirs = probes[(probes.arm == arm) & (probes.dataset == dataset)].groupby("seed")["value"].mean()
-        both = pd.concat([mine, theirs.rename("probe")], axis=1, join="inner")  # the seeds that have both
+        theirs = (
+            probes[(probes.arm == arm) & (probes.dataset == dataset)]
+            .groupby("seed")["value"]
+            .mean()
+        )
+        both = pd.concat(
+            [mine, theirs.rename("probe")], axis=1, join="inner"
+        )  # the seeds that have both
         seeds = ("seed " if len(both) == 1 else "seeds ") + ", ".join(str(s) for s in both.index)
-        found.append(Comparison("finetune", f"finetune-probe/{arm}/{dataset}",
-                                f"{labels()[arm]} on {dataset} ({seeds}): fine-tune {both.tuned.mean():.2f} vs "
-                                f"linear probe {both.probe.mean():.2f}", (both.tuned - both.probe).tolist()))
+        found.append(
+            Comparison(
+                "finetune",
+                f"finetune-probe/{arm}/{dataset}",
+                f"{labels()[arm]} on {dataset} ({seeds}): fine-tune {both.tuned.mean():.2f} vs "
+                f"linear probe {both.probe.mean():.2f}",
+                (both.tuned - both.probe).tolist(),
+            )
+        )
     return found
 
 
 def arm_table(key: str) -> list[str]:
-    """Markdown rows: each arm's linear-probe top-1 in the default study per dataset, mean with its 95%
-    t-interval over seeds, n, and the per-seed values."""
+    """Markdown rows: each arm's linear-probe top-1 in the default study per dataset, mean with its
+    95% t-interval over seeds, n, and the per-seed values."""
     default = read_table(key, "default")
     if default is None:
         return []
-    lines = ["| arm | dataset | mean top-1 | 95% interval | n | per seed |", "| --- | --- | ---: | --- | ---: | --- |"]
+    lines = [
+        "| arm | dataset | mean top-1 | 95% interval | n | per seed |",
+        "| --- | --- | ---: | --- | ---: | --- |",
+    ]
     for (dataset, arm), part in _probe_top1(default).groupby(["dataset", "arm"], sort=False):
         values = part.sort_values("seed")["value"].tolist()
         spread = Comparison("", "", "", values)
-        lines.append(f"| {labels()[arm]} | {dataset} | {spread.mean:.2f} | {spread.interval().replace('+', '')} | "
-                     f"{spread.n} | {', '.join(f'{v:.2f}' for v in values)} |")
+        lines.append(
+            f"| {labels()[arm]} | {dataset} | {spread.mean:.2f} | "
+            f"{spread.interval().replace('+', '')} | "
+            f"{spread.n} | {', '.join(f'{v:.2f}' for v in values)} |"
+        )
     return lines
 
 
 def provenance(key: str, plan: AnalysisConfig) -> str:
-    """What the results rest on: their seeds (pilot or confirmation), precision and the plan's hash."""
-    tables = [t for t in (read_table(key, s) for s in ("default", "wsp_epochs", "model_size", "data_size", "transfer"))
-              if t is not None]
+    """What the results rest on: their seeds (pilot or confirmation), precision and the plan's
+    hash."""
+    tables = [
+        t
+        for t in (
+            read_table(key, s)
+            for s in ("default", "wsp_epochs", "model_size", "data_size", "transfer")
+        )
+        if t is not None
+    ]
     seeds = sorted({int(s) for t in tables for s in t.seed.dropna()})
     kinds = {str(p) for t in tables if "precision" in t for p in t.precision.dropna()}
     if len(kinds) > 1:
-        raise DataError(f"{results_dir(key)}: tables of precisions {sorted(kinds)}; allowed: one precision in one "
-                        "finding (rerun the studies at one precision)")
-    phase = ("pilot seeds (they chose settings: no verdict rests on them)" if key.endswith("/pilot")
-             else "confirmation seeds (they chose nothing)")
-    return (f"Seeds: {', '.join(map(str, seeds)) or 'none'}, {phase}. Precision: "
-            f"{kinds.pop() if kinds else 'not recorded'}. Analysis plan `{config_hash(dataclasses.asdict(plan))}` "
-            f"(`analysis` of the preset in experiments.yaml), alpha {plan.alpha}.")
+        raise DataError(
+            f"{results_dir(key)}: tables of precisions {sorted(kinds)}; allowed: one precision in "
+            "one "
+            "finding (rerun the studies at one precision)"
+        )
+    phase = (
+        "pilot seeds (they chose settings: no verdict rests on them)"
+        if key.endswith("/pilot")
+        else "confirmation seeds (they chose nothing)"
+    )
+    return (
+        f"Seeds: {', '.join(map(str, seeds)) or 'none'}, {phase}. Precision: "
+        f"{kinds.pop() if kinds else 'not recorded'}. Analysis plan "
+        f"`{config_hash(dataclasses.asdict(plan))}` "
+        f"(`analysis` of the preset in experiments.yaml), alpha {plan.alpha}."
+    )
 
 
 def summary(key: str, found: list[Comparison], plan: AnalysisConfig | None = None) -> list[str]:
-    """The results in prose, every number and verdict computed: each claim's primary comparison, the count
-    of secondary ones that hold, and the baselines."""
+    """The results in prose, every number and verdict computed: each claim's primary comparison, the
+    count of secondary ones that hold, and the baselines."""
     lines = []
     for claim, text in CLAIMS.items():
         mine = [c for c in found if c.claim == claim]
         primary = [c for c in mine if c.role == "primary"]
         if not primary:
-            lines.append(f"- ({claim}) {text}: not studied in these results (no primary comparison).")
+            lines.append(
+                f"- ({claim}) {text}: not studied in these results (no primary comparison)."
+            )
             continue
         secondary = [c for c in mine if c.role == "secondary"]
-        tally = ", ".join(f"{sum(c.verdict == v for c in secondary)} {v}" for v in ("holds", "contradicted",
-                                                                                       "inconclusive"))
+        tally = ", ".join(
+            f"{sum(c.verdict == v for c in secondary)} {v}"
+            for v in ("holds", "contradicted", "inconclusive")
+        )
         against = " This contradicts the paper." if primary[0].verdict == "contradicted" else ""
         target = getattr(plan, claim).half_width if plan else 0.0
-        planned = (f" Its half-width {primary[0].half_width:.2f} against the planned {target:.2f}: "
-                   f"{'met' if primary[0].half_width <= target else 'not met'}." if target and primary[0].n > 1 else "")
-        lines.append(f"- ({claim}) {text}: **{primary[0].verdict}**.{against} Primary comparison, MAE→WSP − WSP "
-                     f"unless named: {primary[0].sentence()}.{planned} Secondary ({len(secondary)}): {tally}.")
+        planned = (
+            f" Its half-width {primary[0].half_width:.2f} against the planned {target:.2f}: "
+            f"{'met' if primary[0].half_width <= target else 'not met'}."
+            if target and primary[0].n > 1
+            else ""
+        )
+        lines.append(
+            f"- ({claim}) {text}: **{primary[0].verdict}**.{against} Primary comparison, MAE→WSP − "
+            "WSP "
+            f"unless named: {primary[0].sentence()}.{planned} Secondary ({len(secondary)}): "
+            f"{tally}."
+        )
     for c in premise(key):
-        lines.append(f"- Premise, {c.what}: {c.mean:+.2f} points, 95% interval {c.interval()}, n = {c.n} "
-                     f"({c.verdict} by the interval alone).")
+        lines.append(
+            f"- Premise, {c.what}: {c.mean:+.2f} points, 95% interval {c.interval()}, n = {c.n} "
+            f"({c.verdict} by the interval alone)."
+        )
     return lines
 
 
 def _claim_rows(found: list[Comparison]) -> list[str]:
-    lines = ["| claim | comparison (key) | role | difference | n | 95% interval | Holm p | verdict |",
-             "| --- | --- | --- | ---: | ---: | --- | ---: | --- |"]
+    lines = [
+        "| claim | comparison (key) | role | difference | n | 95% interval | Holm p | verdict |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: | --- |",
+    ]
     for claim, text in CLAIMS.items():
         mine = [c for c in found if c.claim == claim and c.role != "descriptive"]
         if not mine:
@@ -389,32 +521,60 @@ def _claim_rows(found: list[Comparison]) -> list[str]:
         lines.append(f"| **({claim}) {text}** | **claim** | | | | | | **{claim_verdict(mine)}** |")
         for c in mine:
             p = f"{c.p_holm:.2g}" if not math.isnan(c.p_holm) else ""
-            lines.append(f"| | {c.what} (`{c.key}`) | {c.role} | {c.mean:+.2f} | {c.n} | {c.interval()} | {p} | "
-                         f"{c.verdict} |")
+            lines.append(
+                f"| | {c.what} (`{c.key}`) | {c.role} | {c.mean:+.2f} | {c.n} | {c.interval()} | "
+                f"{p} | "
+                f"{c.verdict} |"
+            )
     return lines
 
 
-def report(key: str, plan: AnalysisConfig | None = None, found: list[Comparison] | None = None) -> str:
-    """findings.md: provenance, the results in prose, each arm's probe, the claims' comparisons by role,
-    the one-seed results, fine-tuning against the probe."""
+def report(
+    key: str, plan: AnalysisConfig | None = None, found: list[Comparison] | None = None
+) -> str:
+    """findings.md: provenance, the results in prose, each arm's probe, the claims' comparisons by
+    role, the one-seed results, fine-tuning against the probe."""
     plan = plan or AnalysisConfig()
     found = analyse(comparisons(key), plan) if found is None else found
-    lines = [f"**Findings of `{key}`**", "", provenance(key, plan), "", *summary(key, found, plan), ""]
+    lines = [
+        f"**Findings of `{key}`**",
+        "",
+        provenance(key, plan),
+        "",
+        *summary(key, found, plan),
+        "",
+    ]
     arms = arm_table(key)
     if arms:
         lines += ["Linear-probe top-1 (%) of every arm, default study:", "", *arms, ""]
     lines += [f"Differences are paired, in top-1 points. Rule: {RULE}.", "", *_claim_rows(found)]
     single = [c for c in found if c.role == "descriptive"]
     if single:
-        lines += ["", "One seed only: descriptive, in no verdict:", "", "| claim | comparison | difference | n |",
-                  "| --- | --- | ---: | ---: |", *[f"| ({c.claim}) | {c.what} | {c.mean:+.2f} | 1 |" for c in single]]
+        lines += [
+            "",
+            "One seed only: descriptive, in no verdict:",
+            "",
+            "| claim | comparison | difference | n |",
+            "| --- | --- | ---: | ---: |",
+            *[f"| ({c.claim}) | {c.what} | {c.mean:+.2f} | 1 |" for c in single],
+        ]
     checks = [c for c in finetune_against_probe(key) if c.n]
     if checks:
-        lines += ["", "Fine-tuning against the linear probe of the same encoder (by the 95% interval; it should hold):",
-                  "", "| encoder and dataset | difference | n | 95% interval | verdict |",
-                  "| --- | ---: | ---: | --- | --- |"]
-        lines += [f"| {c.what} | {c.mean:+.2f} | {c.n} | {c.interval()} | {c.verdict} |" for c in checks]
-    lines += ["", f"Arms below the random-init baseline (default study, linear probe): {below_random(key)}"]
+        lines += [
+            "",
+            "Fine-tuning against the linear probe of the same encoder (by the 95% interval; it "
+            "should hold):",
+            "",
+            "| encoder and dataset | difference | n | 95% interval | verdict |",
+            "| --- | ---: | ---: | --- | --- |",
+        ]
+        lines += [
+            f"| {c.what} | {c.mean:+.2f} | {c.n} | {c.interval()} | {c.verdict} |" for c in checks
+        ]
+    lines += [
+        "",
+        f"Arms below the random-init baseline (default study, linear probe): {below_random(key)}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -423,8 +583,21 @@ def write(key: str, plan: AnalysisConfig | None = None) -> str:
     plan = plan or AnalysisConfig()
     found = analyse(comparisons(key), plan)
     text = report(key, plan, found)
-    rows = [{"claim": c.claim, "key": c.key, "comparison": c.what, "role": c.role, "difference": c.mean, "n": c.n,
-             "sd": c.sd, "half_width_95": c.half_width, "p_holm": c.p_holm, "verdict": c.verdict} for c in found]
+    rows = [
+        {
+            "claim": c.claim,
+            "key": c.key,
+            "comparison": c.what,
+            "role": c.role,
+            "difference": c.mean,
+            "n": c.n,
+            "sd": c.sd,
+            "half_width_95": c.half_width,
+            "p_holm": c.p_holm,
+            "verdict": c.verdict,
+        }
+        for c in found
+    ]
     folder = results_dir(key)
     atomic_write(folder / "findings.md", lambda f: f.write(text))
     atomic_write(folder / "findings.csv", lambda f: pd.DataFrame(rows).to_csv(f, index=False))

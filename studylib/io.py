@@ -1,5 +1,6 @@
-"""File writing and provenance that need no torch: atomic writes, file hashes, the code's commit, durations. The
-commands that only read tables and draw (findings, figures) import this, not studylib.runs."""
+"""File writing and provenance that need no torch: atomic writes, file hashes, the code's commit,
+durations. The commands that only read tables and draw (findings, figures) import this, not
+studylib.runs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write through a temporary file in the same folder, then rename: readers never see half a
+    file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o644)
@@ -39,15 +41,30 @@ def sha256(path: Path) -> str:
 
 
 def git_sha() -> str:
-    """The commit of the studylib checkout, with '-dirty' when its code has uncommitted changes (outputs under
-    figures/ and results/ do not count: drawing one figure must not mark the next one's code as dirty)."""
+    """The commit of the studylib checkout, with '-dirty' when its code has uncommitted changes
+    (outputs under figures/ and results/ do not count: drawing one figure must not mark the next
+    one's code as dirty)."""
     repo = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures",
-                                ":!results"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!figures",
+                ":!results",
+            ],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")

@@ -1,12 +1,13 @@
-"""Jobs through submitit: `local` (the default where there is no SLURM), `debug` (in this process, for
-stepping through) and `slurm` (partition, GPUs, nodes, time, account and QoS from the preset's
+"""Jobs through submitit: `local` (the default where there is no SLURM), `debug` (in this process,
+for stepping through) and `slurm` (partition, GPUs, nodes, time, account and QoS from the preset's
 `launch` section).
 
 A job runs a study or an arm of studylib.registry by name (`targets()`) on a preset and overrides,
-never notebook code. Preempted or timed-out jobs are requeued (at most `launch.max_requeues` times) and resume
-from their run's checkpoint: SLURM's warning signal makes the engine checkpoint the step in progress first
-(studylib.checkpoint.catch_preemption), so a preemption loses no step; a kill without warning loses what came
-after the last checkpoint (every epoch, or every `checkpoint_every_steps` / `checkpoint_every_min`).
+never notebook code. Preempted or timed-out jobs are requeued (at most `launch.max_requeues` times)
+and resume from their run's checkpoint: SLURM's warning signal makes the engine checkpoint the step
+in progress first (studylib.checkpoint.catch_preemption), so a preemption loses no step; a kill
+without warning loses what came after the last checkpoint (every epoch, or every
+`checkpoint_every_steps` / `checkpoint_every_min`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from studylib.registry import ARMS, STUDIES, call, targets
 
 
 class StudyJob(submitit.helpers.Checkpointable):
-    """Run a target on an experiment, validated when it was submitted (a queued job is not changed by
-    later edits of experiments.yaml)."""
+    """Run a target on an experiment, validated when it was submitted (a queued job is not changed
+    by later edits of experiments.yaml)."""
 
     def __init__(self, target: str, max_requeues: int = 3) -> None:
         if target not in targets():
@@ -40,7 +41,9 @@ class StudyJob(submitit.helpers.Checkpointable):
         self.max_requeues = max_requeues
 
     def __call__(self, exp: Experiment) -> Any:
-        from studylib.checkpoint import catch_preemption  # training first checkpoints the step it is in
+        from studylib.checkpoint import (
+            catch_preemption,
+        )  # training first checkpoints the step it is in
 
         distributed.init()
         catch_preemption()
@@ -49,7 +52,8 @@ class StudyJob(submitit.helpers.Checkpointable):
         return call(ARMS[self.target].pretrain, exp)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
-        """On preemption or time-out: requeue the same call, which resumes from the run's checkpoint."""
+        """On preemption or time-out: requeue the same call, which resumes from the run's
+        checkpoint."""
         if int(os.environ.get("SLURM_RESTART_COUNT", "0")) >= self.max_requeues:
             return None
         return super().checkpoint(*args, **kwargs)
@@ -63,36 +67,70 @@ def executor(exp: Experiment, folder: str | Path | None = None) -> submitit.Exec
     if kind == "auto":
         kind = "slurm" if shutil.which("sbatch") else "local"
     if kind == "slurm" and not shutil.which("sbatch"):
-        raise ConfigError("launch.executor: 'slurm', but this machine has no sbatch on its PATH; allowed: "
-                          "'local', 'debug' or 'auto' here, or 'slurm' on a SLURM login node")
+        raise ConfigError(
+            "launch.executor: 'slurm', but this machine has no sbatch on its PATH; allowed: "
+            "'local', 'debug' or 'auto' here, or 'slurm' on a SLURM login node"
+        )
     folder = Path(folder) if folder else runs_dir() / exp.preset / "jobs"
-    ex = submitit.AutoExecutor(folder=folder / "%j", cluster=kind, slurm_max_num_timeout=launch.max_requeues)
-    ex.update_parameters(timeout_min=launch.timeout_min, nodes=launch.nodes, tasks_per_node=launch.tasks_per_node,
-                         cpus_per_task=launch.cpus_per_task, gpus_per_node=launch.gpus_per_node,
-                         name=f"studylib-{exp.preset}")
+    ex = submitit.AutoExecutor(
+        folder=folder / "%j", cluster=kind, slurm_max_num_timeout=launch.max_requeues
+    )
+    ex.update_parameters(
+        timeout_min=launch.timeout_min,
+        nodes=launch.nodes,
+        tasks_per_node=launch.tasks_per_node,
+        cpus_per_task=launch.cpus_per_task,
+        gpus_per_node=launch.gpus_per_node,
+        name=f"studylib-{exp.preset}",
+    )
     if kind == "slurm":
-        extra = {"slurm_partition": launch.partition, "slurm_account": launch.account, "slurm_qos": launch.qos}
-        ex.update_parameters(mem_gb=launch.mem_gb, slurm_array_parallelism=launch.array_parallelism,
-                             **{k: v for k, v in extra.items() if v is not None})
+        extra = {
+            "slurm_partition": launch.partition,
+            "slurm_account": launch.account,
+            "slurm_qos": launch.qos,
+        }
+        ex.update_parameters(
+            mem_gb=launch.mem_gb,
+            slurm_array_parallelism=launch.array_parallelism,
+            **{k: v for k, v in extra.items() if v is not None},
+        )
     return ex
 
 
-def submit(target: str, preset: str, overrides: Sequence[str] = (), config_file: str | None = None,
-           folder: str | Path | None = None) -> submitit.Job:
+def submit(
+    target: str,
+    preset: str,
+    overrides: Sequence[str] = (),
+    config_file: str | None = None,
+    folder: str | Path | None = None,
+) -> submitit.Job:
     """Submit one job: `target` (a name of `targets()`) on a preset and overrides."""
-    exp = load_experiment(preset, list(overrides), config_file)  # bad input fails here, not in the job
+    exp = load_experiment(
+        preset, list(overrides), config_file
+    )  # bad input fails here, not in the job
     job = StudyJob(target, exp.launch.max_requeues)
     chosen = executor(exp, folder)
     try:
         return chosen.submit(job, exp)
-    except (submitit.core.utils.FailedJobError, OSError) as err:  # sbatch refused it, or could not run
-        raise ConfigError(f"launch.executor {exp.launch.executor}: the job could not be submitted "
-                          f"({' '.join(str(err).split())[:200]}); allowed: a running SLURM, or "
-                          "launch.executor=local") from None
+    except (
+        submitit.core.utils.FailedJobError,
+        OSError,
+    ) as err:  # sbatch refused it, or could not run
+        raise ConfigError(
+            f"launch.executor {exp.launch.executor}: the job could not be submitted "
+            f"({' '.join(str(err).split())[:200]}); allowed: a running SLURM, or "
+            "launch.executor=local"
+        ) from None
 
 
-def sweep(target: str, preset: str, points: Sequence[Sequence[str]], overrides: Sequence[str] = (),
-          config_file: str | None = None, folder: str | Path | None = None) -> list[submitit.Job]:
+def sweep(
+    target: str,
+    preset: str,
+    points: Sequence[Sequence[str]],
+    overrides: Sequence[str] = (),
+    config_file: str | None = None,
+    folder: str | Path | None = None,
+) -> list[submitit.Job]:
     """Submit one job per point (a list of overrides on top of `overrides`), as one job array."""
     experiments = [load_experiment(preset, [*overrides, *point], config_file) for point in points]
     job = StudyJob(target, experiments[0].launch.max_requeues)
@@ -100,31 +138,38 @@ def sweep(target: str, preset: str, points: Sequence[Sequence[str]], overrides: 
 
 
 def run(target: str, preset: str, overrides: Sequence[str] = (), executor: str = "local") -> Any:
-    """What a notebook calls: submit `target` as a job where `executor` says, show its progress until it
-    ends, and return its result (a study's table; an arm's chain of runs). An error is shown as one line."""
+    """What a notebook calls: submit `target` as a job where `executor` says, show its progress
+    until it ends, and return its result (a study's table; an arm's chain of runs). An error is
+    shown as one line."""
     errors.one_line_in_notebooks()
     absolute_paths()
     job = submit(target, preset, [*overrides, f"launch.executor={executor}"])
     return watch([job])[0]
 
 
-PROGRESS = re.compile(r"\[(?P<run>[^\]]+)\] epoch (?P<epoch>\d+)/(?P<epochs>\d+)"
-                      r"(?: step (?P<step>\d+)/(?P<steps>\d+))?(?P<rest>.*)")
+PROGRESS = re.compile(
+    r"\[(?P<run>[^\]]+)\] epoch (?P<epoch>\d+)/(?P<epochs>\d+)"
+    r"(?: step (?P<step>\d+)/(?P<steps>\d+))?(?P<rest>.*)"
+)
 
 
 def progress(job: submitit.Job) -> str:
-    """The last progress line the job printed (the engine's epoch and step lines, a study's 'seed k of n',
-    a reused run), e.g. '[wsp-1a2b3c4d] epoch 3/20 step 40/78 loss 4.1 712 img/s eta 2m10s', or ''."""
+    """The last progress line the job printed (the engine's epoch and step lines, a study's 'seed k
+    of n', a reused run), e.g. '[wsp-1a2b3c4d] epoch 3/20 step 40/78 loss 4.1 712 img/s eta 2m10s',
+    or ''."""
     try:
         out = job.stdout() or ""
     except (OSError, AttributeError):
         return ""
-    lines = [line for line in out.splitlines() if re.match(r"\[[^\]]+\] (epoch |reused|seed )", line)]
+    lines = [
+        line for line in out.splitlines() if re.match(r"\[[^\]]+\] (epoch |reused|seed )", line)
+    ]
     return lines[-1] if lines else ""
 
 
 def done_fraction(line: str) -> float | None:
-    """How much of its run a progress line says is done (epochs and steps), or None for another line."""
+    """How much of its run a progress line says is done (epochs and steps), or None for another
+    line."""
     found = PROGRESS.match(line)
     if not found:
         return None
@@ -134,11 +179,17 @@ def done_fraction(line: str) -> float | None:
 
 
 def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
-    """Show a live bar per job (its state, its current run and how far that run is, with loss, images/s
-    and ETA) until all are done, then return their results in order (a list of one result per task
-    for a job of several tasks; a failed job raises its error). A notebook gets widget bars."""
-    bars = [tqdm(total=100, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}", leave=True) for _ in jobs]
-    live = sys.stderr.isatty() or "ipykernel" in sys.modules  # else a log: a line only when a bar's text changes
+    """Show a live bar per job (its state, its current run and how far that run is, with loss,
+    images/s and ETA) until all are done, then return their results in order (a list of one result
+    per task for a job of several tasks; a failed job raises its error). A notebook gets widget
+    bars."""
+    bars = [
+        tqdm(total=100, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}", leave=True)
+        for _ in jobs
+    ]
+    live = (
+        sys.stderr.isatty() or "ipykernel" in sys.modules
+    )  # else a log: a line only when a bar's text changes
     shown: list[tuple] = [()] * len(jobs)
     try:
         while True:
@@ -161,7 +212,8 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
 
 
 def _result(job: submitit.Job) -> Any:
-    """The job's result; a failed job's error raised here as the same one line it raised in the job."""
+    """The job's result; a failed job's error raised here as the same one line it raised in the
+    job."""
     try:
         results = job.results()
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
@@ -170,10 +222,12 @@ def _result(job: submitit.Job) -> Any:
 
 
 def job_error(trace: str, job: submitit.Job) -> errors.StudylibError:
-    """The studylib error at the end of a job's traceback, as that error; any other, as a JobError naming
-    the job's log."""
+    """The studylib error at the end of a job's traceback, as that error; any other, as a JobError
+    naming the job's log."""
     found = re.findall(r"^studylib\.errors\.(\w+): (.*)$", trace, flags=re.MULTILINE)
     if found and isinstance(getattr(errors, found[-1][0], None), type):
         return getattr(errors, found[-1][0])(found[-1][1])
     last = [line for line in trace.splitlines() if line.strip()][-1:] or ["no output"]
-    return errors.JobError(f"job {job.job_id}: {last[0].strip()[:300]}; its log: {job.paths.stderr}")
+    return errors.JobError(
+        f"job {job.job_id}: {last[0].strip()[:300]}; its log: {job.paths.stderr}"
+    )

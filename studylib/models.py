@@ -22,8 +22,9 @@ def vit(size: str, num_classes: int = 0, drop_path: float = 0.0) -> VisionTransf
     num_classes=0 gives the bare encoder, whose output is the normalised class token; drop_path is
     the stochastic-depth rate (fine-tuning).
     """
-    model = VisionTransformer(**VIT_SIZES[size], num_classes=num_classes, global_pool="token",
-                              drop_path_rate=drop_path)
+    model = VisionTransformer(
+        **VIT_SIZES[size], num_classes=num_classes, global_pool="token", drop_path_rate=drop_path
+    )
     grid = model.patch_embed.grid_size
     sincos = build_sincos2d_pos_embed(list(grid), model.embed_dim)
     with torch.no_grad():
@@ -34,21 +35,24 @@ def vit(size: str, num_classes: int = 0, drop_path: float = 0.0) -> VisionTransf
 
 
 def choose_attention(model: nn.Module, device: torch.device, training: bool = True) -> None:
-    """torch's fused attention (scaled_dot_product_attention) on GPUs and for inference; for training on
-    CPUs timm's explicit softmax(q k^T) v, which for our short sequences is as fast in fp32, 17% faster for
-    the MAE with its narrow decoder heads, and 2x faster under bf16, where torch's CPU flash-attention
-    backward runs ~9x slower than in fp32 (torch 2.14; benchmarks/RESULTS.md)."""
+    """torch's fused attention (scaled_dot_product_attention) on GPUs and for inference; for
+    training on CPUs timm's explicit softmax(q k^T) v, which for our short sequences is as fast in
+    fp32, 17% faster for the MAE with its narrow decoder heads, and 2x faster under bf16, where
+    torch's CPU flash-attention backward runs ~9x slower than in fp32 (torch 2.14;
+    benchmarks/RESULTS.md)."""
     for module in model.modules():
         if hasattr(module, "fused_attn"):  # timm's Attention
             module.fused_attn = device.type != "cpu" or not training
 
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """`model`'s state dict with whole tensors: weights sharded by FSDP2 (DTensors) are gathered, which
-    every rank must do together; other models' state dicts are returned as they are."""
+    """`model`'s state dict with whole tensors: weights sharded by FSDP2 (DTensors) are gathered,
+    which every rank must do together; other models' state dicts are returned as they are."""
     from torch.distributed.tensor import DTensor
 
-    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
+    return {
+        k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()
+    }
 
 
 def encoder_state(model: VisionTransformer) -> dict[str, torch.Tensor]:
@@ -58,30 +62,37 @@ def encoder_state(model: VisionTransformer) -> dict[str, torch.Tensor]:
 
 
 def load_encoder(model: VisionTransformer, state: dict[str, torch.Tensor]) -> None:
-    """Load encoder weights into `model`; every encoder weight must match, only the head may differ."""
+    """Load encoder weights into `model`; every encoder weight must match, only the head may
+    differ."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("head.")]
     if missing or unexpected:
-        raise ValueError(f"encoder weights do not fit this model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"encoder weights do not fit this model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, L, patch*patch*C), patches in raster order."""
     b, c, h, w = images.shape
     x = images.reshape(b, c, h // patch, patch, w // patch, patch)
-    return torch.einsum("bchpwq->bhwpqc", x).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+    return torch.einsum("bchpwq->bhwpqc", x).reshape(
+        b, (h // patch) * (w // patch), patch * patch * c
+    )
 
 
-def random_masking(n: int, length: int, mask_ratio: float, device: torch.device, rank: int = 0,
-                   world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masking(
+    n: int, length: int, mask_ratio: float, device: torch.device, rank: int = 0, world: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the kept patches (n, keep) and the mask (n, length), 1 where a patch is hidden.
 
     Exactly round(length * (1 - mask_ratio)) patches are kept in every sample. In a job of several
-    tasks, the noise is drawn for the global batch and each rank takes its rows, as one process would.
+    tasks, the noise is drawn for the global batch and each rank takes its rows, as one process
+    would.
     """
     keep = int(round(length * (1 - mask_ratio)))
-    noise = torch.rand(n * world, length, device=device)[rank * n:(rank + 1) * n]
+    noise = torch.rand(n * world, length, device=device)[rank * n : (rank + 1) * n]
     ids_keep = noise.argsort(dim=1)[:, :keep]
     mask = torch.ones(n, length, device=device)
     mask.scatter_(1, ids_keep, 0.0)
@@ -91,20 +102,34 @@ def random_masking(n: int, length: int, mask_ratio: float, device: torch.device,
 class MAE(nn.Module):
     """Masked autoencoder around a timm ViT encoder."""
 
-    def __init__(self, size: str, mask_ratio: float = 0.75, decoder_dim: int = 128,
-                 decoder_depth: int = 2, decoder_heads: int = 4, norm_pix_loss: bool = True) -> None:
+    def __init__(
+        self,
+        size: str,
+        mask_ratio: float = 0.75,
+        decoder_dim: int = 128,
+        decoder_depth: int = 2,
+        decoder_heads: int = 4,
+        norm_pix_loss: bool = True,
+    ) -> None:
         super().__init__()
         self.encoder = vit(size)
         self.mask_ratio = mask_ratio
-        self.ranks = (0, 1)  # (rank, world) in a job of several tasks: its rows of the global batch's masks
+        self.ranks = (
+            0,
+            1,
+        )  # (rank, world) in a job of several tasks: its rows of the global batch's masks
         self.norm_pix_loss = norm_pix_loss
         self.patch = self.encoder.patch_embed.patch_size[0]
         grid = self.encoder.patch_embed.grid_size
         self.decoder_embed = nn.Linear(self.encoder.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         sincos = build_sincos2d_pos_embed(list(grid), decoder_dim).reshape(1, -1, decoder_dim)
-        self.register_buffer("decoder_pos_embed", torch.cat([torch.zeros(1, 1, decoder_dim), sincos], 1))
-        self.decoder_blocks = nn.Sequential(*[Block(decoder_dim, decoder_heads) for _ in range(decoder_depth)])
+        self.register_buffer(
+            "decoder_pos_embed", torch.cat([torch.zeros(1, 1, decoder_dim), sincos], 1)
+        )
+        self.decoder_blocks = nn.Sequential(
+            *[Block(decoder_dim, decoder_heads) for _ in range(decoder_depth)]
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch**2 * 3)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -117,7 +142,9 @@ class MAE(nn.Module):
         x = enc.blocks(torch.cat([cls, x], dim=1))
         return enc.norm(x)
 
-    def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor, length: int) -> torch.Tensor:
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_keep: torch.Tensor, length: int
+    ) -> torch.Tensor:
         x = self.decoder_embed(latent)
         b, _, d = x.shape
         # Scatter the visible tokens back to their places; every other place gets the mask token.
@@ -137,9 +164,12 @@ class MAE(nn.Module):
         return (per_patch * mask).sum() / mask.sum()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss, predicted patches (B, L, p*p*3) and mask (B, L) for a batch of normalised images."""
+        """Loss, predicted patches (B, L, p*p*3) and mask (B, L) for a batch of normalised
+        images."""
         length = self.encoder.patch_embed.num_patches
-        ids_keep, mask = random_masking(images.shape[0], length, self.mask_ratio, images.device, *self.ranks)
+        ids_keep, mask = random_masking(
+            images.shape[0], length, self.mask_ratio, images.device, *self.ranks
+        )
         latent = self.forward_encoder(images, ids_keep)
         pred = self.forward_decoder(latent, ids_keep, length)
         return self.loss(images, pred, mask), pred, mask
@@ -170,18 +200,25 @@ def _to_meta(model: nn.Module) -> nn.Module:
 
 
 def size_table() -> list[dict]:
-    """Parameters and forward GFLOPs per image of every named ViT size (built on the meta device)."""
+    """Parameters and forward GFLOPs per image of every named ViT size (built on the meta
+    device)."""
     rows = []
     for name, spec in VIT_SIZES.items():
         with torch.device("meta"):
             model = vit(name)
-        rows.append({"model": name, "img_size": spec["img_size"], "patch": spec["patch_size"],
-                     "params_M": count_params(model) / 1e6,
-                     "gflops_per_image": count_flops(model, spec["img_size"]) / 1e9})
+        rows.append(
+            {
+                "model": name,
+                "img_size": spec["img_size"],
+                "patch": spec["patch_size"],
+                "params_M": count_params(model) / 1e6,
+                "gflops_per_image": count_flops(model, spec["img_size"]) / 1e9,
+            }
+        )
     return rows
 
 
 def train_flops(forward: float, images_seen: int) -> float:
-    """Training FLOPs: 3x the forward FLOPs per image (forward + backward; count_flops, called before
-    training, as a model sharded by FSDP2 cannot be copied) per image seen."""
+    """Training FLOPs: 3x the forward FLOPs per image (forward + backward; count_flops, called
+    before training, as a model sharded by FSDP2 cannot be copied) per image seen."""
     return 3.0 * forward * images_seen

@@ -1,10 +1,11 @@
-"""How many seeds each claim needs, from its pilot: `studylib plan --preset cpu` reads the pilot seeds'
-tables (results/<key>/pilot/, written by `studylib study NAME --pilot`), and for every comparison of the
-analysis plan with a target half-width gives the smallest n for which the confirmation's 95% paired
-half-width, t(0.975, n - 1) * s / sqrt(n), meets the target with an 80% chance (ASSURANCE) when the pilot's
-sd is the true one (s, the confirmation's own sd, varies from batch to batch: a plan at the expected
-half-width alone meets its target about half the time); then what that many seeds of each study cost in
-wall time, from the pilot's own runs on this machine. The preset's seed counts are set from it.
+"""How many seeds each claim needs, from its pilot: `studylib plan --preset cpu` reads the pilot
+seeds' tables (results/<key>/pilot/, written by `studylib study NAME --pilot`), and for every
+comparison of the analysis plan with a target half-width gives the smallest n for which the
+confirmation's 95% paired half-width, t(0.975, n - 1) * s / sqrt(n), meets the target with an 80%
+chance (ASSURANCE) when the pilot's sd is the true one (s, the confirmation's own sd, varies from
+batch to batch: a plan at the expected half-width alone meets its target about half the time); then
+what that many seeds of each study cost in wall time, from the pilot's own runs on this machine. The
+preset's seed counts are set from it.
 """
 
 from __future__ import annotations
@@ -18,20 +19,26 @@ from studylib.config import Experiment, results_dir
 from studylib.findings import CLAIMS, Comparison, analyse, comparisons, t_quantile_975
 from studylib.io import atomic_write
 
-ASSURANCE = 0.8  # the chance, at the pilot's sd, that the confirmation's half-width meets its target
+ASSURANCE = (
+    0.8  # the chance, at the pilot's sd, that the confirmation's half-width meets its target
+)
 
 
 def chance_met(sd: float, target: float, n: int) -> float:
-    """The chance that the 95% paired t half-width of n seeds is at most `target` when the differences'
-    true sd is `sd`: (n - 1) s^2 / sd^2 is chi-square with n - 1 degrees of freedom (scipy)."""
+    """The chance that the 95% paired t half-width of n seeds is at most `target` when the
+    differences' true sd is `sd`: (n - 1) s^2 / sd^2 is chi-square with n - 1 degrees of freedom
+    (scipy)."""
     from scipy import stats
 
-    largest_sd = target * math.sqrt(n) / t_quantile_975(n - 1)  # the sample sd that just meets the target
+    largest_sd = (
+        target * math.sqrt(n) / t_quantile_975(n - 1)
+    )  # the sample sd that just meets the target
     return float(stats.chi2.cdf((n - 1) * (largest_sd / sd) ** 2, n - 1))
 
 
 def seeds_needed(sd: float, target: float, assurance: float = ASSURANCE, most: int = 200) -> int:
-    """The smallest n >= 2 whose half-width meets `target` with probability `assurance` (`most` if none)."""
+    """The smallest n >= 2 whose half-width meets `target` with probability `assurance` (`most` if
+    none)."""
     for n in range(2, most + 1):
         if chance_met(sd, target, n) >= assurance:
             return n
@@ -46,8 +53,9 @@ def study_of(c: Comparison) -> str:
 
 
 def minutes_per_seed(key: str, study: str) -> float:
-    """Wall minutes of one seed of `study` in the pilot: the median over its seeds of their distinct runs'
-    wall_time_s (a median, so a seed slowed by other work on the machine does not set the cost)."""
+    """Wall minutes of one seed of `study` in the pilot: the median over its seeds of their distinct
+    runs' wall_time_s (a median, so a seed slowed by other work on the machine does not set the
+    cost)."""
     path = results_dir(key) / f"{study}.csv"
     if not path.exists():
         return math.nan
@@ -57,23 +65,38 @@ def minutes_per_seed(key: str, study: str) -> float:
 
 
 def rows(exp: Experiment) -> list[dict]:
-    """One row per targeted comparison of the plan: pilot n, mean and sd, the seeds it needs, and the study's cost."""
+    """One row per targeted comparison of the plan: pilot n, mean and sd, the seeds it needs, and
+    the study's cost."""
     pilot = dataclasses.replace(exp, pilot=True).results_key
     found = analyse(comparisons(pilot), exp.analysis)
     out = []
     for claim in CLAIMS:
         rules = getattr(exp.analysis, claim)
         for c in (c for c in found if c.claim == claim and c.n > 1):
-            target = {"primary": rules.half_width, "secondary": rules.secondary_half_width}.get(c.role, 0.0)
+            target = {"primary": rules.half_width, "secondary": rules.secondary_half_width}.get(
+                c.role, 0.0
+            )
             if not target:
                 continue
             study = study_of(c)
             need = seeds_needed(c.sd, target)
             planned = len(exp.studies.seeds_of(study))
-            out.append({"claim": claim, "key": c.key, "role": c.role, "study": study, "pilot_n": c.n,
-                        "pilot_mean": c.mean, "pilot_sd": c.sd, "target_half_width": target, "seeds_needed": need,
-                        "seeds_planned": planned, "chance_met_as_planned": chance_met(c.sd, target, planned),
-                        "minutes_per_seed": minutes_per_seed(pilot, study)})
+            out.append(
+                {
+                    "claim": claim,
+                    "key": c.key,
+                    "role": c.role,
+                    "study": study,
+                    "pilot_n": c.n,
+                    "pilot_mean": c.mean,
+                    "pilot_sd": c.sd,
+                    "target_half_width": target,
+                    "seeds_needed": need,
+                    "seeds_planned": planned,
+                    "chance_met_as_planned": chance_met(c.sd, target, planned),
+                    "minutes_per_seed": minutes_per_seed(pilot, study),
+                }
+            )
     return out
 
 
@@ -81,32 +104,65 @@ def report(exp: Experiment) -> str:
     """plan.md: the table of `rows`, and the batch's cost at the seeds planned."""
     table = pd.DataFrame(rows(exp))
     if table.empty:
-        return (f"No pilot comparison with a target: run `studylib study NAME --pilot --preset {exp.preset}` for "
-                "the studies of each claim's primary comparison, and set half_width in `analysis`.\n")
+        return (
+            "No pilot comparison with a target: run `studylib study NAME --pilot --preset "
+            f"{exp.preset}` for "
+            "the studies of each claim's primary comparison, and set half_width in `analysis`.\n"
+        )
     table["minutes_needed"] = table.seeds_needed * table.minutes_per_seed
-    lines = [f"**Seeds by plan for `{exp.results_key}`** (pilot seeds {exp.studies.pilot_seeds}; seeds for a "
-             f"chance of {ASSURANCE:.0%} that the 95% paired half-width t(0.975, n-1) s / sqrt(n) meets the target, "
-             "the pilot's sd taken as the true one)", "",
-             "| claim | comparison | role | study | pilot n | pilot mean | pilot sd | target | seeds needed | "
-             "seeds planned | chance met as planned | min per seed |", "|" + " --- |" * 12]
+    lines = [
+        f"**Seeds by plan for `{exp.results_key}`** (pilot seeds {exp.studies.pilot_seeds}; seeds "
+        "for a "
+        f"chance of {ASSURANCE:.0%} that the 95% paired half-width t(0.975, n-1) s / sqrt(n) meets "
+        "the target, "
+        "the pilot's sd taken as the true one)",
+        "",
+        "| claim | comparison | role | study | pilot n | pilot mean | pilot sd | target | seeds "
+        "needed | "
+        "seeds planned | chance met as planned | min per seed |",
+        "|" + " --- |" * 12,
+    ]
     for r in table.itertuples():
-        lines.append(f"| ({r.claim}) | `{r.key}` | {r.role} | {r.study} | {r.pilot_n} | {r.pilot_mean:+.2f} | "
-                     f"{r.pilot_sd:.2f} | {r.target_half_width:.2f} | {r.seeds_needed} | {r.seeds_planned} | "
-                     f"{r.chance_met_as_planned:.0%} | {r.minutes_per_seed:.1f} |")
-    need = table.groupby("study").agg(seeds=("seeds_needed", "max"), per_seed=("minutes_per_seed", "first"))
+        lines.append(
+            f"| ({r.claim}) | `{r.key}` | {r.role} | {r.study} | {r.pilot_n} | {r.pilot_mean:+.2f} "
+            "| "
+            f"{r.pilot_sd:.2f} | {r.target_half_width:.2f} | {r.seeds_needed} | {r.seeds_planned} "
+            "| "
+            f"{r.chance_met_as_planned:.0%} | {r.minutes_per_seed:.1f} |"
+        )
+    need = table.groupby("study").agg(
+        seeds=("seeds_needed", "max"), per_seed=("minutes_per_seed", "first")
+    )
     cost = ", ".join(f"{s} {int(r.seeds)} seeds x {r.per_seed:.1f} min" for s, r in need.iterrows())
-    lines += ["", f"Per study, the most seeds any target needs: {cost}; "
-                  f"{(need.seeds * need.per_seed).sum():.0f} minutes if no run were shared between studies."]
+    lines += [
+        "",
+        f"Per study, the most seeds any target needs: {cost}; "
+        f"{(need.seeds * need.per_seed).sum():.0f} minutes if no run were shared between studies.",
+    ]
     plans = {claim: getattr(exp.analysis, claim) for claim in CLAIMS}
-    unpiloted = [f"({claim}) `{rules.primary}`" for claim, rules in plans.items()
-                 if rules.half_width and rules.primary not in set(table.key)]
+    unpiloted = [
+        f"({claim}) `{rules.primary}`"
+        for claim, rules in plans.items()
+        if rules.half_width and rules.primary not in set(table.key)
+    ]
     if unpiloted:
-        lines += ["", "No pilot table holds the primary comparison of " + ", ".join(unpiloted) + ": their seeds are "
-                  "not sized by this plan."]
+        lines += [
+            "",
+            "No pilot table holds the primary comparison of "
+            + ", ".join(unpiloted)
+            + ": their seeds are "
+            "not sized by this plan.",
+        ]
     short = table[table.seeds_planned < table.seeds_needed]
-    lines += ["", "Every target is planned with enough seeds." if short.empty else
-              "Planned with fewer seeds than the pilot asks for: " + ", ".join(
-                  f"`{r.key}` ({r.seeds_planned} of {r.seeds_needed})" for r in short.itertuples())]
+    lines += [
+        "",
+        "Every target is planned with enough seeds."
+        if short.empty
+        else "Planned with fewer seeds than the pilot asks for: "
+        + ", ".join(
+            f"`{r.key}` ({r.seeds_planned} of {r.seeds_needed})" for r in short.itertuples()
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 

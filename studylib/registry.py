@@ -33,8 +33,8 @@ def call(ref: Ref, *args: Any, **kwargs: Any) -> Any:
 
 @dataclass(frozen=True)
 class Stage:
-    """A kind of run folder. `sections` are the config sections (dotted for nested ones) that decide its
-    result: each is hashed whole into the run's identity, with the data and runs it reads."""
+    """A kind of run folder. `sections` are the config sections (dotted for nested ones) that decide
+    its result: each is hashed whole into the run's identity, with the data and runs it reads."""
 
     name: str
     sections: tuple[str, ...]
@@ -43,15 +43,17 @@ class Stage:
 
 @dataclass(frozen=True)
 class Arm:
-    """A pretraining recipe: `pretrain(exp)` returns the chain of runs it trains (or reuses), the last
-    holding the encoder; the chain's training FLOPs add up to the arm's cost."""
+    """A pretraining recipe: `pretrain(exp)` returns the chain of runs it trains (or reuses), the
+    last holding the encoder; the chain's training FLOPs add up to the arm's cost."""
 
     name: str
     label: str  # for figures and tables shown to people
     color: str
     pretrain: Ref
     summary: str
-    beats: str | None = None  # the arm this one is claimed to beat: the findings test the pair, paired by seed
+    beats: str | None = (
+        None  # the arm this one is claimed to beat: the findings test the pair, paired by seed
+    )
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ class Task:
 
 @dataclass(frozen=True)
 class Study:
-    """A study: `run(exp)` returns its tidy table; `figures` draw it from the saved table; `arms` are
-    the arms it compares (None: every registered arm)."""
+    """A study: `run(exp)` returns its tidy table; `figures` draw it from the saved table; `arms`
+    are the arms it compares (None: every registered arm)."""
 
     name: str
     run: Ref
@@ -96,11 +98,14 @@ _TABLES = {Stage: STAGES, Arm: ARMS, Task: TASKS, Study: STUDIES, Figure: FIGURE
 
 
 def register(item: Stage | Arm | Task | Study | Figure) -> Any:
-    """Add `item` to its table; returns it. A name already taken is refused (unregister it first)."""
+    """Add `item` to its table; returns it. A name already taken is refused (unregister it
+    first)."""
     table = _TABLES[type(item)]
     if item.name in table:
-        raise ValueError(f"{type(item).__name__} {item.name!r} is registered already; allowed: a new name, "
-                         f"not one of {sorted(table)}")
+        raise ValueError(
+            f"{type(item).__name__} {item.name!r} is registered already; allowed: a new name, "
+            f"not one of {sorted(table)}"
+        )
     table[item.name] = item
     return item
 
@@ -115,14 +120,18 @@ def study_arms(study: Study) -> list[Arm]:
 
 
 def compared_pairs() -> list[tuple[str, str]]:
-    """(arm, the arm it is claimed to beat), in declaration order: the first is the paper's claim."""
+    """(arm, the arm it is claimed to beat), in declaration order: the first is the paper's
+    claim."""
     return [(arm.name, arm.beats) for arm in ARMS.values() if arm.beats]
 
 
 def targets() -> dict[str, str]:
-    """What a job can run, name -> what it is: every study (its table) and every arm (its chain of runs)."""
-    return {**{name: f"study: {s.summary}" for name, s in STUDIES.items()},
-            **{name: f"arm: {a.summary}" for name, a in ARMS.items() if name not in STUDIES}}
+    """What a job can run, name -> what it is: every study (its table) and every arm (its chain of
+    runs)."""
+    return {
+        **{name: f"study: {s.summary}" for name, s in STUDIES.items()},
+        **{name: f"arm: {a.summary}" for name, a in ARMS.items() if name not in STUDIES},
+    }
 
 
 def labels() -> dict[str, str]:
@@ -133,44 +142,121 @@ def labels() -> dict[str, str]:
 for _item in (
     Stage("init", ("model", "seed"), "a randomly initialised encoder, saved as it is"),
     Stage("mae", ("model", "seed", "mae"), "MAE pre-pretraining on the pool (or mae.data)"),
-    Stage("wsp", ("model", "seed", "tags", "wsp"), "weakly-supervised pretraining on the pool's hashtags"),
-    Stage("probe", ("seed", "probe"), "linear probe: L2 logistic regression on frozen features, to convergence"),
-    Stage("finetune", ("model", "seed", "transfer.finetune"), "full fine-tuning with layer-wise lr decay"),
+    Stage(
+        "wsp",
+        ("model", "seed", "tags", "wsp"),
+        "weakly-supervised pretraining on the pool's hashtags",
+    ),
+    Stage(
+        "probe",
+        ("seed", "probe"),
+        "linear probe: L2 logistic regression on frozen features, to convergence",
+    ),
+    Stage(
+        "finetune",
+        ("model", "seed", "transfer.finetune"),
+        "full fine-tuning with layer-wise lr decay",
+    ),
     Stage("lowshot", ("seed", "transfer.lowshot"), "k labelled images per class, several draws"),
-    Stage("zeroshot", ("model", "seed", "tags", "transfer.zeroshot"),
-          "LiT: a text tower trained on hashtag captions against the frozen encoder"),
-    Stage("robustness", ("seed", "transfer.robustness"), "the fine-tuned model under common corruptions"),
+    Stage(
+        "zeroshot",
+        ("model", "seed", "tags", "transfer.zeroshot"),
+        "LiT: a text tower trained on hashtag captions against the frozen encoder",
+    ),
+    Stage(
+        "robustness",
+        ("seed", "transfer.robustness"),
+        "the fine-tuned model under common corruptions",
+    ),
     Stage("import", ("model",), "an outside checkpoint (timm, MAE, MAWS) as an encoder run"),
-
-    Arm("random", "random init", "#8C8C8C", "studylib.arms:random_init", "no pretraining: the floor"),
+    Arm(
+        "random", "random init", "#8C8C8C", "studylib.arms:random_init", "no pretraining: the floor"
+    ),
     Arm("mae", "MAE", "#55A868", "studylib.arms:mae_only", "MAE pre-pretraining alone"),
-    Arm("wsp", "WSP", "#4C72B0", "studylib.arms:wsp_from_scratch", "WSP from random init: the paper's baseline"),
-    Arm("mae_wsp", "MAE→WSP", "#DD8452", "studylib.arms:mae_then_wsp", "WSP from the MAE encoder: the paper's recipe",
-        beats="wsp"),
-
+    Arm(
+        "wsp",
+        "WSP",
+        "#4C72B0",
+        "studylib.arms:wsp_from_scratch",
+        "WSP from random init: the paper's baseline",
+    ),
+    Arm(
+        "mae_wsp",
+        "MAE→WSP",
+        "#DD8452",
+        "studylib.arms:mae_then_wsp",
+        "WSP from the MAE encoder: the paper's recipe",
+        beats="wsp",
+    ),
     Task("finetune", "fine-tune", "studylib.stages.finetune:rows", True, "full fine-tuning, top-1"),
     Task("probe", "linear probe", "studylib.stages.probe:rows", True, "linear probe, top-1"),
-    Task("lowshot", "low-shot", "studylib.stages.lowshot:rows", True, "1/5/10 images per class, top-1 per draw"),
-    Task("zeroshot", "zero-shot", "studylib.stages.zeroshot:rows", False,
-         "LiT zero-shot on the pool's test set, fine and coarse class names"),
-    Task("robustness", "robustness", "studylib.stages.robustness:rows", True,
-         "the fine-tuned model on corrupted test images, top-1 per corruption and severity"),
-
-    Study("explore", "studylib.study:explore_study", "hashtag statistics, the tags' long tail, MAE reconstructions",
-          "01_explore", ("hashtags", "reconstructions"), arms=(), shown="studylib.study:hashtags_text"),
-    Study("default", "studylib.study:default_study", "every arm, linear probes on every probe dataset",
-          "03_wsp", ("default", "verdicts"), shown="studylib.study:summary_text"),
-    Study("model_size", "studylib.study:model_size_study", "every arm at every size of studies.model_sizes",
-          "04_model_size", ("model_size",)),
-    Study("data_size", "studylib.study:data_size_study",
-          "MAE's images at each point of studies.mae_data (same MAE steps), every arm", "05_data_size",
-          ("data_size",)),
-    Study("wsp_epochs", "studylib.study:wsp_epochs_study",
-          "every arm at each WSP length of studies.wsp_epochs: convergence, and per training FLOP",
-          "06_wsp_epochs", ("convergence",)),
-    Study("transfer", "studylib.study:transfer_study", "every task of transfer.tasks on WSP and MAE→WSP",
-          "07_transfer", ("transfer",), arms=("wsp", "mae_wsp")),
-
+    Task(
+        "lowshot",
+        "low-shot",
+        "studylib.stages.lowshot:rows",
+        True,
+        "1/5/10 images per class, top-1 per draw",
+    ),
+    Task(
+        "zeroshot",
+        "zero-shot",
+        "studylib.stages.zeroshot:rows",
+        False,
+        "LiT zero-shot on the pool's test set, fine and coarse class names",
+    ),
+    Task(
+        "robustness",
+        "robustness",
+        "studylib.stages.robustness:rows",
+        True,
+        "the fine-tuned model on corrupted test images, top-1 per corruption and severity",
+    ),
+    Study(
+        "explore",
+        "studylib.study:explore_study",
+        "hashtag statistics, the tags' long tail, MAE reconstructions",
+        "01_explore",
+        ("hashtags", "reconstructions"),
+        arms=(),
+        shown="studylib.study:hashtags_text",
+    ),
+    Study(
+        "default",
+        "studylib.study:default_study",
+        "every arm, linear probes on every probe dataset",
+        "03_wsp",
+        ("default", "verdicts"),
+        shown="studylib.study:summary_text",
+    ),
+    Study(
+        "model_size",
+        "studylib.study:model_size_study",
+        "every arm at every size of studies.model_sizes",
+        "04_model_size",
+        ("model_size",),
+    ),
+    Study(
+        "data_size",
+        "studylib.study:data_size_study",
+        "MAE's images at each point of studies.mae_data (same MAE steps), every arm",
+        "05_data_size",
+        ("data_size",),
+    ),
+    Study(
+        "wsp_epochs",
+        "studylib.study:wsp_epochs_study",
+        "every arm at each WSP length of studies.wsp_epochs: convergence, and per training FLOP",
+        "06_wsp_epochs",
+        ("convergence",),
+    ),
+    Study(
+        "transfer",
+        "studylib.study:transfer_study",
+        "every task of transfer.tasks on WSP and MAE→WSP",
+        "07_transfer",
+        ("transfer",),
+        arms=("wsp", "mae_wsp"),
+    ),
     Figure("hashtags", "studylib.figures:hashtags", "explore"),
     Figure("reconstructions", "studylib.figures:reconstructions", "explore"),
     Figure("default", "studylib.figures:default", "default"),
@@ -198,16 +284,28 @@ VIT_SIZES: dict[str, dict] = {
     "2B/14": dict(img_size=224, patch_size=14, embed_dim=2560, depth=24, num_heads=32),
 }
 
-# Common corruptions of the CIFAR-10-C kind (studylib.corruptions), with their five severities' parameters
-# from Hendrycks' make_cifar_c.py.
+# Common corruptions of the CIFAR-10-C kind (studylib.corruptions), with their five severities'
+# parameters from Hendrycks' make_cifar_c.py.
 CORRUPTIONS: dict[str, tuple] = {
     "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # sigma on [0, 1]
     "shot_noise": (500, 250, 100, 75, 50),  # Poisson rate at full intensity
     "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),  # salt-and-pepper fraction
     "speckle_noise": (0.06, 0.1, 0.12, 0.16, 0.2),  # multiplicative sigma
     "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),  # sigma in pixels
-    "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),  # disk radius, alias blur
-    "zoom_blur": (7, 12, 16, 21, 26),  # zooms 1.00, 1.01, ...: np.arange(1, 1.06 ... 1.26, 0.01) lengths
+    "defocus_blur": (
+        (0.3, 0.4),
+        (0.4, 0.5),
+        (0.5, 0.6),
+        (1, 0.2),
+        (1.5, 0.1),
+    ),  # disk radius, alias blur
+    "zoom_blur": (
+        7,
+        12,
+        16,
+        21,
+        26,
+    ),  # zooms 1.00, 1.01, ...: np.arange(1, 1.06 ... 1.26, 0.01) lengths
     "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # factor about the per-channel mean
     "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),  # added to HSV value
     "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),  # HSV saturation * a + b
@@ -218,22 +316,48 @@ CORRUPTIONS: dict[str, tuple] = {
 
 def markdown() -> str:
     """The registries as the README's tables."""
+
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
-        return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-                *["| " + " | ".join(r) + " |" for r in rows], ""]
+        return [
+            "| " + " | ".join(header) + " |",
+            "|" + " --- |" * len(header),
+            *["| " + " | ".join(r) + " |" for r in rows],
+            "",
+        ]
 
     lines = ["**Arms** (`studylib.registry.ARMS`; in every figure's legend, in this order)", ""]
-    lines += table(["arm", "label", "claimed to beat (findings)", "what"],
-                   [[f"`{a.name}`", a.label, f"`{a.beats}`" if a.beats else "", a.summary] for a in ARMS.values()])
+    lines += table(
+        ["arm", "label", "claimed to beat (findings)", "what"],
+        [
+            [f"`{a.name}`", a.label, f"`{a.beats}`" if a.beats else "", a.summary]
+            for a in ARMS.values()
+        ],
+    )
     lines += ["**Studies** (`STUDIES`; `studylib study NAME`, `studylib submit NAME`)", ""]
-    lines += table(["study", "notebook", "arms", "figures", "what"],
-                   [[f"`{s.name}`", f"`{s.notebook}`" if s.notebook else "", ", ".join(
-                       a.name for a in study_arms(s)) or "none", ", ".join(s.figures), s.summary]
-                    for s in STUDIES.values()])
+    lines += table(
+        ["study", "notebook", "arms", "figures", "what"],
+        [
+            [
+                f"`{s.name}`",
+                f"`{s.notebook}`" if s.notebook else "",
+                ", ".join(a.name for a in study_arms(s)) or "none",
+                ", ".join(s.figures),
+                s.summary,
+            ]
+            for s in STUDIES.values()
+        ],
+    )
     lines += ["**Transfer tasks** (`TASKS`; `transfer.tasks`)", ""]
-    lines += table(["task", "per dataset", "what"],
-                   [[f"`{t.name}`", "yes" if t.per_dataset else "no", t.summary] for t in TASKS.values()])
+    lines += table(
+        ["task", "per dataset", "what"],
+        [[f"`{t.name}`", "yes" if t.per_dataset else "no", t.summary] for t in TASKS.values()],
+    )
     lines += ["**Stages** (`STAGES`; run folders `runs/<preset>/<stage>-<hash>/`)", ""]
-    lines += table(["stage", "config sections in its identity", "what"],
-                   [[f"`{s.name}`", ", ".join(f"`{x}`" for x in s.sections), s.summary] for s in STAGES.values()])
+    lines += table(
+        ["stage", "config sections in its identity", "what"],
+        [
+            [f"`{s.name}`", ", ".join(f"`{x}`" for x in s.sections), s.summary]
+            for s in STAGES.values()
+        ],
+    )
     return "\n".join(lines).rstrip() + "\n"

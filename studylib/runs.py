@@ -11,9 +11,11 @@ carries the identity's hash and is refused by any other run.
                         line, host, start time
         metrics.jsonl   one line per finished epoch
         checkpoint.pth  model + optimizer after the last finished epoch (auto-resume), and
-                        checkpoint.prev.pth the one before; each with a .sha256 beside it (or, with
-                        checkpoint_format: sharded, checkpoint.dcp/ and checkpoint.prev.dcp/, one file a rank)
-        tensorboard/    TensorBoard events: per-step loss, lr, gradient norm, images/s (`tensorboard --logdir runs`)
+                        checkpoint.prev.pth the one before; each with a .sha256 beside it (or,
+                        with checkpoint_format: sharded, checkpoint.dcp/ and checkpoint.prev.dcp/,
+                        one file a rank)
+        tensorboard/    TensorBoard events: per-step loss, lr, gradient norm, images/s
+                        (`tensorboard --logdir runs`)
         results.json    written last: its presence means the run is finished
         .lock           held by the process training the run
 """
@@ -47,7 +49,8 @@ from studylib.models import encoder_state, load_encoder
 from studylib.registry import STAGES
 
 RUN_VERSION = 2  # bump when a change is meant to retrain every run (a fix that changes results)
-# a run folder holding only these has nothing to lose (TensorBoard events of an unfinished first epoch)
+# a run folder holding only these has nothing to lose (TensorBoard events of an unfinished first
+# epoch)
 UNTRAINED = {".lock", "meta.json", "config.yaml", "tensorboard"}
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "studylib")
 
@@ -62,8 +65,8 @@ def _variants(path: Path) -> tuple[Path, Path, Path]:
 
 
 def save_weights(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
-    """torch.save `state` atomically with its sha256 beside it; with keep_previous, the file it replaces
-    becomes <name>.prev.pth, the fallback when the new one turns out corrupt.
+    """torch.save `state` atomically with its sha256 beside it; with keep_previous, the file it
+    replaces becomes <name>.prev.pth, the fallback when the new one turns out corrupt.
 
     Every step is a rename, and load_weights accepts a file whose content matches any of the
     sidecars, so a kill between any two steps leaves at least the newest complete file loadable."""
@@ -94,8 +97,11 @@ def load_weights(path: Path, map_location: str | torch.device = "cpu") -> Any:
         try:  # without a sidecar (deleted, or a kill before it was written), loading is the check
             return torch.load(candidate, map_location=map_location, weights_only=True)
         except Exception as err:  # noqa: BLE001 (any unreadable file is skipped the same way)
-            warn(f"{candidate}: not loadable ({shown(str(err).splitlines()[0] if str(err) else err, 80)}); "
-                 "skipping it")
+            warn(
+                f"{candidate}: not loadable "
+                f"({shown(str(err).splitlines()[0] if str(err) else err, 80)}); "
+                "skipping it"
+            )
     return None
 
 
@@ -110,14 +116,22 @@ def versions() -> dict[str, str]:
 
 
 class Run:
-    """The run of `stage` under `experiment`, reading `inputs` (data fingerprints, upstream runs)."""
+    """The run of `stage` under `experiment`, reading `inputs` (data fingerprints, upstream
+    runs)."""
 
     def __init__(self, experiment: Experiment, stage: str, inputs: dict[str, Any]) -> None:
         self.experiment = experiment
         self.stage = stage
-        sections = {name: result_settings(experiment.section(name)) for name in STAGES[stage].sections}
-        self.identity = {"stage": stage, "version": RUN_VERSION, "precision": distributed.precision_name(experiment),
-                         **sections, **inputs}
+        sections = {
+            name: result_settings(experiment.section(name)) for name in STAGES[stage].sections
+        }
+        self.identity = {
+            "stage": stage,
+            "version": RUN_VERSION,
+            "precision": distributed.precision_name(experiment),
+            **sections,
+            **inputs,
+        }
         self.hash = config_hash(self.identity)
         self.path = runs_dir() / experiment.preset / f"{stage}-{self.hash}"
         self.checkpoint = self.path / WHOLE
@@ -135,7 +149,10 @@ class Run:
         if not (self.path / "results.json").exists():
             return False
         if self._saved_results() is None:
-            warn(f"{self.path / 'results.json'}: not a readable JSON mapping; the run is finished again")
+            warn(
+                f"{self.path / 'results.json'}: not a readable JSON mapping; the run is finished "
+                "again"
+            )
             return False
         return True
 
@@ -148,33 +165,43 @@ class Run:
         return results if isinstance(results, dict) else None
 
     def _folder(self) -> None:
-        """Make the run folder, refusing a symlink anywhere under the runs folder (writes never follow one)."""
+        """Make the run folder, refusing a symlink anywhere under the runs folder (writes never
+        follow one)."""
         for folder in (self.path, self.path.parent):
             if folder.is_symlink():
-                raise RunFolderError(f"{folder}: a symbolic link; allowed: a real folder (remove the link)")
+                raise RunFolderError(
+                    f"{folder}: a symbolic link; allowed: a real folder (remove the link)"
+                )
         self.path.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the run's lock: a second process training the same run waits here, told who holds it."""
+        """Hold the run's lock: a second process training the same run waits here, told who holds
+        it."""
         path = self.path / ".lock"
         while True:
             self._folder()
             try:
                 f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "r+")
             except OSError as err:
-                raise RunFolderError(f"{path}: cannot open the lock ({err.strerror}); allowed: a plain file "
-                                     "or none") from None
+                raise RunFolderError(
+                    f"{path}: cannot open the lock ({err.strerror}); allowed: a plain file or none"
+                ) from None
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
-                print(f"{self.path}: being trained by {f.read().strip() or 'another process'}; waiting for it",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{self.path}: being trained by {f.read().strip() or 'another process'}; "
+                    "waiting for it",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 fcntl.flock(f, fcntl.LOCK_EX)
             if path.exists() and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
                 break
-            f.close()  # the holder removed the folder it had made in vain: lock the new file instead
+            # the holder removed the folder it had made in vain: lock the new file instead
+            f.close()
         with f:
             f.seek(0)
             f.truncate(0)
@@ -183,19 +210,29 @@ class Run:
             yield
 
     def start(self) -> None:
-        """Create the folder, record what is being run (once) and who runs it (every attempt, resumes
-        included: git SHA, package versions, command line, host, time)."""
-        attempt = {"git_sha": git_sha(), "versions": versions(), "argv": sys.argv, "host": socket.gethostname(),
-                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        """Create the folder, record what is being run (once) and who runs it (every attempt,
+        resumes included: git SHA, package versions, command line, host, time)."""
+        attempt = {
+            "git_sha": git_sha(),
+            "versions": versions(),
+            "argv": sys.argv,
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         meta_path = self.path / "meta.json"
         attempts = json.loads(meta_path.read_text())["attempts"] if meta_path.exists() else []
-        atomic_write(meta_path, lambda f: json.dump({"attempts": [*attempts, attempt]}, f, indent=2))
+        atomic_write(
+            meta_path, lambda f: json.dump({"attempts": [*attempts, attempt]}, f, indent=2)
+        )
         if not (self.path / "config.yaml").exists():
             config = {"identity": self.identity, "experiment": self.experiment.to_dict()}
-            atomic_write(self.path / "config.yaml", lambda f: yaml.safe_dump(config, f, sort_keys=False))
+            atomic_write(
+                self.path / "config.yaml", lambda f: yaml.safe_dump(config, f, sort_keys=False)
+            )
 
     def save(self, name: str, state: Any, keep_previous: bool = False) -> None:
-        """save_weights into the run folder, with this run's name (stage and identity hash) inside the file."""
+        """save_weights into the run folder, with this run's name (stage and identity hash) inside
+        the file."""
         save_weights(self.path / name, {"run": self.name, "state": state}, keep_previous)
 
     def load(self, name: str, map_location: str | torch.device = "cpu") -> Any:
@@ -206,20 +243,25 @@ class Run:
             return None
         found = saved.get("run") if isinstance(saved, dict) else None
         if found != self.name:
-            raise RunFolderError(f"{path}: weights of {'run ' + found if found else 'no known run'}, not of "
-                                 f"{self.name}; move the file away or delete {self.path}")
+            raise RunFolderError(
+                f"{path}: weights of {'run ' + found if found else 'no known run'}, not of "
+                f"{self.name}; move the file away or delete {self.path}"
+            )
         return saved["state"]
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
-        atomic_write(self.path / "metrics.jsonl", lambda f: f.writelines(json.dumps(r) + "\n" for r in history))
+        atomic_write(
+            self.path / "metrics.jsonl",
+            lambda f: f.writelines(json.dumps(r) + "\n" for r in history),
+        )
 
     def metrics(self) -> list[dict[str, Any]]:
         return self.metrics_of(self.path)
 
     @staticmethod
     def metrics_of(folder: Path) -> list[dict[str, Any]]:
-        """The per-epoch lines of the run folder `folder`'s metrics.jsonl (a malformed line is skipped, with
-        a warning: the checkpoint, not this file, is what a resume trusts)."""
+        """The per-epoch lines of the run folder `folder`'s metrics.jsonl (a malformed line is
+        skipped, with a warning: the checkpoint, not this file, is what a resume trusts)."""
         path = folder / "metrics.jsonl"
         lines = []
         for number, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
@@ -240,13 +282,15 @@ class Run:
     def results(self) -> dict[str, Any]:
         results = self._saved_results()
         if results is None:
-            raise RunFolderError(f"{self.path / 'results.json'}: missing, unreadable or not a JSON mapping; delete "
-                                 "it to finish the run again")
+            raise RunFolderError(
+                f"{self.path / 'results.json'}: missing, unreadable or not a JSON mapping; delete "
+                "it to finish the run again"
+            )
         return results
 
     def clean_temporary(self) -> None:
-        """Remove the temporary files of writes a kill interrupted (atomic_write's `.<name>.*.tmp`, and the
-        folder of a sharded checkpoint being written)."""
+        """Remove the temporary files of writes a kill interrupted (atomic_write's `.<name>.*.tmp`,
+        and the folder of a sharded checkpoint being written)."""
         for orphan in self.path.glob(".*.tmp"):
             if orphan.is_dir() and not orphan.is_symlink():
                 shutil.rmtree(orphan, ignore_errors=True)
@@ -255,8 +299,9 @@ class Run:
 
 
 def train_once(run: Run, make_results: Callable[[], dict[str, Any]]) -> Run:
-    """Call `make_results` (which trains and returns the results) unless the run is finished, holding its lock;
-    a run that another process finished while this one waited is not trained again.
+    """Call `make_results` (which trains and returns the results) unless the run is finished,
+    holding its lock; a run that another process finished while this one waited is not trained
+    again.
 
     In a job of several tasks, rank 0 takes the lock and tells the other ranks whether to train;
     all of them train, rank 0 alone writes, and they leave together."""
@@ -274,7 +319,11 @@ def train_once(run: Run, make_results: Callable[[], dict[str, Any]]) -> Run:
                 if distributed.is_main():
                     run.finish(results)
         except BaseException:
-            if new_folders and run.path.exists() and {p.name for p in run.path.iterdir()} <= UNTRAINED:
+            if (
+                new_folders
+                and run.path.exists()
+                and {p.name for p in run.path.iterdir()} <= UNTRAINED
+            ):
                 shutil.rmtree(run.path)  # failed before writing anything: leave no trace
                 for folder in new_folders[1:]:
                     if folder.exists() and not any(folder.iterdir()):
@@ -296,9 +345,13 @@ def load_encoder_from(run: Run, model: torch.nn.Module) -> None:
     path = run.path / "encoder.pth"
     state = run.load("encoder.pth")
     if state is None:
-        raise RunFolderError(f"{path}: missing or corrupt encoder weights; delete {run.path} to retrain it")
+        raise RunFolderError(
+            f"{path}: missing or corrupt encoder weights; delete {run.path} to retrain it"
+        )
     try:
         load_encoder(model, state)
     except (ValueError, RuntimeError) as err:
-        raise RunFolderError(f"{path}: weights of another model than {model.__class__.__name__} "
-                             f"{model.embed_dim}d x {len(model.blocks)} blocks: {str(err).splitlines()[0]}") from None
+        raise RunFolderError(
+            f"{path}: weights of another model than {model.__class__.__name__} "
+            f"{model.embed_dim}d x {len(model.blocks)} blocks: {str(err).splitlines()[0]}"
+        ) from None

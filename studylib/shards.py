@@ -1,29 +1,32 @@
-"""Data too large for memory, streamed: WebDataset tar shards in img2dataset's layout (written here too), and
-image folders in ImageNet's layout.
+"""Data too large for memory, streamed: WebDataset tar shards in img2dataset's layout (written here
+too), and image folders in ImageNet's layout.
 
-A shard folder holds `00000.tar`, `00001.tar`, ... and `shards.json` (each shard's name and sample count).
-Each sample is `<key>.jpg` (the image), `<key>.json` (`{"tags": [...], "label": int, "caption": str}`) and
-`<key>.txt` (the caption), as img2dataset writes them. `write_shards` makes such a folder from an in-memory
-dataset, or from a streamed image folder by copying its JPEGs, with simulated hashtags (`studylib shards`), so the
-code that reads a web dataset on a cluster runs here on CIFAR; `index_shards` writes shards.json for tars made
-elsewhere.
+A shard folder holds `00000.tar`, `00001.tar`, ... and `shards.json` (each shard's name and sample
+count). Each sample is `<key>.jpg` (the image), `<key>.json` (`{"tags": [...], "label": int,
+"caption": str}`) and `<key>.txt` (the caption), as img2dataset writes them. `write_shards` makes
+such a folder from an in-memory dataset, or from a streamed image folder by copying its JPEGs, with
+simulated hashtags (`studylib shards`), so the code that reads a web dataset on a cluster runs here
+on CIFAR; `index_shards` writes shards.json for tars made elsewhere.
 
-A shard folder can be the pool that MAE and WSP stream (`data.pretrain: /path/to/shards`, `ShardBatches`): WSP's
-classes are then the pool's `data.tag_vocabulary` most frequent tags (`vocabulary`, counted once and cached).
+A shard folder can be the pool that MAE and WSP stream (`data.pretrain: /path/to/shards`,
+`ShardBatches`): WSP's classes are then the pool's `data.tag_vocabulary` most frequent tags
+(`vocabulary`, counted once and cached).
 
-An image folder (`root/train/<class>/<image>`, or `root/<class>/<image>`; images of any size) streams the same way
-(`ImageFiles`): its file list, read once and cached in $STUDYLIB_CACHE (`file_index`), is cut in a fixed shuffle into
-units of 1,000 files that play the part of shards, each read in an order drawn per epoch; an image's one tag is its
-class name. With `data.stream: true`, such a folder is the pool that MAE and WSP stream.
+An image folder (`root/train/<class>/<image>`, or `root/<class>/<image>`; images of any size)
+streams the same way (`ImageFiles`): its file list, read once and cached in $STUDYLIB_CACHE
+(`file_index`), is cut in a fixed shuffle into units of 1,000 files that play the part of shards,
+each read in an order drawn per epoch; an image's one tag is its class name. With `data.stream:
+true`, such a folder is the pool that MAE and WSP stream.
 
-`ShardStream` reads a folder back, one rank's share of one epoch, in batches. Its order is a function of (seed,
-epoch, rank) and the shards' sample counts only, never of the DataLoader's workers or their timing: a rank's shards
-are dealt to a fixed number of lanes (`LANES`), the stream takes a batch from each lane in turn (`_lanes`), the
-workers each read some lanes, and the main process puts their samples back in the stream's order (`_in_order`).
-So any number of workers gives the same batches, and an epoch resumed at a step, on any worker count, starts there
-without decoding what comes before it. Crops are drawn from (seed, epoch, sample key). Every rank takes the same
-steps an epoch (the full batches of its floor(shards / ranks) smallest shards); a sample that cannot be used is
-skipped, counted, and replaced by a usable one of its batch, up to `max_skipped`.
+`ShardStream` reads a folder back, one rank's share of one epoch, in batches. Its order is a
+function of (seed, epoch, rank) and the shards' sample counts only, never of the DataLoader's
+workers or their timing: a rank's shards are dealt to a fixed number of lanes (`LANES`), the stream
+takes a batch from each lane in turn (`_lanes`), the workers each read some lanes, and the main
+process puts their samples back in the stream's order (`_in_order`). So any number of workers gives
+the same batches, and an epoch resumed at a step, on any worker count, starts there without decoding
+what comes before it. Crops are drawn from (seed, epoch, sample key). Every rank takes the same
+steps an epoch (the full batches of its floor(shards / ranks) smallest shards); a sample that cannot
+be used is skipped, counted, and replaced by a usable one of its batch, up to `max_skipped`.
 """
 
 from __future__ import annotations
@@ -57,14 +60,22 @@ from studylib.weak_labels import Hashtags
 INDEX = "shards.json"
 
 
-def write_shards(dataset: ImageDataset, hashtags: Hashtags, folder: Path, per_shard: int = 1000,
-                 quality: int = 95, source: Path | None = None, max_size: int = 0) -> list[dict]:
-    """Write the training images of `dataset` with their hashtags as JPEG shards of `per_shard` samples
-    (the last may hold fewer) into `folder`; returns the index it writes to shards.json. With `source` (an image
-    folder: `dataset` is then folder_labels(source)), each image is that folder's file, a JPEG copied as it is,
-    or with `max_size` resized to that short side (aspect kept, as img2dataset does) where it is larger. The
-    shards are written into `<folder>.partial` and renamed to `folder` when all are written, so a failed or
-    interrupted command leaves no half-written folder (a `.partial` left by a killed one is written again)."""
+def write_shards(
+    dataset: ImageDataset,
+    hashtags: Hashtags,
+    folder: Path,
+    per_shard: int = 1000,
+    quality: int = 95,
+    source: Path | None = None,
+    max_size: int = 0,
+) -> list[dict]:
+    """Write the training images of `dataset` with their hashtags as JPEG shards of `per_shard`
+    samples (the last may hold fewer) into `folder`; returns the index it writes to shards.json.
+    With `source` (an image folder: `dataset` is then folder_labels(source)), each image is that
+    folder's file, a JPEG copied as it is, or with `max_size` resized to that short side (aspect
+    kept, as img2dataset does) where it is larger. The shards are written into `<folder>.partial`
+    and renamed to `folder` when all are written, so a failed or interrupted command leaves no
+    half-written folder (a `.partial` left by a killed one is written again)."""
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -80,8 +91,15 @@ def write_shards(dataset: ImageDataset, hashtags: Hashtags, folder: Path, per_sh
     return index
 
 
-def _write(dataset: ImageDataset, hashtags: Hashtags, folder: Path, per_shard: int, quality: int,
-           source: Path | None, max_size: int) -> list[dict]:
+def _write(
+    dataset: ImageDataset,
+    hashtags: Hashtags,
+    folder: Path,
+    per_shard: int,
+    quality: int,
+    source: Path | None,
+    max_size: int,
+) -> list[dict]:
     import webdataset as wds
 
     files = file_index(source)[1] if source else []
@@ -94,17 +112,33 @@ def _write(dataset: ImageDataset, hashtags: Hashtags, folder: Path, per_shard: i
                 tags = [hashtags.vocab[t] for t in hashtags.tags[i].tolist() if t >= 0]
                 caption = " ".join(tags)
                 jpeg = _jpeg(dataset, i, quality, source, files, max_size)
-                sink.write({"__key__": f"{i:09d}", "jpg": jpeg, "txt": caption,
-                            "json": {"tags": tags, "label": int(dataset.train_labels[i]), "caption": caption}})
+                sink.write(
+                    {
+                        "__key__": f"{i:09d}",
+                        "jpg": jpeg,
+                        "txt": caption,
+                        "json": {
+                            "tags": tags,
+                            "label": int(dataset.train_labels[i]),
+                            "caption": caption,
+                        },
+                    }
+                )
         index.append({"name": name, "samples": stop - start})
     return index
 
 
-def _jpeg(dataset: ImageDataset, i: int, quality: int, source: Path | None, files: list[tuple[str, int]],
-          max_size: int = 0) -> bytes:
-    """Image i as JPEG bytes: a JPEG file of `source` as it is where no resize is asked for, else decoded,
-    resized to `max_size` on its short side where it is larger, and encoded. A source file that is not an
-    image is a DataError naming it."""
+def _jpeg(
+    dataset: ImageDataset,
+    i: int,
+    quality: int,
+    source: Path | None,
+    files: list[tuple[str, int]],
+    max_size: int = 0,
+) -> bytes:
+    """Image i as JPEG bytes: a JPEG file of `source` as it is where no resize is asked for, else
+    decoded, resized to `max_size` on its short side where it is larger, and encoded. A source file
+    that is not an image is a DataError naming it."""
     path = source / files[i][0] if source else None
     try:
         if path is not None and not max_size and path.suffix.lower() in (".jpg", ".jpeg"):
@@ -115,20 +149,24 @@ def _jpeg(dataset: ImageDataset, i: int, quality: int, source: Path | None, file
         else:
             image = Image.fromarray(dataset.train_images[i].permute(1, 2, 0).numpy())
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: not an image that can be read ({type(err).__name__}); allowed: JPEG, PNG or "
-                        "another image PIL reads (remove or replace the file)") from None
+        raise DataError(
+            f"{path}: not an image that can be read ({type(err).__name__}); allowed: JPEG, PNG or "
+            "another image PIL reads (remove or replace the file)"
+        ) from None
     short = min(image.size)
     if max_size and short > max_size:
-        image = image.resize((round(image.size[0] * max_size / short), round(image.size[1] * max_size / short)),
-                             Image.BICUBIC)
+        image = image.resize(
+            (round(image.size[0] * max_size / short), round(image.size[1] * max_size / short)),
+            Image.BICUBIC,
+        )
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
 
 
 def folder_labels(root: Path) -> ImageDataset:
-    """An image folder's classes and labels from its file index, without its pixels (images of 0 x 0 x 0), for
-    simulating hashtags on a folder too large or too varied to hold in memory."""
+    """An image folder's classes and labels from its file index, without its pixels (images of 0 x 0
+    x 0), for simulating hashtags on a folder too large or too varied to hold in memory."""
     classes, files = file_index(root)
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     nothing = torch.zeros(len(files), 0, 0, 0, dtype=torch.uint8)
@@ -136,18 +174,26 @@ def folder_labels(root: Path) -> ImageDataset:
 
 
 def index_shards(folder: Path) -> list[dict]:
-    """Write shards.json for a folder of tars written elsewhere (img2dataset's output): each `*.tar` and its
-    samples, counted as the keys that have a .jpg member; returns the index."""
+    """Write shards.json for a folder of tars written elsewhere (img2dataset's output): each `*.tar`
+    and its samples, counted as the keys that have a .jpg member; returns the index."""
     tars = sorted(folder.glob("*.tar")) if folder.is_dir() else []
     if not tars:
-        raise DataError(f"--index {folder}: no .tar files there; allowed: a folder of WebDataset tars")
+        raise DataError(
+            f"--index {folder}: no .tar files there; allowed: a folder of WebDataset tars"
+        )
     index = []
     for path in tars:
         try:
             with tarfile.open(path) as tar:
-                keys = {m.name.rsplit(".", 1)[0] for m in tar if m.isfile() and m.name.lower().endswith(".jpg")}
+                keys = {
+                    m.name.rsplit(".", 1)[0]
+                    for m in tar
+                    if m.isfile() and m.name.lower().endswith(".jpg")
+                }
         except (OSError, tarfile.TarError) as err:
-            raise DataError(f"{path}: not a readable tar ({type(err).__name__}); allowed: WebDataset tars") from None
+            raise DataError(
+                f"{path}: not a readable tar ({type(err).__name__}); allowed: WebDataset tars"
+            ) from None
         index.append({"name": path.name, "samples": len(keys)})
     atomic_write(folder / INDEX, lambda f: f.write(json.dumps({"shards": index}, indent=1)))
     return index
@@ -159,9 +205,9 @@ def is_shard_folder(name: str) -> bool:
 
 
 def tag_counts(folder: Path) -> tuple[Counter, int]:
-    """How many images of a streamed folder carry each tag, and how many images there are: of the shards'
-    metadata (one pass over every shard's .json members, cached in $STUDYLIB_CACHE under the folder's
-    fingerprint), or of an image folder's file index (an image's tag is its class)."""
+    """How many images of a streamed folder carry each tag, and how many images there are: of the
+    shards' metadata (one pass over every shard's .json members, cached in $STUDYLIB_CACHE under the
+    folder's fingerprint), or of an image folder's file index (an image's tag is its class)."""
     if not (folder / INDEX).is_file():
         classes, files = file_index(folder)
         return Counter(classes[label] for _, label in files), len(files)
@@ -179,10 +225,15 @@ def tag_counts(folder: Path) -> tuple[Counter, int]:
                         tags = json.loads(tar.extractfile(member).read())["tags"]
                     except (ValueError, KeyError, TypeError, AttributeError):
                         continue  # training skips and counts such a sample (ShardStream)
-                    counts.update(set(checked_tags(tags, f"{folder / shard['name']}: sample {member.name}")))
+                    counts.update(
+                        set(checked_tags(tags, f"{folder / shard['name']}: sample {member.name}"))
+                    )
                     images += 1
     if not counts:
-        raise DataError(f"{folder}: no tags in any sample's .json; allowed: shards whose .json hold \"tags\": [...]")
+        raise DataError(
+            f'{folder}: no tags in any sample\'s .json; allowed: shards whose .json hold "tags": '
+            "[...]"
+        )
     atomic_write(cache, lambda f: f.write(json.dumps({"images": images, "counts": counts})))
     return counts, images
 
@@ -190,7 +241,9 @@ def tag_counts(folder: Path) -> tuple[Counter, int]:
 def checked_tags(tags: object, where: str) -> list[str]:
     """A sample's tags: a list of strings, else a DataError naming the sample."""
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise DataError(f"{where}: tags are {str(tags)[:60]}; allowed: a list of strings, e.g. [\"cat\", \"pet\"]")
+        raise DataError(
+            f'{where}: tags are {str(tags)[:60]}; allowed: a list of strings, e.g. ["cat", "pet"]'
+        )
     return tags
 
 
@@ -201,38 +254,62 @@ def vocabulary(folder: Path, size: int) -> list[str]:
 
 
 def read_index(folder: Path) -> list[dict]:
-    """The shards of `folder` and their sample counts, from its shards.json, checked: each name a plain file name
-    of a regular file in the folder, listed once; each count a positive integer."""
+    """The shards of `folder` and their sample counts, from its shards.json, checked: each name a
+    plain file name of a regular file in the folder, listed once; each count a positive integer."""
     path = folder / INDEX
     try:
         shards = json.loads(path.read_text())["shards"]
         index = [{"name": s["name"], "samples": s["samples"]} for s in shards]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataError(f"{path}: not a shard index ({type(err).__name__}); allowed: the shards.json that "
-                        "`studylib shards` writes, {\"shards\": [{\"name\": ..., \"samples\": ...}, ...]}") from None
+        raise DataError(
+            f"{path}: not a shard index ({type(err).__name__}); allowed: the shards.json that "
+            '`studylib shards` writes, {"shards": [{"name": ..., "samples": ...}, ...]}'
+        ) from None
     seen = set()
     for shard in index:
         name, samples = shard["name"], shard["samples"]
-        plain = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-        if not plain or name in seen or not (folder / name).is_file() or (folder / name).is_symlink():
-            why = ("not a plain file name in the folder" if not plain else "listed twice" if name in seen
-                   else "not a regular file there")
-            raise DataError(f"{path}: shard {str(name)[:80]!r} is {why}; allowed: each tar of {folder} once, "
-                            "by its file name")
+        plain = (
+            isinstance(name, str)
+            and name not in ("", ".", "..")
+            and "/" not in name
+            and "\\" not in name
+        )
+        if (
+            not plain
+            or name in seen
+            or not (folder / name).is_file()
+            or (folder / name).is_symlink()
+        ):
+            why = (
+                "not a plain file name in the folder"
+                if not plain
+                else "listed twice"
+                if name in seen
+                else "not a regular file there"
+            )
+            raise DataError(
+                f"{path}: shard {str(name)[:80]!r} is {why}; allowed: each tar of {folder} once, "
+                "by its file name"
+            )
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise DataError(f"{path}: shard {name!r} has samples {str(samples)[:40]}; allowed: an integer >= 1 "
-                            "(`studylib shards --index` counts them)")
+            raise DataError(
+                f"{path}: shard {name!r} has samples {str(samples)[:40]}; allowed: an integer >= 1 "
+                "(`studylib shards --index` counts them)"
+            )
         seen.add(name)
     return index
 
 
 def shard_fingerprint(folder: Path) -> str:
-    """What a run's identity holds of a shard folder: its index and the bytes of every tar it lists (each tar
-    read once: its hash and sample count cached under its path, size, mtime_ns and inode)."""
+    """What a run's identity holds of a shard folder: its index and the bytes of every tar it lists
+    (each tar read once: its hash and sample count cached under its path, size, mtime_ns and
+    inode)."""
     digest = hashlib.sha256()
     for shard in read_index(folder):
-        digest.update(f"{shard['name']} {shard['samples']} {_tar_digest(folder / shard['name'], shard['samples'])}\n"
-                      .encode())
+        digest.update(
+            f"{shard['name']} {shard['samples']} "
+            f"{_tar_digest(folder / shard['name'], shard['samples'])}\n".encode()
+        )
     return digest.hexdigest()[:16]
 
 
@@ -247,26 +324,36 @@ def _tar_digest(path: Path, samples: int) -> str:
         saved = {"sha256": sha256(path), "samples": _count_samples(path)}
         atomic_write(cache, lambda f: json.dump(saved, f))
     if saved["samples"] != samples:
-        raise DataError(f"{path}: holds {saved['samples']} samples, shards.json lists {samples}; allowed: the count "
-                        f"the tar holds (`studylib shards --index {path.parent}` rewrites the index)")
+        raise DataError(
+            f"{path}: holds {saved['samples']} samples, shards.json lists {samples}; allowed: the "
+            "count "
+            f"the tar holds (`studylib shards --index {path.parent}` rewrites the index)"
+        )
     return saved["sha256"]
 
 
 def _count_samples(path: Path) -> int:
-    """The samples of a tar: the keys with a .jpg member; a tar that is not one, holds none, or repeats a
-    member's name is a DataError naming it."""
+    """The samples of a tar: the keys with a .jpg member; a tar that is not one, holds none, or
+    repeats a member's name is a DataError naming it."""
     names = []
     try:
         with tarfile.open(path) as tar:
             names = [m.name for m in tar if m.isfile()]
     except (OSError, tarfile.TarError) as err:
-        raise DataError(f"{path}: not a readable tar ({type(err).__name__}); allowed: WebDataset tars") from None
+        raise DataError(
+            f"{path}: not a readable tar ({type(err).__name__}); allowed: WebDataset tars"
+        ) from None
     repeated = next((n for n, count in Counter(names).items() if count > 1), None)
     if repeated is not None:
-        raise DataError(f"{path}: member {repeated[:80]!r} appears twice; allowed: one member per key and extension")
+        raise DataError(
+            f"{path}: member {repeated[:80]!r} appears twice; allowed: one member per key and "
+            "extension"
+        )
     samples = len({n.rsplit(".", 1)[0] for n in names if n.lower().endswith(".jpg")})
     if not samples:
-        raise DataError(f"{path}: no samples (no .jpg member); allowed: tars of <key>.jpg with <key>.json")
+        raise DataError(
+            f"{path}: no samples (no .jpg member); allowed: tars of <key>.jpg with <key>.json"
+        )
     return samples
 
 
@@ -277,31 +364,35 @@ class TarShards:
         self.folder, self.units = folder, read_index(folder)
 
     def read(self, units: list[dict], seed: int, skip: int = 0) -> Iterator[dict]:
-        """The samples of `units`, shard after shard, each in its written order, less the first `skip` (whole
-        shards among them not opened)."""
+        """The samples of `units`, shard after shard, each in its written order, less the first
+        `skip` (whole shards among them not opened)."""
         import webdataset as wds
 
         while units and skip >= units[0]["samples"]:
             skip, units = skip - units[0]["samples"], units[1:]
         urls = [str(self.folder / unit["name"]) for unit in units]
         if urls:
-            reader = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+            reader = wds.WebDataset(
+                urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
+            )
             yield from itertools.islice(reader, skip, None)
 
 
 def file_index(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """The classes of an image folder and its training images (path relative to `root`, class), sorted;
-    cached in $STUDYLIB_CACHE under the folder's path and every class folder's modification time (which
-    an added, removed or renamed image changes), so a folder of a million images is listed once; each file
-    stat'ed once per process (index_fingerprint), which lists it again where an image is gone."""
+    """The classes of an image folder and its training images (path relative to `root`, class),
+    sorted; cached in $STUDYLIB_CACHE under the folder's path and every class folder's modification
+    time (which an added, removed or renamed image changes), so a folder of a million images is
+    listed once; each file stat'ed once per process (index_fingerprint), which lists it again where
+    an image is gone."""
     index_fingerprint(root)
     return _read_file_index(_index_file(root))
 
 
 def index_fingerprint(root: Path) -> str:
-    """What a run's identity holds of a streamed image folder: its resolved path and every image's name, class, size
-    and mtime_ns (a stat per file, not its bytes: about 2 s for a million files); a listed image gone since the
-    index was cached (a class folder's mtime restored by rsync -a, cp -a or tar) lists the folder again."""
+    """What a run's identity holds of a streamed image folder: its resolved path and every image's
+    name, class, size and mtime_ns (a stat per file, not its bytes: about 2 s for a million files);
+    a listed image gone since the index was cached (a class folder's mtime restored by rsync -a, cp
+    -a or tar) lists the folder again."""
     root = root.expanduser().resolve()
     index = _index_file(root)
     return _stat_fingerprint(root, index, _hash_file(index))
@@ -322,7 +413,8 @@ def _stat_fingerprint(root: Path, index: Path, _index_hash: str) -> str:
 
 
 def _index_file(root: Path) -> Path:
-    """The cached file index of `root` in $STUDYLIB_CACHE, listed and written first where there is none."""
+    """The cached file index of `root` in $STUDYLIB_CACHE, listed and written first where there is
+    none."""
     root = root.expanduser().resolve()
     train = root / "train" if (root / "train").is_dir() else root
     try:
@@ -331,17 +423,26 @@ def _index_file(root: Path) -> Path:
     except OSError as err:
         raise DataError(f"image folder {train}: cannot list it ({err.strerror})") from None
     if len(folders) < 2:
-        raise DataError(f"image folder {root}: {len(folders)} class folder(s); allowed: at least 2 classes, as "
-                        f"{root}/train/<class>/<image> or {root}/<class>/<image> (as an in-memory folder needs)")
-    cache = cache_dir() / f"file_index-{hashlib.sha256(chr(10).join(key).encode()).hexdigest()[:16]}.json"
+        raise DataError(
+            f"image folder {root}: {len(folders)} class folder(s); allowed: at least 2 classes, as "
+            f"{root}/train/<class>/<image> or {root}/<class>/<image> (as an in-memory folder needs)"
+        )
+    cache = (
+        cache_dir()
+        / f"file_index-{hashlib.sha256(chr(10).join(key).encode()).hexdigest()[:16]}.json"
+    )
     if cache.is_file():
         return cache
     files = []
     for label, folder in enumerate(folders):
-        found = sorted(e.name for e in os.scandir(folder) if Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(
+            e.name for e in os.scandir(folder) if Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+        )
         if not found:
-            raise DataError(f"{folder}: no images in this class folder ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                            "allowed: at least one image in every class folder")
+            raise DataError(
+                f"{folder}: no images in this class folder ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                "allowed: at least one image in every class folder"
+            )
         files += [(str(folder.relative_to(root) / name), label) for name in found]
     index = {"root": str(root), "classes": [d.name for d in folders], "files": files}
     atomic_write(cache, lambda f: f.write(json.dumps(index)))
@@ -350,8 +451,8 @@ def _index_file(root: Path) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _read_file_index(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """A cached file index, parsed once per process (a file's content never changes under its name, which holds
-    the folder's key)."""
+    """A cached file index, parsed once per process (a file's content never changes under its name,
+    which holds the folder's key)."""
     index = json.loads(path.read_text())
     return index["classes"], [tuple(f) for f in index["files"]]
 
@@ -362,20 +463,26 @@ def _hash_file(path: Path) -> str:
 
 
 class ImageFiles:
-    """An image folder as units of `per_unit` files (the last may hold fewer) of its file index in a fixed
-    shuffle; a sample's key is its path in the folder, its one tag its class name."""
+    """An image folder as units of `per_unit` files (the last may hold fewer) of its file index in a
+    fixed shuffle; a sample's key is its path in the folder, its one tag its class name."""
 
     def __init__(self, root: Path, per_unit: int = 1000) -> None:
         self.root = root
         self.classes, files = file_index(root)
         files = list(files)
         random.Random(0).shuffle(files)
-        self.units = [{"name": f"files{i // per_unit:05d}", "samples": len(files[i:i + per_unit]),
-                       "files": files[i:i + per_unit]} for i in range(0, len(files), per_unit)]
+        self.units = [
+            {
+                "name": f"files{i // per_unit:05d}",
+                "samples": len(files[i : i + per_unit]),
+                "files": files[i : i + per_unit],
+            }
+            for i in range(0, len(files), per_unit)
+        ]
 
     def read(self, units: list[dict], seed: int, skip: int = 0) -> Iterator[dict]:
-        """The samples of `units`, each unit's files in an order drawn from (seed, unit), less the first `skip`
-        (not read)."""
+        """The samples of `units`, each unit's files in an order drawn from (seed, unit), less the
+        first `skip` (not read)."""
         for unit in units:
             files = list(unit["files"])
             random.Random(f"{seed}:{unit['name']}").shuffle(files)
@@ -393,16 +500,19 @@ def open_folder(folder: Path) -> TarShards | ImageFiles:
 
 
 def epoch_shards(index: list[dict], seed: int, epoch: int, rank: int, world: int) -> list[dict]:
-    """This rank's shards in an epoch: the list shuffled by (seed, epoch), dealt round-robin to the ranks."""
+    """This rank's shards in an epoch: the list shuffled by (seed, epoch), dealt round-robin to the
+    ranks."""
     order = list(index)
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return order[rank::world]
 
 
-def crop_box(width: int, height: int, crop_min: float | None, rng: random.Random) -> tuple[int, int, int, int]:
-    """A random resized crop's window (left, top, right, bottom): torchvision's rule, a share of the area in
-    [crop_min, 1] and an aspect ratio in [3/4, 4/3], ten tries, else the centre square; with crop_min None,
-    the centre square."""
+def crop_box(
+    width: int, height: int, crop_min: float | None, rng: random.Random
+) -> tuple[int, int, int, int]:
+    """A random resized crop's window (left, top, right, bottom): torchvision's rule, a share of the
+    area in [crop_min, 1] and an aspect ratio in [3/4, 4/3], ten tries, else the centre square; with
+    crop_min None, the centre square."""
     for _ in range(10 if crop_min is not None else 0):
         area = width * height * rng.uniform(crop_min, 1.0)
         ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
@@ -415,10 +525,11 @@ def crop_box(width: int, height: int, crop_min: float | None, rng: random.Random
     return left, top, left + side, top + side
 
 
-def _decode(sample: dict, size: int, crop_min: float | None = None,
-            seed: int = 0) -> tuple[torch.Tensor | None, str, list[str] | str]:
-    """(uint8 image (3, size, size), key, tags): the sample's image cropped by `crop_box` (drawn from
-    (seed, key)) and resized; or (None, key, why) for a sample that cannot be used."""
+def _decode(
+    sample: dict, size: int, crop_min: float | None = None, seed: int = 0
+) -> tuple[torch.Tensor | None, str, list[str] | str]:
+    """(uint8 image (3, size, size), key, tags): the sample's image cropped by `crop_box` (drawn
+    from (seed, key)) and resized; or (None, key, why) for a sample that cannot be used."""
     key = sample.get("__key__", "?")
     try:
         meta = json.loads(sample["json"])
@@ -427,32 +538,50 @@ def _decode(sample: dict, size: int, crop_min: float | None = None,
             width, height = opened.size
             box = crop_box(width, height, crop_min, random.Random(f"{seed}:{key}"))
             # JPEG: decode at 1/2, 1/4 or 1/8 scale where the crop still has `size` pixels a side
-            opened.draft("RGB", (width * size // (box[2] - box[0]), height * size // (box[3] - box[1])))
+            opened.draft(
+                "RGB", (width * size // (box[2] - box[0]), height * size // (box[3] - box[1]))
+            )
             scale = opened.size[0] / width, opened.size[1] / height
             box = (box[0] * scale[0], box[1] * scale[1], box[2] * scale[0], box[3] * scale[1])
             image = opened.convert("RGB").resize((size, size), Image.BICUBIC, box=box)
     except KeyError as err:
         return None, key, f"no {err.args[0]}"
-    except (OSError, ValueError, TypeError, SyntaxError, DataError,  # PIL: truncated or not an image; json
-            Image.DecompressionBombError) as err:
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        SyntaxError,
+        DataError,  # PIL: truncated or not an image; json
+        Image.DecompressionBombError,
+    ) as err:
         return None, key, f"{type(err).__name__}: {err}"[:200]
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), key, tags
 
 
-LANES = 16  # a rank's shards are dealt to this many lanes (fewer with fewer shards), whatever the workers
+# a rank's shards are dealt to this many lanes (fewer with fewer shards), whatever the workers
+LANES = 16
 
 
 class _Samples(torch.utils.data.IterableDataset):
-    """The decoded samples of a rank's `chunks` (lane, first position, length), each tagged with its lane and
-    position; worker w reads the chunks of lanes w, w + workers, ..., each lane a sequential reader that passes
-    over the samples before its first chunk undecoded."""
+    """The decoded samples of a rank's `chunks` (lane, first position, length), each tagged with its
+    lane and position; worker w reads the chunks of lanes w, w + workers, ..., each lane a
+    sequential reader that passes over the samples before its first chunk undecoded."""
 
-    def __init__(self, source: TarShards | ImageFiles, lanes: list[list[dict]], chunks: list[tuple[int, int, int]],
-                 size: int, crop_min: float | None, seed: int) -> None:
+    def __init__(
+        self,
+        source: TarShards | ImageFiles,
+        lanes: list[list[dict]],
+        chunks: list[tuple[int, int, int]],
+        size: int,
+        crop_min: float | None,
+        seed: int,
+    ) -> None:
         self.source, self.lanes, self.chunks = source, lanes, chunks
         self.size, self.crop_min, self.seed = size, crop_min, seed
 
-    def __iter__(self) -> Iterator[tuple[int, int, tuple[torch.Tensor | None, str, list[str] | str]]]:
+    def __iter__(
+        self,
+    ) -> Iterator[tuple[int, int, tuple[torch.Tensor | None, str, list[str] | str]]]:
         worker = torch.utils.data.get_worker_info()
         mine = [c for c in self.chunks if worker is None or c[0] % worker.num_workers == worker.id]
         readers: dict[int, Iterator[dict]] = {}
@@ -461,16 +590,24 @@ class _Samples(torch.utils.data.IterableDataset):
                 readers[lane] = self.source.read(self.lanes[lane], self.seed, first)
             for position in range(first, first + length):
                 sample = next(readers[lane], None)
-                yield lane, position, (None, "?", "missing") if sample is None else _decode(
-                    sample, self.size, self.crop_min, self.seed)
+                yield (
+                    lane,
+                    position,
+                    (None, "?", "missing")
+                    if sample is None
+                    else _decode(sample, self.size, self.crop_min, self.seed),
+                )
 
 
-def _lanes(units: list[dict], batch_size: int, start: int) -> tuple[list[list[dict]], list[tuple[int, int, int]]]:
-    """A rank's units dealt round-robin to min(LANES, units) lanes, and the rank's sample stream from sample `start`
-    on as chunks (lane, first position in the lane, length): a batch of `batch_size` samples from each lane in turn
-    (a lane that has run out drops out). The order follows from the lanes' sample counts alone, not from the
-    DataLoader's workers, so any number of workers gives the same stream."""
-    lanes = [units[k::min(LANES, len(units))] for k in range(min(LANES, len(units)))]
+def _lanes(
+    units: list[dict], batch_size: int, start: int
+) -> tuple[list[list[dict]], list[tuple[int, int, int]]]:
+    """A rank's units dealt round-robin to min(LANES, units) lanes, and the rank's sample stream
+    from sample `start` on as chunks (lane, first position in the lane, length): a batch of
+    `batch_size` samples from each lane in turn (a lane that has run out drops out). The order
+    follows from the lanes' sample counts alone, not from the DataLoader's workers, so any number of
+    workers gives the same stream."""
+    lanes = [units[k :: min(LANES, len(units))] for k in range(min(LANES, len(units)))]
     left = [sum(unit["samples"] for unit in lane) for lane in lanes]
     done, chunks, lane = [0] * len(lanes), [], 0
     while any(left):
@@ -486,15 +623,34 @@ def _lanes(units: list[dict], batch_size: int, start: int) -> tuple[list[list[di
 
 
 class ShardStream:
-    """One rank's batches of a shard folder or image folder, epoch by epoch: (uint8 images (B, 3, size, size),
-    keys, tags), random-resized-cropped where `crop_min` is set, else centre-cropped."""
+    """One rank's batches of a shard folder or image folder, epoch by epoch: (uint8 images (B, 3,
+    size, size), keys, tags), random-resized-cropped where `crop_min` is set, else
+    centre-cropped."""
 
-    def __init__(self, folder: Path, batch_size: int, size: int, seed: int = 0, workers: int = 2,
-                 rank: int | None = None, world: int | None = None, max_skipped: float = 0.01,
-                 shards: int = 0, crop_min: float | None = None) -> None:
-        self.folder, self.batch_size, self.size, self.seed, self.workers = folder, batch_size, size, seed, workers
+    def __init__(
+        self,
+        folder: Path,
+        batch_size: int,
+        size: int,
+        seed: int = 0,
+        workers: int = 2,
+        rank: int | None = None,
+        world: int | None = None,
+        max_skipped: float = 0.01,
+        shards: int = 0,
+        crop_min: float | None = None,
+    ) -> None:
+        self.folder, self.batch_size, self.size, self.seed, self.workers = (
+            folder,
+            batch_size,
+            size,
+            seed,
+            workers,
+        )
         self.crop_min = crop_min
-        self.rank = distributed.rank() if rank is None else rank  # default: this process's place in the job
+        self.rank = (
+            distributed.rank() if rank is None else rank
+        )  # default: this process's place in the job
         self.world = distributed.world_size() if world is None else world
         self.max_skipped = max_skipped
         self.skipped: list[tuple[str, str]] = []  # (key, why) of the last epoch's unusable samples
@@ -502,48 +658,69 @@ class ShardStream:
         self.source = open_folder(folder)
         self.index = self.source.units[: shards or None]  # shards > 0: the first ones only
         if len(self.index) < self.world:
-            raise DataError(f"{folder}: {len(self.index)} shards for {self.world} ranks; allowed: at least one shard "
-                            "a rank")
+            raise DataError(
+                f"{folder}: {len(self.index)} shards for {self.world} ranks; allowed: at least one "
+                "shard "
+                "a rank"
+            )
 
     def steps(self) -> int:
-        """Steps of every rank in every epoch: the full batches of the floor(shards / ranks) smallest shards,
-        which any rank's share of any shuffle holds at least."""
+        """Steps of every rank in every epoch: the full batches of the floor(shards / ranks)
+        smallest shards, which any rank's share of any shuffle holds at least."""
         smallest = sorted(s["samples"] for s in self.index)[: len(self.index) // self.world]
         return sum(smallest) // self.batch_size
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, list[str], list[list[str]]]]:
-        """This rank's `steps()` batches of `epoch`, from step `start` on (the samples before it are not decoded).
-        Batch i holds samples i*B to (i+1)*B - 1 of the rank's stream, an unusable one replaced by a usable one of
-        the same batch, so where a step starts does not depend on which samples are unusable."""
+    def epoch(
+        self, epoch: int, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, list[str], list[list[str]]]]:
+        """This rank's `steps()` batches of `epoch`, from step `start` on (the samples before it are
+        not decoded). Batch i holds samples i*B to (i+1)*B - 1 of the rank's stream, an unusable one
+        replaced by a usable one of the same batch, so where a step starts does not depend on which
+        samples are unusable."""
         mine = epoch_shards(self.index, self.seed, epoch, self.rank, self.world)
         listed = sum(s["samples"] for s in mine)
         lanes, chunks = _lanes(mine, self.batch_size, start * self.batch_size)
-        samples = _Samples(self.source, lanes, chunks, self.size, self.crop_min, self.seed * 1_000_003 + epoch)
+        samples = _Samples(
+            self.source, lanes, chunks, self.size, self.crop_min, self.seed * 1_000_003 + epoch
+        )
         workers = min(self.workers, len(lanes))
-        loader = torch.utils.data.DataLoader(samples, batch_size=self.batch_size, collate_fn=list,
-                                             num_workers=workers, generator=torch.Generator())
+        loader = torch.utils.data.DataLoader(
+            samples,
+            batch_size=self.batch_size,
+            collate_fn=list,
+            num_workers=workers,
+            generator=torch.Generator(),
+        )
         stream = _in_order(iter(loader), chunks)
         self.skipped, self.repeats = [], 0
         size = self.batch_size
         for _ in range(start, self.steps()):
             batch = list(itertools.islice(stream, size))
             if len(batch) < size:
-                raise DataError(f"{self.folder}: rank {self.rank} read fewer samples in epoch {epoch} than "
-                                "its shards are listed with; allowed: shards that hold what shards.json says")
+                raise DataError(
+                    f"{self.folder}: rank {self.rank} read fewer samples in epoch {epoch} than "
+                    "its shards are listed with; allowed: shards that hold what shards.json says"
+                )
             good = [sample for sample in batch if sample[0] is not None]
             self.skipped += [sample[1:] for sample in batch if sample[0] is None]
             if len(self.skipped) > self.max_skipped * listed or not good:
-                raise DataError(f"{self.folder}: {len(self.skipped)} of rank {self.rank}'s {listed} samples in "
-                                f"epoch {epoch} cannot be used (first: {self.skipped[0][0]}, {self.skipped[0][1]}); "
-                                f"allowed: at most {self.max_skipped:.1%} (max_skipped)")
+                raise DataError(
+                    f"{self.folder}: {len(self.skipped)} of rank {self.rank}'s {listed} samples in "
+                    f"epoch {epoch} cannot be used (first: {self.skipped[0][0]}, "
+                    f"{self.skipped[0][1]}); "
+                    f"allowed: at most {self.max_skipped:.1%} (max_skipped)"
+                )
             self.repeats += size - len(good)
-            batch = [good[i % len(good)] if sample[0] is None else sample for i, sample in enumerate(batch)]
+            batch = [
+                good[i % len(good)] if sample[0] is None else sample
+                for i, sample in enumerate(batch)
+            ]
             yield torch.stack([b[0] for b in batch]), [b[1] for b in batch], [b[2] for b in batch]
 
 
 def _in_order(parts: Iterator[list], chunks: list[tuple[int, int, int]]) -> Iterator[tuple]:
-    """The workers' tagged samples in the stream's order (the chunks'), held back until their turn: each worker
-    reads its lanes in that order, so at most about a batch per worker waits."""
+    """The workers' tagged samples in the stream's order (the chunks'), held back until their turn:
+    each worker reads its lanes in that order, so at most about a batch per worker waits."""
     waiting: dict[tuple[int, int], tuple] = {}
     for lane, first, length in chunks:
         for position in range(first, first + length):
@@ -556,20 +733,39 @@ def _in_order(parts: Iterator[list], chunks: list[tuple[int, int, int]]) -> Iter
 
 
 class ShardBatches:
-    """A streamed folder as the engine's batches (like studylib.data.Batches): one epoch per iteration, each
-    rank `batch_size / ranks` images a step, random-resized-cropped in the DataLoader workers (crop_min set),
-    then flipped and normalised on `device`. The epoch's seed (shard order, crops) and the flips are drawn
-    from torch's global generator, which the engine seeds per epoch, so a resumed run redraws them; a resumed
-    epoch starts at `start_step` (set by the engine) without reading the samples before it.
-    Targets: the tags' indices in `tags` (-1 padded; a tag outside it is dropped), or zeros without `tags`
-    (MAE)."""
+    """A streamed folder as the engine's batches (like studylib.data.Batches): one epoch per
+    iteration, each rank `batch_size / ranks` images a step, random-resized-cropped in the
+    DataLoader workers (crop_min set), then flipped and normalised on `device`. The epoch's seed
+    (shard order, crops) and the flips are drawn from torch's global generator, which the engine
+    seeds per epoch, so a resumed run redraws them; a resumed epoch starts at `start_step` (set by
+    the engine) without reading the samples before it. Targets: the tags' indices in `tags` (-1
+    padded; a tag outside it is dropped), or zeros without `tags` (MAE)."""
 
-    def __init__(self, folder: Path, batch_size: int, device: torch.device, image_size: int, crop_min: float | None,
-                 tags: list[str] | None = None, workers: int = 1, shards: int = 0) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        batch_size: int,
+        device: torch.device,
+        image_size: int,
+        crop_min: float | None,
+        tags: list[str] | None = None,
+        workers: int = 1,
+        shards: int = 0,
+    ) -> None:
         world = distributed.world_size()
-        self.stream = ShardStream(folder, batch_size // world, image_size, workers=workers, shards=shards,
-                                  crop_min=crop_min)
-        self.device, self.normalise, self.flip = device, ImageTransform(image_size), crop_min is not None
+        self.stream = ShardStream(
+            folder,
+            batch_size // world,
+            image_size,
+            workers=workers,
+            shards=shards,
+            crop_min=crop_min,
+        )
+        self.device, self.normalise, self.flip = (
+            device,
+            ImageTransform(image_size),
+            crop_min is not None,
+        )
         self.ids = {tag: i for i, tag in enumerate(tags or [])}
         self.start_step = 0  # where the next epoch starts (once)
 

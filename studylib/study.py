@@ -3,8 +3,8 @@ reuses) ordinary stage runs and returns one tidy table, also written to results/
 where the key is the preset, or the preset and a hash of its overrides (Experiment.results_key).
 
 Every study compares the arms of studylib.registry.ARMS that it and studies.arms name, once per seed
-of studies.seeds. Every stage is a run folder keyed by its identity, so rerunning a study trains only
-what is missing or unfinished.
+of studies.seeds. Every stage is a run folder keyed by its identity, so rerunning a study trains
+only what is missing or unfinished.
 """
 
 from __future__ import annotations
@@ -33,14 +33,30 @@ from studylib.stages import mae, probe
 from studylib.transfer import transfer_suite
 from studylib.weak_labels import simulate
 
-COLUMNS = ["study", "model", "seed", "arm", "mae_data", "wsp_epochs", "stage", "dataset", "variant", "metric",
-           "value", "draw", "run"]
+COLUMNS = [
+    "study",
+    "model",
+    "seed",
+    "arm",
+    "mae_data",
+    "wsp_epochs",
+    "stage",
+    "dataset",
+    "variant",
+    "metric",
+    "value",
+    "draw",
+    "run",
+]
 RESULT_METRICS = ("final_loss", "top1", "wall_time_s", "images_per_s", "train_flops")
 
 
 def with_values(exp: Experiment, **sections: dict) -> Experiment:
-    """`exp` with some values of its sections replaced, e.g. with_values(exp, mae={"epochs": 16})."""
-    changed = {name: dataclasses.replace(getattr(exp, name), **values) for name, values in sections.items()}
+    """`exp` with some values of its sections replaced, e.g. with_values(exp, mae={"epochs":
+    16})."""
+    changed = {
+        name: dataclasses.replace(getattr(exp, name), **values) for name, values in sections.items()
+    }
     return dataclasses.replace(exp, **changed)
 
 
@@ -51,33 +67,57 @@ def _rows(run: Run, **columns: object) -> list[dict]:
     if "feature_images_per_s" in results:
         metrics["images_per_s"] = results["feature_images_per_s"]
     dataset = results.get("dataset") or run.identity.get("data", {}).get("dataset")
-    return [{"dataset": dataset, **columns, "stage": run.stage, "metric": k, "value": v, "run": run.name}
-            for k, v in metrics.items()]
+    return [
+        {
+            "dataset": dataset,
+            **columns,
+            "stage": run.stage,
+            "metric": k,
+            "value": v,
+            "run": run.name,
+        }
+        for k, v in metrics.items()
+    ]
 
 
 def arms_of(exp: Experiment, study: str) -> list[Arm]:
     """The arms `study` compares: those of studies.arms that the study takes, in registry order."""
     taken = STUDIES[study].arms
-    return [arm for name, arm in ARMS.items() if name in exp.studies.arms and (taken is None or name in taken)]
+    return [
+        arm
+        for name, arm in ARMS.items()
+        if name in exp.studies.arms and (taken is None or name in taken)
+    ]
 
 
 def pretrain_arm(exp: Experiment, arm: Arm, **columns: object) -> tuple[Run, list[dict]]:
-    """Train (or reuse) an arm's chain of runs; its encoder run and rows for every run of the chain and
-    the arm's total training FLOPs (MAE's included for MAE→WSP)."""
+    """Train (or reuse) an arm's chain of runs; its encoder run and rows for every run of the chain
+    and the arm's total training FLOPs (MAE's included for MAE→WSP)."""
     chain: list[Run] = call(arm.pretrain, exp)
     where = {**columns, "arm": arm.name}
     rows = [row for run in chain for row in _rows(run, **where)]
-    rows.append({**where, "stage": "pretraining", "metric": "train_flops", "run": chain[-1].name,
-                 "value": sum(_recorded_train_flops(run) for run in chain)})
+    rows.append(
+        {
+            **where,
+            "stage": "pretraining",
+            "metric": "train_flops",
+            "run": chain[-1].name,
+            "value": sum(_recorded_train_flops(run) for run in chain),
+        }
+    )
     return chain[-1], rows
 
 
 def _recorded_train_flops(run: Run) -> float:
-    """A finished pretraining run's training FLOPs; a results.json without them is refused, not read as 0."""
+    """A finished pretraining run's training FLOPs; a results.json without them is refused, not read
+    as 0."""
     flops = run.results().get("train_flops")
     if not isinstance(flops, int | float) or flops < 0:
-        raise RunFolderError(f"{run.path / 'results.json'}: train_flops is {str(flops)[:40]}; allowed: a number >= 0 "
-                             "(delete the file to finish the run again)")
+        raise RunFolderError(
+            f"{run.path / 'results.json'}: train_flops is {str(flops)[:40]}; allowed: a number >= "
+            "0 "
+            "(delete the file to finish the run again)"
+        )
     return float(flops)
 
 
@@ -92,11 +132,15 @@ def probe_arms(exp: Experiment, study: str, **columns: object) -> list[dict]:
     return rows
 
 
-def _per_seed(exp: Experiment, one_seed: Callable[[Experiment], list[dict]], datasets: tuple[str, ...] = (),
-              study: str = "") -> list[dict]:
-    """`one_seed` once per seed the study runs (studies.seeds_of: the confirmation seeds, or the pilot seeds).
-    Every dataset the study reads (the pool, MAE's images, the probe datasets and `datasets`) is loaded
-    first, so bad data stops it before anything trains."""
+def _per_seed(
+    exp: Experiment,
+    one_seed: Callable[[Experiment], list[dict]],
+    datasets: tuple[str, ...] = (),
+    study: str = "",
+) -> list[dict]:
+    """`one_seed` once per seed the study runs (studies.seeds_of: the confirmation seeds, or the
+    pilot seeds). Every dataset the study reads (the pool, MAE's images, the probe datasets and
+    `datasets`) is loaded first, so bad data stops it before anything trains."""
     streamed = [exp.data.pretrain] if pool.streamed(exp) else []  # read as it trains
     for name in dict.fromkeys([exp.data.pretrain, exp.mae.data, *exp.data.probe, *datasets]):
         if name != "pretrain" and name not in streamed and not is_shard_folder(name):
@@ -104,7 +148,9 @@ def _per_seed(exp: Experiment, one_seed: Callable[[Experiment], list[dict]], dat
     check_sizes(exp)
     seeds = exp.studies.seeds_of(study, exp.pilot)
     if not seeds:
-        raise ConfigError("studies.pilot_seeds: [] has no seed to run --pilot with; allowed: a non-empty list")
+        raise ConfigError(
+            "studies.pilot_seeds: [] has no seed to run --pilot with; allowed: a non-empty list"
+        )
     rows, start = [], time.perf_counter()
     for k, seed in enumerate(seeds):
         eta = f", eta {duration((time.perf_counter() - start) / k * (len(seeds) - k))}" if k else ""
@@ -114,21 +160,29 @@ def _per_seed(exp: Experiment, one_seed: Callable[[Experiment], list[dict]], dat
 
 
 def check_sizes(exp: Experiment) -> None:
-    """What can be known before anything trains: every batch fits its images (a batch larger than the set
-    would shrink while its lr stays scaled for the configured one), every probe dataset has test images, and a
-    streamed pool's tars and tags are sound (its fingerprint and tag counts, both cached for the runs)."""
+    """What can be known before anything trains: every batch fits its images (a batch larger than
+    the set would shrink while its lr stays scaled for the configured one), every probe dataset has
+    test images, and a streamed pool's tars and tags are sound (its fingerprint and tag counts, both
+    cached for the runs)."""
     if pool.streamed(exp):
         pool.identity(exp)
         pool.streamed_tags(exp)
     pool_images, mae_images = pool.count(exp), pool.count(exp, *mae.image_source(exp))
-    for key, batch, images, what in (("mae.batch_size", exp.mae.batch_size, mae_images, "MAE's images"),
-                                     ("wsp.batch_size", exp.wsp.batch_size, pool_images, "the pool")):
+    for key, batch, images, what in (
+        ("mae.batch_size", exp.mae.batch_size, mae_images, "MAE's images"),
+        ("wsp.batch_size", exp.wsp.batch_size, pool_images, "the pool"),
+    ):
         if batch > images:
-            raise ConfigError(f"{key}: {batch} is more than the {images} images of {what}; allowed: at most {images}")
+            raise ConfigError(
+                f"{key}: {batch} is more than the {images} images of {what}; allowed: at most "
+                f"{images}"
+            )
     for name in exp.data.probe:
         data = load_dataset(name, exp.data)
         if not len(data.test_labels):
-            raise DataError(f"{name}: no test images; a probe needs a test split ({name}/test/<class>/<image>)")
+            raise DataError(
+                f"{name}: no test images; a probe needs a test split ({name}/test/<class>/<image>)"
+            )
 
 
 def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
@@ -136,27 +190,44 @@ def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
     the preset, its overrides and the whole resolved experiment."""
     table = pd.DataFrame(rows).assign(study=study)
     table = table.reindex(columns=COLUMNS + [c for c in table.columns if c not in COLUMNS])
-    table["model"] = table["model"].astype(object).fillna(exp.model)  # all-NaN (float) when no point sets it
-    table["precision"] = precision_name(exp)  # resolved on this machine: auto is bf16 on some CPUs, fp32 on others
+    table["model"] = (
+        table["model"].astype(object).fillna(exp.model)
+    )  # all-NaN (float) when no point sets it
+    table["precision"] = precision_name(
+        exp
+    )  # resolved on this machine: auto is bf16 on some CPUs, fp32 on others
     if is_main():
         folder = results_dir(exp.results_key)
-        _say_if_precision_changes(folder / f"{study}.csv", table["precision"].iloc[0] if len(table) else "")
+        _say_if_precision_changes(
+            folder / f"{study}.csv", table["precision"].iloc[0] if len(table) else ""
+        )
         record = {"preset": exp.preset, "overrides": exp.overrides, "experiment": exp.to_dict()}
-        atomic_write(folder / "experiment.yaml", lambda f: yaml.safe_dump(record, f, sort_keys=False))
+        atomic_write(
+            folder / "experiment.yaml", lambda f: yaml.safe_dump(record, f, sort_keys=False)
+        )
         atomic_write(folder / f"{study}.csv", lambda f: table.to_csv(f, index=False))
     return table
 
 
 def _say_if_precision_changes(path: Path, precision: str) -> None:
-    """One line where a table of another precision is replaced (precision auto is bf16 on some CPUs, fp32 on
-    others): the folder's other tables keep theirs until their studies rerun, and findings refuse to mix them."""
+    """One line where a table of another precision is replaced (precision auto is bf16 on some CPUs,
+    fp32 on others): the folder's other tables keep theirs until their studies rerun, and findings
+    refuse to mix them."""
     try:
-        old = set(pd.read_csv(path, usecols=["precision"])["precision"].dropna()) if path.exists() else set()
+        old = (
+            set(pd.read_csv(path, usecols=["precision"])["precision"].dropna())
+            if path.exists()
+            else set()
+        )
     except (ValueError, OSError):
         return
     if old and old != {precision}:
-        warn(f"{path}: replacing its {'/'.join(sorted(old))} results with {precision} ones (what precision resolves "
-             f"to here); findings will not pair them with {'/'.join(sorted(old))} tables left in {path.parent}")
+        warn(
+            f"{path}: replacing its {'/'.join(sorted(old))} results with {precision} ones (what "
+            "precision resolves "
+            f"to here); findings will not pair them with {'/'.join(sorted(old))} tables left in "
+            f"{path.parent}"
+        )
 
 
 def default_one_seed(exp: Experiment) -> list[dict]:
@@ -170,15 +241,30 @@ def default_study(exp: Experiment) -> pd.DataFrame:
 
 
 def model_size_study(exp: Experiment) -> pd.DataFrame:
-    """The default study at every size of studies.model_sizes, with parameters and FLOPs per image."""
+    """The default study at every size of studies.model_sizes, with parameters and FLOPs per
+    image."""
+
     def one_seed(e: Experiment) -> list[dict]:
         rows = []
         for size in exp.studies.model_sizes:
             with torch.device("meta"):
                 encoder = vit(size)
-            rows.append({"model": size, "stage": "model", "metric": "params", "value": count_params(encoder)})
-            rows.append({"model": size, "stage": "model", "metric": "gflops_per_image",
-                         "value": count_flops(encoder, VIT_SIZES[size]["img_size"]) / 1e9})
+            rows.append(
+                {
+                    "model": size,
+                    "stage": "model",
+                    "metric": "params",
+                    "value": count_params(encoder),
+                }
+            )
+            rows.append(
+                {
+                    "model": size,
+                    "stage": "model",
+                    "metric": "gflops_per_image",
+                    "value": count_flops(encoder, VIT_SIZES[size]["img_size"]) / 1e9,
+                }
+            )
             rows += probe_arms(dataclasses.replace(e, model=size), "model_size", model=size)
         return rows
 
@@ -186,10 +272,10 @@ def model_size_study(exp: Experiment) -> pd.DataFrame:
 
 
 def data_size_study(exp: Experiment) -> pd.DataFrame:
-    """Every arm with MAE's images at each point of studies.mae_data, 'DATASET:FRACTION' (that share of the
-    whole dataset; 'pretrain' is the pool), probed on the datasets outside every point (outside_mae_data).
-    MAE takes the same steps at every point: each of its epochs draws as many images as the pool holds. The
-    arms without MAE are the same runs at every point."""
+    """Every arm with MAE's images at each point of studies.mae_data, 'DATASET:FRACTION' (that share
+    of the whole dataset; 'pretrain' is the pool), probed on the datasets outside every point
+    (outside_mae_data). MAE takes the same steps at every point: each of its epochs draws as many
+    images as the pool holds. The arms without MAE are the same runs at every point."""
     probes = outside_mae_data(exp)
 
     def one_seed(e: Experiment) -> list[dict]:
@@ -204,7 +290,8 @@ def data_size_study(exp: Experiment) -> pd.DataFrame:
 
 
 def data_size_points(exp: Experiment) -> list[tuple[str, Experiment, int]]:
-    """Each point of studies.mae_data: its text, the experiment MAE runs under there and MAE's images."""
+    """Each point of studies.mae_data: its text, the experiment MAE runs under there and MAE's
+    images."""
     points, pool_images = [], pool.count(exp)
     for text in exp.studies.mae_data:
         dataset, fraction = parse_mae_data(text)
@@ -217,34 +304,53 @@ def data_size_points(exp: Experiment) -> list[tuple[str, Experiment, int]]:
 
 
 def outside_mae_data(exp: Experiment) -> list[str]:
-    """The probe datasets that no point of studies.mae_data pre-pretrains on: a probe that fits on images
-    MAE saw would measure memory, not features."""
+    """The probe datasets that no point of studies.mae_data pre-pretrains on: a probe that fits on
+    images MAE saw would measure memory, not features."""
     names = [parse_mae_data(text)[0] for text in exp.studies.mae_data]
-    seen = {part for name in names for part in (exp.data.pretrain if name == "pretrain" else name).split("+")}
+    seen = {
+        part
+        for name in names
+        for part in (exp.data.pretrain if name == "pretrain" else name).split("+")
+    }
     probes = [name for name in exp.data.probe if name not in seen]
     if not probes:
-        warn(f"studies.mae_data: every probe dataset of data.probe {exp.data.probe} is inside a pre-pretraining "
-             "set, so the data-size study probes images MAE saw (add a data.probe dataset outside them)")
+        warn(
+            f"studies.mae_data: every probe dataset of data.probe {exp.data.probe} is inside a "
+            "pre-pretraining "
+            "set, so the data-size study probes images MAE saw (add a data.probe dataset outside "
+            "them)"
+        )
     return probes or list(exp.data.probe)
 
 
 def wsp_epochs_study(exp: Experiment) -> pd.DataFrame:
-    """Every arm at every WSP length of studies.wsp_epochs (each a full schedule); the arms without WSP
-    are the same runs at every length."""
+    """Every arm at every WSP length of studies.wsp_epochs (each a full schedule); the arms without
+    WSP are the same runs at every length."""
+
     def one_seed(e: Experiment) -> list[dict]:
-        return [row for epochs in exp.studies.wsp_epochs
-                for row in probe_arms(with_values(e, wsp={"epochs": epochs}), "wsp_epochs", wsp_epochs=epochs)]
+        return [
+            row
+            for epochs in exp.studies.wsp_epochs
+            for row in probe_arms(
+                with_values(e, wsp={"epochs": epochs}), "wsp_epochs", wsp_epochs=epochs
+            )
+        ]
 
     return _table(exp, "wsp_epochs", _per_seed(exp, one_seed, study="wsp_epochs"))
 
 
 def transfer_study(exp: Experiment) -> pd.DataFrame:
     """The transfer suite on the encoder of every arm the study takes."""
+
     def one_seed(e: Experiment) -> list[dict]:
         rows = []
         for arm in arms_of(e, "transfer"):
             encoder, _ = pretrain_arm(e, arm)
-            table = transfer_suite(e, encoder).rename(columns={"task": "stage"}).drop(columns=["encoder"])
+            table = (
+                transfer_suite(e, encoder)
+                .rename(columns={"task": "stage"})
+                .drop(columns=["encoder"])
+            )
             rows += table.assign(arm=arm.name).to_dict("records")
         return rows
 
@@ -252,12 +358,20 @@ def transfer_study(exp: Experiment) -> pd.DataFrame:
 
 
 def explore_study(exp: Experiment) -> pd.DataFrame:
-    """Hashtag statistics of the pool and tag frequencies; MAE reconstructions saved beside the tables."""
+    """Hashtag statistics of the pool and tag frequencies; MAE reconstructions saved beside the
+    tables."""
     hashtags = simulate(pool.images(exp), exp.tags)
     rows = [{"stage": "hashtags", "metric": k, "value": v} for k, v in hashtags.stats().items()]
     counts = torch.bincount(hashtags.tags[hashtags.tags >= 0], minlength=hashtags.vocab_size)
-    rows += [{"stage": "tag_count", "dataset": hashtags.vocab[i], "metric": "count", "value": int(counts[i])}
-             for i in counts.argsort(descending=True).tolist()]
+    rows += [
+        {
+            "stage": "tag_count",
+            "dataset": hashtags.vocab[i],
+            "metric": "count",
+            "value": int(counts[i]),
+        }
+        for i in counts.argsort(descending=True).tolist()
+    ]
     mae_run = mae.pretrain(exp)
     if is_main():
         images = mae.reconstructions(exp, mae_run)
@@ -268,8 +382,11 @@ def explore_study(exp: Experiment) -> pd.DataFrame:
 
 
 def top1_text(table: pd.DataFrame) -> str:
-    """A study's top-1 (%) as plain text, by the columns the study varies, one column per dataset."""
-    top1 = table[(table.metric == "top1") & ~table.variant.astype("string").fillna("").str.contains("/")]
+    """A study's top-1 (%) as plain text, by the columns the study varies, one column per
+    dataset."""
+    top1 = table[
+        (table.metric == "top1") & ~table.variant.astype("string").fillna("").str.contains("/")
+    ]
     columns = ("model", "mae_data", "wsp_epochs", "stage", "variant", "arm")
     index = [c for c in columns if c in top1 and top1[c].notna().any()]
     return top1.pivot_table(index=index, columns="dataset", values="value").round(2).to_string()
@@ -284,12 +401,26 @@ def summary_text(table: pd.DataFrame) -> str:
     """The default study's headline numbers as plain text, arms by their labels."""
     table = table.assign(arm=table.arm.map(labels()).fillna(table.arm))
     lines = []
-    for loss in table.query("stage == 'mae' and metric == 'final_loss'").drop_duplicates("run").itertuples():
+    for loss in (
+        table.query("stage == 'mae' and metric == 'final_loss'").drop_duplicates("run").itertuples()
+    ):
         lines.append(f"MAE final loss: {loss.value:.4f} (seed {loss.seed})")
-    top1 = table.query("metric == 'top1'").pivot_table(index="arm", columns="dataset", values="value", sort=False)
+    top1 = table.query("metric == 'top1'").pivot_table(
+        index="arm", columns="dataset", values="value", sort=False
+    )
     lines += ["", "Linear-probe top-1 (%), mean over seeds:", top1.round(2).to_string()]
-    speed = table[table.metric.isin(["wall_time_s", "images_per_s"])].drop_duplicates(["run", "metric"]).pivot_table(
-        index=["stage", "dataset", "run"], columns="metric", values="value", sort=False)
-    lines += ["", "Wall time and throughput of every run:", speed.round(1).to_string(),
-              "", f"Total wall time: {speed['wall_time_s'].sum() / 60:.1f} min"]
+    speed = (
+        table[table.metric.isin(["wall_time_s", "images_per_s"])]
+        .drop_duplicates(["run", "metric"])
+        .pivot_table(
+            index=["stage", "dataset", "run"], columns="metric", values="value", sort=False
+        )
+    )
+    lines += [
+        "",
+        "Wall time and throughput of every run:",
+        speed.round(1).to_string(),
+        "",
+        f"Total wall time: {speed['wall_time_s'].sum() / 60:.1f} min",
+    ]
     return "\n".join(lines)

@@ -19,8 +19,9 @@ from studylib.runs import Run, atomic_write, sha256, train_once
 
 
 def import_checkpoint(exp: Experiment, path: str | Path, layout: str = "auto") -> Run:
-    """An outside checkpoint (timm, official MAE or MAWS layout) as a finished run holding encoder.pth
-    for `exp.model`, so that every task can take it like one of this project's own runs."""
+    """An outside checkpoint (timm, official MAE or MAWS layout) as a finished run holding
+    encoder.pth for `exp.model`, so that every task can take it like one of this project's own
+    runs."""
     from studylib.external_weights import load_external
 
     path = Path(path)
@@ -33,7 +34,12 @@ def import_checkpoint(exp: Experiment, path: str | Path, layout: str = "auto") -
         state = load_external(path, layout, size=exp.model)
         if is_main():
             run.save("encoder.pth", state)
-        return {"source": str(path.resolve()), "sha256": digest, "layout": layout, "model": exp.model}
+        return {
+            "source": str(path.resolve()),
+            "sha256": digest,
+            "layout": layout,
+            "model": exp.model,
+        }
 
     return train_once(run, make_results)
 
@@ -45,7 +51,10 @@ def transfer_suite(exp: Experiment, encoder_run: Run) -> pd.DataFrame:
     for name in exp.transfer.tasks:
         task = TASKS[name]
         for dataset in exp.data.probe if task.per_dataset else [None]:
-            rows += [{"task": name, "variant": "", **row} for row in call(task.rows, exp, encoder_run, dataset)]
+            rows += [
+                {"task": name, "variant": "", **row}
+                for row in call(task.rows, exp, encoder_run, dataset)
+            ]
     table = pd.DataFrame(rows).assign(encoder=encoder_run.name)
     if is_main():
         atomic_write(encoder_run.path / "transfer.csv", lambda f: table.to_csv(f, index=False))
@@ -55,5 +64,7 @@ def transfer_suite(exp: Experiment, encoder_run: Run) -> pd.DataFrame:
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """One line per (task, dataset, variant): mean and std over draws, n."""
     headline = table[(table.metric != "chance") & ~table.variant.fillna("").str.contains("/")]
-    grouped = headline.groupby(["encoder", "task", "dataset", "variant", "metric"], sort=False)["value"]
+    grouped = headline.groupby(["encoder", "task", "dataset", "variant", "metric"], sort=False)[
+        "value"
+    ]
     return grouped.agg(["mean", "std", "count"]).round(2)

@@ -32,16 +32,42 @@ from studylib.data import ImageDataset
 
 SYNONYM_SUFFIXES = ("love", "daily", "gram", "pic", "photo", "lover", "life", "world")
 CONTEXT_SUFFIXES = ("life", "vibes", "world", "time", "day", "mood", "scene", "moments")
-GENERIC_TAGS = ("instagood", "photooftheday", "love", "fashion", "beautiful", "happy", "cute", "tbt",
-                "like4like", "followme", "picoftheday", "follow", "me", "selfie", "summer", "art",
-                "instadaily", "friends", "repost", "nature", "girl", "fun", "style", "smile", "food")
+GENERIC_TAGS = (
+    "instagood",
+    "photooftheday",
+    "love",
+    "fashion",
+    "beautiful",
+    "happy",
+    "cute",
+    "tbt",
+    "like4like",
+    "followme",
+    "picoftheday",
+    "follow",
+    "me",
+    "selfie",
+    "summer",
+    "art",
+    "instadaily",
+    "friends",
+    "repost",
+    "nature",
+    "girl",
+    "fun",
+    "style",
+    "smile",
+    "food",
+)
 
 
 @dataclass
 class Hashtags:
     vocab: list[str]
     tags: torch.Tensor  # (N, max_tags) int64 tag indices, -1 padded
-    labels: torch.Tensor  # (N,) the class each image really shows (its tag index is the class index)
+    labels: (
+        torch.Tensor
+    )  # (N,) the class each image really shows (its tag index is the class index)
 
     @property
     def vocab_size(self) -> int:
@@ -51,7 +77,9 @@ class Hashtags:
         valid = self.tags >= 0
         per_image = valid.sum(1).float()
         has_true = (self.tags == self.labels[:, None]).any(1)
-        counts = torch.bincount(self.tags[valid], minlength=self.vocab_size).sort(descending=True).values
+        counts = (
+            torch.bincount(self.tags[valid], minlength=self.vocab_size).sort(descending=True).values
+        )
         head = max(1, self.vocab_size // 10)
         return {
             "images": len(self.labels),
@@ -70,10 +98,12 @@ class Hashtags:
 
 
 def multi_hot(tags: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """(B, T) -1 padded tag indices -> (B, vocab_size) targets, each row summing to 1 (or all 0 for an image
-    with no tag in the vocabulary, which then adds no loss)."""
+    """(B, T) -1 padded tag indices -> (B, vocab_size) targets, each row summing to 1 (or all 0 for
+    an image with no tag in the vocabulary, which then adds no loss)."""
     padded = torch.where(tags >= 0, tags, vocab_size)
-    hot = torch.zeros(tags.shape[0], vocab_size + 1, device=tags.device).scatter_(1, padded, 1.0)[:, :vocab_size]
+    hot = torch.zeros(tags.shape[0], vocab_size + 1, device=tags.device).scatter_(1, padded, 1.0)[
+        :, :vocab_size
+    ]
     return hot / hot.sum(1, keepdim=True).clamp(min=1)
 
 
@@ -108,7 +138,9 @@ def simulate(dataset: ImageDataset, config: TagsConfig) -> Hashtags:
     popularity = popularity / popularity.max()
     base = len(vocab)
     for k in range(config.synonyms_per_class):
-        suffix = SYNONYM_SUFFIXES[k % len(SYNONYM_SUFFIXES)] + (str(k // len(SYNONYM_SUFFIXES)) if k >= 8 else "")
+        suffix = SYNONYM_SUFFIXES[k % len(SYNONYM_SUFFIXES)] + (
+            str(k // len(SYNONYM_SUFFIXES)) if k >= 8 else ""
+        )
         vocab += [_tag_name(c) + suffix for c in dataset.classes]
         hit = draw(config.p_synonym * popularity[labels])
         pairs.append((image[hit], base + k * num_classes + labels[hit]))
@@ -122,28 +154,47 @@ def simulate(dataset: ImageDataset, config: TagsConfig) -> Hashtags:
         base = len(vocab)
         per = config.context_tags_per_superclass
         if per:
-            vocab += [_tag_name(c) + "_" + CONTEXT_SUFFIXES[j % len(CONTEXT_SUFFIXES)] + (str(j) if j >= 8 else "")
-                      for c in dataset.coarse_classes for j in range(per)]
+            vocab += [
+                _tag_name(c)
+                + "_"
+                + CONTEXT_SUFFIXES[j % len(CONTEXT_SUFFIXES)]
+                + (str(j) if j >= 8 else "")
+                for c in dataset.coarse_classes
+                for j in range(per)
+            ]
             which = rng.choice(per, size=n, p=_zipf(per, config.zipf_exponent))
             hit = draw(config.p_context)
             pairs.append((image[hit], base + coarse[hit] * per + which[hit]))
             base = len(vocab)
 
     if config.noise_vocab:
-        vocab += ["#" + GENERIC_TAGS[i] if i < len(GENERIC_TAGS) else f"#tag{i}" for i in range(config.noise_vocab)]
+        vocab += [
+            "#" + GENERIC_TAGS[i] if i < len(GENERIC_TAGS) else f"#tag{i}"
+            for i in range(config.noise_vocab)
+        ]
         counts = rng.poisson(config.noise_tags_mean, n)
         holders = np.repeat(image, counts)
-        pairs.append((holders, base + rng.choice(config.noise_vocab, size=len(holders),
-                                                 p=_zipf(config.noise_vocab, config.zipf_exponent))))
+        pairs.append(
+            (
+                holders,
+                base
+                + rng.choice(
+                    config.noise_vocab,
+                    size=len(holders),
+                    p=_zipf(config.noise_vocab, config.zipf_exponent),
+                ),
+            )
+        )
 
     tags = _tag_table(pairs, n, len(vocab), rng)
     return Hashtags(vocab, torch.from_numpy(tags), dataset.train_labels.clone())
 
 
-def _tag_table(pairs: list[tuple[np.ndarray, np.ndarray]], n: int, vocab_size: int,
-               rng: np.random.Generator) -> np.ndarray:
-    """The (image, tag) pairs as one row of distinct tags per image, padded with -1; an image without any
-    gets one tag drawn at random (every image keeps at least one)."""
+def _tag_table(
+    pairs: list[tuple[np.ndarray, np.ndarray]], n: int, vocab_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The (image, tag) pairs as one row of distinct tags per image, padded with -1; an image
+    without any gets one tag drawn at random (every image keeps at least one)."""
     image = np.arange(n)
     images_of = np.concatenate([p[0] for p in pairs])
     tags_of = np.concatenate([p[1] for p in pairs])

@@ -1,10 +1,11 @@
-"""The bad-input table: every case is one line naming the file, key or path, exit code 2, nothing written,
-no traceback. Each case builds its input in a temporary folder, then runs `studylib` in-process; the cases
-marked `CLI` also run through the real `studylib` command in a subprocess.
+"""The bad-input table: every case is one line naming the file, key or path, exit code 2, nothing
+written, no traceback. Each case builds its input in a temporary folder, then runs `studylib`
+in-process; the cases marked `CLI` also run through the real `studylib` command in a subprocess.
 
-Categories: config (values, files, presets), data (files, arrays, folders), sizes (checked before anything
-trains), output places (environment variables and folders), commands (arguments of the other commands), scale
-(shard indexes, tars and their tags, decompression bombs, the `shards` command).
+Categories: config (values, files, presets), data (files, arrays, folders), sizes (checked before
+anything trains), output places (environment variables and folders), commands (arguments of the
+other commands), scale (shard indexes, tars and their tags, decompression bombs, the `shards`
+command).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ SMOKE = ["--preset", "smoke"]
 class Case:
     category: str
     name: str
-    args: list[str] | Callable[[Path], list[str]]  # the command line, or built from the case's folder
+    args: (
+        list[str] | Callable[[Path], list[str]]
+    )  # the command line, or built from the case's folder
     words: list[str]  # in the one error line
     env: Callable[[Path], dict[str, str]] = field(default=lambda _: {})
     cli: bool = False  # also through the real command in a subprocess
@@ -50,129 +53,387 @@ def _yaml_file(text: str | bytes) -> Callable[[Path], list[str]]:
         path = folder / "bad.yaml"
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
         return ["study", *SMOKE, "--config", str(path)]
+
     return build
 
 
 CONFIG = [
-    Case("config", "partition given a number", _study("launch.partition=5"), ["launch.partition", "expected str"],
-         cli=True),
-    Case("config", "account given a list", _study("launch.account=[a, b]"), ["launch.account", "expected str"]),
-    Case("config", "qos given a mapping", _study("launch.qos={a: 1}"), ["launch.qos", "expected str"]),
-    Case("config", "seed beyond 64 bits", _study("seed=99999999999999999999999"), ["seed", "at most 2147483647"],
-         cli=True),
-    Case("config", "studies.seeds beyond 32 bits", _study("studies.seeds=[5000000000]"), ["studies.seeds", "at most"]),
-    Case("config", "epochs of 10^23", _study("mae.epochs=100000000000000000000000"), ["mae.epochs", "at most"],
-         cli=True),
-    Case("config", "epochs of a million", _study("wsp.epochs=1000000"), ["wsp.epochs", "in [1, 10000]"]),
-    Case("config", "finetune epochs of a million", _study("transfer.finetune.epochs=1000000"),
-         ["transfer.finetune.epochs", "in [1, 10000]"]),
-    Case("config", "wsp_epochs list too long a schedule", _study("studies.wsp_epochs=[1, 99999]"),
-         ["studies.wsp_epochs", "10000"]),
-    Case("config", "decoder heads that do not divide", _study("mae.decoder_heads=3"),
-         ["override mae.decoder_heads", "divisors of 64"], cli=True),
-    Case("config", "decoder dim that does not split", _study("mae.decoder_dim=30"), ["mae.decoder_dim", "heads"]),
-    Case("config", "text heads that do not divide", _study("transfer.zeroshot.text_heads=5"),
-         ["transfer.zeroshot.text_heads", "divisors"]),
-    Case("config", "streaming a built-in dataset", _study("data.stream=true"),
-         ["override data.stream", "cannot be streamed", "image folder path"]),
-    Case("config", "MAE's epoch_images on a streamed pool", lambda d: _pics(_folder, "data.stream=true",
-                                                                            "mae.epoch_images=64")(d),
-         ["mae.epoch_images", "streamed pool", "allowed: 0"]),
-    Case("data", "a streamed folder of one class", lambda d: _pics(_one_class, "data.stream=true")(d),
-         ["1 class folder(s)", "at least 2 classes"]),
-    Case("config", "deep unknown key", _study("a.b.c.d=1"), ["override a.b.c.d", "unknown key 'a'"], cli=True),
-    Case("config", "unknown key in a section", _study("mae.b.c=1"), ["override mae.b.c", "unknown key 'b'"]),
+    Case(
+        "config",
+        "partition given a number",
+        _study("launch.partition=5"),
+        ["launch.partition", "expected str"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "account given a list",
+        _study("launch.account=[a, b]"),
+        ["launch.account", "expected str"],
+    ),
+    Case(
+        "config", "qos given a mapping", _study("launch.qos={a: 1}"), ["launch.qos", "expected str"]
+    ),
+    Case(
+        "config",
+        "seed beyond 64 bits",
+        _study("seed=99999999999999999999999"),
+        ["seed", "at most 2147483647"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "studies.seeds beyond 32 bits",
+        _study("studies.seeds=[5000000000]"),
+        ["studies.seeds", "at most"],
+    ),
+    Case(
+        "config",
+        "epochs of 10^23",
+        _study("mae.epochs=100000000000000000000000"),
+        ["mae.epochs", "at most"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "epochs of a million",
+        _study("wsp.epochs=1000000"),
+        ["wsp.epochs", "in [1, 10000]"],
+    ),
+    Case(
+        "config",
+        "finetune epochs of a million",
+        _study("transfer.finetune.epochs=1000000"),
+        ["transfer.finetune.epochs", "in [1, 10000]"],
+    ),
+    Case(
+        "config",
+        "wsp_epochs list too long a schedule",
+        _study("studies.wsp_epochs=[1, 99999]"),
+        ["studies.wsp_epochs", "10000"],
+    ),
+    Case(
+        "config",
+        "decoder heads that do not divide",
+        _study("mae.decoder_heads=3"),
+        ["override mae.decoder_heads", "divisors of 64"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "decoder dim that does not split",
+        _study("mae.decoder_dim=30"),
+        ["mae.decoder_dim", "heads"],
+    ),
+    Case(
+        "config",
+        "text heads that do not divide",
+        _study("transfer.zeroshot.text_heads=5"),
+        ["transfer.zeroshot.text_heads", "divisors"],
+    ),
+    Case(
+        "config",
+        "streaming a built-in dataset",
+        _study("data.stream=true"),
+        ["override data.stream", "cannot be streamed", "image folder path"],
+    ),
+    Case(
+        "config",
+        "MAE's epoch_images on a streamed pool",
+        lambda d: _pics(_folder, "data.stream=true", "mae.epoch_images=64")(d),
+        ["mae.epoch_images", "streamed pool", "allowed: 0"],
+    ),
+    Case(
+        "data",
+        "a streamed folder of one class",
+        lambda d: _pics(_one_class, "data.stream=true")(d),
+        ["1 class folder(s)", "at least 2 classes"],
+    ),
+    Case(
+        "config",
+        "deep unknown key",
+        _study("a.b.c.d=1"),
+        ["override a.b.c.d", "unknown key 'a'"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "unknown key in a section",
+        _study("mae.b.c=1"),
+        ["override mae.b.c", "unknown key 'b'"],
+    ),
     Case("config", "value for a section", _study("transfer=1"), ["transfer", "expected a mapping"]),
-    Case("config", "huge text value is cut", _study("model=" + "x" * 5000), ["model", "characters"]),
-    Case("config", "duplicate key in the file", _yaml_file("presets:\n  smoke: {}\n  smoke: {model: nano}\n"),
-         ["bad.yaml", "given twice"], cli=True),
-    Case("config", "duplicate nested key", _yaml_file("presets:\n  smoke:\n    mae: {epochs: 1, epochs: 2}\n"),
-         ["bad.yaml", "'epochs' is given twice"]),
-    Case("config", "alias bomb", _yaml_file("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a]\n"
-                                            "c: [*b, *b, *b, *b, *b, *b, *b]\npresets: {smoke: {}}\n"),
-         ["bad.yaml", "aliases"], cli=True),
-    Case("config", "non-UTF-8 file", _yaml_file(b"presets: {smoke: {}}\n# caf\xe9\n"), ["bad.yaml", "not UTF-8"],
-         cli=True),
+    Case(
+        "config", "huge text value is cut", _study("model=" + "x" * 5000), ["model", "characters"]
+    ),
+    Case(
+        "config",
+        "duplicate key in the file",
+        _yaml_file("presets:\n  smoke: {}\n  smoke: {model: nano}\n"),
+        ["bad.yaml", "given twice"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "duplicate nested key",
+        _yaml_file("presets:\n  smoke:\n    mae: {epochs: 1, epochs: 2}\n"),
+        ["bad.yaml", "'epochs' is given twice"],
+    ),
+    Case(
+        "config",
+        "alias bomb",
+        _yaml_file(
+            "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a]\n"
+            "c: [*b, *b, *b, *b, *b, *b, *b]\npresets: {smoke: {}}\n"
+        ),
+        ["bad.yaml", "aliases"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "non-UTF-8 file",
+        _yaml_file(b"presets: {smoke: {}}\n# caf\xe9\n"),
+        ["bad.yaml", "not UTF-8"],
+        cli=True,
+    ),
     Case("config", "empty file", _yaml_file(""), ["bad.yaml", "'presets' key"]),
     Case("config", "a number as the file", _yaml_file("42\n"), ["bad.yaml", "'presets' key"]),
-    Case("config", "presets as a list", _yaml_file("presets: [smoke]\n"), ["bad.yaml", "'presets' key"]),
-    Case("config", "tab-indented YAML", _yaml_file("presets:\n\tsmoke: {}\n"), ["bad.yaml", "not valid YAML"]),
-    Case("config", "bad preset name in the file", _yaml_file("presets: {smoke: {}, '../x': {}}\n"),
-         ["bad.yaml", "preset name '../x'"]),
-    Case("config", "preset with path separators", ["study", "--preset", "../../etc"], ["preset '../../etc'",
-                                                                                     "letters, digits"], cli=True),
+    Case(
+        "config",
+        "presets as a list",
+        _yaml_file("presets: [smoke]\n"),
+        ["bad.yaml", "'presets' key"],
+    ),
+    Case(
+        "config",
+        "tab-indented YAML",
+        _yaml_file("presets:\n\tsmoke: {}\n"),
+        ["bad.yaml", "not valid YAML"],
+    ),
+    Case(
+        "config",
+        "bad preset name in the file",
+        _yaml_file("presets: {smoke: {}, '../x': {}}\n"),
+        ["bad.yaml", "preset name '../x'"],
+    ),
+    Case(
+        "config",
+        "preset with path separators",
+        ["study", "--preset", "../../etc"],
+        ["preset '../../etc'", "letters, digits"],
+        cli=True,
+    ),
     Case("config", "preset with a slash", ["study", "--preset", "smoke/x"], ["preset 'smoke/x'"]),
     Case("config", "empty preset name", ["study", "--preset", ""], ["preset ''"]),
     Case("config", "preset of spaces", ["config", "--preset", "a b"], ["preset 'a b'"]),
-    Case("config", "override value not YAML", _study("model=[unclosed"), ["override model", "not valid YAML"]),
+    Case(
+        "config",
+        "override value not YAML",
+        _study("model=[unclosed"),
+        ["override model", "not valid YAML"],
+    ),
     Case("config", "override alias", _study("model=*a"), ["override model", "not valid YAML"]),
     Case("config", "override with empty key", _study("=3"), ["expected KEY=VALUE"]),
     Case("config", "nan learning rate", _study("wsp.base_lr=.nan"), ["wsp.base_lr", "finite"]),
-    Case("config", "negative weight decay", _study("wsp.weight_decay=-1"), ["wsp.weight_decay", ">= 0"]),
+    Case(
+        "config",
+        "negative weight decay",
+        _study("wsp.weight_decay=-1"),
+        ["wsp.weight_decay", ">= 0"],
+    ),
     Case("config", "crop_min 0", _study("wsp.crop_min=0"), ["wsp.crop_min", "in (0, 1]"]),
-    Case("config", "drop_path 1", _study("transfer.finetune.drop_path=1"), ["transfer.finetune.drop_path"]),
-    Case("config", "layer decay above 1", _study("transfer.finetune.layer_decay=2"), ["layer_decay", "in (0, 1]"]),
-    Case("config", "label smoothing 1", _study("transfer.finetune.label_smoothing=1"), ["label_smoothing"]),
-    Case("config", "holdout above a half", _study("probe.holdout_fraction=0.9"), ["probe.holdout_fraction"]),
-    Case("config", "negative probe decay", _study("probe.weight_decays=[-1]"), ["probe.weight_decays"]),
+    Case(
+        "config",
+        "drop_path 1",
+        _study("transfer.finetune.drop_path=1"),
+        ["transfer.finetune.drop_path"],
+    ),
+    Case(
+        "config",
+        "layer decay above 1",
+        _study("transfer.finetune.layer_decay=2"),
+        ["layer_decay", "in (0, 1]"],
+    ),
+    Case(
+        "config",
+        "label smoothing 1",
+        _study("transfer.finetune.label_smoothing=1"),
+        ["label_smoothing"],
+    ),
+    Case(
+        "config",
+        "holdout above a half",
+        _study("probe.holdout_fraction=0.9"),
+        ["probe.holdout_fraction"],
+    ),
+    Case(
+        "config",
+        "negative probe decay",
+        _study("probe.weight_decays=[-1]"),
+        ["probe.weight_decays"],
+    ),
     Case("config", "empty probe decays", _study("probe.weight_decays=[]"), ["probe.weight_decays"]),
-    Case("config", "repeated probe decays", _study("probe.weight_decays=[0.1, 0.1]"), ["repeats a value"]),
+    Case(
+        "config",
+        "repeated probe decays",
+        _study("probe.weight_decays=[0.1, 0.1]"),
+        ["repeats a value"],
+    ),
     Case("config", "zero tolerance", _study("probe.tolerance=0"), ["probe.tolerance", "> 0"]),
     Case("config", "zero shots", _study("transfer.lowshot.shots=[0]"), ["transfer.lowshot.shots"]),
-    Case("config", "template without {}", _study("transfer.zeroshot.templates=['a photo']"), ["templates"]),
-    Case("config", "unknown corruption", _study("transfer.robustness.corruptions=[fog2]"), ["corruptions"]),
+    Case(
+        "config",
+        "template without {}",
+        _study("transfer.zeroshot.templates=['a photo']"),
+        ["templates"],
+    ),
+    Case(
+        "config",
+        "unknown corruption",
+        _study("transfer.robustness.corruptions=[fog2]"),
+        ["corruptions"],
+    ),
     Case("config", "unknown task", _study("transfer.tasks=[dance]"), ["transfer.tasks"]),
     Case("config", "repeated arms", _study("studies.arms=[wsp, wsp]"), ["studies.arms", "repeats"]),
     Case("config", "unknown arm", _study("studies.arms=[dino]"), ["studies.arms"]),
-    Case("config", "unknown model size in the sweep", _study("studies.model_sizes=[giant]"), ["model_sizes"]),
-    Case("config", "mae_data without a fraction", _study("studies.mae_data=[cifar10]"), ["studies.mae_data"]),
-    Case("config", "mae_data fraction 2", _study("studies.mae_data=['pretrain:2']"), ["studies.mae_data"]),
-    Case("config", "mae_data of a missing folder", _study("studies.mae_data=['/no/where:1']"), ["mae_data"]),
-    Case("config", "joined name with a missing part", _study("mae.data=cifar10+nothing"), ["mae.data"]),
-    Case("config", "seed not among studies.seeds", ["study", *SMOKE, "--set", "seed=3", "--set",
-                                                    "studies.seeds=[0, 1]"], ["not among studies.seeds"]),
+    Case(
+        "config",
+        "unknown model size in the sweep",
+        _study("studies.model_sizes=[giant]"),
+        ["model_sizes"],
+    ),
+    Case(
+        "config",
+        "mae_data without a fraction",
+        _study("studies.mae_data=[cifar10]"),
+        ["studies.mae_data"],
+    ),
+    Case(
+        "config",
+        "mae_data fraction 2",
+        _study("studies.mae_data=['pretrain:2']"),
+        ["studies.mae_data"],
+    ),
+    Case(
+        "config",
+        "mae_data of a missing folder",
+        _study("studies.mae_data=['/no/where:1']"),
+        ["mae_data"],
+    ),
+    Case(
+        "config",
+        "joined name with a missing part",
+        _study("mae.data=cifar10+nothing"),
+        ["mae.data"],
+    ),
+    Case(
+        "config",
+        "seed not among studies.seeds",
+        ["study", *SMOKE, "--set", "seed=3", "--set", "studies.seeds=[0, 1]"],
+        ["not among studies.seeds"],
+    ),
     Case("config", "unknown executor", _study("launch.executor=k8s"), ["launch.executor"]),
     Case("config", "zero nodes", _study("launch.nodes=0"), ["launch.nodes", "> 0"]),
-    Case("config", "synthetic set of 400 GB", _study("data.synthetic_train=140000000"),
-         ["data.synthetic_train", "in [1, 1000000]"], cli=True),
-    Case("config", "pool fraction above 1", _study("data.pretrain_fraction=1.5"), ["data.pretrain_fraction"]),
-    Case("config", "tags noise probability negative", _study("tags.p_wrong=-0.1"), ["tags.p_wrong"]),
+    Case(
+        "config",
+        "synthetic set of 400 GB",
+        _study("data.synthetic_train=140000000"),
+        ["data.synthetic_train", "in [1, 1000000]"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "pool fraction above 1",
+        _study("data.pretrain_fraction=1.5"),
+        ["data.pretrain_fraction"],
+    ),
+    Case(
+        "config", "tags noise probability negative", _study("tags.p_wrong=-0.1"), ["tags.p_wrong"]
+    ),
     Case("config", "zipf exponent 0", _study("tags.zipf_exponent=0"), ["tags.zipf_exponent"]),
-    Case("config", "negative epoch_images", _study("mae.epoch_images=-5"), ["mae.epoch_images", ">= 0"]),
+    Case(
+        "config",
+        "negative epoch_images",
+        _study("mae.epoch_images=-5"),
+        ["mae.epoch_images", ">= 0"],
+    ),
     Case("config", "list for an int", _study("mae.epochs=[1, 2]"), ["mae.epochs", "expected int"]),
     Case("config", "zero L-BFGS iterations", _study("probe.max_iter=0"), ["probe.max_iter", "> 0"]),
-    Case("config", "zero low-shot draws", _study("transfer.lowshot.draws=0"), ["transfer.lowshot.draws"]),
-    Case("config", "zero text tokens", _study("transfer.zeroshot.max_tokens=0"), ["max_tokens", "> 0"]),
-    Case("config", "zero cpus per task", _study("launch.cpus_per_task=0"), ["launch.cpus_per_task"]),
+    Case(
+        "config",
+        "zero low-shot draws",
+        _study("transfer.lowshot.draws=0"),
+        ["transfer.lowshot.draws"],
+    ),
+    Case(
+        "config",
+        "zero text tokens",
+        _study("transfer.zeroshot.max_tokens=0"),
+        ["max_tokens", "> 0"],
+    ),
+    Case(
+        "config", "zero cpus per task", _study("launch.cpus_per_task=0"), ["launch.cpus_per_task"]
+    ),
     Case("config", "zero time limit", _study("launch.timeout_min=0"), ["launch.timeout_min"]),
-    Case("config", "decoder of no blocks", _study("mae.decoder_depth=0"), ["mae.decoder_depth", "> 0"]),
-    Case("config", "negative noise vocabulary", _study("tags.noise_vocab=-1"), ["tags.noise_vocab", ">= 0"]),
-    Case("config", "missing config file", ["study", *SMOKE, "--config", "/no/such.yaml"],
-         ["/no/such.yaml", "cannot read"], cli=True),
-    Case("config", "config file is a folder", lambda d: ["study", *SMOKE, "--config", str(d)], ["cannot read"]),
+    Case(
+        "config",
+        "decoder of no blocks",
+        _study("mae.decoder_depth=0"),
+        ["mae.decoder_depth", "> 0"],
+    ),
+    Case(
+        "config",
+        "negative noise vocabulary",
+        _study("tags.noise_vocab=-1"),
+        ["tags.noise_vocab", ">= 0"],
+    ),
+    Case(
+        "config",
+        "missing config file",
+        ["study", *SMOKE, "--config", "/no/such.yaml"],
+        ["/no/such.yaml", "cannot read"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "config file is a folder",
+        lambda d: ["study", *SMOKE, "--config", str(d)],
+        ["cannot read"],
+    ),
 ]
 
 
-def _npz(folder: Path, change: Callable[[dict], None] | None = None, raw: bytes | None = None) -> dict[str, str]:
-    """A data directory whose cifar100.npz is a tiny valid one changed by `change`, or `raw` bytes."""
+def _npz(
+    folder: Path, change: Callable[[dict], None] | None = None, raw: bytes | None = None
+) -> dict[str, str]:
+    """A data directory whose cifar100.npz is a tiny valid one changed by `change`, or `raw`
+    bytes."""
     data = folder / "data"
     data.mkdir(exist_ok=True)
     if raw is not None:
         (data / "cifar100.npz").write_bytes(raw)
         return {"STUDYLIB_DATA": str(data)}
     rng = np.random.default_rng(0)
-    arrays = {"x_train": rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), "y_train": np.arange(40) % 4,
-              "x_test": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), "y_test": np.arange(8) % 4,
-              "y_train_coarse": np.arange(40) % 2, "y_test_coarse": np.arange(8) % 2,
-              "classes": np.array(["a", "b", "c", "d"]), "coarse_classes": np.array(["x", "y"]),
-              "fine_to_coarse": np.array([0, 1, 0, 1])}
+    arrays = {
+        "x_train": rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+        "y_train": np.arange(40) % 4,
+        "x_test": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        "y_test": np.arange(8) % 4,
+        "y_train_coarse": np.arange(40) % 2,
+        "y_test_coarse": np.arange(8) % 2,
+        "classes": np.array(["a", "b", "c", "d"]),
+        "coarse_classes": np.array(["x", "y"]),
+        "fine_to_coarse": np.array([0, 1, 0, 1]),
+    }
     if change:
         change(arrays)
     np.savez(data / "cifar100.npz", **arrays)
     return {"STUDYLIB_DATA": str(data)}
 
 
-CIFAR100 = _study("data.pretrain=cifar100", "data.probe=[cifar100]", "mae.batch_size=8", "wsp.batch_size=8")
+CIFAR100 = _study(
+    "data.pretrain=cifar100", "data.probe=[cifar100]", "mae.batch_size=8", "wsp.batch_size=8"
+)
 
 
 def _set(key: str, value: object) -> Callable[[dict], None]:
@@ -181,23 +442,35 @@ def _set(key: str, value: object) -> Callable[[dict], None]:
             del arrays[key]
         else:
             arrays[key] = value
+
     return change
 
 
-def _folder(folder: Path, classes: tuple[str, ...] = ("cat", "dog"), sizes: tuple[int, ...] = (8,),
-            splits: tuple[str, ...] = ("train", "test")) -> Path:
+def _folder(
+    folder: Path,
+    classes: tuple[str, ...] = ("cat", "dog"),
+    sizes: tuple[int, ...] = (8,),
+    splits: tuple[str, ...] = ("train", "test"),
+) -> Path:
     root = folder / "pics"
     for split in splits:
         for i, name in enumerate(classes):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for j, size in enumerate(sizes * 2):
-                Image.new("RGB", (size, size), (40 * i, 10 * j, 99)).save(root / split / name / f"{j}.png")
+                Image.new("RGB", (size, size), (40 * i, 10 * j, 99)).save(
+                    root / split / name / f"{j}.png"
+                )
     return root
 
 
 def _pics(build: Callable[[Path], Path], *sets: str) -> Callable[[Path], list[str]]:
-    return lambda d: _study(f"data.pretrain={build(d)}", "data.probe=[synthetic]", "mae.batch_size=2",
-                            "wsp.batch_size=2", *sets)
+    return lambda d: _study(
+        f"data.pretrain={build(d)}",
+        "data.probe=[synthetic]",
+        "mae.batch_size=2",
+        "wsp.batch_size=2",
+        *sets,
+    )
 
 
 def _unreadable_class(d: Path) -> Path:
@@ -243,70 +516,224 @@ def _one_class(d: Path) -> Path:
 
 uint8 = np.uint8
 DATA = [
-    Case("data", "0-byte npz", CIFAR100, ["cifar100.npz", "not a readable .npz"], env=lambda d: _npz(d, raw=b""),
-         cli=True),
-    Case("data", "garbage npz", CIFAR100, ["cifar100.npz", "not a readable .npz"],
-         env=lambda d: _npz(d, raw=b"garbage" * 100)),
-    Case("data", "truncated npz", CIFAR100, ["cifar100.npz", "not a readable .npz"],
-         env=lambda d: _npz(d, raw=(_npz(d) and (d / "data" / "cifar100.npz").read_bytes())[:300])),
-    Case("data", "npz without x_train", CIFAR100, ["no key 'x_train'"], env=lambda d: _npz(d, _set("x_train", None)),
-         cli=True),
-    Case("data", "npz without classes", CIFAR100, ["no key 'classes'"], env=lambda d: _npz(d, _set("classes", None))),
-    Case("data", "float images in [0, 1]", CIFAR100, ["x_train is float32", "uint8 pixels"],
-         env=lambda d: _npz(d, _set("x_train", np.zeros((40, 32, 32, 3), np.float32))), cli=True),
-    Case("data", "channels first", CIFAR100, ["x_train", "(N, H, W, 3)"],
-         env=lambda d: _npz(d, _set("x_train", np.zeros((40, 3, 32, 32), uint8)))),
-    Case("data", "grey images", CIFAR100, ["x_test", "(N, H, W, 3)"],
-         env=lambda d: _npz(d, _set("x_test", np.zeros((8, 32, 32), uint8)))),
-    Case("data", "labels out of range", CIFAR100, ["train labels span 0..7", "allowed: 0..3"],
-         env=lambda d: _npz(d, _set("y_train", np.arange(40) % 8)), cli=True),
-    Case("data", "negative labels", CIFAR100, ["test labels span -1..2"],
-         env=lambda d: _npz(d, _set("y_test", np.arange(8) % 4 - 1))),
-    Case("data", "float labels", CIFAR100, ["y_train is float64", "integers"],
-         env=lambda d: _npz(d, _set("y_train", np.zeros(40)))),
-    Case("data", "fewer labels than images", CIFAR100, ["40 train images but 39 labels"],
-         env=lambda d: _npz(d, _set("y_train", np.arange(39) % 4))),
-    Case("data", "2-d labels", CIFAR100, ["y_test", "shape (8, 1)"],
-         env=lambda d: _npz(d, _set("y_test", np.zeros((8, 1), np.int64)))),
-    Case("data", "one class", CIFAR100, ["1 class(es)", "at least 2 classes"],
-         env=lambda d: _npz(d, lambda a: a.update(classes=np.array(["a"]), y_train=np.zeros(40, np.int64),
-                                                 y_test=np.zeros(8, np.int64)))),
-    Case("data", "npz of pickled objects", CIFAR100, ["not a readable .npz"],
-         env=lambda d: _npz(d, _set("classes", np.array([{"a": 1}, None], dtype=object)))),
-    Case("data", "npz without read permission", CIFAR100, ["cifar100.npz"],
-         env=lambda d: (_npz(d), os.chmod(d / "data" / "cifar100.npz", 0))[0], non_root=True),
-    Case("data", "data directory missing", CIFAR100, ["data directory does not exist"],
-         env=lambda d: {"STUDYLIB_DATA": str(d / "nowhere")}),
-    Case("data", "data directory empty", CIFAR100, ["has neither cifar100.npz"],
-         env=lambda d: ((d / "empty").mkdir(), {"STUDYLIB_DATA": str(d / "empty")})[1], cli=True),
-    Case("data", "image folder of one class", _pics(lambda d: _folder(d, ("cat",))), ["1 class(es)"], cli=True),
-    Case("data", "unreadable class folder", _pics(_unreadable_class), ["eel", "cannot read this class folder"],
-         non_root=True),
-    Case("data", "class folder without images", _pics(lambda d: (_folder(d) / "train" / "eel").mkdir() or d / "pics"),
-         ["eel", "no images in this class folder"]),
-    Case("data", "unreadable image", _pics(_unreadable_image), ["0.png", "not a readable image"], non_root=True),
+    Case(
+        "data",
+        "0-byte npz",
+        CIFAR100,
+        ["cifar100.npz", "not a readable .npz"],
+        env=lambda d: _npz(d, raw=b""),
+        cli=True,
+    ),
+    Case(
+        "data",
+        "garbage npz",
+        CIFAR100,
+        ["cifar100.npz", "not a readable .npz"],
+        env=lambda d: _npz(d, raw=b"garbage" * 100),
+    ),
+    Case(
+        "data",
+        "truncated npz",
+        CIFAR100,
+        ["cifar100.npz", "not a readable .npz"],
+        env=lambda d: _npz(d, raw=(_npz(d) and (d / "data" / "cifar100.npz").read_bytes())[:300]),
+    ),
+    Case(
+        "data",
+        "npz without x_train",
+        CIFAR100,
+        ["no key 'x_train'"],
+        env=lambda d: _npz(d, _set("x_train", None)),
+        cli=True,
+    ),
+    Case(
+        "data",
+        "npz without classes",
+        CIFAR100,
+        ["no key 'classes'"],
+        env=lambda d: _npz(d, _set("classes", None)),
+    ),
+    Case(
+        "data",
+        "float images in [0, 1]",
+        CIFAR100,
+        ["x_train is float32", "uint8 pixels"],
+        env=lambda d: _npz(d, _set("x_train", np.zeros((40, 32, 32, 3), np.float32))),
+        cli=True,
+    ),
+    Case(
+        "data",
+        "channels first",
+        CIFAR100,
+        ["x_train", "(N, H, W, 3)"],
+        env=lambda d: _npz(d, _set("x_train", np.zeros((40, 3, 32, 32), uint8))),
+    ),
+    Case(
+        "data",
+        "grey images",
+        CIFAR100,
+        ["x_test", "(N, H, W, 3)"],
+        env=lambda d: _npz(d, _set("x_test", np.zeros((8, 32, 32), uint8))),
+    ),
+    Case(
+        "data",
+        "labels out of range",
+        CIFAR100,
+        ["train labels span 0..7", "allowed: 0..3"],
+        env=lambda d: _npz(d, _set("y_train", np.arange(40) % 8)),
+        cli=True,
+    ),
+    Case(
+        "data",
+        "negative labels",
+        CIFAR100,
+        ["test labels span -1..2"],
+        env=lambda d: _npz(d, _set("y_test", np.arange(8) % 4 - 1)),
+    ),
+    Case(
+        "data",
+        "float labels",
+        CIFAR100,
+        ["y_train is float64", "integers"],
+        env=lambda d: _npz(d, _set("y_train", np.zeros(40))),
+    ),
+    Case(
+        "data",
+        "fewer labels than images",
+        CIFAR100,
+        ["40 train images but 39 labels"],
+        env=lambda d: _npz(d, _set("y_train", np.arange(39) % 4)),
+    ),
+    Case(
+        "data",
+        "2-d labels",
+        CIFAR100,
+        ["y_test", "shape (8, 1)"],
+        env=lambda d: _npz(d, _set("y_test", np.zeros((8, 1), np.int64))),
+    ),
+    Case(
+        "data",
+        "one class",
+        CIFAR100,
+        ["1 class(es)", "at least 2 classes"],
+        env=lambda d: _npz(
+            d,
+            lambda a: a.update(
+                classes=np.array(["a"]),
+                y_train=np.zeros(40, np.int64),
+                y_test=np.zeros(8, np.int64),
+            ),
+        ),
+    ),
+    Case(
+        "data",
+        "npz of pickled objects",
+        CIFAR100,
+        ["not a readable .npz"],
+        env=lambda d: _npz(d, _set("classes", np.array([{"a": 1}, None], dtype=object))),
+    ),
+    Case(
+        "data",
+        "npz without read permission",
+        CIFAR100,
+        ["cifar100.npz"],
+        env=lambda d: (_npz(d), os.chmod(d / "data" / "cifar100.npz", 0))[0],
+        non_root=True,
+    ),
+    Case(
+        "data",
+        "data directory missing",
+        CIFAR100,
+        ["data directory does not exist"],
+        env=lambda d: {"STUDYLIB_DATA": str(d / "nowhere")},
+    ),
+    Case(
+        "data",
+        "data directory empty",
+        CIFAR100,
+        ["has neither cifar100.npz"],
+        env=lambda d: ((d / "empty").mkdir(), {"STUDYLIB_DATA": str(d / "empty")})[1],
+        cli=True,
+    ),
+    Case(
+        "data",
+        "image folder of one class",
+        _pics(lambda d: _folder(d, ("cat",))),
+        ["1 class(es)"],
+        cli=True,
+    ),
+    Case(
+        "data",
+        "unreadable class folder",
+        _pics(_unreadable_class),
+        ["eel", "cannot read this class folder"],
+        non_root=True,
+    ),
+    Case(
+        "data",
+        "class folder without images",
+        _pics(lambda d: (_folder(d) / "train" / "eel").mkdir() or d / "pics"),
+        ["eel", "no images in this class folder"],
+    ),
+    Case(
+        "data",
+        "unreadable image",
+        _pics(_unreadable_image),
+        ["0.png", "not a readable image"],
+        non_root=True,
+    ),
     Case("data", "broken image", _pics(_broken_image), ["9.jpg", "not a readable image"]),
-    Case("data", "images of mixed sizes", _pics(lambda d: _folder(d, sizes=(8, 2))), ["2x2 pixels", "one size"],
-         cli=True),
-    Case("data", "image folder without class folders", _pics(lambda d: (d / "flat").mkdir() or d / "flat"),
-         ["no class folders"]),
+    Case(
+        "data",
+        "images of mixed sizes",
+        _pics(lambda d: _folder(d, sizes=(8, 2))),
+        ["2x2 pixels", "one size"],
+        cli=True,
+    ),
+    Case(
+        "data",
+        "image folder without class folders",
+        _pics(lambda d: (d / "flat").mkdir() or d / "flat"),
+        ["no class folders"],
+    ),
     Case("data", "empty class folders", _pics(_empty_classes), ["no images"]),
     Case("data", "probe folder without a test split", _no_test_split, ["no test images"]),
-    Case("data", "images of mixed sizes in a joined set", lambda d: _study(
-        f"mae.data={_folder(d / 'a')}+{_folder(d / 'b', sizes=(4,))}"), ["different sizes"]),
+    Case(
+        "data",
+        "images of mixed sizes in a joined set",
+        lambda d: _study(f"mae.data={_folder(d / 'a')}+{_folder(d / 'b', sizes=(4,))}"),
+        ["different sizes"],
+    ),
 ]
 
 
 SIZES = [
-    Case("sizes", "MAE batch larger than the pool", _study("mae.batch_size=4096"),
-         ["mae.batch_size", "4096 is more than the 512 images", "at most 512"], cli=True),
-    Case("sizes", "WSP batch larger than the pool", _study("wsp.batch_size=513"), ["wsp.batch_size", "at most 512"]),
-    Case("sizes", "WSP batch larger than a small pool", _study("data.pretrain_fraction=0.01", "wsp.batch_size=64",
-                                                              "mae.batch_size=4"), ["wsp.batch_size", "at most 5"]),
-    Case("sizes", "MAE batch larger than MAE's images", _study("mae.data=synthetic", "mae.data_fraction=0.01",
-                                                              "mae.batch_size=64"), ["mae.batch_size", "at most 5"]),
-    Case("sizes", "dataset of one image", _pics(_one_image),
-         ["at least 2 classes"]),
+    Case(
+        "sizes",
+        "MAE batch larger than the pool",
+        _study("mae.batch_size=4096"),
+        ["mae.batch_size", "4096 is more than the 512 images", "at most 512"],
+        cli=True,
+    ),
+    Case(
+        "sizes",
+        "WSP batch larger than the pool",
+        _study("wsp.batch_size=513"),
+        ["wsp.batch_size", "at most 512"],
+    ),
+    Case(
+        "sizes",
+        "WSP batch larger than a small pool",
+        _study("data.pretrain_fraction=0.01", "wsp.batch_size=64", "mae.batch_size=4"),
+        ["wsp.batch_size", "at most 5"],
+    ),
+    Case(
+        "sizes",
+        "MAE batch larger than MAE's images",
+        _study("mae.data=synthetic", "mae.data_fraction=0.01", "mae.batch_size=64"),
+        ["mae.batch_size", "at most 5"],
+    ),
+    Case("sizes", "dataset of one image", _pics(_one_image), ["at least 2 classes"]),
 ]
 
 
@@ -319,10 +746,13 @@ MOUNTS: list[Path] = []
 
 
 def _read_only(d: Path) -> str:
-    """A folder nobody may write to: chmod 555, or for root (whom permissions do not stop) a read-only tmpfs."""
+    """A folder nobody may write to: chmod 555, or for root (whom permissions do not stop) a
+    read-only tmpfs."""
     (d / "ro").mkdir()
     if os.geteuid() == 0:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d / "ro")], check=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d / "ro")], check=True
+        )
         MOUNTS.append(d / "ro")
     else:
         os.chmod(d / "ro", 0o555)
@@ -344,37 +774,119 @@ def _dangling(d: Path) -> str:
 
 
 PLACES = [
-    Case("places", "runs folder is a file", _study(), ["STUDYLIB_RUNS", "a file"],
-         env=lambda d: {"STUDYLIB_RUNS": _file(d, "runs-file")}, cli=True),
-    Case("places", "results folder is a file", _study(), ["STUDYLIB_RESULTS", "a file"],
-         env=lambda d: {"STUDYLIB_RESULTS": _file(d, "results-file")}),
-    Case("places", "results/<preset> is a file", _study(), ["STUDYLIB_RESULTS", "a file"],
-         env=lambda d: ((d / "res").mkdir(), _file(d / "res", "smoke"), {"STUDYLIB_RESULTS": str(d / "res")})[2]),
-    Case("places", "runs folder read-only", _study(), ["STUDYLIB_RUNS", "not writable"],
-         env=lambda d: {"STUDYLIB_RUNS": _read_only(d)}, cli=True),
-    Case("places", "results folder read-only", _study(), ["STUDYLIB_RESULTS", "not writable"],
-         env=lambda d: {"STUDYLIB_RESULTS": _read_only(d)}),
-    Case("places", "runs folder set but empty", _study(), ["STUDYLIB_RUNS is set but empty"],
-         env=lambda d: {"STUDYLIB_RUNS": ""}, cli=True),
-    Case("places", "results folder set but empty", _study(), ["STUDYLIB_RESULTS is set but empty"],
-         env=lambda d: {"STUDYLIB_RESULTS": "  "}),
-    Case("places", "runs folder a dangling link", _study(), ["STUDYLIB_RUNS", "dangling link"],
-         env=lambda d: {"STUDYLIB_RUNS": _dangling(d)}),
-    Case("places", "figures of a results file", ["figures", *SMOKE], ["STUDYLIB_RESULTS", "a file"],
-         env=lambda d: {"STUDYLIB_RESULTS": _file(d, "results-file")}),
-    Case("places", "transfer into a read-only runs folder", ["transfer", *SMOKE], ["STUDYLIB_RUNS", "not writable"],
-         env=lambda d: {"STUDYLIB_RUNS": _read_only(d)}),
-    Case("places", "cache folder is a file", _study(), ["STUDYLIB_CACHE", "a file"],
-         env=lambda d: {"STUDYLIB_CACHE": _file(d, "cache-file")}, cli=True),
-    Case("places", "cache folder a dangling link", _study(), ["STUDYLIB_CACHE", "dangling link"],
-         env=lambda d: {"STUDYLIB_CACHE": _dangling(d)}),
-    Case("places", "figures folder read-only", ["figures", *SMOKE], ["STUDYLIB_FIGURES", "not writable"],
-         env=lambda d: {"STUDYLIB_FIGURES": _read_only(d)}),
-    Case("places", "figures folder is a file", _study(), ["STUDYLIB_FIGURES", "a file"],
-         env=lambda d: {"STUDYLIB_FIGURES": _file(d, "figures-file")}),
-    Case("commands", "findings --readme with no tables", ["findings", "--preset", "cpu", "--readme"],
-         ["--readme", "does not exist", "never written from no results"],
-         env=lambda d: {"STUDYLIB_RESULTS": str(d / "nothing")}),
+    Case(
+        "places",
+        "runs folder is a file",
+        _study(),
+        ["STUDYLIB_RUNS", "a file"],
+        env=lambda d: {"STUDYLIB_RUNS": _file(d, "runs-file")},
+        cli=True,
+    ),
+    Case(
+        "places",
+        "results folder is a file",
+        _study(),
+        ["STUDYLIB_RESULTS", "a file"],
+        env=lambda d: {"STUDYLIB_RESULTS": _file(d, "results-file")},
+    ),
+    Case(
+        "places",
+        "results/<preset> is a file",
+        _study(),
+        ["STUDYLIB_RESULTS", "a file"],
+        env=lambda d: (
+            (d / "res").mkdir(),
+            _file(d / "res", "smoke"),
+            {"STUDYLIB_RESULTS": str(d / "res")},
+        )[2],
+    ),
+    Case(
+        "places",
+        "runs folder read-only",
+        _study(),
+        ["STUDYLIB_RUNS", "not writable"],
+        env=lambda d: {"STUDYLIB_RUNS": _read_only(d)},
+        cli=True,
+    ),
+    Case(
+        "places",
+        "results folder read-only",
+        _study(),
+        ["STUDYLIB_RESULTS", "not writable"],
+        env=lambda d: {"STUDYLIB_RESULTS": _read_only(d)},
+    ),
+    Case(
+        "places",
+        "runs folder set but empty",
+        _study(),
+        ["STUDYLIB_RUNS is set but empty"],
+        env=lambda d: {"STUDYLIB_RUNS": ""},
+        cli=True,
+    ),
+    Case(
+        "places",
+        "results folder set but empty",
+        _study(),
+        ["STUDYLIB_RESULTS is set but empty"],
+        env=lambda d: {"STUDYLIB_RESULTS": "  "},
+    ),
+    Case(
+        "places",
+        "runs folder a dangling link",
+        _study(),
+        ["STUDYLIB_RUNS", "dangling link"],
+        env=lambda d: {"STUDYLIB_RUNS": _dangling(d)},
+    ),
+    Case(
+        "places",
+        "figures of a results file",
+        ["figures", *SMOKE],
+        ["STUDYLIB_RESULTS", "a file"],
+        env=lambda d: {"STUDYLIB_RESULTS": _file(d, "results-file")},
+    ),
+    Case(
+        "places",
+        "transfer into a read-only runs folder",
+        ["transfer", *SMOKE],
+        ["STUDYLIB_RUNS", "not writable"],
+        env=lambda d: {"STUDYLIB_RUNS": _read_only(d)},
+    ),
+    Case(
+        "places",
+        "cache folder is a file",
+        _study(),
+        ["STUDYLIB_CACHE", "a file"],
+        env=lambda d: {"STUDYLIB_CACHE": _file(d, "cache-file")},
+        cli=True,
+    ),
+    Case(
+        "places",
+        "cache folder a dangling link",
+        _study(),
+        ["STUDYLIB_CACHE", "dangling link"],
+        env=lambda d: {"STUDYLIB_CACHE": _dangling(d)},
+    ),
+    Case(
+        "places",
+        "figures folder read-only",
+        ["figures", *SMOKE],
+        ["STUDYLIB_FIGURES", "not writable"],
+        env=lambda d: {"STUDYLIB_FIGURES": _read_only(d)},
+    ),
+    Case(
+        "places",
+        "figures folder is a file",
+        _study(),
+        ["STUDYLIB_FIGURES", "a file"],
+        env=lambda d: {"STUDYLIB_FIGURES": _file(d, "figures-file")},
+    ),
+    Case(
+        "commands",
+        "findings --readme with no tables",
+        ["findings", "--preset", "cpu", "--readme"],
+        ["--readme", "does not exist", "never written from no results"],
+        env=lambda d: {"STUDYLIB_RESULTS": str(d / "nothing")},
+    ),
 ]
 
 
@@ -383,30 +895,72 @@ def _csv(text: str) -> Callable[[Path], dict[str, str]]:
         (d / "results" / "smoke").mkdir(parents=True)
         (d / "results" / "smoke" / "default.csv").write_text(text)
         return {"STUDYLIB_RESULTS": str(d / "results")}
+
     return build
 
 
 COMMANDS = [
-    Case("commands", "unknown study", ["study", "nonsense", *SMOKE], ["study 'nonsense' is unknown", "allowed"],
-         cli=True),
+    Case(
+        "commands",
+        "unknown study",
+        ["study", "nonsense", *SMOKE],
+        ["study 'nonsense' is unknown", "allowed"],
+        cli=True,
+    ),
     Case("commands", "unknown job target", ["submit", "nonsense", *SMOKE], ["nonsense", "allowed"]),
-    Case("commands", "notebooks --only unknown", ["notebooks", *SMOKE, "--only", "nonexistent"],
-         ["--only nonexistent", "no such notebook"], cli=True),
-    Case("commands", "slurm without SLURM", ["submit", "default", *SMOKE, "--set", "launch.executor=slurm",
-                                             "--no-wait"], ["launch.executor", "no sbatch"],
-         env=lambda d: {"PATH": str(d)}),
-    Case("commands", "findings on a malformed table", ["findings", *SMOKE], ["default.csv", "study table"],
-         env=_csv("this,is\nnot,\"a study table\n"), cli=True),
-    Case("commands", "findings on a table without arms", ["findings", *SMOKE], ["no column 'arm'"],
-         env=_csv("a,b\n1,2\n")),
-    Case("commands", "findings on text values", ["findings", *SMOKE], ["not a number"],
-         env=_csv("arm,stage,metric,value,seed,dataset\nwsp,probe,top1,high,0,x\n")),
-    Case("commands", "figures on a malformed table", ["figures", *SMOKE], ["default.csv", "not a"],
-         env=_csv("\"unclosed\n1,2\n"), cli=True),
-    Case("commands", "findings --readme of another preset", ["findings", *SMOKE, "--readme"],
-         ["--readme", "cpu preset"]),
+    Case(
+        "commands",
+        "notebooks --only unknown",
+        ["notebooks", *SMOKE, "--only", "nonexistent"],
+        ["--only nonexistent", "no such notebook"],
+        cli=True,
+    ),
+    Case(
+        "commands",
+        "slurm without SLURM",
+        ["submit", "default", *SMOKE, "--set", "launch.executor=slurm", "--no-wait"],
+        ["launch.executor", "no sbatch"],
+        env=lambda d: {"PATH": str(d)},
+    ),
+    Case(
+        "commands",
+        "findings on a malformed table",
+        ["findings", *SMOKE],
+        ["default.csv", "study table"],
+        env=_csv('this,is\nnot,"a study table\n'),
+        cli=True,
+    ),
+    Case(
+        "commands",
+        "findings on a table without arms",
+        ["findings", *SMOKE],
+        ["no column 'arm'"],
+        env=_csv("a,b\n1,2\n"),
+    ),
+    Case(
+        "commands",
+        "findings on text values",
+        ["findings", *SMOKE],
+        ["not a number"],
+        env=_csv("arm,stage,metric,value,seed,dataset\nwsp,probe,top1,high,0,x\n"),
+    ),
+    Case(
+        "commands",
+        "figures on a malformed table",
+        ["figures", *SMOKE],
+        ["default.csv", "not a"],
+        env=_csv('"unclosed\n1,2\n'),
+        cli=True,
+    ),
+    Case(
+        "commands",
+        "findings --readme of another preset",
+        ["findings", *SMOKE, "--readme"],
+        ["--readme", "cpu preset"],
+    ),
     Case("commands", "transfer of an unknown arm", ["transfer", *SMOKE, "--arm", "dino"], ["dino"]),
 ]
+
 
 def _pool(d: Path, damage: Callable[[Path], None] = lambda folder: None) -> Path:
     """A pool of 32 synthetic images in two shards of 16, then `damage`d."""
@@ -423,16 +977,21 @@ def _pool(d: Path, damage: Callable[[Path], None] = lambda folder: None) -> Path
 
 def _listed(entry: dict) -> Callable[[Path], None]:
     """The index's second entry replaced by `entry`."""
+
     def damage(folder: Path) -> None:
         index = json.loads((folder / "shards.json").read_text())
         index["shards"][1] = entry
         (folder / "shards.json").write_text(json.dumps(index))
+
     return damage
 
 
-def _rewritten(change: Callable[[str, bytes], bytes | None], extra: int = 0) -> Callable[[Path], None]:
-    """00001.tar written again with each member's bytes changed by `change` (None drops it), then its first
-    `extra` members appended once more."""
+def _rewritten(
+    change: Callable[[str, bytes], bytes | None], extra: int = 0
+) -> Callable[[Path], None]:
+    """00001.tar written again with each member's bytes changed by `change` (None drops it), then
+    its first `extra` members appended once more."""
+
     def damage(folder: Path) -> None:
         with tarfile.open(folder / "00001.tar") as tar:
             members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -442,26 +1001,42 @@ def _rewritten(change: Callable[[str, bytes], bytes | None], extra: int = 0) -> 
                 if data is not None:
                     member.size = len(data)
                     tar.addfile(member, io.BytesIO(data))
+
     return damage
 
 
 def _tags(value: object) -> Callable[[str, bytes], bytes]:
     def change(name: str, data: bytes) -> bytes:
-        return json.dumps({**json.loads(data), "tags": value}).encode() if name == "000000017.json" else data
+        return (
+            json.dumps({**json.loads(data), "tags": value}).encode()
+            if name == "000000017.json"
+            else data
+        )
+
     return change
 
 
 def _on_pool(damage: Callable[[Path], None] = lambda folder: None) -> Callable[[Path], list[str]]:
-    return lambda d: _study(f"data.pretrain={_pool(d, damage)}", "mae.batch_size=8", "wsp.batch_size=8")
+    return lambda d: _study(
+        f"data.pretrain={_pool(d, damage)}", "mae.batch_size=8", "wsp.batch_size=8"
+    )
 
 
 def _bomb(path: Path) -> None:
     """A PNG whose header claims 20,000 x 20,000 pixels: PIL refuses it as a decompression bomb."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
     header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 7))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 7))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _with_bomb(d: Path) -> Path:
@@ -472,57 +1047,174 @@ def _with_bomb(d: Path) -> Path:
 
 def _shards_of(build: Callable[[Path], Path], *extra: str) -> Callable[[Path], list[str]]:
     """`studylib shards` copying the streamed image folder `build` makes."""
-    return lambda d: ["shards", *SMOKE, "--set", f"data.pretrain={build(d)}", "--set", "data.stream=true",
-                      "--out", str(d / "out"), *extra]
+    return lambda d: [
+        "shards",
+        *SMOKE,
+        "--set",
+        f"data.pretrain={build(d)}",
+        "--set",
+        "data.stream=true",
+        "--out",
+        str(d / "out"),
+        *extra,
+    ]
 
 
 SCALE = [
-    Case("scale", "index names a tar outside the folder", _on_pool(_listed({"name": "../x/0.tar", "samples": 16})),
-         ["shards.json", "not a plain file name"], cli=True),
-    Case("scale", "index names an absolute path", _on_pool(_listed({"name": "/dev/zero", "samples": 16})),
-         ["not a plain file name"]),
-    Case("scale", "index names the folder itself", _on_pool(_listed({"name": ".", "samples": 16})),
-         ["not a plain file name"]),
-    Case("scale", "index lists a tar twice", _on_pool(_listed({"name": "00000.tar", "samples": 16})),
-         ["00000.tar", "listed twice"]),
-    Case("scale", "index lists a missing tar", _on_pool(_listed({"name": "gone.tar", "samples": 16})),
-         ["gone.tar", "not a regular file there"]),
-    Case("scale", "index count negative", _on_pool(_listed({"name": "00001.tar", "samples": -40})),
-         ["samples -40"]),
-    Case("scale", "index count a boolean", _on_pool(_listed({"name": "00001.tar", "samples": True})),
-         ["samples True"]),
-    Case("scale", "index count fractional", _on_pool(_listed({"name": "00001.tar", "samples": 40.9})),
-         ["samples 40.9"]),
-    Case("scale", "index count below what the tar holds", _on_pool(_listed({"name": "00001.tar", "samples": 10})),
-         ["00001.tar: holds 16 samples, shards.json lists 10"], cli=True),
-    Case("scale", "index not an index", _on_pool(lambda f: (f / "shards.json").write_text("{}")),
-         ["shards.json: not a shard index"]),
-    Case("scale", "tar with a sample twice", _on_pool(_rewritten(lambda name, data: data, extra=1)),
-         ["00001.tar", "appears twice"], cli=True),
-    Case("scale", "tar that is not a tar", _on_pool(lambda f: (f / "00001.tar").write_bytes(b"not a tar" * 200)),
-         ["00001.tar", "not a readable tar"]),
-    Case("scale", "tags a string", _on_pool(_rewritten(_tags("cat"))),
-         ["00001.tar: sample 000000017.json: tags are cat", "allowed: a list"], cli=True),
-    Case("scale", "tags nested lists", _on_pool(_rewritten(_tags([["cat"]]))),
-         ["sample 000000017.json: tags are"]),
-    Case("scale", "tags numbers", _on_pool(_rewritten(_tags([1, 2]))), ["sample 000000017.json: tags are"]),
-    Case("scale", "in-memory pool holding a decompression bomb", _pics(_with_bomb),
-         ["bomb.png: not a readable image", "DecompressionBombError"], cli=True),
-    Case("scale", "probe data holding a decompression bomb",
-         lambda d: _study(f"data.probe=[{_with_bomb(d)}]"), ["bomb.png: not a readable image"]),
-    Case("scale", "shards of a folder holding a decompression bomb", _shards_of(_with_bomb),
-         ["bomb.png: not an image that can be read"], cli=True),
-    Case("scale", "shards --per-shard 0", _shards_of(_folder, "--per-shard", "0"), ["--per-shard >= 1"]),
-    Case("scale", "shards --per-shard negative", _shards_of(_folder, "--per-shard", "-5"), ["--per-shard >= 1"]),
-    Case("scale", "shards --out inside the source",
-         lambda d: [*_shards_of(_folder)(d)[:-2], "--out", str(d / "pics" / "inside")], ["inside the source"]),
-    Case("scale", "shards --out under a file",
-         lambda d: [*_shards_of(_folder)(d)[:-2], "--out", f"{_file(d, 'plain')}/x"], ["is a file"]),
-    Case("scale", "shards --out a folder in use",
-         lambda d: ((d / "out").mkdir(), (d / "out" / "keep.txt").write_text("x"), _shards_of(_folder)(d))[2],
-         ["not an empty folder"]),
-    Case("scale", "shards --index of a folder without tars", lambda d: ["shards", "--index", str(d)],
-         ["no .tar files there"]),
+    Case(
+        "scale",
+        "index names a tar outside the folder",
+        _on_pool(_listed({"name": "../x/0.tar", "samples": 16})),
+        ["shards.json", "not a plain file name"],
+        cli=True,
+    ),
+    Case(
+        "scale",
+        "index names an absolute path",
+        _on_pool(_listed({"name": "/dev/zero", "samples": 16})),
+        ["not a plain file name"],
+    ),
+    Case(
+        "scale",
+        "index names the folder itself",
+        _on_pool(_listed({"name": ".", "samples": 16})),
+        ["not a plain file name"],
+    ),
+    Case(
+        "scale",
+        "index lists a tar twice",
+        _on_pool(_listed({"name": "00000.tar", "samples": 16})),
+        ["00000.tar", "listed twice"],
+    ),
+    Case(
+        "scale",
+        "index lists a missing tar",
+        _on_pool(_listed({"name": "gone.tar", "samples": 16})),
+        ["gone.tar", "not a regular file there"],
+    ),
+    Case(
+        "scale",
+        "index count negative",
+        _on_pool(_listed({"name": "00001.tar", "samples": -40})),
+        ["samples -40"],
+    ),
+    Case(
+        "scale",
+        "index count a boolean",
+        _on_pool(_listed({"name": "00001.tar", "samples": True})),
+        ["samples True"],
+    ),
+    Case(
+        "scale",
+        "index count fractional",
+        _on_pool(_listed({"name": "00001.tar", "samples": 40.9})),
+        ["samples 40.9"],
+    ),
+    Case(
+        "scale",
+        "index count below what the tar holds",
+        _on_pool(_listed({"name": "00001.tar", "samples": 10})),
+        ["00001.tar: holds 16 samples, shards.json lists 10"],
+        cli=True,
+    ),
+    Case(
+        "scale",
+        "index not an index",
+        _on_pool(lambda f: (f / "shards.json").write_text("{}")),
+        ["shards.json: not a shard index"],
+    ),
+    Case(
+        "scale",
+        "tar with a sample twice",
+        _on_pool(_rewritten(lambda name, data: data, extra=1)),
+        ["00001.tar", "appears twice"],
+        cli=True,
+    ),
+    Case(
+        "scale",
+        "tar that is not a tar",
+        _on_pool(lambda f: (f / "00001.tar").write_bytes(b"not a tar" * 200)),
+        ["00001.tar", "not a readable tar"],
+    ),
+    Case(
+        "scale",
+        "tags a string",
+        _on_pool(_rewritten(_tags("cat"))),
+        ["00001.tar: sample 000000017.json: tags are cat", "allowed: a list"],
+        cli=True,
+    ),
+    Case(
+        "scale",
+        "tags nested lists",
+        _on_pool(_rewritten(_tags([["cat"]]))),
+        ["sample 000000017.json: tags are"],
+    ),
+    Case(
+        "scale",
+        "tags numbers",
+        _on_pool(_rewritten(_tags([1, 2]))),
+        ["sample 000000017.json: tags are"],
+    ),
+    Case(
+        "scale",
+        "in-memory pool holding a decompression bomb",
+        _pics(_with_bomb),
+        ["bomb.png: not a readable image", "DecompressionBombError"],
+        cli=True,
+    ),
+    Case(
+        "scale",
+        "probe data holding a decompression bomb",
+        lambda d: _study(f"data.probe=[{_with_bomb(d)}]"),
+        ["bomb.png: not a readable image"],
+    ),
+    Case(
+        "scale",
+        "shards of a folder holding a decompression bomb",
+        _shards_of(_with_bomb),
+        ["bomb.png: not an image that can be read"],
+        cli=True,
+    ),
+    Case(
+        "scale",
+        "shards --per-shard 0",
+        _shards_of(_folder, "--per-shard", "0"),
+        ["--per-shard >= 1"],
+    ),
+    Case(
+        "scale",
+        "shards --per-shard negative",
+        _shards_of(_folder, "--per-shard", "-5"),
+        ["--per-shard >= 1"],
+    ),
+    Case(
+        "scale",
+        "shards --out inside the source",
+        lambda d: [*_shards_of(_folder)(d)[:-2], "--out", str(d / "pics" / "inside")],
+        ["inside the source"],
+    ),
+    Case(
+        "scale",
+        "shards --out under a file",
+        lambda d: [*_shards_of(_folder)(d)[:-2], "--out", f"{_file(d, 'plain')}/x"],
+        ["is a file"],
+    ),
+    Case(
+        "scale",
+        "shards --out a folder in use",
+        lambda d: (
+            (d / "out").mkdir(),
+            (d / "out" / "keep.txt").write_text("x"),
+            _shards_of(_folder)(d),
+        )[2],
+        ["not an empty folder"],
+    ),
+    Case(
+        "scale",
+        "shards --index of a folder without tars",
+        lambda d: ["shards", "--index", str(d)],
+        ["no .tar files there"],
+    ),
 ]
 
 TABLE = CONFIG + DATA + SIZES + PLACES + COMMANDS + SCALE
@@ -537,13 +1229,17 @@ def _prepare(case: Case, folder: Path, monkeypatch: pytest.MonkeyPatch) -> list[
 
 
 def _written(folder: Path) -> list[Path]:
-    """What the command left in the places it writes to: run folders and tables (the case's own inputs aside)."""
-    return [p for p in (folder / "runs", folder / "results" / "smoke" / "default.csv.tmp") if p.exists()] + \
-        [p for p in (folder / "results").glob("smoke*/*.yaml")]
+    """What the command left in the places it writes to: run folders and tables (the case's own
+    inputs aside)."""
+    return [
+        p for p in (folder / "runs", folder / "results" / "smoke" / "default.csv.tmp") if p.exists()
+    ] + [p for p in (folder / "results").glob("smoke*/*.yaml")]
 
 
 @pytest.mark.parametrize("case", TABLE, ids=[f"{c.category}: {c.name}" for c in TABLE])
-def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, monkeypatch, capsys, isolated_dirs):
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    case, tmp_path, monkeypatch, capsys, isolated_dirs
+):
     args = _prepare(case, tmp_path, monkeypatch)
     try:
         code = main(args)
@@ -566,12 +1262,19 @@ CLI_CASES = [c for c in TABLE if c.cli]
 def test_bad_input_through_the_real_command(case, tmp_path, monkeypatch, isolated_dirs):
     args = _prepare(case, tmp_path, monkeypatch)
     try:
-        done = subprocess.run([sys.executable, "-m", "studylib", *args], capture_output=True, text=True,
-                              env=os.environ.copy(), timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "studylib", *args],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=120,
+        )
     finally:
         _restore(tmp_path)
     err = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(err) == 1 and err[0].startswith("studylib: error: "), done.stderr
+    assert done.returncode == 2 and len(err) == 1 and err[0].startswith("studylib: error: "), (
+        done.stderr
+    )
     assert all(words in err[0] for words in case.words), err[0]
     assert not _written(isolated_dirs)
 
@@ -584,18 +1287,25 @@ def test_the_table_covers_every_category_with_enough_cases():
     assert len(CLI_CASES) >= 20
 
 
-# Files inside a run folder: never a traceback; a malformed file is an unfinished run, redone with one warning.
+# Files inside a run folder: never a traceback; a malformed file is an unfinished run, redone with
+# one warning.
+
 
 @pytest.fixture
 def tiny():
     from studylib.config import load_experiment
 
-    return load_experiment("smoke", ["data.synthetic_train=128", "data.synthetic_test=64", "mae.epochs=1",
-                                     "mae.batch_size=32"])
+    return load_experiment(
+        "smoke",
+        ["data.synthetic_train=128", "data.synthetic_test=64", "mae.epochs=1", "mae.batch_size=32"],
+    )
 
 
-@pytest.mark.parametrize("content", ["{\"final_loss\": 0.5", "[1, 2]", "", "\x00\x01"],
-                         ids=["truncated", "a list", "empty", "binary"])
+@pytest.mark.parametrize(
+    "content",
+    ['{"final_loss": 0.5', "[1, 2]", "", "\x00\x01"],
+    ids=["truncated", "a list", "empty", "binary"],
+)
 def test_a_malformed_results_file_means_the_run_is_finished_again(tiny, content, capsys):
     from studylib.stages import mae
 
@@ -605,7 +1315,10 @@ def test_a_malformed_results_file_means_the_run_is_finished_again(tiny, content,
     again = mae.pretrain(tiny)
     assert isinstance(again.results()["final_loss"], float)
     err = capsys.readouterr().err
-    assert "results.json: not a readable JSON mapping; the run is finished again" in err and "Traceback" not in err
+    assert (
+        "results.json: not a readable JSON mapping; the run is finished again" in err
+        and "Traceback" not in err
+    )
 
 
 def test_bad_metrics_lines_are_skipped_with_a_warning(tiny, capsys):
@@ -620,8 +1333,8 @@ def test_bad_metrics_lines_are_skipped_with_a_warning(tiny, capsys):
 
 
 def test_a_deleted_metrics_file_changes_no_result(tiny):
-    """A finished run's results live in results.json: deleting metrics.jsonl (the per-epoch log) keeps the
-    run finished and its arm's training FLOPs as they were (they once fell to 0)."""
+    """A finished run's results live in results.json: deleting metrics.jsonl (the per-epoch log)
+    keeps the run finished and its arm's training FLOPs as they were (they once fell to 0)."""
     from studylib.arms import mae_then_wsp
     from studylib.errors import RunFolderError
     from studylib.registry import ARMS
@@ -629,7 +1342,9 @@ def test_a_deleted_metrics_file_changes_no_result(tiny):
 
     def flops() -> float:
         _, rows = pretrain_arm(tiny, ARMS["mae_wsp"])
-        return next(r["value"] for r in rows if r["metric"] == "train_flops" and r["stage"] == "pretraining")
+        return next(
+            r["value"] for r in rows if r["metric"] == "train_flops" and r["stage"] == "pretraining"
+        )
 
     before = flops()
     chain = mae_then_wsp(tiny, train=False)
@@ -638,7 +1353,9 @@ def test_a_deleted_metrics_file_changes_no_result(tiny):
     assert flops() == before > 0
     assert all(run.done for run in chain)
     results = chain[0].path / "results.json"
-    results.write_text(json.dumps({k: v for k, v in json.loads(results.read_text()).items() if k != "train_flops"}))
+    results.write_text(
+        json.dumps({k: v for k, v in json.loads(results.read_text()).items() if k != "train_flops"})
+    )
     with pytest.raises(RunFolderError, match="train_flops is None; allowed: a number >= 0"):
         flops()  # a results file without them is refused, not counted as 0
 
@@ -695,12 +1412,17 @@ def test_a_run_folder_that_is_a_dangling_symlink_is_refused(tiny, tmp_path):
 
 # Jobs and interrupts
 
+
 def test_an_error_inside_a_job_reaches_the_caller_as_its_one_line(tmp_path, capsys):
     from studylib import launch
     from studylib.errors import DataError
 
-    (tmp_path / "pics" / "cat").mkdir(parents=True)  # passes the config check, fails when the job reads it
-    job = launch.submit("default", "smoke", [f"data.pretrain={tmp_path / 'pics'}", "launch.executor=local"])
+    (tmp_path / "pics" / "cat").mkdir(
+        parents=True
+    )  # passes the config check, fails when the job reads it
+    job = launch.submit(
+        "default", "smoke", [f"data.pretrain={tmp_path / 'pics'}", "launch.executor=local"]
+    )
     with pytest.raises(DataError, match="no images in this class folder"):
         launch.watch([job], poll_s=0.5)
 
@@ -724,8 +1446,10 @@ def test_a_notebook_shows_a_studylib_error_as_its_one_line(capsys):
 
     shell = InteractiveShell.instance()
     try:
-        result = shell.run_cell("from studylib import errors\nerrors.one_line_in_notebooks()\n"
-                                "raise errors.DataError('x.npz: no key x_train')")
+        result = shell.run_cell(
+            "from studylib import errors\nerrors.one_line_in_notebooks()\n"
+            "raise errors.DataError('x.npz: no key x_train')"
+        )
     finally:
         InteractiveShell.clear_instance()
     assert isinstance(result.error_in_exec, DataError)  # the cell still fails

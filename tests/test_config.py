@@ -23,23 +23,31 @@ def test_every_preset_is_valid(preset):
 
 def test_overrides_change_values_and_the_hash():
     base = load_experiment("smoke")
-    changed = load_experiment("smoke", ["mae.epochs=7", "mae.mask_ratio=0.6", "data.probe=[synthetic]"])
+    changed = load_experiment(
+        "smoke", ["mae.epochs=7", "mae.mask_ratio=0.6", "data.probe=[synthetic]"]
+    )
     assert changed.mae.epochs == 7 and changed.mae.mask_ratio == 0.6
     assert config_hash(changed.to_dict()) != config_hash(base.to_dict())
     assert config_hash(load_experiment("smoke").to_dict()) == config_hash(base.to_dict())
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["mae.mask_ratio=1.5"], "override mae.mask_ratio: 1.5 is not allowed; must be in (0, 1)"),
-    (["mae.epochs=-1"], "override mae.epochs: -1 is not allowed; must be in [1, 10000]"),
-    (["mae.epochs=three"], "override mae.epochs: expected int, got 'three'"),
-    (["mae.mask_ration=0.5"], "unknown key 'mask_ration' (did you mean 'mask_ratio'?)"),
-    (["model=huge"], "override model: 'huge' is not allowed; must be one of ['pico', 'nano', 'micro'"),
-    (["data.pretrain=imagenet"], "override data.pretrain: 'imagenet' is not allowed"),
-    (["device=tpu"], "must be one of ['auto', 'cpu', 'cuda']"),
-    (["mae=3"], "override mae: expected a mapping"),
-    (["novalue"], "expected KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["mae.mask_ratio=1.5"], "override mae.mask_ratio: 1.5 is not allowed; must be in (0, 1)"),
+        (["mae.epochs=-1"], "override mae.epochs: -1 is not allowed; must be in [1, 10000]"),
+        (["mae.epochs=three"], "override mae.epochs: expected int, got 'three'"),
+        (["mae.mask_ration=0.5"], "unknown key 'mask_ration' (did you mean 'mask_ratio'?)"),
+        (
+            ["model=huge"],
+            "override model: 'huge' is not allowed; must be one of ['pico', 'nano', 'micro'",
+        ),
+        (["data.pretrain=imagenet"], "override data.pretrain: 'imagenet' is not allowed"),
+        (["device=tpu"], "must be one of ['auto', 'cpu', 'cuda']"),
+        (["mae=3"], "override mae: expected a mapping"),
+        (["novalue"], "expected KEY=VALUE"),
+    ],
+)
 def test_bad_values_get_a_clear_error(overrides, expected):
     with pytest.raises(ConfigError) as err:
         load_experiment("smoke", overrides)
@@ -49,34 +57,69 @@ def test_bad_values_get_a_clear_error(overrides, expected):
 def test_errors_name_the_file_and_preset(tmp_path):
     config = tmp_path / "experiments.yaml"
     config.write_text(yaml.safe_dump({"presets": {"mine": {"wsp": {"batch_size": 0}}}}))
-    with pytest.raises(ConfigError, match=r"experiments.yaml: presets.mine.wsp.batch_size: 0 is not allowed"):
+    with pytest.raises(
+        ConfigError, match=r"experiments.yaml: presets.mine.wsp.batch_size: 0 is not allowed"
+    ):
         load_experiment("mine", config_file=config)
-    with pytest.raises(ConfigError, match=r"unknown preset 'mien' \(did you mean 'mine'\?\); allowed: \['mine'\]"):
+    with pytest.raises(
+        ConfigError, match=r"unknown preset 'mien' \(did you mean 'mine'\?\); allowed: \['mine'\]"
+    ):
         load_experiment("mien", config_file=config)
 
 
 def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
-    env = {"STUDYLIB_RUNS": str(tmp_path / "runs"), "STUDYLIB_RESULTS": str(tmp_path / "results"),
-           "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "studylib", "study", "--preset", "smoke", "--set",
-                             "mae.mask_ratio=0"], capture_output=True, text=True, env=env, cwd=REPO)
+    env = {
+        "STUDYLIB_RUNS": str(tmp_path / "runs"),
+        "STUDYLIB_RESULTS": str(tmp_path / "results"),
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studylib",
+            "study",
+            "--preset",
+            "smoke",
+            "--set",
+            "mae.mask_ratio=0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "studylib: error: override mae.mask_ratio: 0.0 is not allowed; must be in (0, 1)"]
+        "studylib: error: override mae.mask_ratio: 0.0 is not allowed; must be in (0, 1)"
+    ]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
 
 
 def test_floats_in_exponent_form_are_read_as_numbers():
-    assert load_experiment("smoke", ["wsp.base_lr=1e-3"]).wsp.base_lr == 0.001  # YAML reads 1e-3 as text
+    assert (
+        load_experiment("smoke", ["wsp.base_lr=1e-3"]).wsp.base_lr == 0.001
+    )  # YAML reads 1e-3 as text
 
 
 def test_run_hash_ignores_speed_and_launch_settings_only():
     from studylib.stages import mae
 
     base = mae.run_for(load_experiment("smoke")).name
-    same = ["mae.compile=true", "launch.executor=slurm", "launch.nodes=4", "device=cpu", "wsp.epochs=9"]
+    same = [
+        "mae.compile=true",
+        "launch.executor=slurm",
+        "launch.nodes=4",
+        "device=cpu",
+        "wsp.epochs=9",
+    ]
     assert mae.run_for(load_experiment("smoke", same)).name == base
-    for changed in (["mae.mask_ratio=0.6"], ["seed=1"], ["model=tiny"], ["data.pretrain_fraction=0.5"]):
+    for changed in (
+        ["mae.mask_ratio=0.6"],
+        ["seed=1"],
+        ["model=tiny"],
+        ["data.pretrain_fraction=0.5"],
+    ):
         assert mae.run_for(load_experiment("smoke", changed)).name != base, changed
 
 
@@ -86,7 +129,9 @@ def test_mae_data_fraction_is_a_share_of_the_named_dataset_not_of_the_pool():
     exp = load_experiment("smoke", ["data.pretrain_fraction=0.5"])
     total = exp.data.synthetic_train
     assert len(pool.images(exp).train_labels) == total // 2  # the pool
-    assert len(pool.images(exp, None, 0.5).train_labels) == total // 4  # 'pretrain:0.5': half the pool
+    assert (
+        len(pool.images(exp, None, 0.5).train_labels) == total // 4
+    )  # 'pretrain:0.5': half the pool
     assert len(pool.images(exp, "synthetic", 1.0).train_labels) == total  # 'synthetic:1': all of it
     assert pool.identity(exp, "synthetic", 1.0)["fraction"] == 1.0
     in_pool = set(pool.images(exp).train_images[:, 0, 0, 0].tolist())
@@ -106,4 +151,6 @@ def test_every_command_shows_examples_that_parse_and_name_valid_keys(capsys):
         for line in examples.splitlines():
             args = cli.parser().parse_args(shlex.split(line)[1:])
             if hasattr(args, "preset"):
-                load_experiment(args.preset, args.overrides)  # every --set of an example is a real key
+                load_experiment(
+                    args.preset, args.overrides
+                )  # every --set of an example is a real key

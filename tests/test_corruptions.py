@@ -1,4 +1,5 @@
-"""CIFAR-10-C style corruptions: shapes, determinism, severity ordering, bad input, parity with PIL."""
+"""CIFAR-10-C style corruptions: shapes, determinism, severity ordering, bad input, parity with
+PIL."""
 
 import colorsys
 import io
@@ -13,8 +14,8 @@ from studylib.errors import ConfigError
 from studylib.registry import CORRUPTIONS
 
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
-# Runs of severities over which the original's parameter strengthens the corruption. saturate's does not:
-# severities 1-2 desaturate (x0.3, x0.1), 3-5 oversaturate (x1.5, x2 + .1, x2.5 + .2).
+# Runs of severities over which the original's parameter strengthens the corruption. saturate's does
+# not: severities 1-2 desaturate (x0.3, x0.1), 3-5 oversaturate (x1.5, x2 + .1, x2.5 + .2).
 MONOTONE_RUNS = {"saturate": ((1, 2), (3, 4, 5))}
 
 
@@ -29,8 +30,18 @@ def mad(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_names_and_severities():
     assert len(CORRUPTIONS) >= 10 and SEVERITIES == (1, 2, 3, 4, 5)
-    assert {"gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "gaussian_blur", "contrast",
-            "brightness", "saturate", "jpeg_compression", "pixelate"} <= set(CORRUPTIONS)
+    assert {
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "defocus_blur",
+        "gaussian_blur",
+        "contrast",
+        "brightness",
+        "saturate",
+        "jpeg_compression",
+        "pixelate",
+    } <= set(CORRUPTIONS)
     assert all(len(CORRUPTIONS[name]) == len(SEVERITIES) for name in CORRUPTIONS)
 
 
@@ -103,7 +114,13 @@ def test_hsv_edits_match_colorsys(name):
         ref = []
         for r, g, b in (x[0].reshape(3, -1).T.double() / 255).tolist():
             h, s, v = colorsys.rgb_to_hsv(r, g, b)
-            v, s = (min(v + c, 1.0), s) if name == "brightness" else (v, min(max(s * c[0] + c[1], 0.0), 1.0))
+            v, s = (
+                (min(v + c, 1.0), s)
+                if name == "brightness"
+                else (v, min(max(s * c[0] + c[1], 0.0), 1.0))
+            )
             ref.append(colorsys.hsv_to_rgb(h, s, v))
-        ref = (torch.tensor(ref).T.reshape(1, 3, 8, 8) * 255 + 1e-6).floor()  # truncated like np.uint8
+        ref = (
+            torch.tensor(ref).T.reshape(1, 3, 8, 8) * 255 + 1e-6
+        ).floor()  # truncated like np.uint8
         assert (corrupt(x, name, sev).double() - ref).abs().max() <= 1

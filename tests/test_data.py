@@ -12,7 +12,9 @@ def _folder(root, classes=("cat", "dog"), per_class=3, size=8):
         for i, name in enumerate(classes):
             (root / split / name).mkdir(parents=True)
             for j in range(per_class):
-                Image.new("RGB", (size, size), (40 * i, 10 * j, 200)).save(root / split / name / f"{j}.png")
+                Image.new("RGB", (size, size), (40 * i, 10 * j, 200)).save(
+                    root / split / name / f"{j}.png"
+                )
     return root
 
 
@@ -38,13 +40,20 @@ def test_a_pool_needs_only_train_and_imagenets_val_is_the_test_split(tmp_path):
     assert len(data.test_labels) == 4 and data.test_labels.tolist() == [0, 0, 1, 1]
 
 
-def test_an_image_folder_is_decoded_once_then_read_from_the_cache_until_an_image_changes(tmp_path, monkeypatch):
+def test_an_image_folder_is_decoded_once_then_read_from_the_cache_until_an_image_changes(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("STUDYLIB_CACHE", str(tmp_path / "cache"))
     folder = _folder(tmp_path / "pets")
     first = data_module._image_folder_cached(folder)
     (cache,) = (tmp_path / "cache").iterdir()
-    assert sorted(p.name for p in cache.iterdir()) == ["classes.json", "test_images.npy", "test_labels.npy",
-                                                      "train_images.npy", "train_labels.npy"]
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "classes.json",
+        "test_images.npy",
+        "test_labels.npy",
+        "train_images.npy",
+        "train_labels.npy",
+    ]
     cached = data_module._image_folder_cached(folder)
     for part in ("train_images", "train_labels", "test_images", "test_labels"):
         assert torch.equal(getattr(first, part), getattr(cached, part))
@@ -75,7 +84,9 @@ def test_missing_data_directory_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_augmented_batches_are_normalised_and_sized():
     data = synthetic(300, 10)
-    batches = Batches(data.train_images, data.train_labels, 64, torch.device("cpu"), ImageTransform(48, 0.3))
+    batches = Batches(
+        data.train_images, data.train_labels, 64, torch.device("cpu"), ImageTransform(48, 0.3)
+    )
     assert len(batches) == 4  # drop_last
     torch.manual_seed(0)
     x, y = next(iter(batches))
@@ -93,8 +104,9 @@ def test_per_class_picks_exactly_k():
 
 
 def test_random_resized_crop_takes_a_window_of_the_image():
-    """On a horizontal ramp (pixel value = column), every output row must be a contiguous, evenly spaced
-    piece of the ramp, increasing or (flipped) decreasing, inside the image; both directions occur."""
+    """On a horizontal ramp (pixel value = column), every output row must be a contiguous, evenly
+    spaced piece of the ramp, increasing or (flipped) decreasing, inside the image; both directions
+    occur."""
     ramp = torch.arange(64, dtype=torch.float32).repeat(64, 1)  # (64, 64), value = column
     images = (ramp * 4).clamp(max=255).byte().expand(256, 3, 64, 64)
     transform = ImageTransform(16, crop_min=0.3)
@@ -115,14 +127,19 @@ def test_batches_draw_images_per_epoch_in_whole_shuffled_passes():
     longer = Batches(images, torch.arange(10), 4, torch.device("cpu"), images_per_epoch=25)
     assert len(longer) == 6  # 25 images drawn, whole batches of 4
     drawn = torch.cat([x.flatten() for x, _ in longer]).tolist()
-    assert sorted(drawn[:10]) == list(range(10)) and sorted(drawn[10:20]) == list(range(10))  # passes end to end
+    assert sorted(drawn[:10]) == list(range(10)) and sorted(drawn[10:20]) == list(
+        range(10)
+    )  # passes end to end
     shorter = Batches(images, torch.arange(10), 2, torch.device("cpu"), images_per_epoch=6)
     drawn = torch.cat([x.flatten() for x, _ in shorter]).tolist()
     assert len(drawn) == 6 and len(set(drawn)) == 6  # part of one pass, no image twice
 
 
 def test_datasets_joined_by_plus_keep_their_classes_apart(tmp_path):
-    a, b = _folder(tmp_path / "a", ("cat", "dog")), _folder(tmp_path / "b", ("ant", "bee", "cow"), per_class=2)
+    a, b = (
+        _folder(tmp_path / "a", ("cat", "dog")),
+        _folder(tmp_path / "b", ("ant", "bee", "cow"), per_class=2),
+    )
     both = load_dataset(f"{a}+{b}")
     assert len(both.train_labels) == 6 + 6 and both.num_classes == 5
     assert both.train_labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4]

@@ -1,6 +1,7 @@
-"""Every `studylib` command the README and the commands' --help examples show is checked against the CLI: it
-parses, names a known preset, study, job target or notebook, and its --set values pass the config's checks
-(those naming a folder of the reader's own are checked for their keys only); the cheap ones run for real."""
+"""Every `studylib` command the README and the commands' --help examples show is checked against the
+CLI: it parses, names a known preset, study, job target or notebook, and its --set values pass the
+config's checks (those naming a folder of the reader's own are checked for their keys only); the
+cheap ones run for real."""
 
 import re
 import shlex
@@ -19,14 +20,20 @@ PLACEHOLDER = re.compile(r"NAME|KEY=VALUE|\.\.\.|\[--|/path/|/data/|/shared/|exp
 
 
 def commands() -> list[str]:
-    """`studylib ...` lines of the README (inline code and code blocks, continuation lines joined) and of --help."""
+    """`studylib ...` lines of the README (inline code and code blocks, continuation lines joined)
+    and of --help."""
     text = (REPO / "README.md").read_text().replace("\\\n", " ")
     found = re.findall(r"`((?:\.venv/bin/)?studylib [a-z][^`]*)`", text)
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
-        found += [line.split("#")[0].strip() for line in block.splitlines()
-                  if re.match(r"\s*(\.venv/bin/)?studylib ", line)]
+        found += [
+            line.split("#")[0].strip()
+            for line in block.splitlines()
+            if re.match(r"\s*(\.venv/bin/)?studylib ", line)
+        ]
     found += [line.strip() for example in EXAMPLES.values() for line in example.splitlines()]
-    return sorted({c.strip().removeprefix(".venv/bin/") for c in found if not PLACEHOLDER.search(c)})
+    return sorted(
+        {c.strip().removeprefix(".venv/bin/") for c in found if not PLACEHOLDER.search(c)}
+    )
 
 
 @pytest.mark.parametrize("command", commands())
@@ -42,7 +49,9 @@ def test_a_documented_command_is_one_the_cli_takes(command):
     if hasattr(args, "preset"):
         try:
             load_experiment(args.preset, args.overrides)
-        except ConfigError as err:  # a folder of the reader's own is not here; every other value must pass
+        except (
+            ConfigError
+        ) as err:  # a folder of the reader's own is not here; every other value must pass
             assert "existing image folder" in str(err), f"{command}: {err}"
 
 
@@ -50,8 +59,10 @@ def test_the_documents_show_enough_commands_to_check():
     assert len(commands()) >= 20
 
 
-@pytest.mark.parametrize("argv", [["config", "--preset", "smoke"], ["models"], ["registry"],
-                                  ["tags", "--preset", "smoke"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["config", "--preset", "smoke"], ["models"], ["registry"], ["tags", "--preset", "smoke"]],
+)
 def test_the_cheap_documented_commands_run(argv, capsys):
     assert main(argv) == 0
     assert capsys.readouterr().out.strip()

@@ -18,9 +18,17 @@ def test_an_exported_encoder_loads_in_timm_and_gives_the_same_features(tmp_path,
     out = tmp_path / "exported"
     assert main(["export", run.name, "--preset", "smoke", "--out", str(out)]) == 0
     assert "huggingface-cli upload USER/NAME" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
     config = json.loads((out / "config.json").read_text())
-    assert config["model_args"]["embed_dim"] == 64 and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert config["model_args"]["embed_dim"] == 64 and config["pretrained_cfg"]["input_size"] == [
+        3,
+        32,
+        32,
+    ]
     card = (out / "README.md").read_text()
     assert "library_name: timm" in card and run.name in card and "fingerprint" in card
     images = torch.randn(5, 3, 32, 32)
@@ -28,7 +36,9 @@ def test_an_exported_encoder_loads_in_timm_and_gives_the_same_features(tmp_path,
     ours = frozen_encoder(exp, run).eval()
     with torch.no_grad():
         assert torch.allclose(theirs(images), ours(images), atol=1e-6)
-    assert main(["export", run.name, "--preset", "smoke", "--out", str(out)]) == 2  # not an empty folder
+    assert (
+        main(["export", run.name, "--preset", "smoke", "--out", str(out)]) == 2
+    )  # not an empty folder
     assert "not an empty folder" in capsys.readouterr().err
     assert main(["export", "mae-00000000", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 2
 
@@ -44,4 +54,6 @@ def test_the_timm_config_of_every_size_builds_that_vit(size):
     with torch.device("meta"):
         model = timm.create_model(config["architecture"], pretrained=False, **config["model_args"])
         ours = vit(size)
-    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in ours.state_dict().items()
+    }

@@ -21,9 +21,13 @@ def test_interval_is_students_t_and_the_rule_gives_each_verdict():
     assert c.verdict == "inconclusive"  # [-0.48, +4.48] holds 0
     assert findings.Comparison("a", "k", "x", [2.0, 2.1, 1.9, 2.0]).verdict == "holds"
     assert findings.Comparison("a", "k", "x", [-2.0, -2.1, -1.9]).verdict == "contradicted"
-    assert findings.Comparison("a", "k", "x", [5.0]).verdict == "inconclusive"  # one seed: no interval
+    assert (
+        findings.Comparison("a", "k", "x", [5.0]).verdict == "inconclusive"
+    )  # one seed: no interval
     big = findings.Comparison("a", "k", "x", [float(i % 7) for i in range(50)])
-    assert big.half_width == pytest.approx(2.0096 * statistics.stdev(big.differences) / math.sqrt(50), rel=1e-4)
+    assert big.half_width == pytest.approx(
+        2.0096 * statistics.stdev(big.differences) / math.sqrt(50), rel=1e-4
+    )
 
 
 def test_p_value_and_holm_agree_with_their_definitions():
@@ -34,8 +38,10 @@ def test_p_value_and_holm_agree_with_their_definitions():
     t = c.mean / (c.sd / math.sqrt(c.n))
     assert c.p == pytest.approx(2 * stats.t.sf(t, c.n - 1))
     plan = AnalysisConfig(a=ClaimPlan(primary="k1", secondary=["k*"]))
-    found = [findings.Comparison("a", f"k{i}", "x", d, runs=(str(i),))
-             for i, d in enumerate(([0.5, 1.5, 1.0, 2.0], [0.1, -0.2, 0.3, 0.0], [3.0, 3.2, 2.9, 3.1]))]
+    found = [
+        findings.Comparison("a", f"k{i}", "x", d, runs=(str(i),))
+        for i, d in enumerate(([0.5, 1.5, 1.0, 2.0], [0.1, -0.2, 0.3, 0.0], [3.0, 3.2, 2.9, 3.1]))
+    ]
     analysed = findings.analyse(found, plan)
     ps = sorted((c.p, c.key) for c in analysed)
     by_hand = {}
@@ -46,20 +52,30 @@ def test_p_value_and_holm_agree_with_their_definitions():
     assert {c.key: c.p_holm for c in analysed} == pytest.approx(by_hand)
     assert [c.role for c in analysed] == ["secondary", "primary", "secondary"]
     assert analysed[2].verdict == "holds" and analysed[1].verdict == "inconclusive"
-    assert findings.claim_verdict(analysed) == "inconclusive"  # the primary's, whatever the secondaries say
-    assert analysed[0].p < 0.05 < analysed[0].p_holm and analysed[0].verdict == "inconclusive"  # held before Holm
+    assert (
+        findings.claim_verdict(analysed) == "inconclusive"
+    )  # the primary's, whatever the secondaries say
+    assert (
+        analysed[0].p < 0.05 < analysed[0].p_holm and analysed[0].verdict == "inconclusive"
+    )  # held before Holm
 
 
 def test_a_result_shared_by_two_claims_is_counted_once_and_one_seed_is_descriptive():
     plan = AnalysisConfig(a=ClaimPlan(primary="probe/c"), b=ClaimPlan(primary="epochs2/c"))
     shared = ("probe-1", "probe-2")
-    found = [findings.Comparison("a", "probe/c", "x", [1.0, 1.2, 1.1], runs=shared),
-             findings.Comparison("a", "finetune/c", "x", [2.0]),
-             findings.Comparison("b", "epochs2/c", "x", [0.5, 0.7, 0.6], runs=("probe-3", "probe-4")),
-             findings.Comparison("b", "epochs8/c", "x", [1.0, 1.2, 1.1], runs=shared)]
+    found = [
+        findings.Comparison("a", "probe/c", "x", [1.0, 1.2, 1.1], runs=shared),
+        findings.Comparison("a", "finetune/c", "x", [2.0]),
+        findings.Comparison("b", "epochs2/c", "x", [0.5, 0.7, 0.6], runs=("probe-3", "probe-4")),
+        findings.Comparison("b", "epochs8/c", "x", [1.0, 1.2, 1.1], runs=shared),
+    ]
     roles = {(c.claim, c.key): c.role for c in findings.analyse(found, plan)}
-    assert roles == {("a", "probe/c"): "primary", ("a", "finetune/c"): "descriptive",
-                     ("b", "epochs2/c"): "primary", ("b", "epochs8/c"): "repeat of (a) probe/c"}
+    assert roles == {
+        ("a", "probe/c"): "primary",
+        ("a", "finetune/c"): "descriptive",
+        ("b", "epochs2/c"): "primary",
+        ("b", "epochs8/c"): "repeat of (a) probe/c",
+    }
     assert math.isnan(found[3].p_holm) and math.isnan(found[1].p_holm)
 
 
@@ -67,19 +83,38 @@ def _default_table(gaps: dict[str, float], seeds: int = 3) -> pd.DataFrame:
     rows = []
     for seed in range(seeds):
         for arm, value in gaps.items():
-            rows.append({"seed": seed, "arm": arm, "stage": "probe", "metric": "top1", "dataset": "cifar100",
-                         "value": value + 0.1 * seed * (1 if arm == "mae_wsp" else 0.5), "run": f"{arm}-{seed}",
-                         "precision": "fp32"})
+            rows.append(
+                {
+                    "seed": seed,
+                    "arm": arm,
+                    "stage": "probe",
+                    "metric": "top1",
+                    "dataset": "cifar100",
+                    "value": value + 0.1 * seed * (1 if arm == "mae_wsp" else 0.5),
+                    "run": f"{arm}-{seed}",
+                    "precision": "fp32",
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def test_report_from_tables_pairs_by_seed_and_flags_arms_below_random(isolated_dirs):
     folder = isolated_dirs / "results" / "mine"
     folder.mkdir(parents=True)
-    _default_table({"random": 20.0, "mae": 19.0, "wsp": 25.0, "mae_wsp": 27.0}).to_csv(folder / "default.csv")
+    _default_table({"random": 20.0, "mae": 19.0, "wsp": 25.0, "mae_wsp": 27.0}).to_csv(
+        folder / "default.csv"
+    )
     text = findings.write("mine")
-    (row,) = [c for c in findings.analyse(findings.comparisons("mine"), AnalysisConfig()) if c.claim == "a"]
-    assert row.differences == pytest.approx([2.0, 2.05, 2.1]) and row.verdict == "holds" and row.role == "primary"
+    (row,) = [
+        c
+        for c in findings.analyse(findings.comparisons("mine"), AnalysisConfig())
+        if c.claim == "a"
+    ]
+    assert (
+        row.differences == pytest.approx([2.0, 2.05, 2.1])
+        and row.verdict == "holds"
+        and row.role == "primary"
+    )
     assert "| **(a) MAE→WSP beats WSP in transfer** | **claim** | | | | | | **holds** |" in text
     assert "- (a) MAE→WSP beats WSP in transfer: **holds**." in text  # the prose, computed
     assert "Precision: fp32" in text and "Seeds: 0, 1, 2, confirmation seeds" in text
@@ -87,15 +122,20 @@ def test_report_from_tables_pairs_by_seed_and_flags_arms_below_random(isolated_d
     assert "MAE on cifar100: 19.05 < random init 20.05" in text  # means over seeds
     assert "(c) MAE→WSP beats WSP at every model size | not studied in these results" in text
     saved = pd.read_csv(folder / "findings.csv")
-    assert saved.verdict.tolist() == ["holds"] and saved.n.tolist() == [3] and saved.role.tolist() == ["primary"]
+    assert (
+        saved.verdict.tolist() == ["holds"]
+        and saved.n.tolist() == [3]
+        and saved.role.tolist() == ["primary"]
+    )
 
 
 def test_tables_of_two_precisions_are_never_one_finding(isolated_dirs):
     folder = isolated_dirs / "results" / "mine"
     folder.mkdir(parents=True)
     _default_table({"wsp": 25.0, "mae_wsp": 27.0}).to_csv(folder / "default.csv")
-    _default_table({"wsp": 25.0, "mae_wsp": 27.0}).assign(stage="finetune", variant="", precision="bf16").to_csv(
-        folder / "transfer.csv")
+    _default_table({"wsp": 25.0, "mae_wsp": 27.0}).assign(
+        stage="finetune", variant="", precision="bf16"
+    ).to_csv(folder / "transfer.csv")
     with pytest.raises(DataError, match=r"precisions \['bf16', 'fp32'\]"):
         findings.write("mine")
 
@@ -111,27 +151,41 @@ def test_fine_tuning_is_compared_with_the_probe_of_the_same_encoder_and_seed(iso
     assert checks["WSP on cifar100"].verdict == "holds"
     assert checks["MAE→WSP on cifar100"].differences == pytest.approx([-1.0] * 3)
     report = findings.write("mine")
-    assert "| MAE→WSP on cifar100 (seeds 0, 1, 2): fine-tune 26.10 vs linear probe 27.10 | -1.00 | 3 |" in report
+    assert (
+        "| MAE→WSP on cifar100 (seeds 0, 1, 2): fine-tune 26.10 vs linear probe 27.10 | -1.00 | 3 |"
+        in report
+    )
 
     tuned[tuned.seed == 0].to_csv(folder / "transfer.csv")  # fine-tuned at the first seed only
-    check = {c.what.split(" (")[0]: c for c in findings.finetune_against_probe("mine")}["WSP on cifar100"]
-    assert check.what.endswith("(seed 0): fine-tune 30.00 vs linear probe 25.00")  # seed 0's probe, not the mean
+    check = {c.what.split(" (")[0]: c for c in findings.finetune_against_probe("mine")}[
+        "WSP on cifar100"
+    ]
+    assert check.what.endswith(
+        "(seed 0): fine-tune 30.00 vs linear probe 25.00"
+    )  # seed 0's probe, not the mean
 
 
 def test_readme_findings_are_generated_from_the_committed_cpu_results(monkeypatch):
     monkeypatch.setenv("STUDYLIB_RESULTS", str(REPO_ROOT / "results"))
     committed = (REPO_ROOT / "results" / "cpu" / "findings.md").read_text()
     plan = load_experiment("cpu").analysis
-    assert findings.report("cpu", plan) == committed, "run `studylib findings --preset cpu --readme`"
+    assert findings.report("cpu", plan) == committed, (
+        "run `studylib findings --preset cpu --readme`"
+    )
     readme = (REPO / "README.md").read_text()
-    assert readme.split("<!-- findings: begin -->\n")[1].split("<!-- findings: end -->")[0] == committed
+    assert (
+        readme.split("<!-- findings: begin -->\n")[1].split("<!-- findings: end -->")[0]
+        == committed
+    )
 
 
 def test_figures_draw_the_same_95_interval_and_state_n(isolated_dirs):
     from studylib import figures
 
     low, high = figures.interval95(pd.Series([1.0, 2.0, 3.0]))
-    assert (low + high) / 2 == 2 and (high - low) / 2 == pytest.approx(4.303 / math.sqrt(3), rel=1e-4)
+    assert (low + high) / 2 == 2 and (high - low) / 2 == pytest.approx(
+        4.303 / math.sqrt(3), rel=1e-4
+    )
     assert figures.interval95(pd.Series([4.0])) == (4.0, 4.0)
     folder = isolated_dirs / "results" / "mine"
     folder.mkdir(parents=True)
@@ -141,8 +195,9 @@ def test_figures_draw_the_same_95_interval_and_state_n(isolated_dirs):
 
 
 def test_committed_figures_have_no_colliding_labels_or_legends_over_data(monkeypatch):
-    """Every figure drawn from the committed cpu tables, checked with matplotlib's renderer: no tick labels
-    or texts overlap, no legend covers a plotted point, and none is wider than 1,600 px (README width)."""
+    """Every figure drawn from the committed cpu tables, checked with matplotlib's renderer: no tick
+    labels or texts overlap, no legend covers a plotted point, and none is wider than 1,600 px
+    (README width)."""
     from studylib import figures
 
     monkeypatch.setenv("STUDYLIB_RESULTS", str(REPO_ROOT / "results"))
@@ -155,9 +210,19 @@ def test_committed_figures_have_no_colliding_labels_or_legends_over_data(monkeyp
 
     monkeypatch.setattr(figures, "save", check)
     figures.style()
-    names = ("default", "verdicts", "convergence", "model_size", "data_size", "transfer", "hashtags")
+    names = (
+        "default",
+        "verdicts",
+        "convergence",
+        "model_size",
+        "data_size",
+        "transfer",
+        "hashtags",
+    )
     table_of = {"convergence": "wsp_epochs", "verdicts": "default", "hashtags": "explore"}
-    names = [n for n in names if (REPO_ROOT / "results" / "cpu" / f"{table_of.get(n, n)}.csv").exists()]
+    names = [
+        n for n in names if (REPO_ROOT / "results" / "cpu" / f"{table_of.get(n, n)}.csv").exists()
+    ]
     for name in names:
         getattr(figures, name)("cpu")
     assert {name: clashes for name, (clashes, _) in checked.items() if clashes} == {}
@@ -177,16 +242,22 @@ def test_the_layout_check_sees_overlapping_labels_and_a_legend_over_data():
     figures.plt.close(fig)
 
 
-def test_a_table_of_another_precision_is_replaced_with_one_line_and_findings_refuse_to_mix(isolated_dirs, smoke,
-                                                                                            capsys):
+def test_a_table_of_another_precision_is_replaced_with_one_line_and_findings_refuse_to_mix(
+    isolated_dirs, smoke, capsys
+):
     from studylib.study import _table
 
     folder = isolated_dirs / "results" / "smoke"
     folder.mkdir(parents=True)
-    _default_table({"wsp": 25.0, "mae_wsp": 27.0}).assign(precision="bf16").to_csv(folder / "default.csv")
-    _default_table({"wsp": 25.0, "mae_wsp": 27.0}).assign(stage="finetune", variant="", precision="bf16").to_csv(
-        folder / "transfer.csv")
-    rows = _default_table({"wsp": 24.0, "mae_wsp": 26.0}).drop(columns="precision").to_dict("records")
+    _default_table({"wsp": 25.0, "mae_wsp": 27.0}).assign(precision="bf16").to_csv(
+        folder / "default.csv"
+    )
+    _default_table({"wsp": 25.0, "mae_wsp": 27.0}).assign(
+        stage="finetune", variant="", precision="bf16"
+    ).to_csv(folder / "transfer.csv")
+    rows = (
+        _default_table({"wsp": 24.0, "mae_wsp": 26.0}).drop(columns="precision").to_dict("records")
+    )
     _table(smoke, "default", rows)  # smoke runs fp32
     assert "replacing its bf16 results with fp32 ones" in capsys.readouterr().err
     assert set(pd.read_csv(folder / "default.csv").precision) == {"fp32"}

@@ -31,7 +31,9 @@ def test_local_executor_runs_a_real_process(tmp_path):
 
 
 def test_unknown_target_is_a_clear_error():
-    with pytest.raises(Exception, match=r"job target 'train' is unknown; allowed: \[.*'default'.*'mae'.*'wsp'"):
+    with pytest.raises(
+        Exception, match=r"job target 'train' is unknown; allowed: \[.*'default'.*'mae'.*'wsp'"
+    ):
         StudyJob("train")
 
 
@@ -46,8 +48,11 @@ def test_requeues_are_bounded(monkeypatch, smoke):
 
 @pytest.fixture(scope="module")
 def slurm():
-    result = subprocess.run(["bash", str(REPO / "scripts" / "slurm_cluster.sh"), "start"], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "slurm_cluster.sh"), "start"],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         if os.environ.get("CI"):
             pytest.fail(f"the SLURM cluster did not start:\n{result.stdout}\n{result.stderr}")
@@ -76,13 +81,16 @@ def test_slurm_job_lands_its_results_in_the_run_folder(slurm, tmp_path):
 
 @pytest.mark.parametrize("stage", [wsp, mae], ids=["wsp", "mae"])
 def test_two_task_ddp_job_matches_one_process(stage, slurm, tmp_path, monkeypatch):
-    """Gloo DDP over 2 tasks vs one process with the same global batch (64): same epochs, losses within
-    1e-4 relative and weights within 1e-3 absolute (float sums in another order, amplified a little by Adam)."""
+    """Gloo DDP over 2 tasks vs one process with the same global batch (64): same epochs, losses
+    within 1e-4 relative and weights within 1e-3 absolute (float sums in another order, amplified a
+    little by Adam)."""
     overrides = ["wsp.epochs=2"]
     single = stage.pretrain(load_experiment("smoke", overrides))
     monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / "ddp-runs"))
     target = stage.__name__.rsplit(".", 1)[1]
-    job = submit(target, "smoke", _slurm("launch.tasks_per_node=2", *overrides), folder=tmp_path / "jobs")
+    job = submit(
+        target, "smoke", _slurm("launch.tasks_per_node=2", *overrides), folder=tmp_path / "jobs"
+    )
     results = watch([job], poll_s=1)[0]
     assert len(results) == 2  # one result per task, each the arm's chain of runs
     ddp = results[0][-1]
@@ -109,16 +117,23 @@ def test_requeued_job_resumes_without_repeating_epochs(slurm, tmp_path):
     assert "resuming after epoch" in log
     resumed_at = int(log.split("resuming after epoch ")[1].split("/")[0])
     assert resumed_at >= 2
-    # an epoch's closing line, not the progress lines inside it ('epoch 6/8 step 3/8 ...'), which a slow
-    # machine prints more of
+    # an epoch's closing line, not the progress lines inside it ('epoch 6/8 step 3/8 ...'), which a
+    # slow machine prints more of
     ends = [m.group(1) for m in re.finditer(r"\] epoch (\d+/8)(?! step)", log)]
-    assert ends[-(8 - resumed_at):] == [f"{e}/8" for e in range(resumed_at + 1, 9)]
+    assert ends[-(8 - resumed_at) :] == [f"{e}/8" for e in range(resumed_at + 1, 9)]
 
 
-def test_preemption_signal_inside_an_epoch_checkpoints_that_step_and_the_requeued_job_resumes_there(slurm, tmp_path):
-    """SLURM's warning signal (submitit's USR2) in the middle of an epoch: the engine finishes the step,
-    writes the checkpoint with its position, submitit requeues the job, and the job resumes at that step."""
-    overrides = ["wsp.epochs=2", "wsp.batch_size=4", "data.synthetic_train=2048"]  # 512 steps an epoch
+def test_preemption_signal_inside_an_epoch_checkpoints_that_step_and_the_requeued_job_resumes_there(
+    slurm, tmp_path
+):
+    """SLURM's warning signal (submitit's USR2) in the middle of an epoch: the engine finishes the
+    step, writes the checkpoint with its position, submitit requeues the job, and the job resumes at
+    that step."""
+    overrides = [
+        "wsp.epochs=2",
+        "wsp.batch_size=4",
+        "data.synthetic_train=2048",
+    ]  # 512 steps an epoch
     job = submit("wsp", "smoke", _slurm(*overrides), folder=tmp_path / "jobs")
     run = wsp.run_for(load_experiment("smoke", overrides))
     deadline = time.monotonic() + 300
@@ -148,17 +163,27 @@ def test_sweep_runs_as_a_job_array(slurm, tmp_path):
 
 def test_two_task_ddp_study_job_runs_every_stage_once(slurm, tmp_path, isolated_dirs):
     """The whole study as one 2-task job: rank 0 decides and writes, rank 1 trains alongside; probes
-    extract features of half the images on each rank, gathered in order on both, so labels line up."""
-    job = submit("default", "smoke", _slurm("launch.tasks_per_node=2", "studies.arms=[wsp,mae_wsp]"),
-                 folder=tmp_path / "jobs")
+    extract features of half the images on each rank, gathered in order on both, so labels line
+    up."""
+    job = submit(
+        "default",
+        "smoke",
+        _slurm("launch.tasks_per_node=2", "studies.arms=[wsp,mae_wsp]"),
+        folder=tmp_path / "jobs",
+    )
     tables = watch([job], poll_s=1)[0]
     assert len(tables) == 2
     top1 = tables[0].query("metric == 'top1'")
     assert len(top1) == 2 and (top1["value"] > 10).all()  # above chance on 10 classes
     assert tables[0].equals(tables[1])  # both ranks report the same finished runs
     runs = isolated_dirs / "runs" / "smoke"
-    assert sorted(p.name.split("-")[0] for p in runs.iterdir() if p.name != "jobs") == \
-        ["mae", "probe", "probe", "wsp", "wsp"]
+    assert sorted(p.name.split("-")[0] for p in runs.iterdir() if p.name != "jobs") == [
+        "mae",
+        "probe",
+        "probe",
+        "wsp",
+        "wsp",
+    ]
     key = load_experiment("smoke", ["studies.arms=[wsp,mae_wsp]"]).results_key
     assert (isolated_dirs / "results" / key / "default.csv").exists()
 
@@ -166,12 +191,15 @@ def test_two_task_ddp_study_job_runs_every_stage_once(slurm, tmp_path, isolated_
 def test_an_error_inside_a_slurm_job_reaches_the_caller_as_its_one_line(slurm, tmp_path):
     from studylib.errors import DataError
 
-    (tmp_path / "pics" / "cat").mkdir(parents=True)  # passes the config check, fails when the job reads it
-    job = submit("default", "smoke", _slurm(f"data.pretrain={tmp_path / 'pics'}"), folder=tmp_path / "jobs")
+    (tmp_path / "pics" / "cat").mkdir(
+        parents=True
+    )  # passes the config check, fails when the job reads it
+    job = submit(
+        "default", "smoke", _slurm(f"data.pretrain={tmp_path / 'pics'}"), folder=tmp_path / "jobs"
+    )
     with pytest.raises(DataError, match="no images in this class folder") as raised:
         watch([job], poll_s=1)
     assert "\n" not in str(raised.value)
-
 
 
 def test_progress_lines_say_how_far_a_run_is():
@@ -182,7 +210,9 @@ def test_progress_lines_say_how_far_a_run_is():
     assert done_fraction("[default] seed 1: 2 of 3, eta 5m00s") is None
 
 
-def test_training_prints_step_progress_and_reuse_where_no_terminal_shows_a_bar(monkeypatch, capsys, smoke):
+def test_training_prints_step_progress_and_reuse_where_no_terminal_shows_a_bar(
+    monkeypatch, capsys, smoke
+):
     import re
 
     from studylib import engine
@@ -191,7 +221,9 @@ def test_training_prints_step_progress_and_reuse_where_no_terminal_shows_a_bar(m
     monkeypatch.setattr(engine, "LOG_EVERY_STEPS", 4)
     run = wsp.pretrain(smoke)  # pytest's captured output is no terminal: lines, not a bar
     out = capsys.readouterr().out
-    steps = re.findall(rf"\[{run.name}\] epoch (\d)/2 step (\d+)/8 loss \d+\.\d+ \d+ img/s eta \d+s", out)
+    steps = re.findall(
+        rf"\[{run.name}\] epoch (\d)/2 step (\d+)/8 loss \d+\.\d+ \d+ img/s eta \d+s", out
+    )
     assert steps == [("1", "4"), ("1", "8"), ("2", "4"), ("2", "8")]
     wsp.pretrain(smoke)
     assert f"[{run.name}] reused: finished earlier" in capsys.readouterr().out
@@ -201,11 +233,17 @@ def test_every_training_run_writes_tensorboard_scalars_and_mae_its_reconstructio
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = mae.pretrain(smoke)
-    events = EventAccumulator(str(run.path / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events = EventAccumulator(
+        str(run.path / "tensorboard"), size_guidance={"images": 0, "scalars": 0}
+    )
     events.Reload()
     assert {"train/loss", "train/lr", "train/grad_norm", "train/images_per_s", "epoch/loss"} <= set(
-        events.Tags()["scalars"])
+        events.Tags()["scalars"]
+    )
     assert [e.step for e in events.Scalars("epoch/loss")] == [1, 2]
     assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
     (image,) = events.Images("mae/original, masked, reconstruction")[-1:]
-    assert (image.height, image.width) == (96, 256)  # rows: 8 originals, masked, reconstructed, of 32 x 32
+    assert (image.height, image.width) == (
+        96,
+        256,
+    )  # rows: 8 originals, masked, reconstructed, of 32 x 32

@@ -44,7 +44,9 @@ def test_mae_loss_falls_on_structured_images():
     data = synthetic(512, 64)
     model = MAE("micro", decoder_dim=64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    batches = Batches(data.train_images, data.train_labels, 64, torch.device("cpu"), ImageTransform(32, 0.5))
+    batches = Batches(
+        data.train_images, data.train_labels, 64, torch.device("cpu"), ImageTransform(32, 0.5)
+    )
     losses = []
     for _ in range(4):
         for x, _ in batches:
@@ -78,13 +80,17 @@ def test_decoder_puts_visible_tokens_back_in_their_places():
     model.decoder_blocks.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0]))
     latent = torch.randn(2, 1 + 16, model.encoder.embed_dim)
     model.forward_decoder(latent, ids_keep, 64)
-    tokens = seen["x"][:, 1:] - model.decoder_pos_embed[:, 1:]  # (2, 64, 16) before position embedding
+    tokens = (
+        seen["x"][:, 1:] - model.decoder_pos_embed[:, 1:]
+    )  # (2, 64, 16) before position embedding
     visible = model.decoder_embed(latent)[:, 1:]
     for b in range(2):
         assert torch.allclose(tokens[b, ids_keep[b]], visible[b], atol=1e-6)
         hidden = torch.ones(64, dtype=torch.bool)
         hidden[ids_keep[b]] = False
-        assert torch.allclose(tokens[b, hidden], model.mask_token[0].expand(int(hidden.sum()), -1), atol=1e-6)
+        assert torch.allclose(
+            tokens[b, hidden], model.mask_token[0].expand(int(hidden.sum()), -1), atol=1e-6
+        )
 
 
 def test_loss_counts_only_masked_patches():

@@ -34,7 +34,9 @@ def test_every_notebook_has_a_parameters_cell_and_stays_small():
         tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1 and 'preset = "smoke"' in tagged[0].source, path
         assert path.stat().st_size < 20_000, f"{path}: commit notebooks without bulky outputs"
-        assert all(o.get("output_type") != "display_data" for c in book.cells for o in c.get("outputs", []))
+        assert all(
+            o.get("output_type") != "display_data" for c in book.cells for o in c.get("outputs", [])
+        )
 
 
 def test_all_studies_in_batch_make_every_figure_then_rerun_trains_nothing(session_dirs, tmp_path):
@@ -46,9 +48,13 @@ def test_all_studies_in_batch_make_every_figure_then_rerun_trains_nothing(sessio
             assert (figures / f"{name}.{suffix}").stat().st_size > 0, f"{name}.{suffix} missing"
         provenance = json.loads((figures / f"{name}.json").read_text())
         assert provenance["preset"] == "smoke" and provenance["git_sha"] and provenance["runs"]
-    finished = {p: p.stat().st_mtime_ns for p in (session_dirs / "runs" / "smoke").glob("*/results.json")}
+    finished = {
+        p: p.stat().st_mtime_ns for p in (session_dirs / "runs" / "smoke").glob("*/results.json")
+    }
     run_notebooks("smoke", only=["wsp", "transfer"], output=tmp_path / "again")
-    assert {p: p.stat().st_mtime_ns for p in (session_dirs / "runs" / "smoke").glob("*/results.json")} == finished
+    assert {
+        p: p.stat().st_mtime_ns for p in (session_dirs / "runs" / "smoke").glob("*/results.json")
+    } == finished
 
 
 def test_unknown_notebook_names_the_allowed_ones():
@@ -57,24 +63,45 @@ def test_unknown_notebook_names_the_allowed_ones():
     assert [p.stem for p in select(["explore", "08_figures"])] == ["01_explore", "08_figures"]
 
 
-
 def test_relative_paths_reach_the_kernels_and_a_failed_notebook_is_one_line(tmp_path):
-    """`studylib notebooks` typed in a folder with relative STUDYLIB_* paths: the kernel (which runs in
-    notebooks/) writes where the user meant, and a studylib error in a cell reaches the terminal as its line."""
+    """`studylib notebooks` typed in a folder with relative STUDYLIB_* paths: the kernel (which runs
+    in notebooks/) writes where the user meant, and a studylib error in a cell reaches the terminal
+    as its line."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "STUDYLIB_RESULTS": "rel/results", "STUDYLIB_RUNS": "rel/runs",
-           "STUDYLIB_FIGURES": "rel/figures", "STUDYLIB_OUTPUT": "rel/out", "STUDYLIB_DATA": "missing"}
-    command = [sys.executable, "-m", "studylib", "notebooks", "--preset", "smoke", "--only", "explore", "--set",
-               "data.pretrain=cifar100"]  # read from STUDYLIB_DATA, which is missing: the notebook's job fails
-    failed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "STUDYLIB_RESULTS": "rel/results",
+        "STUDYLIB_RUNS": "rel/runs",
+        "STUDYLIB_FIGURES": "rel/figures",
+        "STUDYLIB_OUTPUT": "rel/out",
+        "STUDYLIB_DATA": "missing",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "studylib",
+        "notebooks",
+        "--preset",
+        "smoke",
+        "--only",
+        "explore",
+        "--set",
+        "data.pretrain=cifar100",
+    ]  # read from STUDYLIB_DATA, which is missing: the notebook's job fails
+    failed = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     last = failed.stderr.strip().splitlines()[-1]
     assert failed.returncode == 2, failed.stderr[-2000:]
     assert "without encryption" not in failed.stderr  # the kernel talks over local sockets, not TCP
     assert last.startswith("studylib: notebook failed: 01_explore.ipynb, cell [")
-    # the kernel, running in notebooks/, looked where the user typed the command; the copy went there too
+    # the kernel, running in notebooks/, looked where the user typed the command; the copy went
+    # there too
     assert f"STUDYLIB_DATA={tmp_path / 'missing'}: data directory does not exist" in last
     assert (tmp_path / "rel" / "out" / "notebooks" / "smoke" / "01_explore.ipynb").exists()
-    assert (tmp_path / "rel" / "runs" / "smoke" / "jobs").is_dir() and not (REPO / "notebooks" / "rel").exists()
+    assert (tmp_path / "rel" / "runs" / "smoke" / "jobs").is_dir() and not (
+        REPO / "notebooks" / "rel"
+    ).exists()

@@ -16,13 +16,26 @@ def test_default_study_end_to_end_on_smoke(smoke):
     csv = pd.read_csv(results_dir("smoke") / "default.csv")
     assert len(csv) == len(table)
     top1 = csv.query("metric == 'top1'").set_index("arm")["value"]
-    assert list(top1.index) == ["random", "mae", "wsp", "mae_wsp"]  # every arm, in the registry's order
+    assert list(top1.index) == [
+        "random",
+        "mae",
+        "wsp",
+        "mae_wsp",
+    ]  # every arm, in the registry's order
     assert (top1 > 100 / 10).all()  # all beat chance on 10 synthetic classes
     flops = csv.query("stage == 'pretraining'").set_index("arm")["value"]
     assert flops["random"] == 0 and flops["mae_wsp"] == pytest.approx(flops["mae"] + flops["wsp"])
     text = summary_text(table)
-    assert "MAE final loss" in text and "Linear-probe top-1" in text and "images_per_s" in text and "MAE→WSP" in text
-    run_folders = {p.name.split("-")[0] for p in (results_dir("smoke").parent.parent / "runs" / "smoke").iterdir()}
+    assert (
+        "MAE final loss" in text
+        and "Linear-probe top-1" in text
+        and "images_per_s" in text
+        and "MAE→WSP" in text
+    )
+    run_folders = {
+        p.name.split("-")[0]
+        for p in (results_dir("smoke").parent.parent / "runs" / "smoke").iterdir()
+    }
     assert run_folders == {"init", "mae", "wsp", "probe"}
 
 
@@ -36,7 +49,9 @@ def test_bf16_on_cpu_trains_every_block_with_explicit_attention_and_fused_adamw(
         return real_step(model, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_step", capture)
-    run = wsp.pretrain(load_experiment("smoke", ["precision=bf16", "model=pico"]))  # small: some CPUs emulate bf16
+    run = wsp.pretrain(
+        load_experiment("smoke", ["precision=bf16", "model=pico"])
+    )  # small: some CPUs emulate bf16
     assert seen == {"attention": {False}, "fused_adamw": True}
     losses = [r["loss"] for r in run.metrics()]
     assert losses[-1] < losses[0]
@@ -45,7 +60,14 @@ def test_bf16_on_cpu_trains_every_block_with_explicit_attention_and_fused_adamw(
 def test_run_folder_records_config_sha_versions_and_metrics(smoke):
     run = mae.pretrain(smoke)
     files = {p.name for p in run.path.iterdir()}
-    assert {"config.yaml", "meta.json", "metrics.jsonl", "checkpoint.pth", "results.json", "encoder.pth"} <= files
+    assert {
+        "config.yaml",
+        "meta.json",
+        "metrics.jsonl",
+        "checkpoint.pth",
+        "results.json",
+        "encoder.pth",
+    } <= files
     (attempt,) = json.loads((run.path / "meta.json").read_text())["attempts"]
     assert attempt["git_sha"] and "torch" in attempt["versions"] and attempt["argv"]
     assert [r["epoch"] for r in run.metrics()] == [1, 2]
@@ -78,13 +100,17 @@ def test_wsp_from_mae_loads_every_encoder_weight(smoke, monkeypatch):
     for key, value in mae_encoder.items():
         assert torch.equal(seen[key], value), key
     scratch = vit(smoke.model)
-    assert not torch.equal(scratch.blocks[0].attn.qkv.weight, mae_encoder["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        scratch.blocks[0].attn.qkv.weight, mae_encoder["blocks.0.attn.qkv.weight"]
+    )
 
 
 def test_an_interrupted_run_resumes_at_the_next_epoch(smoke, monkeypatch, capsys, tmp_path):
     exp = load_experiment("smoke", ["wsp.epochs=3"])
     uninterrupted = wsp.pretrain(exp).results()
-    monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / "crashed"))  # the same run again, from nothing
+    monkeypatch.setenv(
+        "STUDYLIB_RUNS", str(tmp_path / "crashed")
+    )  # the same run again, from nothing
     steps = {"n": 0}
     real_loss = wsp.wsp_loss
 

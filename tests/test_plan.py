@@ -1,4 +1,5 @@
-"""Pilot seeds size the confirmation: `studylib plan` from the pilot's paired sd and its runs' wall time."""
+"""Pilot seeds size the confirmation: `studylib plan` from the pilot's paired sd and its runs' wall
+time."""
 
 import math
 
@@ -16,9 +17,15 @@ from studylib.findings import t_quantile_975
 def test_seeds_needed_is_the_smallest_n_whose_half_width_meets_the_target_with_the_asked_chance():
     for sd, target in ((1.0, 1.0), (1.7, 1.5), (0.3, 1.0), (3.3, 1.5)):
         n = plan.seeds_needed(sd, target)
-        assert plan.chance_met(sd, target, n) >= 0.8 and (n == 2 or plan.chance_met(sd, target, n - 1) < 0.8)
-        assert t_quantile_975(n - 1) * sd / math.sqrt(n) <= target  # at least the expected half-width's n
-    assert plan.seeds_needed(1.0, 1.0) == 8  # 7 seeds meet 1.0 at the expected sd, but only 68% of the time
+        assert plan.chance_met(sd, target, n) >= 0.8 and (
+            n == 2 or plan.chance_met(sd, target, n - 1) < 0.8
+        )
+        assert (
+            t_quantile_975(n - 1) * sd / math.sqrt(n) <= target
+        )  # at least the expected half-width's n
+    assert (
+        plan.seeds_needed(1.0, 1.0) == 8
+    )  # 7 seeds meet 1.0 at the expected sd, but only 68% of the time
 
 
 def test_the_chance_of_meeting_the_target_is_what_simulated_batches_give():
@@ -26,14 +33,24 @@ def test_the_chance_of_meeting_the_target_is_what_simulated_batches_give():
     for sd, target, n in ((1.0, 1.0, 6), (1.3, 1.5, 7), (0.8, 1.0, 4)):
         draws = rng.normal(0.0, sd, (40_000, n))
         half_widths = t_quantile_975(n - 1) * draws.std(axis=1, ddof=1) / math.sqrt(n)
-        assert plan.chance_met(sd, target, n) == pytest.approx((half_widths <= target).mean(), abs=0.01)
+        assert plan.chance_met(sd, target, n) == pytest.approx(
+            (half_widths <= target).mean(), abs=0.01
+        )
 
 
 def test_pilot_and_confirmation_seeds_are_apart_and_each_study_takes_its_count():
-    exp = load_experiment("smoke", ["studies.pilot_seeds=[0, 1]", "studies.seeds=[2, 3, 4]",
-                                    "studies.seed_counts=['transfer:1', 'model_size:2']"])
+    exp = load_experiment(
+        "smoke",
+        [
+            "studies.pilot_seeds=[0, 1]",
+            "studies.seeds=[2, 3, 4]",
+            "studies.seed_counts=['transfer:1', 'model_size:2']",
+        ],
+    )
     assert exp.studies.seeds_of("default") == [2, 3, 4] and exp.studies.seeds_of("transfer") == [2]
-    assert exp.studies.seeds_of("model_size") == [2, 3] and exp.studies.seeds_of("default", pilot=True) == [0, 1]
+    assert exp.studies.seeds_of("model_size") == [2, 3] and exp.studies.seeds_of(
+        "default", pilot=True
+    ) == [0, 1]
     with pytest.raises(ConfigError, match="seed 2 is also a confirmation seed"):
         load_experiment("smoke", ["studies.pilot_seeds=[2]", "studies.seeds=[2, 3]"])
     with pytest.raises(ConfigError, match="STUDY:N"):
@@ -41,19 +58,55 @@ def test_pilot_and_confirmation_seeds_are_apart_and_each_study_takes_its_count()
 
 
 def test_plan_reads_the_pilot_tables_and_says_what_the_seeds_cost(isolated_dirs, capsys):
-    overrides = ["studies.pilot_seeds=[0, 1, 2]", "studies.seeds=[3, 4]", "analysis.a.half_width=0.5"]
+    overrides = [
+        "studies.pilot_seeds=[0, 1, 2]",
+        "studies.seeds=[3, 4]",
+        "analysis.a.half_width=0.5",
+    ]
     exp = load_experiment("smoke", overrides)
     folder = results_dir(exp.results_key) / "pilot"
     folder.mkdir(parents=True)
-    gaps = {0: 1.0, 1: 2.0, 2: 3.0}  # paired sd 1.0: 0.5 needs n = 22 for an 80% chance (18 at the expected sd)
-    rows = [{"seed": s, "arm": arm, "stage": "probe", "metric": "top1", "dataset": "synthetic", "run": f"p{arm}{s}",
-             "value": 50 + (gap if arm == "mae_wsp" else 0)} for s, gap in gaps.items() for arm in ("wsp", "mae_wsp")]
-    rows += [{"seed": s, "arm": "wsp", "stage": "wsp", "metric": "wall_time_s", "run": f"w{s}",
-              "value": 600.0 if s == 2 else 120.0} for s in gaps]  # seed 2 slowed by other work: the median holds
+    gaps = {
+        0: 1.0,
+        1: 2.0,
+        2: 3.0,
+    }  # paired sd 1.0: 0.5 needs n = 22 for an 80% chance (18 at the expected sd)
+    rows = [
+        {
+            "seed": s,
+            "arm": arm,
+            "stage": "probe",
+            "metric": "top1",
+            "dataset": "synthetic",
+            "run": f"p{arm}{s}",
+            "value": 50 + (gap if arm == "mae_wsp" else 0),
+        }
+        for s, gap in gaps.items()
+        for arm in ("wsp", "mae_wsp")
+    ]
+    rows += [
+        {
+            "seed": s,
+            "arm": "wsp",
+            "stage": "wsp",
+            "metric": "wall_time_s",
+            "run": f"w{s}",
+            "value": 600.0 if s == 2 else 120.0,
+        }
+        for s in gaps
+    ]  # seed 2 slowed by other work: the median holds
     pd.DataFrame(rows).to_csv(folder / "default.csv", index=False)
     (row,) = plan.rows(exp)
-    assert row["key"] == "probe/synthetic" and row["role"] == "primary" and row["pilot_sd"] == pytest.approx(1.0)
-    assert row["seeds_needed"] == 22 and row["seeds_planned"] == 2 and row["minutes_per_seed"] == pytest.approx(2.0)
+    assert (
+        row["key"] == "probe/synthetic"
+        and row["role"] == "primary"
+        and row["pilot_sd"] == pytest.approx(1.0)
+    )
+    assert (
+        row["seeds_needed"] == 22
+        and row["seeds_planned"] == 2
+        and row["minutes_per_seed"] == pytest.approx(2.0)
+    )
     assert row["chance_met_as_planned"] == pytest.approx(plan.chance_met(1.0, 0.5, 2))
     assert main(["plan", "--preset", "smoke", *[f"--set={o}" for o in overrides]]) == 0
     out = capsys.readouterr().out

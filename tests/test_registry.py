@@ -26,7 +26,9 @@ def mae_one_epoch(exp):
 
 def count_arms(exp):
     """A study of the test's own: how many arms the experiment compares."""
-    return _table(exp, "arm_count", [{"stage": "count", "metric": "arms", "value": len(exp.studies.arms)}])
+    return _table(
+        exp, "arm_count", [{"stage": "count", "metric": "arms", "value": len(exp.studies.arms)}]
+    )
 
 
 def draw_arm_count(key):
@@ -40,9 +42,18 @@ def draw_arm_count(key):
 
 @pytest.fixture
 def registered():
-    items = [registry.Arm("mae_short", "MAE (1 epoch)", "#9467BD", mae_one_epoch, "MAE for one epoch", beats="random"),
-             registry.Study("arm_count", count_arms, "how many arms", figures=("arm_count",)),
-             registry.Figure("arm_count", draw_arm_count, "arm_count")]
+    items = [
+        registry.Arm(
+            "mae_short",
+            "MAE (1 epoch)",
+            "#9467BD",
+            mae_one_epoch,
+            "MAE for one epoch",
+            beats="random",
+        ),
+        registry.Study("arm_count", count_arms, "how many arms", figures=("arm_count",)),
+        registry.Figure("arm_count", draw_arm_count, "arm_count"),
+    ]
     for item in items:
         registry.register(item)
     yield items
@@ -51,18 +62,24 @@ def registered():
 
 
 def test_a_new_arm_and_study_from_test_code_show_up_everywhere(registered, capsys, isolated_dirs):
-    assert load_experiment("smoke").studies.arms[-1] == "mae_short"  # every registered arm, by default
+    assert (
+        load_experiment("smoke").studies.arms[-1] == "mae_short"
+    )  # every registered arm, by default
     exp = load_experiment("smoke", ["studies.arms=[random, mae_short]"])
     table = default_study(exp)
     top1 = table.query("stage == 'probe' and metric == 'top1'")
     assert list(top1.arm) == ["random", "mae_short"] and (top1.value > 10).all()
     svg = make_all(exp.results_key, ["default"])["default"][1].read_text()
     assert "MAE (1 epoch)" in svg and "random init" in svg  # the legend, with the registry's labels
-    found = {c.key: c for c in comparisons(exp.results_key)}  # its pair (Arm.beats) enters the findings
+    found = {
+        c.key: c for c in comparisons(exp.results_key)
+    }  # its pair (Arm.beats) enters the findings
     mine = found["mae_short-random/probe/synthetic"]
     assert mine.differences == pytest.approx([top1.value.iloc[1] - top1.value.iloc[0]])
     assert mine.what.startswith("MAE (1 epoch) − random init: linear probe")
-    assert "probe/synthetic" in found and found["probe/synthetic"].n == 0  # the paper's pair: no arm here
+    assert (
+        "probe/synthetic" in found and found["probe/synthetic"].n == 0
+    )  # the paper's pair: no arm here
 
     assert main(["study", "arm_count", "--preset", "smoke"]) == 0  # the study, then its own figure
     assert pd.read_csv(isolated_dirs / "results" / "smoke" / "arm_count.csv").value.item() == 5
@@ -72,7 +89,10 @@ def test_a_new_arm_and_study_from_test_code_show_up_everywhere(registered, capsy
     assert "arm_count" in make_all("smoke") and drawn.stat().st_size > 0
 
     assert {"mae_short", "arm_count"} <= set(targets())
-    help_text = {name: sub.format_help() for name, sub in parser()._subparsers._group_actions[0].choices.items()}
+    help_text = {
+        name: sub.format_help()
+        for name, sub in parser()._subparsers._group_actions[0].choices.items()
+    }
     assert "arm_count" in help_text["study"] and "arm_count" in help_text["submit"]
     assert "mae_short" in help_text["transfer"] and "mae_short" in help_text["submit"]
 
@@ -84,8 +104,10 @@ def test_unknown_names_are_refused_with_the_registered_ones(capsys):
     assert main(["transfer", "--arm", "bogus", "--preset", "smoke"]) == 2
     assert "arm 'bogus' is unknown" in capsys.readouterr().err
     assert main(["study", "--preset", "smoke", "--set", "studies.arms=[wsp, bogus]"]) == 2
-    assert "studies.arms: ['wsp', 'bogus'] is not allowed; must be a non-empty list of ['random'" in \
-        capsys.readouterr().err
+    assert (
+        "studies.arms: ['wsp', 'bogus'] is not allowed; must be a non-empty list of ['random'"
+        in capsys.readouterr().err
+    )
 
 
 def test_every_study_notebook_runs_its_registered_target():
@@ -101,13 +123,18 @@ def test_every_study_notebook_runs_its_registered_target():
 def test_readme_tables_are_the_registry():
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- registry: begin -->\n")[1].split("<!-- registry: end -->")[0]
-    assert block == registry.markdown(), "run `studylib registry --readme` after changing the registry"
+    assert block == registry.markdown(), (
+        "run `studylib registry --readme` after changing the registry"
+    )
 
 
 def test_one_name_per_concept():
     """Tables use the registry's names; labels (with arrows) are for people only."""
-    assert all(re.fullmatch(r"[a-z_]+", name) for table in (registry.ARMS, registry.TASKS, registry.STUDIES,
-                                                           registry.STAGES) for name in table)
+    assert all(
+        re.fullmatch(r"[a-z_]+", name)
+        for table in (registry.ARMS, registry.TASKS, registry.STUDIES, registry.STAGES)
+        for name in table
+    )
     assert set(registry.TASKS) <= set(registry.STAGES)  # a task's runs are its stage's
     for study in registry.STUDIES.values():
         assert set(study.figures) <= set(registry.FIGURES)
@@ -121,7 +148,11 @@ def test_architecture_names_every_module_and_only_modules_that_exist():
     text = (REPO / "ARCHITECTURE.md").read_text()
     table = "\n".join(line for line in text.splitlines() if line.startswith("|"))
     named = set(re.findall(r"`([\w/*]+\.py)`", table))
-    modules = {p.name for p in (REPO / "studylib").glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    modules = {
+        p.name
+        for p in (REPO / "studylib").glob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    }
     assert named - {"stages/*.py"} == modules, "ARCHITECTURE.md's table and studylib/ differ"
     for name in re.findall(r"`(\w+)\.(\w+)`", text):  # module.function references
         module, function = name
@@ -142,7 +173,12 @@ def test_no_function_of_studylib_is_over_a_screen():
     long = []
     for path in sorted((REPO / "studylib").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
-                long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} "
-                            f"({node.end_lineno - node.lineno + 1} lines)")
+            if (
+                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.end_lineno - node.lineno >= 60
+            ):
+                long.append(
+                    f"{path.relative_to(REPO)}:{node.lineno} {node.name} "
+                    f"({node.end_lineno - node.lineno + 1} lines)"
+                )
     assert not long, long

@@ -28,9 +28,20 @@ OVERRIDES = ["wsp.epochs=4"]
 
 
 def _launch(runs: Path) -> subprocess.Popen:
-    env = {**os.environ, "STUDYLIB_RUNS": str(runs), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-c", WSP_SCRIPT, *OVERRIDES], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "STUDYLIB_RUNS": str(runs),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", WSP_SCRIPT, *OVERRIDES],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _final_loss(out: str) -> float:
@@ -60,8 +71,9 @@ def _epochs(folder: Path) -> int:
 
 
 def _writing_checkpoint(folder: Path) -> bool:
-    return folder.exists() and any(name.startswith((".checkpoint.pth", "checkpoint.pth.new"))
-                                   for name in os.listdir(folder))
+    return folder.exists() and any(
+        name.startswith((".checkpoint.pth", "checkpoint.pth.new")) for name in os.listdir(folder)
+    )
 
 
 @pytest.mark.parametrize("where", ["mid-epoch", "writing-checkpoint"])
@@ -73,7 +85,11 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(where, tmp_path, uninte
         _wait_for(lambda: _epochs(folder) >= 2, poll=0.05)
         time.sleep(0.5)
     else:
-        _wait_for(lambda: process.poll() is not None or (_epochs(folder) >= 1 and _writing_checkpoint(folder)))
+        _wait_for(
+            lambda: (
+                process.poll() is not None or (_epochs(folder) >= 1 and _writing_checkpoint(folder))
+            )
+        )
         assert process.poll() is None, "never saw a checkpoint being written"
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -106,7 +122,9 @@ def test_second_launch_waits_for_the_first_and_does_not_retrain(tmp_path):
     runs = tmp_path / "runs"
     folder = _run_folder(runs)
     first = _launch(runs)
-    _wait_for(lambda: (folder / ".lock").exists() and "pid" in (folder / ".lock").read_text(), poll=0.02)
+    _wait_for(
+        lambda: (folder / ".lock").exists() and "pid" in (folder / ".lock").read_text(), poll=0.02
+    )
     second = _launch(runs)
     out1, _ = first.communicate(timeout=300)
     out2, err2 = second.communicate(timeout=300)
@@ -126,8 +144,11 @@ def test_nan_loss_stops_with_run_epoch_and_step(smoke, monkeypatch, capsys):
         return loss * float("nan") if steps["n"] == 8 + 3 else loss
 
     monkeypatch.setattr(wsp, "wsp_loss", nan_in_epoch_2)
-    with pytest.raises(DivergedError, match=r"wsp-[0-9a-f]{8}: loss is nan at epoch 2, step 3/8; the checkpoint "
-                                            r"of epoch 1 is kept"):
+    with pytest.raises(
+        DivergedError,
+        match=r"wsp-[0-9a-f]{8}: loss is nan at epoch 2, step 3/8; the checkpoint "
+        r"of epoch 1 is kept",
+    ):
         wsp.pretrain(smoke)
     run = wsp.run_for(smoke)
     assert len(run.load(run.checkpoint.name)["history"]) == 1 and not run.done

@@ -1,5 +1,6 @@
-"""The run folder of every arm at every study point of the `cpu` and `smoke` presets, against the list
-committed in tests/run_names.json: a refactor that renames a run would orphan the committed results.
+"""The run folder of every arm at every study point of the `cpu` and `smoke` presets, against the
+list committed in tests/run_names.json: a refactor that renames a run would orphan the committed
+results.
 
 The cpu names hold the real data's fingerprints and sizes; they were recorded with the data present
 (`python tests/test_run_names.py`, after an intended change of identity) and are replayed here
@@ -23,8 +24,10 @@ PRESETS = ("smoke", "cpu")
 
 
 def chains(exp: Experiment) -> dict[str, str]:
-    return {name: " -> ".join(run.name for run in registry.call(arm.pretrain, exp, train=False))
-            for name, arm in registry.ARMS.items()}
+    return {
+        name: " -> ".join(run.name for run in registry.call(arm.pretrain, exp, train=False))
+        for name, arm in registry.ARMS.items()
+    }
 
 
 def run_names(exp: Experiment, seeds: list[int]) -> dict[str, dict[str, str]]:
@@ -36,7 +39,9 @@ def run_names(exp: Experiment, seeds: list[int]) -> dict[str, dict[str, str]]:
         for size in exp.studies.model_sizes:
             names[f"seed {seed} model {size}"] = chains(dataclasses.replace(at, model=size))
         for epochs in exp.studies.wsp_epochs:
-            names[f"seed {seed} wsp_epochs {epochs}"] = chains(study.with_values(at, wsp={"epochs": epochs}))
+            names[f"seed {seed} wsp_epochs {epochs}"] = chains(
+                study.with_values(at, wsp={"epochs": epochs})
+            )
         for text, point, _ in study.data_size_points(at):
             names[f"seed {seed} mae_data {text}"] = chains(point)
     return names
@@ -48,12 +53,19 @@ def record() -> dict:
     for preset in PRESETS:
         exp = load_experiment(preset)
         seeds = sorted({*exp.studies.pilot_seeds, *exp.studies.seeds})
-        datasets = {exp.data.pretrain, *exp.data.probe,
-                    *(study.parse_mae_data(t)[0] for t in exp.studies.mae_data)} - {"pretrain"}
+        datasets = {
+            exp.data.pretrain,
+            *exp.data.probe,
+            *(study.parse_mae_data(t)[0] for t in exp.studies.mae_data),
+        } - {"pretrain"}
         counts = {text: images for text, _, images in study.data_size_points(exp)}
-        out[preset] = {"seeds": seeds, "fingerprints": {d: data.fingerprint(d, exp.data) for d in datasets},
-                       "pool": pool.count(exp), "mae_images": counts,
-                       "names": run_names(exp, seeds)}
+        out[preset] = {
+            "seeds": seeds,
+            "fingerprints": {d: data.fingerprint(d, exp.data) for d in datasets},
+            "pool": pool.count(exp),
+            "mae_images": counts,
+            "names": run_names(exp, seeds),
+        }
     return out
 
 
@@ -68,13 +80,19 @@ def test_run_names_are_unchanged(preset, monkeypatch, tmp_path):
     images = {study.parse_mae_data(text): n for text, n in known["mae_images"].items()}
 
     def count(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> int:
-        return known["pool"] if (dataset, fraction) == (None, 1.0) else images[(dataset or "pretrain", fraction)]
+        return (
+            known["pool"]
+            if (dataset, fraction) == (None, 1.0)
+            else images[(dataset or "pretrain", fraction)]
+        )
 
     monkeypatch.setattr(pool, "count", count)
     exp = load_experiment(preset)
     assert run_names(exp, known["seeds"]) == known["names"], (
-        f"{preset}: run names changed; committed results would be orphaned. If the change of identity "
-        f"is intended, rerun with the data present: python tests/{Path(__file__).name}")
+        f"{preset}: run names changed; committed results would be orphaned. If the change of "
+        "identity "
+        f"is intended, rerun with the data present: python tests/{Path(__file__).name}"
+    )
 
 
 if __name__ == "__main__":

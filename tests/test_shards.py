@@ -1,6 +1,6 @@
-"""Streamed data: web dataset shards written in img2dataset's layout and image folders in ImageNet's layout, read by
-ranks and DataLoader workers with every sample once per epoch (tests on this CPU with gloo and small generated
-shards and folders)."""
+"""Streamed data: web dataset shards written in img2dataset's layout and image folders in ImageNet's
+layout, read by ranks and DataLoader workers with every sample once per epoch (tests on this CPU
+with gloo and small generated shards and folders)."""
 
 import io
 import json
@@ -22,13 +22,23 @@ from studylib import shards
 from studylib.config import load_experiment
 from studylib.data import synthetic
 from studylib.errors import DataError
-from studylib.shards import ImageFiles, ShardStream, crop_box, epoch_shards, file_index, read_index, write_shards
+from studylib.shards import (
+    ImageFiles,
+    ShardStream,
+    crop_box,
+    epoch_shards,
+    file_index,
+    read_index,
+    write_shards,
+)
 from studylib.weak_labels import simulate
 
 
 def _shards(folder: Path, images: int, per_shard: int) -> list[dict]:
     data = synthetic(images, 8)
-    return write_shards(data, simulate(data, load_experiment("smoke").tags), folder, per_shard=per_shard)
+    return write_shards(
+        data, simulate(data, load_experiment("smoke").tags), folder, per_shard=per_shard
+    )
 
 
 def test_shards_hold_jpg_json_and_txt_per_sample_as_img2dataset_writes_them(tmp_path):
@@ -37,7 +47,10 @@ def test_shards_hold_jpg_json_and_txt_per_sample_as_img2dataset_writes_them(tmp_
     with tarfile.open(tmp_path / "00000.tar") as tar:
         names = tar.getnames()
         meta = json.loads(tar.extractfile("000000003.json").read())
-    assert sorted(names[:3]) == ["000000000.jpg", "000000000.json", "000000000.txt"] and len(names) == 48
+    assert (
+        sorted(names[:3]) == ["000000000.jpg", "000000000.json", "000000000.txt"]
+        and len(names) == 48
+    )
     assert meta["caption"] == " ".join(meta["tags"]) and 0 <= meta["label"] < 10
 
 
@@ -51,7 +64,9 @@ def _rank(rank: int, world: int, folder: str, out: str, port: int) -> None:
 
 
 def _two_ranks(tmp_path: Path, folder: Path, port: int) -> dict[int, dict[str, list[list[str]]]]:
-    mp.start_processes(_rank, args=(2, str(folder), str(tmp_path), port), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(
+        _rank, args=(2, str(folder), str(tmp_path), port), nprocs=2, join=True, start_method="spawn"
+    )
     return {rank: json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)}
 
 
@@ -71,8 +86,12 @@ def test_two_ranks_of_two_workers_read_every_sample_once_per_epoch_in_equal_step
 
 def test_unequal_shards_drop_the_surplus_so_ranks_take_equal_steps(tmp_path):
     index = _shards(tmp_path, 72, 16)  # shards of 16, 16, 16, 16, 8: the ranks get 3 and 2 of them
-    streams = [ShardStream(tmp_path, batch_size=8, size=32, workers=2, rank=r, world=2) for r in (0, 1)]
-    assert streams[0].steps() == (8 + 16) // 8  # the 2 smallest shards: what the rank with 2 holds at least
+    streams = [
+        ShardStream(tmp_path, batch_size=8, size=32, workers=2, rank=r, world=2) for r in (0, 1)
+    ]
+    assert (
+        streams[0].steps() == (8 + 16) // 8
+    )  # the 2 smallest shards: what the rank with 2 holds at least
     for epoch in (0, 1, 2, 3):
         held = [sum(s["samples"] for s in epoch_shards(index, 0, epoch, r, 2)) for r in (0, 1)]
         assert min(held) >= 3 * 8
@@ -93,16 +112,19 @@ def test_a_bad_index_or_too_few_shards_is_one_line(tmp_path):
         read_index(tmp_path)
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"name": "../other/00000.tar", "samples": 16}, "not a plain file name"),
-    ({"name": "/dev/zero", "samples": 16}, "not a plain file name"),
-    ({"name": ".", "samples": 16}, "not a plain file name"),
-    ({"name": "00000.tar", "samples": 16}, "listed twice"),
-    ({"name": "missing.tar", "samples": 16}, "not a regular file there"),
-    ({"name": "00001.tar", "samples": -40}, "samples -40"),
-    ({"name": "00001.tar", "samples": True}, "samples True"),
-    ({"name": "00001.tar", "samples": 40.9}, "samples 40.9"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"name": "../other/00000.tar", "samples": 16}, "not a plain file name"),
+        ({"name": "/dev/zero", "samples": 16}, "not a plain file name"),
+        ({"name": ".", "samples": 16}, "not a plain file name"),
+        ({"name": "00000.tar", "samples": 16}, "listed twice"),
+        ({"name": "missing.tar", "samples": 16}, "not a regular file there"),
+        ({"name": "00001.tar", "samples": -40}, "samples -40"),
+        ({"name": "00001.tar", "samples": True}, "samples True"),
+        ({"name": "00001.tar", "samples": 40.9}, "samples 40.9"),
+    ],
+)
 def test_the_index_is_checked_where_it_is_read(tmp_path, entry, message):
     _shards(tmp_path, 32, 16)
     index = json.loads((tmp_path / "shards.json").read_text())
@@ -112,12 +134,16 @@ def test_the_index_is_checked_where_it_is_read(tmp_path, entry, message):
         read_index(tmp_path)
 
 
-def test_a_tar_is_known_by_its_bytes_and_its_count_and_keys_are_checked(tmp_path, isolated_dirs, monkeypatch):
+def test_a_tar_is_known_by_its_bytes_and_its_count_and_keys_are_checked(
+    tmp_path, isolated_dirs, monkeypatch
+):
     monkeypatch.setenv("STUDYLIB_CACHE", str(isolated_dirs / "cache"))
     _shards(tmp_path, 32, 16)
     before = shards.shard_fingerprint(tmp_path)
     counts, _ = shards.tag_counts(tmp_path)
-    with tarfile.open(tmp_path / "00001.tar") as tar:  # re-tag every sample: the tar's size stays (512-byte blocks)
+    with tarfile.open(
+        tmp_path / "00001.tar"
+    ) as tar:  # re-tag every sample: the tar's size stays (512-byte blocks)
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     size = (tmp_path / "00001.tar").stat().st_size
     with tarfile.open(tmp_path / "00001.tar", "w") as tar:
@@ -154,19 +180,24 @@ def test_tags_that_are_not_a_list_of_strings_name_the_sample(tmp_path, isolated_
                 data = json.dumps({"tags": "cat"}).encode()
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
-    with pytest.raises(DataError, match=r"00000.tar: sample 000000002.json: tags are cat; allowed: a list"):
+    with pytest.raises(
+        DataError, match=r"00000.tar: sample 000000002.json: tags are cat; allowed: a list"
+    ):
         shards.tag_counts(tmp_path)
     image, key, why = shards._decode({"__key__": "k", "json": b'{"tags": "cat"}', "jpg": b""}, 32)
     assert image is None and "tags are cat" in why
 
 
 def test_the_stream_is_the_same_with_any_number_of_loader_workers_and_resumes_on_another(tmp_path):
-    """Worker counts set speed only: 0 to 3 workers give the same keys and pixels in the same batches, and an
-    epoch resumed at a step with another worker count is the rest of the same epoch."""
+    """Worker counts set speed only: 0 to 3 workers give the same keys and pixels in the same
+    batches, and an epoch resumed at a step with another worker count is the rest of the same
+    epoch."""
     _shards(tmp_path, 200, 24)  # 9 unequal shards (the last holds 8)
 
     def epoch(workers: int, start: int = 0) -> list[tuple[list[str], torch.Tensor]]:
-        stream = ShardStream(tmp_path, batch_size=8, size=16, seed=5, workers=workers, rank=0, world=1, crop_min=0.5)
+        stream = ShardStream(
+            tmp_path, batch_size=8, size=16, seed=5, workers=workers, rank=0, world=1, crop_min=0.5
+        )
         return [(keys, images) for images, keys, _ in stream.epoch(1, start)]
 
     whole = epoch(0)
@@ -179,17 +210,32 @@ def test_the_stream_is_the_same_with_any_number_of_loader_workers_and_resumes_on
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(resumed, whole[7:], strict=True))
 
 
-def test_wsp_on_a_shard_pool_ends_with_the_same_weights_whatever_the_loader_workers(tmp_path, monkeypatch):
+def test_wsp_on_a_shard_pool_ends_with_the_same_weights_whatever_the_loader_workers(
+    tmp_path, monkeypatch
+):
     from studylib.stages import wsp
 
     _shards(tmp_path / "pool", 96, 16)
     weights = []
-    for cpus in (2, 4):  # 1 and 3 DataLoader workers: the same run name, so each in its own runs folder
+    for cpus in (
+        2,
+        4,
+    ):  # 1 and 3 DataLoader workers: the same run name, so each in its own runs folder
         monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / f"runs{cpus}"))
-        exp = load_experiment("smoke", [f"data.pretrain={tmp_path / 'pool'}", "data.tag_vocabulary=8",
-                                        "wsp.epochs=1", "wsp.batch_size=16", f"launch.cpus_per_task={cpus}",
-                                        "model=pico"])
-        weights.append(torch.load(wsp.pretrain(exp).path / "encoder.pth", weights_only=True)["state"])
+        exp = load_experiment(
+            "smoke",
+            [
+                f"data.pretrain={tmp_path / 'pool'}",
+                "data.tag_vocabulary=8",
+                "wsp.epochs=1",
+                "wsp.batch_size=16",
+                f"launch.cpus_per_task={cpus}",
+                "model=pico",
+            ],
+        )
+        weights.append(
+            torch.load(wsp.pretrain(exp).path / "encoder.pth", weights_only=True)["state"]
+        )
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
@@ -199,11 +245,15 @@ def test_the_shards_command_writes_the_pool_and_refuses_a_folder_in_use(tmp_path
 
     out = tmp_path / "pool"
     assert main(["shards", "--preset", "smoke", "--out", str(out), "--per-shard", "100"]) == 0
-    assert [s["samples"] for s in read_index(out)] == [100] * 5 + [12]  # smoke's pool: 512 synthetic images
+    assert [s["samples"] for s in read_index(out)] == [100] * 5 + [
+        12
+    ]  # smoke's pool: 512 synthetic images
     assert "512 samples in 6 shards" in capsys.readouterr().out
     assert main(["shards", "--preset", "smoke", "--out", str(out)]) == 2
     assert "not an empty folder" in capsys.readouterr().err
-    written = read_index(out)  # tars from elsewhere (img2dataset) get their index by counting their samples
+    written = read_index(
+        out
+    )  # tars from elsewhere (img2dataset) get their index by counting their samples
     (out / "shards.json").unlink()
     assert main(["shards", "--index", str(out)]) == 0 and read_index(out) == written
     assert "512 samples in 6 shards" in capsys.readouterr().out
@@ -212,7 +262,8 @@ def test_the_shards_command_writes_the_pool_and_refuses_a_folder_in_use(tmp_path
 
 
 def _damage(shard: Path, truncate: str, strip_meta: str) -> None:
-    """Rewrite `shard` with sample `truncate`'s JPEG cut to half and sample `strip_meta` without its .json."""
+    """Rewrite `shard` with sample `truncate`'s JPEG cut to half and sample `strip_meta` without its
+    .json."""
     with tarfile.open(shard) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     with tarfile.open(shard, "w") as tar:
@@ -228,8 +279,12 @@ def _damage(shard: Path, truncate: str, strip_meta: str) -> None:
 def test_a_truncated_jpeg_and_a_sample_without_metadata_are_skipped_and_counted(tmp_path):
     index = _shards(tmp_path, 320, 16)  # 20 shards
     _damage(tmp_path / index[3]["name"], truncate="000000050", strip_meta="000000051")
-    streams = [ShardStream(tmp_path, batch_size=8, size=32, seed=3, workers=2, rank=r, world=2, max_skipped=0.05)
-               for r in (0, 1)]
+    streams = [
+        ShardStream(
+            tmp_path, batch_size=8, size=32, seed=3, workers=2, rank=r, world=2, max_skipped=0.05
+        )
+        for r in (0, 1)
+    ]
     batches = [list(stream.epoch(0)) for stream in streams]
     assert [len(b) for b in batches] == [20, 20]  # equal steps all the same
     skipped = dict(streams[0].skipped + streams[1].skipped)
@@ -238,50 +293,77 @@ def test_a_truncated_jpeg_and_a_sample_without_metadata_are_skipped_and_counted(
     assert streams[0].repeats + streams[1].repeats == 2  # the damaged rank's last batch filled up
     keys = Counter(k for rank in batches for _, ks, _ in rank for k in ks)
     assert set(keys) == {f"{i:09d}" for i in range(320)} - set(skipped)
-    assert sum(keys.values()) == 320 and sorted(keys.values())[-2:] == [2, 2]  # two repeats, the rest once
-    strict = ShardStream(tmp_path, batch_size=8, size=32, seed=3, rank=0, world=1, max_skipped=0.001)
-    with pytest.raises(DataError, match=r"[12] of rank 0's 320 samples in epoch 0 cannot be used \(first: "
-                                        r"00000005[01].*allowed: at most 0.1% \(max_skipped\)"):
+    assert sum(keys.values()) == 320 and sorted(keys.values())[-2:] == [
+        2,
+        2,
+    ]  # two repeats, the rest once
+    strict = ShardStream(
+        tmp_path, batch_size=8, size=32, seed=3, rank=0, world=1, max_skipped=0.001
+    )
+    with pytest.raises(
+        DataError,
+        match=r"[12] of rank 0's 320 samples in epoch 0 cannot be used \(first: "
+        r"00000005[01].*allowed: at most 0.1% \(max_skipped\)",
+    ):
         list(strict.epoch(0))
 
 
-def test_mae_then_wsp_stream_a_shard_pool_and_wsp_learns_its_most_frequent_tags(tmp_path, isolated_dirs):
+def test_mae_then_wsp_stream_a_shard_pool_and_wsp_learns_its_most_frequent_tags(
+    tmp_path, isolated_dirs
+):
     from studylib.cli import main
     from studylib.data import load_dataset
     from studylib.shards import vocabulary
     from studylib.stages import mae, wsp
 
     folder = tmp_path / "pool"
-    assert main(["shards", "--preset", "smoke", "--out", str(folder), "--per-shard", "64"]) == 0  # 8 shards
+    assert (
+        main(["shards", "--preset", "smoke", "--out", str(folder), "--per-shard", "64"]) == 0
+    )  # 8 shards
     counts = Counter()
     for shard in read_index(folder):
         with tarfile.open(folder / shard["name"]) as tar:
             metas = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
         counts.update(t for meta in metas for t in meta["tags"])
     expected = sorted(counts, key=lambda t: (-counts[t], t))[:12]
-    overrides = [f"data.pretrain={folder}", "data.tag_vocabulary=12", "mae.epochs=1", "wsp.epochs=2",
-                 "launch.cpus_per_task=3"]
+    overrides = [
+        f"data.pretrain={folder}",
+        "data.tag_vocabulary=12",
+        "mae.epochs=1",
+        "wsp.epochs=2",
+        "launch.cpus_per_task=3",
+    ]
     exp = load_experiment("smoke", overrides)
     mae_run = mae.pretrain(exp)
     wsp_run = wsp.pretrain(exp, mae_run)
     assert vocabulary(folder, 12) == expected  # read back from its cache
     results = wsp_run.results()
     assert results["vocab_size"] == 12 and results["skipped_samples"] == 0
-    assert results["images_seen"] == 2 * 512 and mae_run.results()["images_seen"] == 512  # 8 steps of 64 an epoch
-    assert wsp_run.identity["tag_vocabulary"] == 12 and wsp_run.identity["data"]["dataset"] == str(folder)
+    assert (
+        results["images_seen"] == 2 * 512 and mae_run.results()["images_seen"] == 512
+    )  # 8 steps of 64 an epoch
+    assert wsp_run.identity["tag_vocabulary"] == 12 and wsp_run.identity["data"]["dataset"] == str(
+        folder
+    )
     losses = [m["loss"] for m in wsp_run.metrics()]
     assert len(losses) == 2 and losses[1] < losses[0]
     with pytest.raises(DataError, match="a folder of shards"):
         load_dataset(str(folder))
-    study = [*overrides, "studies.arms=[mae_wsp]"]  # the README's command: the study reuses both runs, then probes
+    study = [
+        *overrides,
+        "studies.arms=[mae_wsp]",
+    ]  # the README's command: the study reuses both runs, then probes
     assert main(["study", "--preset", "smoke", *[arg for o in study for arg in ("--set", o)]]) == 0
     key = load_experiment("smoke", study).results_key
     table = pd.read_csv(isolated_dirs / "results" / key / "default.csv").query("metric == 'top1'")
-    assert set(table["run"].str.split("-").str[0]) == {"probe"} and (table["value"] > 10).all()  # 10 classes
+    assert (
+        set(table["run"].str.split("-").str[0]) == {"probe"} and (table["value"] > 10).all()
+    )  # 10 classes
 
 
 def _imagenet_layout(root: Path, per_class: int = 24) -> None:
-    """root/train/<class>/<image>.JPEG, four classes, images of three sizes (none of them the model's)."""
+    """root/train/<class>/<image>.JPEG, four classes, images of three sizes (none of them the
+    model's)."""
     data = synthetic(4 * per_class, 8, num_classes=4, size=48)
     sizes = [(64, 48), (48, 64), (50, 50)]
     for i, (image, label) in enumerate(zip(data.train_images, data.train_labels, strict=True)):
@@ -291,36 +373,78 @@ def _imagenet_layout(root: Path, per_class: int = 24) -> None:
         pixels.save(folder / f"img{i:04d}.JPEG", quality=90)
 
 
-def test_an_image_folder_streams_every_image_once_per_epoch_cropped_in_workers_from_its_own_size(tmp_path,
-                                                                                                  monkeypatch):
+def test_an_image_folder_streams_every_image_once_per_epoch_cropped_in_workers_from_its_own_size(
+    tmp_path, monkeypatch
+):
     _imagenet_layout(tmp_path)
-    (tmp_path / "train" / "n00" / "img0000.JPEG").write_bytes(b"\xff\xd8 not a jpeg")  # skipped and counted
+    (tmp_path / "train" / "n00" / "img0000.JPEG").write_bytes(
+        b"\xff\xd8 not a jpeg"
+    )  # skipped and counted
     source = ImageFiles(tmp_path, per_unit=8)
-    assert [u["samples"] for u in source.units] == [8] * 12 and source.classes == ["n00", "n01", "n02", "n03"]
+    assert [u["samples"] for u in source.units] == [8] * 12 and source.classes == [
+        "n00",
+        "n01",
+        "n02",
+        "n03",
+    ]
     monkeypatch.setattr(shards, "ImageFiles", lambda root: ImageFiles(root, per_unit=8))
-    streams = [ShardStream(tmp_path, batch_size=8, size=32, seed=5, workers=2, rank=r, world=2, crop_min=0.3,
-                           max_skipped=0.05) for r in (0, 1)]
+    streams = [
+        ShardStream(
+            tmp_path,
+            batch_size=8,
+            size=32,
+            seed=5,
+            workers=2,
+            rank=r,
+            world=2,
+            crop_min=0.3,
+            max_skipped=0.05,
+        )
+        for r in (0, 1)
+    ]
     for epoch in (0, 1):
         batches = [list(stream.epoch(epoch)) for stream in streams]
         assert [len(b) for b in batches] == [6, 6]  # 48 images a rank
         keys = Counter(k for rank in batches for _, ks, _ in rank for k in ks)
         assert set(keys) == {f[0] for f in file_index(tmp_path)[1]} - {"train/n00/img0000.JPEG"}
-        assert sum(keys.values()) == 96 and max(keys.values()) == 2  # one repeat fills the damaged rank's last batch
+        assert (
+            sum(keys.values()) == 96 and max(keys.values()) == 2
+        )  # one repeat fills the damaged rank's last batch
         assert [k for s in streams for k, _ in s.skipped] == ["train/n00/img0000.JPEG"]
         images, found, tags = batches[0][0]
         assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
-        assert all(tag == [key.split("/")[1]] for key, tag in zip(found, tags, strict=True))  # the class is the tag
-    # a crop is drawn from (seed, epoch, key): the same whichever worker reads the image, another the next epoch
-    one_worker = ShardStream(tmp_path, batch_size=8, size=32, seed=5, workers=1, rank=0, world=2, crop_min=0.3,
-                             max_skipped=0.05)
-    crops = {k: img for images, ks, _ in streams[0].epoch(0) for k, img in zip(ks, images, strict=True)}
-    again = {k: img for images, ks, _ in one_worker.epoch(0) for k, img in zip(ks, images, strict=True)}
-    later = {k: img for images, ks, _ in one_worker.epoch(2) for k, img in zip(ks, images, strict=True)}
+        assert all(
+            tag == [key.split("/")[1]] for key, tag in zip(found, tags, strict=True)
+        )  # the class is the tag
+    # a crop is drawn from (seed, epoch, key): the same whichever worker reads the image, another
+    # the next epoch
+    one_worker = ShardStream(
+        tmp_path,
+        batch_size=8,
+        size=32,
+        seed=5,
+        workers=1,
+        rank=0,
+        world=2,
+        crop_min=0.3,
+        max_skipped=0.05,
+    )
+    crops = {
+        k: img for images, ks, _ in streams[0].epoch(0) for k, img in zip(ks, images, strict=True)
+    }
+    again = {
+        k: img for images, ks, _ in one_worker.epoch(0) for k, img in zip(ks, images, strict=True)
+    }
+    later = {
+        k: img for images, ks, _ in one_worker.epoch(2) for k, img in zip(ks, images, strict=True)
+    }
     assert crops.keys() == again.keys() and all(torch.equal(crops[k], again[k]) for k in crops)
     assert not all(torch.equal(crops[k], later[k]) for k in crops.keys() & later.keys())
 
 
-def test_the_shards_command_copies_a_streamed_image_folder_with_simulated_hashtags(tmp_path, capsys):
+def test_the_shards_command_copies_a_streamed_image_folder_with_simulated_hashtags(
+    tmp_path, capsys
+):
     from studylib.cli import main
 
     _imagenet_layout(tmp_path / "imagenet", per_class=8)
@@ -332,29 +456,56 @@ def test_the_shards_command_copies_a_streamed_image_folder_with_simulated_hashta
     with tarfile.open(out / "00001.tar") as tar:
         jpeg = tar.extractfile("000000012.jpg").read()
         metas = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
-    assert jpeg == (tmp_path / "imagenet" / files[12][0]).read_bytes()  # the file itself, not re-encoded
+    assert (
+        jpeg == (tmp_path / "imagenet" / files[12][0]).read_bytes()
+    )  # the file itself, not re-encoded
     assert [m["label"] for m in metas] == [label for _, label in files[10:20]]
-    assert sum(f"#n0{m['label']}" in m["tags"] for m in metas) >= 5  # simulated: the class tag, most of the time
-    batches = list(ShardStream(out, batch_size=8, size=32, workers=0, rank=0, world=1, crop_min=0.5).epoch(0))
+    assert (
+        sum(f"#n0{m['label']}" in m["tags"] for m in metas) >= 5
+    )  # simulated: the class tag, most of the time
+    batches = list(
+        ShardStream(out, batch_size=8, size=32, workers=0, rank=0, world=1, crop_min=0.5).epoch(0)
+    )
     assert len(batches) == 4 and batches[0][0].shape == (8, 3, 32, 32)
 
 
-def test_shards_resized_to_a_short_side_and_a_bad_source_or_out_is_one_line_leaving_nothing(tmp_path, capsys):
+def test_shards_resized_to_a_short_side_and_a_bad_source_or_out_is_one_line_leaving_nothing(
+    tmp_path, capsys
+):
     from studylib.cli import main
 
     _imagenet_layout(tmp_path / "imagenet", per_class=3)
-    args = ["shards", "--preset", "smoke", "--set", f"data.pretrain={tmp_path / 'imagenet'}", "--set",
-            "data.stream=true", "--per-shard", "5"]
+    args = [
+        "shards",
+        "--preset",
+        "smoke",
+        "--set",
+        f"data.pretrain={tmp_path / 'imagenet'}",
+        "--set",
+        "data.stream=true",
+        "--per-shard",
+        "5",
+    ]
     assert main([*args, "--out", str(tmp_path / "small"), "--max-size", "32"]) == 0
     sizes = set()
     for shard in read_index(tmp_path / "small"):
         with tarfile.open(tmp_path / "small" / shard["name"]) as tar:
-            sizes |= {Image.open(io.BytesIO(tar.extractfile(m).read())).size for m in tar if m.name.endswith(".jpg")}
-    assert sizes == {(43, 32), (32, 43), (32, 32)}  # 64 x 48, 48 x 64 and 50 x 50, short side 32, aspect kept
-    for bad, message in ((["--per-shard", "0"], "--per-shard >= 1"),
-                         (["--out", str(tmp_path / "imagenet" / "inside")], "inside the source"),
-                         (["--out", str(tmp_path / "small")], "not an empty folder"),
-                         (["--out", str(tmp_path / "small" / "00000.tar" / "x")], "is a file")):
+            sizes |= {
+                Image.open(io.BytesIO(tar.extractfile(m).read())).size
+                for m in tar
+                if m.name.endswith(".jpg")
+            }
+    assert sizes == {
+        (43, 32),
+        (32, 43),
+        (32, 32),
+    }  # 64 x 48, 48 x 64 and 50 x 50, short side 32, aspect kept
+    for bad, message in (
+        (["--per-shard", "0"], "--per-shard >= 1"),
+        (["--out", str(tmp_path / "imagenet" / "inside")], "inside the source"),
+        (["--out", str(tmp_path / "small")], "not an empty folder"),
+        (["--out", str(tmp_path / "small" / "00000.tar" / "x")], "is a file"),
+    ):
         assert main([*args, "--out", str(tmp_path / "fresh"), *bad]) == 2
         assert message in capsys.readouterr().err
     (tmp_path / "imagenet" / "train" / "n00" / "broken.png").write_bytes(b"not a png")
@@ -364,10 +515,16 @@ def test_shards_resized_to_a_short_side_and_a_bad_source_or_out_is_one_line_leav
     assert not (tmp_path / "fresh").exists()
 
 
-def test_the_file_index_is_listed_once_then_read_from_the_cache_until_a_class_folder_changes(tmp_path, monkeypatch):
+def test_the_file_index_is_listed_once_then_read_from_the_cache_until_a_class_folder_changes(
+    tmp_path, monkeypatch
+):
     _imagenet_layout(tmp_path, per_class=3)
     classes, files = file_index(tmp_path)
-    assert len(files) == 12 and files == sorted(files) and {label for _, label in files} == {0, 1, 2, 3}
+    assert (
+        len(files) == 12
+        and files == sorted(files)
+        and {label for _, label in files} == {0, 1, 2, 3}
+    )
     with monkeypatch.context() as patched:
         patched.setattr(shards.os, "scandir", lambda _: pytest.fail("listed again"))
         assert file_index(tmp_path) == (classes, files)
@@ -376,7 +533,9 @@ def test_the_file_index_is_listed_once_then_read_from_the_cache_until_a_class_fo
     assert (str(Path(name).parent / "moved.JPEG"), label) in file_index(tmp_path)[1]
 
 
-def test_a_streamed_folder_is_known_by_its_resolved_path_and_every_files_size_and_mtime(tmp_path, monkeypatch):
+def test_a_streamed_folder_is_known_by_its_resolved_path_and_every_files_size_and_mtime(
+    tmp_path, monkeypatch
+):
     _imagenet_layout(tmp_path / "a" / "pool", per_class=3)
     _imagenet_layout(tmp_path / "b" / "pool", per_class=3)
     monkeypatch.chdir(tmp_path / "a")
@@ -409,39 +568,72 @@ def test_random_resized_crops_stay_inside_the_image_and_cover_the_asked_share():
     assert crop_box(500, 375, None, rng) == (62, 0, 437, 375)  # no crop_min: the centre square
 
 
-def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(tmp_path, isolated_dirs, monkeypatch):
+def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(
+    tmp_path, isolated_dirs, monkeypatch
+):
     from studylib import pool
     from studylib.stages import mae, wsp, zeroshot
 
     _imagenet_layout(tmp_path / "imagenet", per_class=32)
     monkeypatch.setattr(shards, "ImageFiles", lambda root: ImageFiles(root, per_unit=16))
-    overrides = [f"data.pretrain={tmp_path / 'imagenet'}", "data.stream=true", "mae.epochs=1", "wsp.epochs=2",
-                 "launch.cpus_per_task=3"]
+    overrides = [
+        f"data.pretrain={tmp_path / 'imagenet'}",
+        "data.stream=true",
+        "mae.epochs=1",
+        "wsp.epochs=2",
+        "launch.cpus_per_task=3",
+    ]
     exp = load_experiment("smoke", overrides)
     wsp_run = wsp.pretrain(exp, mae.pretrain(exp))
     results = wsp_run.results()
-    assert results["vocab_size"] == 4 and results["images_seen"] == 2 * 128 and results["skipped_samples"] == 0
+    assert (
+        results["vocab_size"] == 4
+        and results["images_seen"] == 2 * 128
+        and results["skipped_samples"] == 0
+    )
     assert wsp_run.identity["data"]["stream"] is True
     losses = [m["loss"] for m in wsp_run.metrics()]
     assert len(losses) == 2 and losses[1] < losses[0]
-    in_memory = load_experiment("smoke", overrides[:1] + overrides[2:])  # the same folder held in memory: another run
+    in_memory = load_experiment(
+        "smoke", overrides[:1] + overrides[2:]
+    )  # the same folder held in memory: another run
     assert wsp.run_for(in_memory, None).hash != wsp.run_for(exp, None).hash
-    rows = zeroshot.rows(exp, wsp_run)  # LiT on the pool's own tags, zero-shot on the first probe dataset
+    rows = zeroshot.rows(
+        exp, wsp_run
+    )  # LiT on the pool's own tags, zero-shot on the first probe dataset
     lit = zeroshot.run_for(exp, wsp_run)
-    assert {row["dataset"] for row in rows} == {"synthetic"} and lit.identity["evaluated_on"]["dataset"] == "synthetic"
-    assert lit.results()["text_vocab"] == 3 + 4  # the special tokens and the four class names, words of the captions
+    assert {row["dataset"] for row in rows} == {"synthetic"} and lit.identity["evaluated_on"][
+        "dataset"
+    ] == "synthetic"
+    assert (
+        lit.results()["text_vocab"] == 3 + 4
+    )  # the special tokens and the four class names, words of the captions
     with pytest.raises(DataError, match="is streamed"):
         pool.images(exp)
-    resampled = wsp.pretrain(load_experiment("smoke", [*overrides, "wsp.epochs=1", "wsp.rare_tag_threshold=0.5"]))
+    resampled = wsp.pretrain(
+        load_experiment("smoke", [*overrides, "wsp.epochs=1", "wsp.rare_tag_threshold=0.5"])
+    )
     assert math.isfinite(resampled.results()["final_loss"])  # tag shares from the file index
 
 
-def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_nothing_long_before_it(tmp_path,
-                                                                                                   monkeypatch):
-    index = _shards(tmp_path / "pool", 200, 16)  # 12 shards of 16 and one of 8: three lanes of unequal length
+def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_nothing_long_before_it(
+    tmp_path, monkeypatch
+):
+    index = _shards(
+        tmp_path / "pool", 200, 16
+    )  # 12 shards of 16 and one of 8: three lanes of unequal length
     _damage(tmp_path / "pool" / index[2]["name"], truncate="000000040", strip_meta="000000041")
-    stream = ShardStream(tmp_path / "pool", batch_size=6, size=32, seed=3, workers=3, rank=0, world=1, crop_min=0.5,
-                         max_skipped=0.05)
+    stream = ShardStream(
+        tmp_path / "pool",
+        batch_size=6,
+        size=32,
+        seed=3,
+        workers=3,
+        rank=0,
+        world=1,
+        crop_min=0.5,
+        max_skipped=0.05,
+    )
     whole = list(stream.epoch(1))
     assert len(whole) == 33 and stream.repeats == 2
     log, real = tmp_path / "decoded", shards._decode
@@ -456,6 +648,11 @@ def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_noth
         log.write_text("")
         rest = list(stream.epoch(1, start))
         assert [keys for _, keys, _ in rest] == [keys for _, keys, _ in whole[start:]]
-        assert all(torch.equal(a[0], b[0]) and a[2] == b[2] for a, b in zip(rest, whole[start:], strict=True))
+        assert all(
+            torch.equal(a[0], b[0]) and a[2] == b[2]
+            for a, b in zip(rest, whole[start:], strict=True)
+        )
         before = {k for _, keys, _ in whole[:start] for k in keys}
-        assert len(set(log.read_text().split()) & before) < 6  # at most the rest of the batch `start` begins in
+        assert (
+            len(set(log.read_text().split()) & before) < 6
+        )  # at most the rest of the batch `start` begins in

@@ -33,10 +33,23 @@ def suite_runs(suite, monkeypatch: pytest.MonkeyPatch) -> tuple:
 
 def test_suite_writes_one_table_with_every_task(suite):
     exp, encoder_run, table = suite
-    assert list(table.task.unique()) == ["finetune", "probe", "lowshot", "zeroshot", "robustness"]  # registry order
+    assert list(table.task.unique()) == [
+        "finetune",
+        "probe",
+        "lowshot",
+        "zeroshot",
+        "robustness",
+    ]  # registry order
     saved = pd.read_csv(encoder_run.path / "transfer.csv")
-    assert len(saved) == len(table) and set(saved.columns) >= {"task", "dataset", "variant", "metric", "value",
-                                                              "draw", "run"}
+    assert len(saved) == len(table) and set(saved.columns) >= {
+        "task",
+        "dataset",
+        "variant",
+        "metric",
+        "value",
+        "draw",
+        "run",
+    }
     assert not table.duplicated(["task", "dataset", "variant", "metric", "draw"]).any()
     lines = summary(table)
     draws = lines.loc[(encoder_run.name, "lowshot", "synthetic", "5-shot", "top1"), "count"]
@@ -45,10 +58,15 @@ def test_suite_writes_one_table_with_every_task(suite):
 
 def test_rerun_skips_every_finished_task(suite_runs):
     exp, encoder_run, table = suite_runs
-    stamps = {run: (encoder_run.path.parent / run / "results.json").stat().st_mtime_ns for run in set(table.run)}
+    stamps = {
+        run: (encoder_run.path.parent / run / "results.json").stat().st_mtime_ns
+        for run in set(table.run)
+    }
     again = transfer_suite(exp, encoder_run)
     pd.testing.assert_frame_equal(again, table)
-    assert stamps == {run: (encoder_run.path.parent / run / "results.json").stat().st_mtime_ns for run in stamps}
+    assert stamps == {
+        run: (encoder_run.path.parent / run / "results.json").stat().st_mtime_ns for run in stamps
+    }
 
 
 def test_engine_scales_each_groups_lr_by_its_layer_decay(smoke):
@@ -57,11 +75,19 @@ def test_engine_scales_each_groups_lr_by_its_layer_decay(smoke):
     data = synthetic(64, 32)
     run = Run(smoke, "finetune", {"test": "layer decay"})
     batches = Batches(data.train_images.float(), data.train_labels, 32, torch.device("cpu"))
-    train(run, model, lambda m, x, y: nn.functional.cross_entropy(m(x), y), batches, config, torch.device("cpu"),
-          None, 0)
+    train(
+        run,
+        model,
+        lambda m, x, y: nn.functional.cross_entropy(m(x), y),
+        batches,
+        config,
+        torch.device("cpu"),
+        None,
+        0,
+    )
     groups = run.load(run.checkpoint.name)["optimizer"]["param_groups"]
     last_lr = max(g["lr"] for g in groups)
-    assert {round(g["lr"] / last_lr, 6) for g in groups} == {round(0.5 ** k, 6) for k in range(8)}
+    assert {round(g["lr"] / last_lr, 6) for g in groups} == {round(0.5**k, 6) for k in range(8)}
     assert all(g["lr"] == pytest.approx(last_lr * g["lr_scale"]) for g in groups)
 
 
@@ -86,15 +112,21 @@ def test_corruption_accuracy_falls_as_severity_rises(suite):
     clean = table.query("task == 'robustness' and variant == 'clean'")["value"].item()
     assert by_severity[5] < clean
     at = rob.pivot_table(index="corruption", columns="severity", values="value")
-    assert (at[5] < at[1]).any()  # a synthetic class is a colour pair: some corruptions cannot touch it
+    assert (
+        at[5] < at[1]
+    ).any()  # a synthetic class is a colour pair: some corruptions cannot touch it
     drop = table.query("task == 'robustness' and metric == 'drop'")["value"].item()
-    mean = table.query("task == 'robustness' and variant == 'mean' and metric == 'top1'")["value"].item()
+    mean = table.query("task == 'robustness' and variant == 'mean' and metric == 'top1'")[
+        "value"
+    ].item()
     assert drop == pytest.approx(clean - mean)
 
 
 def test_zeroshot_beats_chance_on_separable_synthetic_data(suite):
     _, _, table = suite
-    zero = table.query("task == 'zeroshot'").pivot_table(index="variant", columns="metric", values="value")
+    zero = table.query("task == 'zeroshot'").pivot_table(
+        index="variant", columns="metric", values="value"
+    )
     assert (zero["top1"] > 2 * zero["chance"]).all(), zero
     assert set(zero.index) == {"fine", "coarse"}
 
@@ -104,7 +136,9 @@ def test_lowshot_draws_exactly_k_per_class_and_draws_differ():
     for k in (1, 5, 10):
         picks = lowshot.draw_indices(data, k, seed=3)
         assert torch.bincount(data.train_labels[picks], minlength=10).tolist() == [k] * 10
-    assert set(lowshot.draw_indices(data, 1, 3).tolist()) <= set(lowshot.draw_indices(data, 5, 3).tolist())
+    assert set(lowshot.draw_indices(data, 1, 3).tolist()) <= set(
+        lowshot.draw_indices(data, 5, 3).tolist()
+    )
     assert not torch.equal(lowshot.draw_indices(data, 5, 1), lowshot.draw_indices(data, 5, 2))
 
 
@@ -130,10 +164,20 @@ def test_tokenizer_splits_hashtags_and_maps_unknown_words():
     assert tokenizer.vocab == ["apple", "aquarium", "daily", "fish"]
     ids = tokenizer(["a photo of a aquarium fish."], max_tokens=6)
     unknown = zeroshot.UNKNOWN
-    assert ids.tolist() == [[zeroshot.CLS, unknown, unknown, unknown, unknown, tokenizer.ids["aquarium"],
-                             tokenizer.ids["fish"]]]
-    assert tokenizer(["apple"], max_tokens=3).tolist() == [[zeroshot.CLS, tokenizer.ids["apple"], zeroshot.PAD,
-                                                             zeroshot.PAD]]
+    assert ids.tolist() == [
+        [
+            zeroshot.CLS,
+            unknown,
+            unknown,
+            unknown,
+            unknown,
+            tokenizer.ids["aquarium"],
+            tokenizer.ids["fish"],
+        ]
+    ]
+    assert tokenizer(["apple"], max_tokens=3).tolist() == [
+        [zeroshot.CLS, tokenizer.ids["apple"], zeroshot.PAD, zeroshot.PAD]
+    ]
 
 
 def test_outside_timm_checkpoint_runs_through_the_suite(tmp_path, smoke):
@@ -148,4 +192,6 @@ def test_outside_timm_checkpoint_runs_through_the_suite(tmp_path, smoke):
     finetune.load_encoder_from(run, model)
     x = torch.randn(2, 3, 32, 32)
     source.eval(), model.eval()
-    torch.testing.assert_close(model(x), source.forward_head(source.forward_features(x), pre_logits=True))
+    torch.testing.assert_close(
+        model(x), source.forward_head(source.forward_features(x), pre_logits=True)
+    )

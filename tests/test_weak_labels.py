@@ -16,7 +16,9 @@ def test_hashtags_are_noisy_long_tailed_and_seeded():
     assert stats["top10pct_tag_share"] > 0.3  # a few tags carry much of the mass
     assert ((tags.tags >= 0).sum(1) >= 1).all()  # nobody is left without a tag
     assert torch.equal(simulate(data, config).tags, tags.tags)
-    assert not torch.equal(simulate(data, TagsConfig(seed=1, p_true=0.7, noise_vocab=50)).tags, tags.tags)
+    assert not torch.equal(
+        simulate(data, TagsConfig(seed=1, p_true=0.7, noise_vocab=50)).tags, tags.tags
+    )
 
 
 def test_true_tag_is_the_class_name():
@@ -39,8 +41,10 @@ def test_rare_tags_weigh_their_repeat_factor_as_if_their_images_were_repeated():
 
     from studylib.stages.wsp import repeat_factors, wsp_loss
 
-    factors = repeat_factors(torch.tensor([50, 5, 1, 0]), 100, threshold=0.1)  # shares 0.5, 0.05, 0.01, 0
-    assert torch.allclose(factors[:3], torch.tensor([1.0, 2 ** 0.5, 10 ** 0.5])) and factors[3] > 1000
+    factors = repeat_factors(
+        torch.tensor([50, 5, 1, 0]), 100, threshold=0.1
+    )  # shares 0.5, 0.05, 0.01, 0
+    assert torch.allclose(factors[:3], torch.tensor([1.0, 2**0.5, 10**0.5])) and factors[3] > 1000
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
     images = torch.randn(3, 3, 2, 2)
@@ -55,7 +59,9 @@ def test_the_rare_tag_threshold_names_a_new_run_only_when_set():
     from studylib.stages import wsp
 
     plain = wsp.run_for(load_experiment("smoke"))
-    assert "rare_tag_threshold" not in plain.identity["wsp"]  # runs made before the setting keep their hashes
+    assert (
+        "rare_tag_threshold" not in plain.identity["wsp"]
+    )  # runs made before the setting keep their hashes
     assert wsp.run_for(load_experiment("smoke", ["wsp.rare_tag_threshold=0"])).hash == plain.hash
     resampled = wsp.run_for(load_experiment("smoke", ["wsp.rare_tag_threshold=0.01"]))
     assert resampled.hash != plain.hash and resampled.identity["wsp"]["rare_tag_threshold"] == 0.01

@@ -1,10 +1,10 @@
 """Full fine-tuning of a pretrained encoder on a labelled dataset, after MAE's recipe: AdamW with
-layer-wise lr decay, stochastic depth, label smoothing (not its mixup/cutmix, nor its global pooling:
-the class token is kept, as the encoder was pretrained with it).
+layer-wise lr decay, stochastic depth, label smoothing (not its mixup/cutmix, nor its global
+pooling: the class token is kept, as the encoder was pretrained with it).
 
-With `head_from_probe` (LP-FT, Kumar et al. 2022) the head starts as the converged linear probe of the
-same training images rather than at random: a few hundred steps from a random head first spend the
-encoder's features on fitting the head, and at this scale ended 3 to 9 points below the probe.
+With `head_from_probe` (LP-FT, Kumar et al. 2022) the head starts as the converged linear probe of
+the same training images rather than at random: a few hundred steps from a random head first spend
+the encoder's features on fitting the head, and at this scale ended 3 to 9 points below the probe.
 
 The fine-tuned classifier (model.pth) is also what the robustness task evaluates.
 """
@@ -29,29 +29,42 @@ from studylib.stages.probe import extract_features, fit_head, frozen_encoder, to
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     """The run folder of fine-tuning `encoder_run` on `dataset`."""
-    return Run(exp, "finetune", {"encoder": encoder_run.name, "data": data_identity(exp.data, dataset)})
+    return Run(
+        exp, "finetune", {"encoder": encoder_run.name, "data": data_identity(exp.data, dataset)}
+    )
 
 
 def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
     run = finetune(exp, encoder_run, dataset)
     results = run.results()
-    return [{"dataset": dataset, "metric": metric, "value": results[metric], "run": run.name}
-            for metric in ("top1", "steps") if metric in results]
+    return [
+        {"dataset": dataset, "metric": metric, "value": results[metric], "run": run.name}
+        for metric in ("top1", "steps")
+        if metric in results
+    ]
 
 
-def classifier_top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-         dtype: torch.dtype | None) -> float:
+def classifier_top1(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> float:
     """Top-1 accuracy (%) of a classifier on uint8 `images`."""
     return top1(extract_features(model, images, device, dtype), labels)
 
 
 def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
-    """Fine-tune every weight of `encoder_run`'s encoder with a new head on `dataset`; top-1 on its test set."""
+    """Fine-tune every weight of `encoder_run`'s encoder with a new head on `dataset`; top-1 on its
+    test set."""
     config = exp.transfer.finetune
     run = run_for(exp, encoder_run, dataset)
 
     def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(model(images).float(), labels, label_smoothing=config.label_smoothing)
+        return nn.functional.cross_entropy(
+            model(images).float(), labels, label_smoothing=config.label_smoothing
+        )
 
     def make_results() -> dict:
         data = load_dataset(dataset, exp.data)
@@ -65,19 +78,34 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
         load_encoder_from(encoder_run, model)
         if config.head_from_probe:
             features = extract_features(frozen_encoder(exp, encoder_run), images, device, dtype)
-            head, _ = fit_head(features, labels.to(device), data.num_classes, exp.probe, exp.data.subset_seed)
+            head, _ = fit_head(
+                features, labels.to(device), data.num_classes, exp.probe, exp.data.subset_seed
+            )
             model.head.load_state_dict(head.state_dict())
         transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], config.crop_min)
         batches = Batches(images, labels, config.batch_size, device, transform)
         epochs = max(config.epochs, math.ceil(config.min_steps / len(batches)))
-        summary = train(run, model, loss, batches, dataclasses.replace(config, epochs=epochs), device, dtype,
-                        exp.seed)
+        summary = train(
+            run,
+            model,
+            loss,
+            batches,
+            dataclasses.replace(config, epochs=epochs),
+            device,
+            dtype,
+            exp.seed,
+        )
         state = full_state(model)  # on every rank: FSDP2's shards are gathered
         if is_main():
             run.save("model.pth", state)
-        return {**summary, "top1": classifier_top1(model, data.test_images, data.test_labels, device, dtype),
-                "dataset": dataset, "encoder": encoder_run.name, "train_images": len(images),
-                "steps": epochs * len(batches)}
+        return {
+            **summary,
+            "top1": classifier_top1(model, data.test_images, data.test_labels, device, dtype),
+            "dataset": dataset,
+            "encoder": encoder_run.name,
+            "train_images": len(images),
+            "steps": epochs * len(batches),
+        }
 
     return train_once(run, make_results)
 
@@ -86,7 +114,9 @@ def load_finetuned(exp: Experiment, run: Run, num_classes: int) -> nn.Module:
     """The classifier a finished fine-tuning run saved."""
     state = run.load("model.pth")
     if state is None:
-        raise RunFolderError(f"{run.path / 'model.pth'}: missing or corrupt; delete {run.path} to fine-tune again")
+        raise RunFolderError(
+            f"{run.path / 'model.pth'}: missing or corrupt; delete {run.path} to fine-tune again"
+        )
     model = vit(exp.model, num_classes=num_classes)
     model.load_state_dict(state)
     return model

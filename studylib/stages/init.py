@@ -1,5 +1,5 @@
-"""A randomly initialised encoder (timm's ViT init, seeded by `seed`), saved as it is: the random-init
-arm, the floor every pretraining should clear."""
+"""A randomly initialised encoder (timm's ViT init, seeded by `seed`), saved as it is: the
+random-init arm, the floor every pretraining should clear."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Low-shot transfer: k labelled images per class (k in transfer.lowshot.shots), several random draws,
-a logistic regression on frozen features, top-1 on the whole test set.
+"""Low-shot transfer: k labelled images per class (k in transfer.lowshot.shots), several random
+draws, a logistic regression on frozen features, top-1 on the whole test set.
 
-The classifier is the linear probe's (studylib.stages.probe.fit_logistic), solved to convergence on the
-full (tiny) training set with the fixed L2 strength transfer.lowshot.weight_decay: with 1 example per
-class there is nothing to hold out for choosing it.
+The classifier is the linear probe's (studylib.stages.probe.fit_logistic), solved to convergence on
+the full (tiny) training set with the fixed L2 strength transfer.lowshot.weight_decay: with 1
+example per class there is nothing to hold out for choosing it.
 """
 
 from __future__ import annotations
@@ -34,18 +34,31 @@ def normalise(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
-    return Run(exp, "lowshot", {"encoder": encoder_run.name, "data": data_identity(exp.data, dataset)})
+    return Run(
+        exp, "lowshot", {"encoder": encoder_run.name, "data": data_identity(exp.data, dataset)}
+    )
 
 
 def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
     """Top-1 of every draw of every k, each row with its draw's seed."""
     run = lowshot(exp, encoder_run, dataset)
-    return [{"dataset": dataset, "variant": f"{k}-shot", "metric": "top1", "value": a, "draw": draw_seed(exp, d),
-             "run": run.name} for k, accuracies in run.results()["top1"].items() for d, a in enumerate(accuracies)]
+    return [
+        {
+            "dataset": dataset,
+            "variant": f"{k}-shot",
+            "metric": "top1",
+            "value": a,
+            "draw": draw_seed(exp, d),
+            "run": run.name,
+        }
+        for k, accuracies in run.results()["top1"].items()
+        for d, a in enumerate(accuracies)
+    ]
 
 
 def lowshot(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
-    """Top-1 for every k in shots and every draw; results hold the list per k and its mean and std."""
+    """Top-1 for every k in shots and every draw; results hold the list per k and its mean and
+    std."""
     config = exp.transfer.lowshot
     run = run_for(exp, encoder_run, dataset)
 
@@ -53,7 +66,11 @@ def lowshot(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
         data = load_dataset(dataset, exp.data)
         device, dtype = device_and_dtype(exp)
         encoder = frozen_encoder(exp, encoder_run)
-        picks = {(k, d): draw_indices(data, k, draw_seed(exp, d)) for k in config.shots for d in range(config.draws)}
+        picks = {
+            (k, d): draw_indices(data, k, draw_seed(exp, d))
+            for k in config.shots
+            for d in range(config.draws)
+        }
         needed = torch.cat(list(picks.values())).unique()  # sorted: extract each image once
         features = extract_features(encoder, data.train_images[needed], device, dtype)
         test = extract_features(encoder, data.test_images, device, dtype)
@@ -69,7 +86,9 @@ def lowshot(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
                     accuracies.append(top1(head(normalise(test, mean)), data.test_labels))
             results["top1"][str(k)] = accuracies
             results[f"top1_{k}shot_mean"] = statistics.mean(accuracies)
-            results[f"top1_{k}shot_std"] = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+            results[f"top1_{k}shot_std"] = (
+                statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+            )
         return results
 
     return train_once(run, make_results)

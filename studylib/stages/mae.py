@@ -17,7 +17,9 @@ from studylib.runs import Run, save_encoder, train_once
 
 def build(exp: Experiment) -> MAE:
     c = exp.mae
-    model = MAE(exp.model, c.mask_ratio, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.norm_pix_loss)
+    model = MAE(
+        exp.model, c.mask_ratio, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.norm_pix_loss
+    )
     model.ranks = (distributed.rank(), distributed.world_size())
     return model
 
@@ -48,50 +50,73 @@ def pretrain(exp: Experiment) -> Run:
             batches = pool.batches(exp, exp.mae, device, fraction=exp.mae.data_fraction)
         else:
             data = pool.images(exp, *image_source(exp))
-            batches = Batches(data.train_images, data.train_labels, exp.mae.batch_size, device,
-                              ImageTransform(img_size, exp.mae.crop_min), images_per_epoch=exp.mae.epoch_images)
+            batches = Batches(
+                data.train_images,
+                data.train_labels,
+                exp.mae.batch_size,
+                device,
+                ImageTransform(img_size, exp.mae.crop_min),
+                images_per_epoch=exp.mae.epoch_images,
+            )
         torch.manual_seed(exp.seed)
         model = build(exp)
         forward = count_flops(model, img_size)  # before training: FSDP2 shards the model in place
         summary = train(run, model, mae_loss, batches, exp.mae, device, dtype, exp.seed)
         save_encoder(run, model.encoder)
-        if is_main() and data is not None and len(data.test_images):  # TensorBoard: originals, masked, reconstructed
+        if (
+            is_main() and data is not None and len(data.test_images)
+        ):  # TensorBoard: originals, masked, reconstructed
             shown = reconstruct(model.cpu(), data.test_images[:8], exp)
             with tensorboard_writer(run) as writer:
-                writer.add_images("mae/original, masked, reconstruction", np.concatenate(list(shown.values())),
-                                  summary["epochs"], dataformats="NHWC")
+                writer.add_images(
+                    "mae/original, masked, reconstruction",
+                    np.concatenate(list(shown.values())),
+                    summary["epochs"],
+                    dataformats="NHWC",
+                )
         return {**summary, "train_flops": train_flops(forward, summary["images_seen"])}
 
     return train_once(run, make_results)
 
 
 def reconstructions(exp: Experiment, mae_run: Run, count: int = 8) -> dict[str, np.ndarray]:
-    """`count` test images of MAE's data, masked and reconstructed by the finished `mae_run` (see reconstruct)."""
+    """`count` test images of MAE's data, masked and reconstructed by the finished `mae_run` (see
+    reconstruct)."""
     model = build(exp)
     state = mae_run.load(mae_run.checkpoint.name)
     if state is None:
-        raise RunFolderError(f"{mae_run.checkpoint}: missing (a run with sharded checkpoints has checkpoint.dcp/ "
-                             "instead); allowed for the reconstructions: mae.checkpoint_format whole")
+        raise RunFolderError(
+            f"{mae_run.checkpoint}: missing (a run with sharded checkpoints has checkpoint.dcp/ "
+            "instead); allowed for the reconstructions: mae.checkpoint_format whole"
+        )
     model.load_state_dict(state["model"])
     return reconstruct(model, pool.images(exp, *image_source(exp)).test_images[:count], exp)
 
 
 @torch.no_grad()
 def reconstruct(model: MAE, test_images: torch.Tensor, exp: Experiment) -> dict[str, np.ndarray]:
-    """uint8 `test_images`, their masked versions and MAE's reconstructions (visible patches pasted back),
-    as uint8 (count, H, W, 3) arrays; the mask is drawn from exp.seed."""
+    """uint8 `test_images`, their masked versions and MAE's reconstructions (visible patches pasted
+    back), as uint8 (count, H, W, 3) arrays; the mask is drawn from exp.seed."""
     model.eval()
     x = ImageTransform(VIT_SIZES[exp.model]["img_size"])(test_images)
     torch.manual_seed(exp.seed)
     _, pred, mask = model(x)
     target = patchify(x, model.patch)
-    if model.norm_pix_loss:  # predictions are per-patch normalised: give them each patch's own statistics
+    if (
+        model.norm_pix_loss
+    ):  # predictions are per-patch normalised: give them each patch's own statistics
         pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
     hidden = mask.unsqueeze(-1).bool()
-    out = {"original": x, "masked": _unpatches(torch.where(hidden, 0.0, target), model.patch, x),
-           "reconstruction": _unpatches(torch.where(hidden, pred, target), model.patch, x)}
+    out = {
+        "original": x,
+        "masked": _unpatches(torch.where(hidden, 0.0, target), model.patch, x),
+        "reconstruction": _unpatches(torch.where(hidden, pred, target), model.patch, x),
+    }
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-    return {k: ((v * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy() for k, v in out.items()}
+    return {
+        k: ((v * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        for k, v in out.items()
+    }
 
 
 def _unpatches(patches: torch.Tensor, patch: int, like: torch.Tensor) -> torch.Tensor:

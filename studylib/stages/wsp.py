@@ -1,12 +1,13 @@
-"""Weakly-supervised pretraining on hashtags, from random init or from an MAE encoder: simulated ones on an
-in-memory pool, the images' own tags on a streamed pool (its data.tag_vocabulary most frequent tags; an image
-folder's tag is the image's class).
+"""Weakly-supervised pretraining on hashtags, from random init or from an MAE encoder: simulated
+ones on an in-memory pool, the images' own tags on a streamed pool (its data.tag_vocabulary most
+frequent tags; an image folder's tag is the image's class).
 
 The head predicts the whole tag vocabulary; the loss is softmax cross-entropy against the image's
-multi-hot tags normalised to sum 1, as in the paper. With wsp.rare_tag_threshold, images with rare tags weigh
-more (SWAG's resampling of rare tags, as a loss weight: LVIS's repeat factor of the image's rarest tag, the
-batch's weights normalised to sum one, so a batch counts an image about as often as repeating it would; with
-several ranks or accumulation slices, each normalises its own share).
+multi-hot tags normalised to sum 1, as in the paper. With wsp.rare_tag_threshold, images with rare
+tags weigh more (SWAG's resampling of rare tags, as a loss weight: LVIS's repeat factor of the
+image's rarest tag, the batch's weights normalised to sum one, so a batch counts an image about as
+often as repeating it would; with several ranks or accumulation slices, each normalises its own
+share).
 """
 
 from __future__ import annotations
@@ -25,10 +26,15 @@ from studylib.runs import Run, load_encoder_from, save_encoder, train_once
 from studylib.weak_labels import multi_hot, simulate
 
 
-def wsp_loss(model: torch.nn.Module, images: torch.Tensor, tags: torch.Tensor,
-             tag_repeats: torch.Tensor | None = None) -> torch.Tensor:
-    """The batch's mean cross-entropy; with `tag_repeats` (a repeat factor per tag, repeat_factors), a mean
-    weighted by each image's largest factor over its tags (the batch's weights summing to one)."""
+def wsp_loss(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    tags: torch.Tensor,
+    tag_repeats: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The batch's mean cross-entropy; with `tag_repeats` (a repeat factor per tag, repeat_factors),
+    a mean weighted by each image's largest factor over its tags (the batch's weights summing to
+    one)."""
     logits = model(images).float()
     targets = multi_hot(tags, logits.shape[1])
     per_image = -(targets * logits.log_softmax(dim=1)).sum(dim=1)
@@ -39,7 +45,8 @@ def wsp_loss(model: torch.nn.Module, images: torch.Tensor, tags: torch.Tensor,
 
 
 def repeat_factors(counts: torch.Tensor, images: int, threshold: float) -> torch.Tensor:
-    """LVIS's repeat factor of each tag, max(1, sqrt(threshold / f)), f = counts / images its share of the images."""
+    """LVIS's repeat factor of each tag, max(1, sqrt(threshold / f)), f = counts / images its share
+    of the images."""
     return (threshold / (counts.double() / images).clamp(min=1e-12)).sqrt().clamp(min=1.0).float()
 
 
@@ -67,13 +74,22 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
             data = pool.images(exp)
             hashtags = simulate(data, exp.tags)
             vocab, images = hashtags.vocab, len(hashtags.tags)
-            batches = Batches(data.train_images, hashtags.tags, exp.wsp.batch_size, device,
-                              ImageTransform(img_size, exp.wsp.crop_min))
-            carried = torch.bincount(hashtags.tags[hashtags.tags >= 0], minlength=len(vocab))  # an image's tags differ
+            batches = Batches(
+                data.train_images,
+                hashtags.tags,
+                exp.wsp.batch_size,
+                device,
+                ImageTransform(img_size, exp.wsp.crop_min),
+            )
+            carried = torch.bincount(
+                hashtags.tags[hashtags.tags >= 0], minlength=len(vocab)
+            )  # an image's tags differ
         loss = wsp_loss
         if exp.wsp.rare_tag_threshold:
-            loss = functools.partial(wsp_loss, tag_repeats=repeat_factors(carried, images,
-                                                                          exp.wsp.rare_tag_threshold).to(device))
+            loss = functools.partial(
+                wsp_loss,
+                tag_repeats=repeat_factors(carried, images, exp.wsp.rare_tag_threshold).to(device),
+            )
         torch.manual_seed(exp.seed)
         model = vit(exp.model, num_classes=len(vocab))
         if init is not None:
@@ -81,8 +97,15 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
         forward = count_flops(model, img_size)  # before training: FSDP2 shards the model in place
         summary = train(run, model, loss, batches, exp.wsp, device, dtype, exp.seed)
         save_encoder(run, model)
-        streamed = {"skipped_samples": len(batches.stream.skipped)} if folder else {}  # in the last epoch
-        return {**summary, "init": run.identity["init"], "vocab_size": len(vocab), **streamed,
-                "train_flops": train_flops(forward, summary["images_seen"])}
+        streamed = (
+            {"skipped_samples": len(batches.stream.skipped)} if folder else {}
+        )  # in the last epoch
+        return {
+            **summary,
+            "init": run.identity["init"],
+            "vocab_size": len(vocab),
+            **streamed,
+            "train_flops": train_flops(forward, summary["images_seen"]),
+        }
 
     return train_once(run, make_results)

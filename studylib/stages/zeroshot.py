@@ -5,11 +5,12 @@ map each pretraining image's hashtag caption next to the image's features, with 
 symmetric contrastive loss and a learnable temperature. Zero-shot classification then embeds
 class names in a few prompt templates and picks the nearest class for each test image.
 
-On a streamed pool (shards, or an image folder with data.stream) the captions are the images' own tags: one pass
-over the pool (centre crops, each rank its shards, the stream's drop policy) gives the features and captions, and
-zero-shot top-1 is measured on the test set of the first probe dataset (data.probe), whose name the run's identity
-then holds. In a job of several tasks each rank contrasts its own share of the batch (no all-gather), so the
-negatives per image are batch_size / tasks.
+On a streamed pool (shards, or an image folder with data.stream) the captions are the images' own
+tags: one pass over the pool (centre crops, each rank its shards, the stream's drop policy) gives
+the features and captions, and zero-shot top-1 is measured on the test set of the first probe
+dataset (data.probe), whose name the run's identity then holds. In a job of several tasks each rank
+contrasts its own share of the batch (no all-gather), so the negatives per image are batch_size /
+tasks.
 """
 
 from __future__ import annotations
@@ -66,8 +67,15 @@ class TextTower(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, config.text_dim, padding_idx=PAD)
         self.pos_embed = nn.Parameter(torch.randn(1, config.max_tokens + 1, config.text_dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(config.text_dim, config.text_heads, 4 * config.text_dim, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            config.text_dim,
+            config.text_heads,
+            4 * config.text_dim,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.blocks = nn.TransformerEncoder(layer, config.text_depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.text_dim)
         self.proj = nn.Linear(config.text_dim, out_dim)
@@ -79,14 +87,18 @@ class TextTower(nn.Module):
         return nn.functional.normalize(self.proj(self.norm(x[:, 0])).float(), dim=-1)
 
 
-def contrastive_loss(tower: nn.Module, image_features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    tower: nn.Module, image_features: torch.Tensor, tokens: torch.Tensor
+) -> torch.Tensor:
     """Symmetric cross-entropy over the batch's image-caption similarities (CLIP)."""
     text = tower(tokens)
     image = nn.functional.normalize(image_features.float(), dim=-1)
     scale = (tower.module if hasattr(tower, "module") else tower).logit_scale.exp().clamp(max=100)
     logits = scale * image @ text.T
     target = torch.arange(len(logits), device=logits.device)
-    return (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
+    return (
+        nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)
+    ) / 2
 
 
 def class_names(data: ImageDataset, level: str) -> list[str]:
@@ -95,12 +107,20 @@ def class_names(data: ImageDataset, level: str) -> list[str]:
 
 
 @torch.no_grad()
-def zeroshot_weights(tower: TextTower, tokenizer: Tokenizer, names: list[str], config: ZeroShotConfig,
-                      device: torch.device) -> torch.Tensor:
-    """(classes, dim) text embeddings, averaged over the prompt templates (CLIP's prompt ensemble)."""
+def zeroshot_weights(
+    tower: TextTower,
+    tokenizer: Tokenizer,
+    names: list[str],
+    config: ZeroShotConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """(classes, dim) text embeddings, averaged over the prompt templates (CLIP's prompt
+    ensemble)."""
     tower.eval()
-    per_template = [tower(tokenizer([t.format(n) for n in names], config.max_tokens).to(device))
-                    for t in config.templates]
+    per_template = [
+        tower(tokenizer([t.format(n) for n in names], config.max_tokens).to(device))
+        for t in config.templates
+    ]
     return nn.functional.normalize(torch.stack(per_template).mean(0), dim=-1)
 
 
@@ -112,9 +132,11 @@ def run_for(exp: Experiment, encoder_run: Run) -> Run:
 
 
 @torch.no_grad()
-def pool_features(exp: Experiment, encoder: nn.Module, device: torch.device,
-                  dtype: torch.dtype | None) -> tuple[torch.Tensor, list[str]]:
-    """A streamed pool's image features and tag captions, every rank's share gathered in rank order."""
+def pool_features(
+    exp: Experiment, encoder: nn.Module, device: torch.device, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, list[str]]:
+    """A streamed pool's image features and tag captions, every rank's share gathered in rank
+    order."""
     encoder.to(device).eval()
     stream = pool.samples(exp, 64)
     normalise, features, captions = ImageTransform(VIT_SIZES[exp.model]["img_size"]), [], []
@@ -122,24 +144,39 @@ def pool_features(exp: Experiment, encoder: nn.Module, device: torch.device,
         features.append(forward(encoder, normalise(images.to(device)), device, dtype))
         captions += [" ".join(sample) for sample in tags]
     if not features:
-        raise DataError(f"{stream.folder}: fewer than 64 images a rank; allowed: a pool of at least 64 images a rank")
+        raise DataError(
+            f"{stream.folder}: fewer than 64 images a rank; allowed: a pool of at least 64 images "
+            "a rank"
+        )
     mine = torch.cat(features)
-    return distributed.gather_rows(mine, [len(mine)] * distributed.world_size()), distributed.gather_objects(captions)
+    return distributed.gather_rows(
+        mine, [len(mine)] * distributed.world_size()
+    ), distributed.gather_objects(captions)
 
 
 def rows(exp: Experiment, encoder_run: Run, _dataset: None = None) -> list[dict]:
-    """Top-1 and chance with fine and (where there are) coarse class names, on the pool's test set."""
+    """Top-1 and chance with fine and (where there are) coarse class names, on the pool's test
+    set."""
     run = zeroshot(exp, encoder_run)
     result = run.results()
-    return [{"dataset": result["dataset"], "variant": level, "metric": metric, "value": result[f"{metric}_{level}"],
-             "run": run.name} for level in ("fine", "coarse") if f"top1_{level}" in result
-            for metric in ("top1", "chance")]
+    return [
+        {
+            "dataset": result["dataset"],
+            "variant": level,
+            "metric": metric,
+            "value": result[f"{metric}_{level}"],
+            "run": run.name,
+        }
+        for level in ("fine", "coarse")
+        if f"top1_{level}" in result
+        for metric in ("top1", "chance")
+    ]
 
 
 def zeroshot(exp: Experiment, encoder_run: Run) -> Run:
-    """Train a text tower against `encoder_run`'s frozen image features on the pool's hashtag captions,
-    then zero-shot top-1 on the pool dataset's test set (a streamed pool: the first probe dataset's) with fine
-    and (where it has them) coarse names."""
+    """Train a text tower against `encoder_run`'s frozen image features on the pool's hashtag
+    captions, then zero-shot top-1 on the pool dataset's test set (a streamed pool: the first probe
+    dataset's) with fine and (where it has them) coarse names."""
     config = exp.transfer.zeroshot
     run = run_for(exp, encoder_run)
 
@@ -156,11 +193,20 @@ def zeroshot(exp: Experiment, encoder_run: Run) -> Run:
         tokenizer = Tokenizer(captions)
         torch.manual_seed(exp.seed)
         tower = TextTower(len(tokenizer), config, encoder.embed_dim)
-        batches = Batches(image_features, tokenizer(captions, config.max_tokens), config.batch_size, device)
+        batches = Batches(
+            image_features, tokenizer(captions, config.max_tokens), config.batch_size, device
+        )
         summary = train(run, tower, contrastive_loss, batches, config, device, dtype, exp.seed)
-        test = nn.functional.normalize(extract_features(encoder, data.test_images, device, dtype), dim=-1)
-        results = {**summary, "dataset": data.name, "encoder": encoder_run.name, "text_vocab": len(tokenizer),
-                   "temperature": 1 / tower.logit_scale.exp().item()}
+        test = nn.functional.normalize(
+            extract_features(encoder, data.test_images, device, dtype), dim=-1
+        )
+        results = {
+            **summary,
+            "dataset": data.name,
+            "encoder": encoder_run.name,
+            "text_vocab": len(tokenizer),
+            "temperature": 1 / tower.logit_scale.exp().item(),
+        }
         for level in ("fine", "coarse"):
             names = class_names(data, level)
             if not names:
