@@ -157,8 +157,7 @@ def main() -> None:
     if "bf16" in peaks and device.type == "cpu" and not native_bf16():
         print(
             "note: this CPU has neither AMX nor avx512_bf16; torch emulates bf16, so its bf16 "
-            "'peak' and MFU are "
-            "not comparable with fp32's"
+            "'peak' and MFU are not comparable with fp32's"
         )
 
     rows = []
@@ -203,8 +202,7 @@ def main() -> None:
                 )
                 print(
                     f"{model_name:6s} {step_name:10s} {precision:5s} {args.batch:5d} "
-                    f"{args.batch / seconds:9.0f} "
-                    f"{mfu:6.1%}",
+                    f"{args.batch / seconds:9.0f} {mfu:6.1%}",
                     flush=True,
                 )
             del steps
@@ -218,8 +216,7 @@ def main() -> None:
     fastest = max(r["images_per_s"] for r in rows)
     print(
         f"data pipeline (crop + flip + normalise, 32 px): {pipeline:,.0f} img/s = "
-        f"{pipeline / fastest:.0f}x the "
-        f"fastest step"
+        f"{pipeline / fastest:.0f}x the fastest step"
     )
     if args.out:
         with open(args.out, "w") as f:

@@ -275,8 +275,7 @@ def act_on_preemption() -> None:
     handler = _preemption["handler"]
     print(
         f"preempted (signal {signal.Signals(number).name}): checkpoint written, handing over to "
-        "the job's "
-        "handler",
+        "the job's handler",
         flush=True,
     )
     if callable(handler):

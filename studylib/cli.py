@@ -233,8 +233,7 @@ def cmd_findings(args: argparse.Namespace) -> None:
         if key != "cpu":
             raise ConfigError(
                 "--readme: the README's findings come from the cpu preset's own results, not "
-                f"{key!r}; "
-                "allowed: --preset cpu without result-changing --set"
+                f"{key!r}; allowed: --preset cpu without result-changing --set"
             )
         if not (results_dir(key) / "default.csv").exists():
             raise ConfigError(
@@ -375,31 +374,34 @@ EXAMPLES = {
 }
 
 
+COMMANDS = (
+    ("study", cmd_study, "run a study (default: the default study)"),
+    ("notebooks", cmd_notebooks, "run the study notebooks in batch with papermill"),
+    ("transfer", cmd_transfer, "run the transfer suite"),
+    ("figures", cmd_figures, "make every figure from the results"),
+    ("submit", cmd_submit, "submit a job through submitit and watch it"),
+    ("config", cmd_config, "print the resolved configuration"),
+    ("findings", cmd_findings, "check the paper's claims against the results"),
+    ("plan", cmd_plan, "seeds each claim needs, from the pilot seeds' results"),
+    ("export", cmd_export, "a run's encoder for timm and the Hugging Face Hub"),
+    ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
+    ("tags", cmd_tags, "print hashtag statistics"),
+    (
+        "shards",
+        cmd_shards,
+        "write the pool with its hashtags as WebDataset shards, or index a folder of tars",
+    ),
+    ("models", cmd_models, "print model sizes"),
+)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="studylib", description=__doc__.split("\n")[0])
     root.add_argument(
         "--version", nargs=0, action=_Version, help="show the version and the checkout's commit"
     )
     sub = root.add_subparsers(dest="command", required=True)
-    for name, func, text in (
-        ("study", cmd_study, "run a study (default: the default study)"),
-        ("notebooks", cmd_notebooks, "run the study notebooks in batch with papermill"),
-        ("transfer", cmd_transfer, "run the transfer suite"),
-        ("figures", cmd_figures, "make every figure from the results"),
-        ("submit", cmd_submit, "submit a job through submitit and watch it"),
-        ("config", cmd_config, "print the resolved configuration"),
-        ("findings", cmd_findings, "check the paper's claims against the results"),
-        ("plan", cmd_plan, "seeds each claim needs, from the pilot seeds' results"),
-        ("export", cmd_export, "a run's encoder for timm and the Hugging Face Hub"),
-        ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
-        ("tags", cmd_tags, "print hashtag statistics"),
-        (
-            "shards",
-            cmd_shards,
-            "write the pool with its hashtags as WebDataset shards, or index a folder of tars",
-        ),
-        ("models", cmd_models, "print model sizes"),
-    ):
+    for name, func, text in COMMANDS:
         p = sub.add_parser(
             name,
             help=text,
@@ -408,79 +410,94 @@ def parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(func=func)
-        if name == "study":
-            p.add_argument(
-                "name", nargs="?", default="default", help=f"one of {list(registry.STUDIES)}"
-            )
-        if name == "notebooks":
-            p.add_argument(
-                "--only", nargs="+", default=[], metavar="NAME", help="only these notebooks"
-            )
-            p.add_argument(
-                "--executor",
-                default="local",
-                help="where each notebook's job runs (default: local)",
-            )
-            p.add_argument(
-                "--out",
-                help="folder of the executed copies (default: $STUDYLIB_OUTPUT/notebooks/PRESET, "
-                "STUDYLIB_OUTPUT defaulting to <repo>/output)",
-            )
-        if name == "transfer":
-            p.add_argument(
-                "--arm",
-                dest="arms",
-                nargs="+",
-                default=list(registry.STUDIES["transfer"].arms),
-                metavar="ARM",
-                help=f"arms whose encoders to evaluate, of {list(registry.ARMS)} "
-                f"(default: {' '.join(registry.STUDIES['transfer'].arms)})",
-            )
-            p.add_argument(
-                "--checkpoint", help="an outside checkpoint file (timm, MAE or MAWS weights)"
-            )
-            p.add_argument("--layout", default="auto", help="its layout: auto, timm, mae or maws")
-        if name == "submit":
-            p.add_argument(
-                "target",
-                nargs="?",
-                default="default",
-                help=f"what the job runs: a study or an arm, one of {list(registry.targets())} "
-                "(default: default)",
-            )
-            p.add_argument("--no-wait", action="store_true", help="submit and return")
-        if name == "export":
-            p.add_argument(
-                "run",
-                help="a finished init, mae or wsp run: its folder, or its name under the "
-                "preset's runs",
-            )
-            p.add_argument(
-                "--out",
-                required=True,
-                help="a new or empty folder for model.safetensors, config.json and README.md",
-            )
-        if name == "shards":
-            which = p.add_mutually_exclusive_group(required=True)
-            which.add_argument("--out", help="a new folder for 00000.tar, ... and shards.json")
-            which.add_argument(
-                "--index",
-                metavar="FOLDER",
-                help="a folder of tars (img2dataset's output): write its "
-                "shards.json, each tar's samples counted",
-            )
-            p.add_argument(
-                "--per-shard", type=int, default=1000, help="samples per shard (default: 1000)"
-            )
-            p.add_argument(
-                "--max-size",
-                type=int,
-                default=0,
-                help="resize to this short side where larger, aspect "
-                "kept, as img2dataset does (default: 0, keep)",
-            )
+        if name in OWN_ARGUMENTS:
+            OWN_ARGUMENTS[name](p)
         _shared_arguments(p, name)
     return root
+
+
+def _study_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", default="default", help=f"one of {list(registry.STUDIES)}")
+
+
+def _notebooks_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", nargs="+", default=[], metavar="NAME", help="only these notebooks")
+    p.add_argument(
+        "--executor",
+        default="local",
+        help="where each notebook's job runs (default: local)",
+    )
+    p.add_argument(
+        "--out",
+        help="folder of the executed copies (default: $STUDYLIB_OUTPUT/notebooks/PRESET, "
+        "STUDYLIB_OUTPUT defaulting to <repo>/output)",
+    )
+
+
+def _transfer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--arm",
+        dest="arms",
+        nargs="+",
+        default=list(registry.STUDIES["transfer"].arms),
+        metavar="ARM",
+        help=f"arms whose encoders to evaluate, of {list(registry.ARMS)} "
+        f"(default: {' '.join(registry.STUDIES['transfer'].arms)})",
+    )
+    p.add_argument("--checkpoint", help="an outside checkpoint file (timm, MAE or MAWS weights)")
+    p.add_argument("--layout", default="auto", help="its layout: auto, timm, mae or maws")
+
+
+def _submit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "target",
+        nargs="?",
+        default="default",
+        help=f"what the job runs: a study or an arm, one of {list(registry.targets())} "
+        "(default: default)",
+    )
+    p.add_argument("--no-wait", action="store_true", help="submit and return")
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "run",
+        help="a finished init, mae or wsp run: its folder, or its name under the preset's runs",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="a new or empty folder for model.safetensors, config.json and README.md",
+    )
+
+
+def _shards_arguments(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--out", help="a new folder for 00000.tar, ... and shards.json")
+    which.add_argument(
+        "--index",
+        metavar="FOLDER",
+        help="a folder of tars (img2dataset's output): write its "
+        "shards.json, each tar's samples counted",
+    )
+    p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
+    p.add_argument(
+        "--max-size",
+        type=int,
+        default=0,
+        help="resize to this short side where larger, aspect "
+        "kept, as img2dataset does (default: 0, keep)",
+    )
+
+
+OWN_ARGUMENTS = {
+    "study": _study_arguments,
+    "notebooks": _notebooks_arguments,
+    "transfer": _transfer_arguments,
+    "submit": _submit_arguments,
+    "export": _export_arguments,
+    "shards": _shards_arguments,
+}
 
 
 def _shared_arguments(p: argparse.ArgumentParser, name: str) -> None:
@@ -547,9 +564,8 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         print(
-            "studylib: interrupted: stopped; every finished epoch is in its run's checkpoint, and "
-            "the same "
-            "command resumes",
+            "studylib: interrupted: stopped; every finished epoch is in its run's checkpoint, "
+            "and the same command resumes",
             file=sys.stderr,
         )
         return 130

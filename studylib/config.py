@@ -644,6 +644,43 @@ def load_experiment(
     """The validated Experiment of `preset` in `config_file`, with `overrides` ('key=value') on
     top."""
     path = Path(config_file) if config_file is not None else DEFAULT_CONFIG_FILE
+    presets = _read_presets(path, preset)
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    _merge(values, origins, presets[preset] or {}, f"{path}: presets.{preset}")
+    own = _build(Experiment, values, origins, prefix="")
+    set_by_override = set()
+    for text in overrides:
+        key, value = parse_override(text)
+        set_by_override.add(key)
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        _merge(values, origins, nested, "override")
+    exp = _build(Experiment, values, origins, prefix="")
+    if "seed" in set_by_override:
+        _run_the_seed(exp, seeds_set="studies.seeds" in set_by_override)
+    _check_together(exp, origins)
+    exp.preset = preset
+    mine, theirs = _flatten(result_settings(exp)), _flatten(result_settings(own))
+    exp.overrides = {k: v for k, v in mine.items() if theirs.get(k) != v}
+    return exp
+
+
+def _run_the_seed(exp: Experiment, seeds_set: bool) -> None:
+    """A seed asked for on the command line is the seed the studies run."""
+    if not seeds_set:
+        exp.studies.seeds = [exp.seed]
+        exp.studies.pilot_seeds = [s for s in exp.studies.pilot_seeds if s != exp.seed]
+    elif exp.seed not in exp.studies.seeds:
+        raise ConfigError(
+            f"override seed: {exp.seed} is not among studies.seeds {exp.studies.seeds}, "
+            "which the studies run; allowed: one of them, or leave seed out"
+        )
+
+
+def _read_presets(path: Path, preset: str) -> dict[str, Any]:
+    """The `presets` mapping of the config file at `path`, which must hold `preset`."""
     try:
         document = _yaml(path.read_text(encoding="utf-8"))
     except OSError as err:
@@ -672,8 +709,8 @@ def load_experiment(
     bad = [name for name in presets if not PRESET_NAME.fullmatch(str(name))]
     if bad:
         raise ConfigError(
-            f"{path}: preset name {shown(bad[0])} is not allowed; must be letters, digits, '_' and "
-            "'-'"
+            f"{path}: preset name {shown(bad[0])} is not allowed; "
+            "must be letters, digits, '_' and '-'"
         )
     unknown_top = set(document) - {"presets"}
     if unknown_top:
@@ -681,36 +718,7 @@ def load_experiment(
             f"{path}: unknown top-level key {sorted(unknown_top)[0]!r}; allowed: ['presets'] "
             "(defaults live in studylib/config.py)"
         )
-
-    values: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    _merge(values, origins, presets[preset] or {}, f"{path}: presets.{preset}")
-    own = _build(Experiment, values, origins, prefix="")
-    set_by_override = set()
-    for text in overrides:
-        key, value = parse_override(text)
-        set_by_override.add(key)
-        nested: Any = value
-        for part in reversed(key.split(".")):
-            nested = {part: nested}
-        _merge(values, origins, nested, "override")
-    exp = _build(Experiment, values, origins, prefix="")
-    if (
-        "seed" in set_by_override
-    ):  # a seed asked for on the command line is the seed the studies run
-        if "studies.seeds" not in set_by_override:
-            exp.studies.seeds = [exp.seed]
-            exp.studies.pilot_seeds = [s for s in exp.studies.pilot_seeds if s != exp.seed]
-        elif exp.seed not in exp.studies.seeds:
-            raise ConfigError(
-                f"override seed: {exp.seed} is not among studies.seeds {exp.studies.seeds}, "
-                "which the studies run; allowed: one of them, or leave seed out"
-            )
-    _check_together(exp, origins)
-    exp.preset = preset
-    mine, theirs = _flatten(result_settings(exp)), _flatten(result_settings(own))
-    exp.overrides = {k: v for k, v in mine.items() if theirs.get(k) != v}
-    return exp
+    return presets
 
 
 def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -725,6 +733,13 @@ def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
     """Checks of several values at once, which single fields cannot make."""
+    _check_shapes(exp, origins)
+    _check_sources_and_seeds(exp, origins)
+    _check_distinct(exp, origins)
+
+
+def _check_shapes(exp: Experiment, origins: dict[str, str]) -> None:
+    """Heads that split their width, slices that split a batch, a mask that hides some patches."""
     zeroshot = exp.transfer.zeroshot
     for key, dim, heads in (
         ("mae.decoder_dim", exp.mae.decoder_dim, exp.mae.decoder_heads),
@@ -750,40 +765,43 @@ def _check_together(exp: Experiment, origins: dict[str, str]) -> None:
         if per_step % section.accumulation_steps:
             raise ConfigError(
                 f"{_where(origins, key + '.accumulation_steps')}: {section.accumulation_steps} "
-                "slices do "
-                f"not split {key}.batch_size {section.batch_size} ({per_step} images per task); "
-                f"allowed: divisors of {per_step}"
+                f"slices do not split {key}.batch_size {section.batch_size} "
+                f"({per_step} images per task); allowed: divisors of {per_step}"
             )
-    streamed = exp.data.stream or (Path(exp.data.pretrain).expanduser() / "shards.json").is_file()
-    if streamed and exp.mae.epoch_images and exp.mae.data == "pretrain":
-        raise ConfigError(
-            f"{_where(origins, 'mae.epoch_images')}: {exp.mae.epoch_images} on a streamed pool, "
-            "which "
-            "reads each image once an epoch; allowed: 0 (set mae.epochs instead)"
-        )
-    shared = sorted(set(exp.studies.pilot_seeds) & set(exp.studies.seeds))
-    if shared:
-        raise ConfigError(
-            f"{_where(origins, 'studies.pilot_seeds')}: seed {shared[0]} is also a confirmation "
-            "seed "
-            "(studies.seeds); allowed: pilot seeds apart from the seeds that decide the verdicts"
-        )
-    if exp.data.stream and (exp.data.pretrain in BUILTIN_DATASETS or "+" in exp.data.pretrain):
-        raise ConfigError(
-            f"{_where(origins, 'data.stream')}: data.pretrain {exp.data.pretrain} cannot be "
-            "streamed; "
-            "allowed: data.stream true with data.pretrain an image folder path, else false"
-        )
     for size in dict.fromkeys([exp.model, *exp.studies.model_sizes]):
         spec = VIT_SIZES[size]
         patches = (spec["img_size"] // spec["patch_size"]) ** 2
         if not 0 < round(patches * (1 - exp.mae.mask_ratio)) < patches:
             raise ConfigError(
                 f"{_where(origins, 'mae.mask_ratio')}: {exp.mae.mask_ratio} hides no patch or "
-                "every "
-                f"patch of {size}'s {patches}; "
+                f"every patch of {size}'s {patches}; "
                 f"allowed: in ({0.5 / patches:.3f}, {1 - 0.5 / patches:.3f})"
             )
+
+
+def _check_sources_and_seeds(exp: Experiment, origins: dict[str, str]) -> None:
+    streamed = exp.data.stream or (Path(exp.data.pretrain).expanduser() / "shards.json").is_file()
+    if streamed and exp.mae.epoch_images and exp.mae.data == "pretrain":
+        raise ConfigError(
+            f"{_where(origins, 'mae.epoch_images')}: {exp.mae.epoch_images} on a streamed pool, "
+            "which reads each image once an epoch; allowed: 0 (set mae.epochs instead)"
+        )
+    shared = sorted(set(exp.studies.pilot_seeds) & set(exp.studies.seeds))
+    if shared:
+        raise ConfigError(
+            f"{_where(origins, 'studies.pilot_seeds')}: seed {shared[0]} is also a confirmation "
+            "seed (studies.seeds); allowed: pilot seeds apart from the seeds that decide the "
+            "verdicts"
+        )
+    if exp.data.stream and (exp.data.pretrain in BUILTIN_DATASETS or "+" in exp.data.pretrain):
+        raise ConfigError(
+            f"{_where(origins, 'data.stream')}: data.pretrain {exp.data.pretrain} cannot be "
+            "streamed; allowed: data.stream true with data.pretrain an image folder path, "
+            "else false"
+        )
+
+
+def _check_distinct(exp: Experiment, origins: dict[str, str]) -> None:
     for key, values in (
         ("studies.seeds", exp.studies.seeds),
         ("studies.pilot_seeds", exp.studies.pilot_seeds),

@@ -254,8 +254,7 @@ def _cifar100(path: Path) -> ImageDataset:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise DataError(
                 f"{path}: not a readable .npz ({shown(str(err), 100)}); allowed: numpy.savez "
-                "output "
-                f"with {list(NPZ_KEYS)}"
+                f"output with {list(NPZ_KEYS)}"
             ) from None
         for key in ("x_train", "x_test"):
             x = arrays[key]
@@ -342,8 +341,7 @@ def check(dataset: ImageDataset, where: str) -> ImageDataset:
     if dataset.num_classes < 2 or not len(dataset.train_labels):
         raise DataError(
             f"{where}: {dataset.num_classes} class(es), {len(dataset.train_labels)} training "
-            "images; "
-            "allowed: at least 2 classes and 1 image"
+            "images; allowed: at least 2 classes and 1 image"
         )
     return dataset
 

@@ -211,9 +211,8 @@ class Progress:
         elif now - self.last_line >= PROGRESS_EVERY_S:
             eta = (now - self.start) / self.steps_done * (self.epochs * self.steps - step)
             print(
-                f"[{self.run.name}] epoch {epoch + 1}/{self.epochs} step {i + 1}/{self.steps} loss "
-                f"{value:.4f} "
-                f"{rate:.0f} img/s eta {duration(eta)}",
+                f"[{self.run.name}] epoch {epoch + 1}/{self.epochs} step {i + 1}/{self.steps} "
+                f"loss {value:.4f} {rate:.0f} img/s eta {duration(eta)}",
                 flush=True,
             )
             self.last_line = now
@@ -225,8 +224,7 @@ class Progress:
         self.writer.flush()
         print(
             f"[{self.run.name}] epoch {epoch}/{self.epochs} loss {record['loss']:.4f} lr "
-            f"{record['lr']:.2e} "
-            f"{rate:.0f} img/s {record['seconds']:.1f} s",
+            f"{record['lr']:.2e} {rate:.0f} img/s {record['seconds']:.1f} s",
             flush=True,
         )
 

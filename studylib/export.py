@@ -29,8 +29,7 @@ def find_run(name: str, preset: str) -> Path:
             return path
     raise ConfigError(
         f"run {name!r}: no run folder there or under {runs_dir() / preset}; allowed: a finished "
-        "run "
-        "with encoder.pth (e.g. mae-1a2b3c4d, or its path)"
+        "run with encoder.pth (e.g. mae-1a2b3c4d, or its path)"
     )
 
 
@@ -113,10 +112,9 @@ def model_card(run_path: Path, record: dict) -> str:
             f"({identity['stage']} stage)",
             "",
             f"Trained by studylib's `{identity['stage']}` stage, preset "
-            f"`{experiment.get('preset', '?')}`, seed "
-            f"{identity.get('seed')}, precision {identity.get('precision')}. The encoder's output "
-            "is its normalised "
-            "class token (no head).",
+            f"`{experiment.get('preset', '?')}`, seed {identity.get('seed')}, precision "
+            f"{identity.get('precision')}. The encoder's output is its normalised class token "
+            "(no head).",
             "",
             "```python",
             "import timm",

@@ -67,8 +67,7 @@ def _prefix(state: dict[str, torch.Tensor]) -> tuple[str, bool]:
     if len(tokens) != 1:
         raise ConfigError(
             "expected one ViT class token (cls_token or class_token) among the keys, found "
-            f"{tokens} "
-            f"(first keys: {list(state)[:5]}); layouts understood: {', '.join(LAYOUTS)}"
+            f"{tokens} (first keys: {list(state)[:5]}); layouts understood: {', '.join(LAYOUTS)}"
         )
     key = tokens[0]
     return key[: key.rindex(".") + 1] if "." in key else "", key.endswith("class_token")
@@ -104,8 +103,7 @@ def to_encoder_state(state: dict, layout: str, size: str) -> dict[str, torch.Ten
     if torchvision and layout != "maws":
         raise ConfigError(
             "these are torchvision-style ViT keys (class_token, encoder.layers...), layout "
-            "'maws', "
-            f"not {layout!r}"
+            f"'maws', not {layout!r}"
         )
     out = {}
     for key, value in state.items():

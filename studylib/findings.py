@@ -29,12 +29,9 @@ from studylib.registry import compared_pairs, labels
 
 RULE = (
     "each comparison is a paired t-test over seeds; within a claim, Holm's correction over its "
-    "primary and "
-    "secondary comparisons with n >= 2; a comparison holds if its corrected p < alpha and the mean "
-    "difference is "
-    "above 0, is contradicted if p < alpha and below 0, and is inconclusive otherwise (or with n < "
-    "2); a claim's "
-    "verdict is its primary comparison's"
+    "primary and secondary comparisons with n >= 2; a comparison holds if its corrected p < "
+    "alpha and the mean difference is above 0, is contradicted if p < alpha and below 0, and is "
+    "inconclusive otherwise (or with n < 2); a claim's verdict is its primary comparison's"
 )
 
 CLAIMS = {
@@ -156,8 +153,7 @@ def table_from(path: Path) -> pd.DataFrame:
     if "precision" in table and table["precision"].nunique() > 1:
         raise DataError(
             f"{path}: rows of precisions {sorted(table['precision'].dropna().unique())} in one "
-            "table; "
-            "allowed: one precision (rerun the study with --set precision=...)"
+            "table; allowed: one precision (rerun the study with --set precision=...)"
         )
     return table
 
@@ -270,9 +266,8 @@ def _per_flop(table: pd.DataFrame, a: str, b: str) -> list[Comparison]:
                     "b",
                     f"per_flop{int(mae_epochs)}/{dataset}",
                     f"per FLOP: {labels().get(a, a)} with {int(mae_epochs)} WSP epochs "
-                    f"({compute:.2g} "
-                    f"FLOPs) vs {labels().get(b, b)} {int(wsp_epochs)} epochs ({wsp_compute:.2g}), "
-                    f"{dataset}",
+                    f"({compute:.2g} FLOPs) vs {labels().get(b, b)} {int(wsp_epochs)} epochs "
+                    f"({wsp_compute:.2g}), {dataset}",
                     pd.concat([mine, theirs.assign(arm="matched")]),
                     a,
                     "matched",
@@ -452,9 +447,8 @@ def provenance(key: str, plan: AnalysisConfig) -> str:
     kinds = {str(p) for t in tables if "precision" in t for p in t.precision.dropna()}
     if len(kinds) > 1:
         raise DataError(
-            f"{results_dir(key)}: tables of precisions {sorted(kinds)}; allowed: one precision in "
-            "one "
-            "finding (rerun the studies at one precision)"
+            f"{results_dir(key)}: tables of precisions {sorted(kinds)}; allowed: one precision "
+            "in one finding (rerun the studies at one precision)"
         )
     phase = (
         "pilot seeds (they chose settings: no verdict rests on them)"
@@ -495,10 +489,9 @@ def summary(key: str, found: list[Comparison], plan: AnalysisConfig | None = Non
             else ""
         )
         lines.append(
-            f"- ({claim}) {text}: **{primary[0].verdict}**.{against} Primary comparison, MAE→WSP − "
-            "WSP "
-            f"unless named: {primary[0].sentence()}.{planned} Secondary ({len(secondary)}): "
-            f"{tally}."
+            f"- ({claim}) {text}: **{primary[0].verdict}**.{against} Primary comparison, MAE→WSP "
+            f"− WSP unless named: {primary[0].sentence()}.{planned} Secondary "
+            f"({len(secondary)}): {tally}."
         )
     for c in premise(key):
         lines.append(
@@ -523,8 +516,7 @@ def _claim_rows(found: list[Comparison]) -> list[str]:
             p = f"{c.p_holm:.2g}" if not math.isnan(c.p_holm) else ""
             lines.append(
                 f"| | {c.what} (`{c.key}`) | {c.role} | {c.mean:+.2f} | {c.n} | {c.interval()} | "
-                f"{p} | "
-                f"{c.verdict} |"
+                f"{p} | {c.verdict} |"
             )
     return lines
 

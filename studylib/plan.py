@@ -111,24 +111,20 @@ def report(exp: Experiment) -> str:
         )
     table["minutes_needed"] = table.seeds_needed * table.minutes_per_seed
     lines = [
-        f"**Seeds by plan for `{exp.results_key}`** (pilot seeds {exp.studies.pilot_seeds}; seeds "
-        "for a "
-        f"chance of {ASSURANCE:.0%} that the 95% paired half-width t(0.975, n-1) s / sqrt(n) meets "
-        "the target, "
-        "the pilot's sd taken as the true one)",
+        f"**Seeds by plan for `{exp.results_key}`** (pilot seeds {exp.studies.pilot_seeds}; "
+        f"seeds for a chance of {ASSURANCE:.0%} that the 95% paired half-width t(0.975, n-1) s / "
+        "sqrt(n) meets the target, the pilot's sd taken as the true one)",
         "",
         "| claim | comparison | role | study | pilot n | pilot mean | pilot sd | target | seeds "
-        "needed | "
-        "seeds planned | chance met as planned | min per seed |",
+        "needed | seeds planned | chance met as planned | min per seed |",
         "|" + " --- |" * 12,
     ]
     for r in table.itertuples():
         lines.append(
-            f"| ({r.claim}) | `{r.key}` | {r.role} | {r.study} | {r.pilot_n} | {r.pilot_mean:+.2f} "
-            "| "
-            f"{r.pilot_sd:.2f} | {r.target_half_width:.2f} | {r.seeds_needed} | {r.seeds_planned} "
-            "| "
-            f"{r.chance_met_as_planned:.0%} | {r.minutes_per_seed:.1f} |"
+            f"| ({r.claim}) | `{r.key}` | {r.role} | {r.study} | {r.pilot_n} | "
+            f"{r.pilot_mean:+.2f} | {r.pilot_sd:.2f} | {r.target_half_width:.2f} | "
+            f"{r.seeds_needed} | {r.seeds_planned} | {r.chance_met_as_planned:.0%} | "
+            f"{r.minutes_per_seed:.1f} |"
         )
     need = table.groupby("study").agg(
         seeds=("seeds_needed", "max"), per_seed=("minutes_per_seed", "first")

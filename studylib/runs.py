@@ -99,8 +99,7 @@ def load_weights(path: Path, map_location: str | torch.device = "cpu") -> Any:
         except Exception as err:  # noqa: BLE001 (any unreadable file is skipped the same way)
             warn(
                 f"{candidate}: not loadable "
-                f"({shown(str(err).splitlines()[0] if str(err) else err, 80)}); "
-                "skipping it"
+                f"({shown(str(err).splitlines()[0] if str(err) else err, 80)}); skipping it"
             )
     return None
 

@@ -659,9 +659,8 @@ class ShardStream:
         self.index = self.source.units[: shards or None]  # shards > 0: the first ones only
         if len(self.index) < self.world:
             raise DataError(
-                f"{folder}: {len(self.index)} shards for {self.world} ranks; allowed: at least one "
-                "shard "
-                "a rank"
+                f"{folder}: {len(self.index)} shards for {self.world} ranks; allowed: at least "
+                "one shard a rank"
             )
 
     def steps(self) -> int:

@@ -114,9 +114,8 @@ def _recorded_train_flops(run: Run) -> float:
     flops = run.results().get("train_flops")
     if not isinstance(flops, int | float) or flops < 0:
         raise RunFolderError(
-            f"{run.path / 'results.json'}: train_flops is {str(flops)[:40]}; allowed: a number >= "
-            "0 "
-            "(delete the file to finish the run again)"
+            f"{run.path / 'results.json'}: train_flops is {str(flops)[:40]}; allowed: a number "
+            ">= 0 (delete the file to finish the run again)"
         )
     return float(flops)
 
@@ -224,9 +223,8 @@ def _say_if_precision_changes(path: Path, precision: str) -> None:
     if old and old != {precision}:
         warn(
             f"{path}: replacing its {'/'.join(sorted(old))} results with {precision} ones (what "
-            "precision resolves "
-            f"to here); findings will not pair them with {'/'.join(sorted(old))} tables left in "
-            f"{path.parent}"
+            "precision resolves to here); findings will not pair them with "
+            f"{'/'.join(sorted(old))} tables left in {path.parent}"
         )
 
 
@@ -316,9 +314,8 @@ def outside_mae_data(exp: Experiment) -> list[str]:
     if not probes:
         warn(
             f"studies.mae_data: every probe dataset of data.probe {exp.data.probe} is inside a "
-            "pre-pretraining "
-            "set, so the data-size study probes images MAE saw (add a data.probe dataset outside "
-            "them)"
+            "pre-pretraining set, so the data-size study probes images MAE saw (add a "
+            "data.probe dataset outside them)"
         )
     return probes or list(exp.data.probe)
 

@@ -32,32 +32,9 @@ from studylib.data import ImageDataset
 
 SYNONYM_SUFFIXES = ("love", "daily", "gram", "pic", "photo", "lover", "life", "world")
 CONTEXT_SUFFIXES = ("life", "vibes", "world", "time", "day", "mood", "scene", "moments")
-GENERIC_TAGS = (
-    "instagood",
-    "photooftheday",
-    "love",
-    "fashion",
-    "beautiful",
-    "happy",
-    "cute",
-    "tbt",
-    "like4like",
-    "followme",
-    "picoftheday",
-    "follow",
-    "me",
-    "selfie",
-    "summer",
-    "art",
-    "instadaily",
-    "friends",
-    "repost",
-    "nature",
-    "girl",
-    "fun",
-    "style",
-    "smile",
-    "food",
+GENERIC_TAGS = tuple(
+    "instagood photooftheday love fashion beautiful happy cute tbt like4like followme picoftheday "
+    "follow me selfie summer art instadaily friends repost nature girl fun style smile food".split()
 )
 
 

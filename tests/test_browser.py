@@ -117,10 +117,9 @@ def test_a_study_notebook_runs_in_jupyterlab_in_headless_chromium(chromium, lab)
     try:
         driver.get(f"{url}/lab/tree/02_mae.ipynb?token={token}")
         kernel = (
-            "const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-            "return w && w.sessionContext && w.sessionContext.session && "
-            "w.sessionContext.session.kernel"
-            " && w.sessionContext.session.kernel.status === 'idle' && "
+            "const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;return w && "
+            "w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel && "
+            "w.sessionContext.session.kernel.status === 'idle' && "
             "w.sessionContext.session.kernel.name;"
         )
         assert _wait(driver, kernel, 120, "the notebook's kernel") == "studylib"
@@ -142,8 +141,8 @@ def test_a_study_notebook_runs_in_jupyterlab_in_headless_chromium(chromium, lab)
             assert time.monotonic() < deadline, f"cells did not finish: {shown}"
             time.sleep(0.5)
         errors = driver.execute_script(
-            "return "
-            "Array.from(document.querySelectorAll('[data-mime-type=\"application/vnd.jupyter.error\"]'))"
+            "return Array.from(document.querySelectorAll("
+            "'[data-mime-type=\"application/vnd.jupyter.error\"]'))"
             ".map(e => e.textContent.slice(0, 300));"
         )
         assert errors == []

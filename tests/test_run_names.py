@@ -90,8 +90,7 @@ def test_run_names_are_unchanged(preset, monkeypatch, tmp_path):
     exp = load_experiment(preset)
     assert run_names(exp, known["seeds"]) == known["names"], (
         f"{preset}: run names changed; committed results would be orphaned. If the change of "
-        "identity "
-        f"is intended, rerun with the data present: python tests/{Path(__file__).name}"
+        f"identity is intended, rerun with the data present: python tests/{Path(__file__).name}"
     )
 
 
