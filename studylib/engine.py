@@ -270,9 +270,8 @@ class EpochLoop:
         self.model.train()
         start = last_save = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
-        first_bad_step = torch.full(
-            (), -1, device=self.device
-        )  # tracked on the device: no sync per step
+        # the first step with a non-finite loss, tracked on the device: no sync per step
+        first_bad_step = torch.full((), -1, device=self.device)
         images, seconds_before, skip, steps = 0, 0.0, 0, len(batches)
         if position is None:
             epoch_batches = iter(batches)  # draws the epoch's order, from the epoch's seed
@@ -313,15 +312,7 @@ class EpochLoop:
                     self.progress.step(bar, epoch, i, loss, lr, norm, rate)
         epoch_loss = distributed.mean(loss_sum / steps).item()
         if not math.isfinite(epoch_loss):
-            kept = (
-                f"the checkpoint of epoch {len(history)} is kept"
-                if history
-                else "no checkpoint was written"
-            )
-            raise DivergedError(
-                f"{self.checkpointer.run.path}: loss is {epoch_loss} at epoch {epoch + 1}, step "
-                f"{int(first_bad_step)}/{steps}; {kept}"
-            )
+            self.diverged(epoch_loss, epoch, f"{int(first_bad_step)}/{steps}", history)
         seconds = seconds_before + time.perf_counter() - start
         return {
             "epoch": epoch + 1,
@@ -330,6 +321,14 @@ class EpochLoop:
             "seconds": seconds,
             "images_per_s": images / seconds,
         }
+
+    def diverged(self, loss: float, epoch: int, step: str, history: list[dict]) -> None:
+        """Stop on a non-finite epoch loss, naming the first bad step and what was kept."""
+        kept = f"the checkpoint of epoch {len(history)} is kept"
+        raise DivergedError(
+            f"{self.checkpointer.run.path}: loss is {loss} at epoch {epoch + 1}, step {step}; "
+            f"{kept if history else 'no checkpoint was written'}"
+        )
 
 
 def train(
@@ -356,14 +355,7 @@ def train(
     history, position = (state["history"], state.get("position")) if state else ([], None)
     if state and distributed.is_main():
         run.write_metrics(history)  # the checkpoint is the truth; drop lines of an unfinished epoch
-        inside = (
-            f", step {position['step']}/{len(batches)} of epoch {len(history) + 1}"
-            if position
-            else ""
-        )
-        print(
-            f"[{run.name}] resuming after epoch {len(history)}/{config.epochs}{inside}", flush=True
-        )
+        _say_resuming(run, len(history), config.epochs, position, len(batches))
     progress = Progress(run, config.epochs, len(batches))
     loop = EpochLoop(
         model, trained, loss_fn, optimizer, config, device, dtype, checkpointer, progress
@@ -393,3 +385,8 @@ def train(
         "images_per_s": images_seen / seconds,
         "images_seen": round(images_seen),
     }
+
+
+def _say_resuming(run: Run, done: int, epochs: int, position: dict | None, steps: int) -> None:
+    inside = f", step {position['step']}/{steps} of epoch {done + 1}" if position else ""
+    print(f"[{run.name}] resuming after epoch {done}/{epochs}{inside}", flush=True)

@@ -105,6 +105,11 @@ def to_encoder_state(state: dict, layout: str, size: str) -> dict[str, torch.Ten
             "these are torchvision-style ViT keys (class_token, encoder.layers...), layout "
             f"'maws', not {layout!r}"
         )
+    return _fitted(_renamed(state, prefix, torchvision), layout, size)
+
+
+def _renamed(state: dict, prefix: str, torchvision: bool) -> dict[str, torch.Tensor]:
+    """The encoder's tensors under `prefix`, in timm's names, heads and decoders dropped."""
     out = {}
     for key, value in state.items():
         if not key.startswith(prefix):
@@ -123,7 +128,11 @@ def to_encoder_state(state: dict, layout: str, size: str) -> dict[str, torch.Ten
     fc_norm = {k: out.pop(k) for k in [k for k in out if k.startswith("fc_norm.")]}
     if not any(k.startswith("norm.") for k in out):
         out.update({"norm." + k.removeprefix("fc_norm."): v for k, v in fc_norm.items()})
+    return out
 
+
+def _fitted(out: dict, layout: str, size: str) -> dict[str, torch.Tensor]:
+    """`out` checked against `vit(size)`'s encoder, its pos_embed resampled to the size's grid."""
     with torch.device("meta"):
         target = vit(size).state_dict()
     spec = VIT_SIZES[size]

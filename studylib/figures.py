@@ -480,84 +480,11 @@ def transfer(key: str) -> list[Path]:
     fig, grid = plt.subplots(2, 2, figsize=(10, 8))
     axes = list(grid.flat)
     top1 = table[table.metric == "top1"]
-    whole = top1[top1.stage.isin(["finetune", "probe"])].assign(
-        task=lambda t: t.stage + " " + t.dataset
-    )
-    sns.barplot(
-        whole,
-        x="task",
-        y="value",
-        hue="arm",
-        hue_order=order,
-        palette=palette,
-        errorbar=interval95,
-        ax=axes[0],
-    )
-    axes[0].set(title="fine-tune and linear probe", xlabel="", ylabel="top-1 (%)")
-    axes[0].set_xticks(
-        axes[0].get_xticks(), [t.get_text().replace(" ", "\n") for t in axes[0].get_xticklabels()]
-    )
-    low = top1[top1.stage == "lowshot"].assign(
-        shots=lambda t: t.variant.str.split("-").str[0].astype(int)
-    )
-    sns.lineplot(
-        low,
-        x="shots",
-        y="value",
-        hue="arm",
-        hue_order=order,
-        style="dataset",
-        palette=palette,
-        marker="o",
-        errorbar="sd",
-        err_style="bars",
-        ax=axes[1],
-    )
-    axes[1].set(
-        title="low-shot (mean ± sd over draws)",
-        xlabel="labelled images per class",
-        ylabel="top-1 (%)",
-        xscale="log",
-        xticks=sorted(low.shots.unique()),
-        xticklabels=sorted(low.shots.unique()),
-    )
-    zero = table[table.stage == "zeroshot"]
-    sns.barplot(
-        zero[zero.metric == "top1"],
-        x="variant",
-        y="value",
-        hue="arm",
-        hue_order=order,
-        palette=palette,
-        errorbar=interval95,
-        ax=axes[2],
-    )
-    for i, chance in enumerate(zero[zero.metric == "chance"].drop_duplicates("variant")["value"]):
-        axes[2].hlines(
-            chance, i - 0.4, i + 0.4, color="black", ls=":", label="chance" if i == 0 else None
-        )
-    axes[2].set(
-        title=f"zero-shot (LiT) on {zero.dataset.iloc[0]}", xlabel="class names", ylabel="top-1 (%)"
-    )
-    axes[2].legend()
-    robust = top1[(top1.stage == "robustness") & top1.variant.str.contains("/")]
-    robust = robust.assign(severity=robust.variant.str.split("/").str[1].astype(int))
-    clean = top1[(top1.stage == "robustness") & (top1.variant == "clean")].assign(severity=0)
-    sns.lineplot(
-        pd.concat([clean, robust]),
-        x="severity",
-        y="value",
-        hue="arm",
-        hue_order=order,
-        style="dataset",
-        palette=palette,
-        marker="o",
-        errorbar=None,
-        ax=axes[3],
-    )
-    axes[3].set(
-        title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)"
-    )
+    style = {"hue": "arm", "hue_order": order, "palette": palette}
+    _whole_panel(axes[0], top1, style)
+    _lowshot_panel(axes[1], top1, style)
+    _zeroshot_panel(axes[2], table[table.stage == "zeroshot"], style)
+    _robustness_panel(axes[3], top1, style)
     _legend_below(fig, axes)
     draws = "seeds and draws" if table.seed.nunique() > 1 else "draws"
     fig.suptitle(
@@ -565,6 +492,73 @@ def transfer(key: str) -> list[Path]:
     )
     fig.tight_layout()
     return save(fig, "transfer", key, ["transfer"], table)
+
+
+def _whole_panel(ax: plt.Axes, top1: pd.DataFrame, style: dict) -> None:
+    whole = top1[top1.stage.isin(["finetune", "probe"])].assign(
+        task=lambda t: t.stage + " " + t.dataset
+    )
+    sns.barplot(whole, x="task", y="value", errorbar=interval95, ax=ax, **style)
+    ax.set(title="fine-tune and linear probe", xlabel="", ylabel="top-1 (%)")
+    ax.set_xticks(ax.get_xticks(), [t.get_text().replace(" ", "\n") for t in ax.get_xticklabels()])
+
+
+def _lowshot_panel(ax: plt.Axes, top1: pd.DataFrame, style: dict) -> None:
+    low = top1[top1.stage == "lowshot"].assign(
+        shots=lambda t: t.variant.str.split("-").str[0].astype(int)
+    )
+    sns.lineplot(
+        low,
+        x="shots",
+        y="value",
+        style="dataset",
+        marker="o",
+        errorbar="sd",
+        err_style="bars",
+        ax=ax,
+        **style,
+    )
+    ax.set(
+        title="low-shot (mean ± sd over draws)",
+        xlabel="labelled images per class",
+        ylabel="top-1 (%)",
+        xscale="log",
+        xticks=sorted(low.shots.unique()),
+        xticklabels=sorted(low.shots.unique()),
+    )
+
+
+def _zeroshot_panel(ax: plt.Axes, zero: pd.DataFrame, style: dict) -> None:
+    sns.barplot(
+        zero[zero.metric == "top1"], x="variant", y="value", errorbar=interval95, ax=ax, **style
+    )
+    for i, chance in enumerate(zero[zero.metric == "chance"].drop_duplicates("variant")["value"]):
+        ax.hlines(
+            chance, i - 0.4, i + 0.4, color="black", ls=":", label="chance" if i == 0 else None
+        )
+    ax.set(
+        title=f"zero-shot (LiT) on {zero.dataset.iloc[0]}", xlabel="class names", ylabel="top-1 (%)"
+    )
+    ax.legend()
+
+
+def _robustness_panel(ax: plt.Axes, top1: pd.DataFrame, style: dict) -> None:
+    robust = top1[(top1.stage == "robustness") & top1.variant.str.contains("/")]
+    robust = robust.assign(severity=robust.variant.str.split("/").str[1].astype(int))
+    clean = top1[(top1.stage == "robustness") & (top1.variant == "clean")].assign(severity=0)
+    sns.lineplot(
+        pd.concat([clean, robust]),
+        x="severity",
+        y="value",
+        style="dataset",
+        marker="o",
+        errorbar=None,
+        ax=ax,
+        **style,
+    )
+    ax.set(
+        title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)"
+    )
 
 
 def reconstructions(key: str) -> list[Path]:

@@ -131,14 +131,7 @@ def simulate(dataset: ImageDataset, config: TagsConfig) -> Hashtags:
         base = len(vocab)
         per = config.context_tags_per_superclass
         if per:
-            vocab += [
-                _tag_name(c)
-                + "_"
-                + CONTEXT_SUFFIXES[j % len(CONTEXT_SUFFIXES)]
-                + (str(j) if j >= 8 else "")
-                for c in dataset.coarse_classes
-                for j in range(per)
-            ]
+            vocab += _context_tags(dataset.coarse_classes, per)
             which = rng.choice(per, size=n, p=_zipf(per, config.zipf_exponent))
             hit = draw(config.p_context)
             pairs.append((image[hit], base + coarse[hit] * per + which[hit]))
@@ -151,20 +144,20 @@ def simulate(dataset: ImageDataset, config: TagsConfig) -> Hashtags:
         ]
         counts = rng.poisson(config.noise_tags_mean, n)
         holders = np.repeat(image, counts)
-        pairs.append(
-            (
-                holders,
-                base
-                + rng.choice(
-                    config.noise_vocab,
-                    size=len(holders),
-                    p=_zipf(config.noise_vocab, config.zipf_exponent),
-                ),
-            )
-        )
+        popular = _zipf(config.noise_vocab, config.zipf_exponent)
+        pairs.append((holders, base + rng.choice(config.noise_vocab, size=len(holders), p=popular)))
 
     tags = _tag_table(pairs, n, len(vocab), rng)
     return Hashtags(vocab, torch.from_numpy(tags), dataset.train_labels.clone())
+
+
+def _context_tags(coarse_classes: list[str], per: int) -> list[str]:
+    """`per` context tags for each superclass: '#vehicles_1_life', '#vehicles_1_vibes', ..."""
+    return [
+        f"{_tag_name(c)}_{CONTEXT_SUFFIXES[j % len(CONTEXT_SUFFIXES)]}{j if j >= 8 else ''}"
+        for c in coarse_classes
+        for j in range(per)
+    ]
 
 
 def _tag_table(
