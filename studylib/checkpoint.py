@@ -28,16 +28,14 @@ if TYPE_CHECKING:
 
 WHOLE = "checkpoint.pth"  # and checkpoint.prev.pth, the one before (studylib.runs.save_weights)
 SHARDED, SHARDED_PREVIOUS = "checkpoint.dcp", "checkpoint.prev.dcp"
-AGREE_EVERY_STEPS = (
-    10  # ranks decide together whether to checkpoint (clocks and signals differ by rank)
-)
+# ranks decide together whether to checkpoint (clocks and signals differ by rank)
+AGREE_EVERY_STEPS = 10
 
 
-def drop_fallbacks(folder: Path) -> None:
+def drop_fallbacks(run: Run) -> None:
     """The checkpoints before the last: needed only while the run can still crash."""
-    for name in ("checkpoint.prev.pth", "checkpoint.prev.pth.sha256"):
-        (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / SHARDED_PREVIOUS, ignore_errors=True)
+    run.drop_previous(WHOLE)
+    shutil.rmtree(run.path / SHARDED_PREVIOUS, ignore_errors=True)
 
 
 def check_free_disk(run: Run, model: nn.Module) -> None:
@@ -103,16 +101,8 @@ class Checkpointer:
         config: TrainConfig,
         device: torch.device,
     ) -> None:
-        self.run, self.model, self.optimizer, self.config, self.device = (
-            run,
-            model,
-            optimizer,
-            config,
-            device,
-        )
-        self.preempted = (
-            False  # a preemption signal, as the last `due` decided with the other ranks
-        )
+        self.run, self.model, self.optimizer = run, model, optimizer
+        self.config, self.device = config, device
 
     def save(self, history: list[dict], reached: dict[str, Any] | None = None) -> None:
         """The weights, the finished epochs' `history` and, inside an epoch, the position `reached`
@@ -122,10 +112,11 @@ class Checkpointer:
             cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
             progress["position"] = {**reached, "rng": torch.get_rng_state(), "cuda_rng": cuda}
         if self.config.checkpoint_format == "whole":
+            # FSDP2's shards gathered
             state = {
                 **whole_state(self.model, self.optimizer),
                 **progress,
-            }  # FSDP2's shards gathered
+            }
             if distributed.is_main():
                 self.run.save(WHOLE, state, keep_previous=True)
         else:
@@ -201,9 +192,10 @@ class Checkpointer:
         )
         return progress
 
-    def due(self, step: int, steps: int, since_save_s: float) -> bool:
-        """Whether to checkpoint after `step` (counted from 1) of an epoch of `steps`: every
-        checkpoint_every_steps, after checkpoint_every_min minutes, or at a preemption signal."""
+    def due(self, step: int, steps: int, since_save_s: float) -> tuple[bool, bool]:
+        """Whether to checkpoint after `step` (counted from 1) of an epoch of `steps` (every
+        checkpoint_every_steps, after checkpoint_every_min minutes, or at a preemption signal), and
+        whether a preemption signal came, as decided with the other ranks."""
         every, minutes = self.config.checkpoint_every_steps, self.config.checkpoint_every_min
         timed = bool(minutes) and since_save_s >= 60 * minutes
         preempted = preemption_pending()
@@ -212,8 +204,8 @@ class Checkpointer:
             timed, preempted = (
                 distributed.any_rank([timed, preempted], self.device) if agreed else (False, False)
             )
-        self.preempted = preempted
-        return bool((every and step % every == 0) or timed or preempted) and step < steps
+        save = bool((every and step % every == 0) or timed or preempted) and step < steps
+        return save, preempted
 
 
 def resume_epoch(batches: Iterable, position: dict[str, Any], device: torch.device) -> Iterator:
@@ -280,6 +272,5 @@ def act_on_preemption() -> None:
     )
     if callable(handler):
         handler(number, frame)  # submitit's: requeue the job, then exit
-    raise SystemExit(
-        f"preempted by signal {number}"
-    )  # a handler that returned: stop here all the same
+    # a handler that returned: stop here all the same
+    raise SystemExit(f"preempted by signal {number}")

@@ -293,9 +293,8 @@ def cmd_shards(args: argparse.Namespace) -> None:
         )
         return
     exp = _experiment(args, writes=False)
-    source = (
-        Path(exp.data.pretrain).expanduser() if exp.data.stream else None
-    )  # copied file by file
+    # copied file by file
+    source = Path(exp.data.pretrain).expanduser() if exp.data.stream else None
     out = _shards_out(Path(args.out), source, args.per_shard, args.max_size)
     images = folder_labels(source) if source else pool.images(exp)
     index = write_shards(

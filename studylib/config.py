@@ -161,9 +161,8 @@ def _dataset_name(name: str) -> bool:
     return name in BUILTIN_DATASETS or ("/" in name and Path(name).expanduser().is_dir())
 
 
-SPEED_ONLY = {
-    "identity": False
-}  # field metadata: changes speed, never results, so no run hash or table
+# field metadata: changes speed, never results, so no run hash or table
+SPEED_ONLY = {"identity": False}
 # field metadata of a setting added after runs existed: in a run's identity only where it is not the
 # default, so the runs made before it keep their hashes
 WHEN_SET = {"identity": "when set"}
@@ -228,11 +227,10 @@ class TrainConfig:
     warmup_epochs: float = _at_least_zero(default=0.0)
     weight_decay: float = _at_least_zero(default=0.05)
     clip_grad: float = _at_least_zero(default=1.0)  # 0: no clipping
-    compile: bool = field(
-        default=False, metadata=SPEED_ONLY
-    )  # torch.compile: +27% for B/16 on an H200
-    # memory: recompute each transformer block's activations in the backward pass instead of keeping
-    # them
+    # torch.compile: +27% for B/16 on an H200
+    compile: bool = field(default=False, metadata=SPEED_ONLY)
+    # memory: recompute each transformer block's activations in the backward pass instead
+    # of keeping them
     activation_checkpointing: bool = field(default=False, metadata=SPEED_ONLY)
     # in a job of several tasks: ddp (every rank holds the whole model and optimizer) or fsdp
     # (FSDP2: weights, gradients and AdamW moments sharded over the ranks, each block's weights
@@ -261,9 +259,8 @@ def _recipe(name: str, default: Any) -> Any:
 class ImageTrainConfig(TrainConfig):
     """A stage that trains on augmented images (not on cached features)."""
 
-    crop_min: float = _check(
-        "in (0, 1]", lambda v: 0 < v <= 1, default=0.35
-    )  # random-resized-crop area
+    # random-resized-crop area
+    crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.35)
     # memory: each optimizer step sums the gradients of this many equal slices of its batch_size
     # images (losses that are means over images: the same step as one batch, up to float rounding)
     accumulation_steps: int = _positive(default=1, extra=SPEED_ONLY)
@@ -274,9 +271,8 @@ class MAEConfig(ImageTrainConfig):
     """MAE's recipe: AdamW(0.9, 0.95), wd 0.05, mask 75%, normalised-pixel loss."""
 
     epochs: int = _recipe("epochs", 10)
-    base_lr: float = _recipe(
-        "base_lr", 1.5e-3
-    )  # MAE's 1.5e-4 is for 800+ epochs; short schedules need more
+    # MAE's 1.5e-4 is for 800+ epochs; short schedules need more
+    base_lr: float = _recipe("base_lr", 1.5e-3)
     warmup_epochs: float = _recipe("warmup_epochs", 1.0)
     clip_grad: float = _recipe("clip_grad", 0.0)
     crop_min: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.2)
@@ -294,9 +290,8 @@ class MAEConfig(ImageTrainConfig):
     # size, so MAE takes the same steps on sets of every size
     epoch_images: int = _at_least_zero(default=0)
     mask_ratio: float = _check("in (0, 1)", lambda v: 0 < v < 1, default=0.75)
-    decoder_dim: int = _positive(
-        default=64
-    )  # light: at 32 px the decoder sees 4x the encoder's tokens
+    # light: at 32 px the decoder sees 4x the encoder's tokens
+    decoder_dim: int = _positive(default=64)
     decoder_depth: int = _positive(default=2)
     decoder_heads: int = _positive(default=4)
     norm_pix_loss: bool = True
@@ -322,8 +317,8 @@ class ProbeConfig:
     (studylib.stages.probe)."""
 
     train_per_class: int = _at_least_zero(default=0)  # 0: every training image
-    # L2 strengths tried on a held-out part of the training images; the best one is refit on all of
-    # them
+    # L2 strengths tried on a held-out part of the training images; the best one is refit on
+    # all of them
     weight_decays: list[float] = _check(
         "a non-empty list of floats >= 0",
         lambda v: len(v) > 0 and min(v) >= 0,
@@ -344,12 +339,10 @@ class FinetuneConfig(ImageTrainConfig):
     batch_size: int = _recipe("batch_size", 128)
     warmup_epochs: float = _recipe("warmup_epochs", 1.0)
     clip_grad: float = _recipe("clip_grad", 0.0)
-    layer_decay: float = _check(
-        "in (0, 1]", lambda v: 0 < v <= 1, default=0.75
-    )  # block lr x decay^(blocks above)
-    drop_path: float = _check(
-        "in [0, 1)", lambda v: 0 <= v < 1, default=0.1
-    )  # stochastic depth rate
+    # block lr x decay^(blocks above)
+    layer_decay: float = _check("in (0, 1]", lambda v: 0 < v <= 1, default=0.75)
+    # stochastic depth rate
+    drop_path: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)
     train_per_class: int = _at_least_zero(default=0)  # 0: every training image
     label_smoothing: float = _check("in [0, 1)", lambda v: 0 <= v < 1, default=0.1)
     # at least this many optimizer steps on every dataset: a small training set gets more epochs
@@ -388,11 +381,10 @@ class ZeroShotConfig(TrainConfig):
 
 @dataclass(kw_only=True)
 class RobustnessConfig:
-    corruptions: list[str] = _list_of(
-        CORRUPTIONS, default_factory=lambda: list(CORRUPTIONS)
-    )  # severities 1-5
-    # a class-balanced share of the test set, this many images (test_images // classes of each); 0:
-    # all
+    # severities 1-5
+    corruptions: list[str] = _list_of(CORRUPTIONS, default_factory=lambda: list(CORRUPTIONS))
+    # a class-balanced share of the test set, this many images (test_images // classes of
+    # each); 0: all
     test_images: int = _at_least_zero(default=0)
 
 
@@ -435,9 +427,9 @@ class StudiesConfig:
         default_factory=lambda: [0],
     )
     model_sizes: list[str] = _list_of(VIT_SIZES, default_factory=lambda: ["nano", "micro"])
-    # MAE's images as DATASET:FRACTION: that share of the pool ('pretrain') or of a whole dataset
-    # (names joined by '+' are taken together); MAE takes the same steps at every point
-    # (mae.epoch_images)
+    # MAE's images as DATASET:FRACTION: that share of the pool ('pretrain') or of a
+    # whole dataset (names joined by '+' are taken together); MAE takes the same steps
+    # at every point (mae.epoch_images)
     mae_data: list[str] = _check(
         "a non-empty list of 'pretrain:F' or 'DATASET:F', F in (0, 1]",
         lambda v: len(v) > 0 and all(_mae_data_point(p) for p in v),
@@ -508,9 +500,8 @@ class LaunchConfig:
     """Where jobs run (studylib.launch); none of it changes a run's result, its hash or its
     table."""
 
-    executor: str = _one_of(
-        ["auto", "local", "debug", "slurm"], default="auto"
-    )  # auto: slurm where sbatch exists
+    # auto: slurm where sbatch exists
+    executor: str = _one_of(["auto", "local", "debug", "slurm"], default="auto")
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -524,25 +515,22 @@ class LaunchConfig:
     array_parallelism: int = _positive(default=16)
 
 
-INTERNAL = {
-    "internal": True
-}  # field metadata: set by load_experiment, never by a config file or --set
+# field metadata: set by load_experiment, never by a config file or --set
+INTERNAL = {"internal": True}
 
 
 @dataclass(kw_only=True)
 class Experiment:
     preset: str = field(default="", metadata=INTERNAL)
-    overrides: dict[str, Any] = field(
-        default_factory=dict, metadata=INTERNAL
-    )  # what differs from the preset
+    # what differs from the preset
+    overrides: dict[str, Any] = field(default_factory=dict, metadata=INTERNAL)
     model: str = _one_of(VIT_SIZES, default="micro")
     seed: int = _at_least_zero(default=0)  # of single runs; studies run every seed of studies.seeds
     device: str = field(
         default="auto", metadata={**_one_of(["auto", "cpu", "cuda"]).metadata, **SPEED_ONLY}
     )
-    precision: str = _one_of(
-        ["auto", "bf16", "fp32"], default="auto"
-    )  # auto: bf16 where native: GPU, AMX, avx512_bf16
+    # auto: bf16 where native: GPU, AMX, avx512_bf16
+    precision: str = _one_of(["auto", "bf16", "fp32"], default="auto")
     data: DataConfig = field(default_factory=DataConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
@@ -550,13 +538,12 @@ class Experiment:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     studies: StudiesConfig = field(default_factory=StudiesConfig)
-    # decides findings, not tables: not part of any run or results key (findings.md records its
-    # hash)
+    # decides findings, not tables: not part of any run or results key (findings.md
+    # records its hash)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig, metadata={"identity": False})
     launch: LaunchConfig = field(default_factory=LaunchConfig, metadata=SPEED_ONLY)
-    pilot: bool = field(
-        default=False, metadata=INTERNAL
-    )  # `studylib study --pilot`: studies.pilot_seeds
+    # `studylib study --pilot`: studies.pilot_seeds
+    pilot: bool = field(default=False, metadata=INTERNAL)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -36,9 +36,8 @@ def _filter_matrix(n: int, kernel: torch.Tensor, mode: str) -> torch.Tensor:
 def _separable(x: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """sum of a @ x @ b.T over (a, b) pairs: a acts on the height axis, b on the width axis."""
     h, w = x.shape[2:]
-    if (
-        len(pairs) * (h + w) > h * w / 4
-    ):  # many terms on small images: one dense (HW, HW) operator is cheaper
+    # many terms on small images: one dense (HW, HW) operator is cheaper
+    if len(pairs) * (h + w) > h * w / 4:
         op = sum(torch.kron(a, b) for a, b in pairs).float()
         return (x.reshape(-1, h * w) @ op.T).view_as(x)
     return sum(a.float() @ x @ b.float().T for a, b in pairs)
@@ -65,9 +64,8 @@ def _defocus_blur(x: torch.Tensor, c: tuple[float, float], gen: torch.Generator)
     kernel = F.conv2d(
         (disk / disk.sum())[None, None], (g[:, None] * g[None])[None, None], padding=1
     )[0, 0]
-    e = (
-        int(radius) + 1
-    )  # the kernel's support; cv2.filter2D (BORDER_REFLECT_101) as a sum of separable filters:
+    # the kernel's support; cv2.filter2D (BORDER_REFLECT_101) as a sum of separable filters:
+    e = int(radius) + 1
     u, s, vh = torch.linalg.svd(kernel[8 - e : 9 + e, 8 - e : 9 + e])
     return _separable(
         x,
@@ -95,9 +93,8 @@ def _zoom_matrix(n: int, z: float) -> torch.Tensor:
 
 
 def _zoom_blur(x: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
-    zooms = [1.0] + [
-        1 + 0.01 * i for i in range(count)
-    ]  # the image itself, then np.arange(1, ..., 0.01)
+    # the image itself, then np.arange(1, ..., 0.01)
+    zooms = [1.0] + [1 + 0.01 * i for i in range(count)]
     return _separable(
         x, [(_zoom_matrix(x.shape[2], z), _zoom_matrix(x.shape[3], z)) for z in zooms]
     ) / len(zooms)
@@ -115,10 +112,11 @@ def _box_matrix(n_in: int, n_out: int) -> torch.Tensor:
 def _pixelate(images: torch.Tensor, c: float, gen: torch.Generator) -> torch.Tensor:
     x = images.float()
     h, w = x.shape[2:]
+    # PIL: horizontal pass, then vertical, 8-bit between
     for size_h, size_w in (
         (int(h * c), int(w * c)),
         (h, w),
-    ):  # PIL: horizontal pass, then vertical, 8-bit between
+    ):
         x = (x @ _box_matrix(x.shape[3], size_w).T + 0.5).floor()
         x = (_box_matrix(x.shape[2], size_h) @ x + 0.5).floor()
     return x.clamp(0, 255).byte()
@@ -137,12 +135,10 @@ def _hsv_edit(x: torch.Tensor, c: float | tuple[float, float], value: bool) -> t
         return torch.where(v > 0, x * v2 / v.clamp(min=1e-12), v2)
     delta = v - mn
     s2 = ((delta / v.clamp(min=1e-12)) * c[0] + c[1]).clamp(0, 1)
-    grey = v * torch.tensor([0.0, 1.0, 1.0]).view(
-        1, 3, 1, 1
-    )  # skimage puts hue 0 (red) on grey pixels
-    unit = torch.where(
-        delta > 0, (v - x) * v / delta.clamp(min=1e-12), grey
-    )  # offset from V at saturation 1
+    # skimage puts hue 0 (red) on grey pixels
+    grey = v * torch.tensor([0.0, 1.0, 1.0]).view(1, 3, 1, 1)
+    # offset from V at saturation 1
+    unit = torch.where(delta > 0, (v - x) * v / delta.clamp(min=1e-12), grey)
     return v - s2 * unit
 
 
@@ -189,6 +185,5 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
     if name in _UINT8_FUNCS:
         return _UINT8_FUNCS[name](images, c, gen).to(device)
     out = _FUNCS[name](images.float() / 255, c, gen)  # a new tensor, so it may be changed in place
-    return (
-        out.clamp_(0, 1).mul_(255).add_(1e-3).to(torch.uint8).to(device)
-    )  # truncate like np.uint8 (+float slack)
+    # truncate like np.uint8 (+float slack)
+    return out.clamp_(0, 1).mul_(255).add_(1e-3).to(torch.uint8).to(device)

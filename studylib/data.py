@@ -432,9 +432,8 @@ def _image_folder_cached(root: Path) -> ImageDataset:
             np.save(tmp / f"{part}.npy", getattr(dataset, part).numpy())
         (tmp / "classes.json").write_text(json.dumps(dataset.classes))
         os.replace(tmp, cache)
-    except (
-        OSError
-    ):  # read-only, full, or written meanwhile by another process: only slower next time
+    # read-only, full, or written meanwhile by another process: only slower next time
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return dataset
 

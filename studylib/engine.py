@@ -79,9 +79,8 @@ def train_step(
 ) -> torch.Tensor:
     """One optimisation step, its gradients summed over `accumulation_steps` slices of the batch
     (DDP reduces them once, after the last); returns the loss, still on the device (no sync)."""
-    slices = getattr(
-        config, "accumulation_steps", 1
-    )  # only image stages have it: LiT's loss is not a mean
+    # only image stages have it: LiT's loss is not a mean
+    slices = getattr(config, "accumulation_steps", 1)
     parts = list(zip(inputs.chunk(slices), targets.chunk(slices), strict=True))
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=inputs.device)
@@ -96,9 +95,8 @@ def train_step(
             (loss * share if len(parts) > 1 else loss).backward()
         total += loss.detach().float() * share
     if config.clip_grad:
-        nn.utils.clip_grad_norm_(
-            model.parameters(), config.clip_grad
-        )  # frozen ones have no grad: skipped
+        # frozen ones have no grad: skipped
+        nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
     optimizer.step()
     return total
 
@@ -182,10 +180,12 @@ class Progress:
         self.run, self.epochs, self.steps = run, epochs, steps
         self.main = distributed.is_main()
         self.writer = tensorboard_writer(run) if self.main else None
-        self.start, self.steps_done, self.last_line = time.perf_counter(), 0, 0.0
+        self.start, self.first_step, self.last_line = time.perf_counter(), None, 0.0
 
     def bar(self, batches: Iterator, epoch: int, skip: int) -> tqdm:
         self.last_line = time.perf_counter()
+        if self.first_step is None:  # where this process started: the ETA counts from here
+            self.first_step = epoch * self.steps + skip
         return tqdm(
             batches,
             desc=f"{self.run.name} {epoch + 1}/{self.epochs}",
@@ -209,7 +209,8 @@ class Progress:
         if not bar.disable:
             bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
         elif now - self.last_line >= PROGRESS_EVERY_S:
-            eta = (now - self.start) / self.steps_done * (self.epochs * self.steps - step)
+            done = step - self.first_step
+            eta = (now - self.start) / done * (self.epochs * self.steps - step)
             print(
                 f"[{self.run.name}] epoch {epoch + 1}/{self.epochs} step {i + 1}/{self.steps} "
                 f"loss {value:.4f} {rate:.0f} img/s eta {duration(eta)}",
@@ -291,9 +292,9 @@ class EpochLoop:
                 (first_bad_step < 0) & ~torch.isfinite(loss), i + 1, first_bad_step
             )
             images += len(inputs) * distributed.world_size()
-            self.progress.steps_done += 1
             now = time.perf_counter()
-            if self.checkpointer.due(i + 1, steps, now - last_save):
+            save, preempted = self.checkpointer.due(i + 1, steps, now - last_save)
+            if save:
                 reached = {
                     "step": i + 1,
                     "images": images,
@@ -303,7 +304,7 @@ class EpochLoop:
                 }
                 self.checkpointer.save(history, reached)
                 last_save = now
-            if self.checkpointer.preempted and i + 1 < steps:
+            if preempted and i + 1 < steps:
                 act_on_preemption()
             if (i + 1) % LOG_EVERY_STEPS == 0 or i + 1 == steps:
                 norm = grad_norm(self.model)  # every rank: a collective under FSDP2

@@ -27,14 +27,14 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
-from studylib.config import (
+from studylib.config import (  # noqa: E402
     REPO_ROOT,
     AnalysisConfig,
     ClaimPlan,
     figures_dir,
     load_experiment,
     results_dir,
-)  # noqa: E402
+)
 from studylib.errors import one_line_in_notebooks  # noqa: E402
 from studylib.findings import CLAIMS, analyse, comparisons, read_table, t_quantile_975  # noqa: E402
 from studylib.io import atomic_write, git_sha  # noqa: E402
@@ -61,6 +61,7 @@ def _relative(path: Path) -> str:
 
 
 def style() -> None:
+    # SVG text as text: searchable, and small
     sns.set_theme(
         context="notebook",
         style="whitegrid",
@@ -70,7 +71,7 @@ def style() -> None:
             "svg.hashsalt": "studylib",  # fixed SVG ids: same results, same file
             "svg.fonttype": "none",
         },
-    )  # SVG text as text: searchable, and small
+    )
 
 
 def read(key: str, study: str) -> pd.DataFrame:
@@ -167,9 +168,8 @@ def overlaps(fig: plt.Figure) -> list[str]:
 
 
 def _metadata(fmt: str) -> dict:
-    return (
-        {"Date": None} if fmt == "svg" else {}
-    )  # SVGs without a date: reruns of the same results match
+    # SVGs without a date: reruns of the same results match
+    return {"Date": None} if fmt == "svg" else {}
 
 
 def _probes(table: pd.DataFrame) -> pd.DataFrame:
@@ -377,15 +377,13 @@ def convergence(key: str) -> list[Path]:
             )
             if row == 1:
                 ax.set_xscale("log")
-                ax.xaxis.set_major_locator(
-                    matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0))
-                )  # 1, 2, 5 x 10^n
+                # 1, 2, 5 x 10^n
+                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
                 ax.xaxis.set_major_formatter(
                     matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False)
                 )
-                ax.xaxis.set_minor_formatter(
-                    matplotlib.ticker.NullFormatter()
-                )  # no crowded minor labels
+                # no crowded minor labels
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     _legend_below(fig, list(axes.flat))
     fig.suptitle(
         f"Every arm after full WSP schedules of each length, one run per length and seed\n"

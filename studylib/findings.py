@@ -395,9 +395,8 @@ def finetune_against_probe(key: str) -> list[Comparison]:
             .groupby("seed")["value"]
             .mean()
         )
-        both = pd.concat(
-            [mine, theirs.rename("probe")], axis=1, join="inner"
-        )  # the seeds that have both
+        # the seeds that have both
+        both = pd.concat([mine, theirs.rename("probe")], axis=1, join="inner")
         seeds = ("seed " if len(both) == 1 else "seeds ") + ", ".join(str(s) for s in both.index)
         found.append(
             Comparison(

@@ -41,9 +41,10 @@ class StudyJob(submitit.helpers.Checkpointable):
         self.max_requeues = max_requeues
 
     def __call__(self, exp: Experiment) -> Any:
+        # training first checkpoints the step it is in
         from studylib.checkpoint import (
             catch_preemption,
-        )  # training first checkpoints the step it is in
+        )
 
         distributed.init()
         catch_preemption()
@@ -105,9 +106,8 @@ def submit(
     folder: str | Path | None = None,
 ) -> submitit.Job:
     """Submit one job: `target` (a name of `targets()`) on a preset and overrides."""
-    exp = load_experiment(
-        preset, list(overrides), config_file
-    )  # bad input fails here, not in the job
+    # bad input fails here, not in the job
+    exp = load_experiment(preset, list(overrides), config_file)
     job = StudyJob(target, exp.launch.max_requeues)
     chosen = executor(exp, folder)
     try:
@@ -187,9 +187,8 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
         tqdm(total=100, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}", leave=True)
         for _ in jobs
     ]
-    live = (
-        sys.stderr.isatty() or "ipykernel" in sys.modules
-    )  # else a log: a line only when a bar's text changes
+    # else a log: a line only when a bar's text changes
+    live = sys.stderr.isatty() or "ipykernel" in sys.modules
     shown: list[tuple] = [()] * len(jobs)
     try:
         while True:

@@ -114,10 +114,11 @@ class MAE(nn.Module):
         super().__init__()
         self.encoder = vit(size)
         self.mask_ratio = mask_ratio
+        # (rank, world) in a job of several tasks: its rows of the global batch's masks
         self.ranks = (
             0,
             1,
-        )  # (rank, world) in a job of several tasks: its rows of the global batch's masks
+        )
         self.norm_pix_loss = norm_pix_loss
         self.patch = self.encoder.patch_embed.patch_size[0]
         grid = self.encoder.patch_embed.grid_size

@@ -53,15 +53,14 @@ def run_notebooks(
 
     from studylib.config import load_experiment
 
-    load_experiment(
-        preset, [*overrides, f"launch.executor={executor}"]
-    )  # bad input fails before any notebook
+    # bad input fails before any notebook
+    load_experiment(preset, [*overrides, f"launch.executor={executor}"])
     chosen = select(only)  # an unknown name fails before any folder is made
     output = output or folder_from("STUDYLIB_OUTPUT", REPO_ROOT / "output") / "notebooks" / preset
     output.mkdir(parents=True, exist_ok=True)
     executed, sockets = [], Path(tempfile.mkdtemp(prefix="studylib-kernel-"))
-    # the kernel talks over local sockets, not TCP ports: nothing to eavesdrop on, and no warning
-    # per notebook
+    # the kernel talks over local sockets, not TCP ports: nothing to eavesdrop on, and no
+    # warning per notebook
     transport = Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}})
     parameters = {"preset": preset, "overrides": list(overrides), "executor": executor}
     try:

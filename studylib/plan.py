@@ -19,9 +19,8 @@ from studylib.config import Experiment, results_dir
 from studylib.findings import CLAIMS, Comparison, analyse, comparisons, t_quantile_975
 from studylib.io import atomic_write
 
-ASSURANCE = (
-    0.8  # the chance, at the pilot's sd, that the confirmation's half-width meets its target
-)
+# the chance, at the pilot's sd, that the confirmation's half-width meets its target
+ASSURANCE = 0.8
 
 
 def chance_met(sd: float, target: float, n: int) -> float:
@@ -30,9 +29,8 @@ def chance_met(sd: float, target: float, n: int) -> float:
     (scipy)."""
     from scipy import stats
 
-    largest_sd = (
-        target * math.sqrt(n) / t_quantile_975(n - 1)
-    )  # the sample sd that just meets the target
+    # the sample sd that just meets the target
+    largest_sd = target * math.sqrt(n) / t_quantile_975(n - 1)
     return float(stats.chi2.cdf((n - 1) * (largest_sd / sd) ** 2, n - 1))
 
 

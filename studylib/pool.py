@@ -141,4 +141,4 @@ def streamed_tags(exp: Experiment) -> tuple[list[str], Counter, int]:
     images carry each tag, and how many images there are."""
     folder = streamed(exp)
     counts, total = tag_counts(folder)
-    return vocabulary(folder, exp.data.tag_vocabulary), counts, total
+    return vocabulary(counts, exp.data.tag_vocabulary), counts, total

@@ -292,20 +292,22 @@ CORRUPTIONS: dict[str, tuple] = {
     "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),  # salt-and-pepper fraction
     "speckle_noise": (0.06, 0.1, 0.12, 0.16, 0.2),  # multiplicative sigma
     "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),  # sigma in pixels
+    # disk radius, alias blur
     "defocus_blur": (
         (0.3, 0.4),
         (0.4, 0.5),
         (0.5, 0.6),
         (1, 0.2),
         (1.5, 0.1),
-    ),  # disk radius, alias blur
+    ),
+    # zooms 1.00, 1.01, ...: np.arange(1, 1.06 ... 1.26, 0.01) lengths
     "zoom_blur": (
         7,
         12,
         16,
         21,
         26,
-    ),  # zooms 1.00, 1.01, ...: np.arange(1, 1.06 ... 1.26, 0.01) lengths
+    ),
     "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # factor about the per-channel mean
     "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),  # added to HSV value
     "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),  # HSV saturation * a + b

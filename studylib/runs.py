@@ -49,8 +49,8 @@ from studylib.models import encoder_state, load_encoder
 from studylib.registry import STAGES
 
 RUN_VERSION = 2  # bump when a change is meant to retrain every run (a fix that changes results)
-# a run folder holding only these has nothing to lose (TensorBoard events of an unfinished first
-# epoch)
+# a run folder holding only these has nothing to lose (TensorBoard events of an
+# unfinished first epoch)
 UNTRAINED = {".lock", "meta.json", "config.yaml", "tensorboard"}
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "studylib")
 
@@ -234,6 +234,12 @@ class Run:
         the file."""
         save_weights(self.path / name, {"run": self.name, "state": state}, keep_previous)
 
+    def drop_previous(self, name: str) -> None:
+        """Delete the file before `name` that `save(keep_previous=True)` kept, and its sidecar."""
+        previous = _variants(self.path / name)[2]
+        previous.unlink(missing_ok=True)
+        _sidecar(previous).unlink(missing_ok=True)
+
     def load(self, name: str, map_location: str | torch.device = "cpu") -> Any:
         """What `save` wrote, or None when there is none; weights of another run are refused."""
         path = self.path / name
@@ -276,7 +282,7 @@ class Run:
 
     def finish(self, results: dict[str, Any]) -> None:
         atomic_write(self.path / "results.json", lambda f: json.dump(results, f, indent=2))
-        drop_fallbacks(self.path)
+        drop_fallbacks(self)
 
     def results(self) -> dict[str, Any]:
         results = self._saved_results()

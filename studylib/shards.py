@@ -247,9 +247,9 @@ def checked_tags(tags: object, where: str) -> list[str]:
     return tags
 
 
-def vocabulary(folder: Path, size: int) -> list[str]:
-    """The `size` most frequent tags of a streamed folder (tag_counts), ties broken by name."""
-    counts, _ = tag_counts(folder)
+def vocabulary(counts: Counter, size: int) -> list[str]:
+    """The `size` most frequent tags of a streamed folder's `counts` (tag_counts), ties broken by
+    name."""
     return sorted(counts, key=lambda t: (-counts[t], t))[:size]
 
 
@@ -648,9 +648,8 @@ class ShardStream:
             workers,
         )
         self.crop_min = crop_min
-        self.rank = (
-            distributed.rank() if rank is None else rank
-        )  # default: this process's place in the job
+        # default: this process's place in the job
+        self.rank = distributed.rank() if rank is None else rank
         self.world = distributed.world_size() if world is None else world
         self.max_skipped = max_skipped
         self.skipped: list[tuple[str, str]] = []  # (key, why) of the last epoch's unusable samples

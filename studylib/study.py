@@ -189,12 +189,10 @@ def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
     the preset, its overrides and the whole resolved experiment."""
     table = pd.DataFrame(rows).assign(study=study)
     table = table.reindex(columns=COLUMNS + [c for c in table.columns if c not in COLUMNS])
-    table["model"] = (
-        table["model"].astype(object).fillna(exp.model)
-    )  # all-NaN (float) when no point sets it
-    table["precision"] = precision_name(
-        exp
-    )  # resolved on this machine: auto is bf16 on some CPUs, fp32 on others
+    # all-NaN (float) when no point sets it
+    table["model"] = table["model"].astype(object).fillna(exp.model)
+    # resolved on this machine: auto is bf16 on some CPUs, fp32 on others
+    table["precision"] = precision_name(exp)
     if is_main():
         folder = results_dir(exp.results_key)
         _say_if_precision_changes(

@@ -42,9 +42,8 @@ GENERIC_TAGS = tuple(
 class Hashtags:
     vocab: list[str]
     tags: torch.Tensor  # (N, max_tags) int64 tag indices, -1 padded
-    labels: (
-        torch.Tensor
-    )  # (N,) the class each image really shows (its tag index is the class index)
+    # (N,) the class each image really shows (its tag index is the class index)
+    labels: torch.Tensor
 
     @property
     def vocab_size(self) -> int:

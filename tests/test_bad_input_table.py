@@ -35,9 +35,8 @@ SMOKE = ["--preset", "smoke"]
 class Case:
     category: str
     name: str
-    args: (
-        list[str] | Callable[[Path], list[str]]
-    )  # the command line, or built from the case's folder
+    # the command line, or built from the case's folder
+    args: list[str] | Callable[[Path], list[str]]
     words: list[str]  # in the one error line
     env: Callable[[Path], dict[str, str]] = field(default=lambda _: {})
     cli: bool = False  # also through the real command in a subprocess
@@ -1287,8 +1286,8 @@ def test_the_table_covers_every_category_with_enough_cases():
     assert len(CLI_CASES) >= 20
 
 
-# Files inside a run folder: never a traceback; a malformed file is an unfinished run, redone with
-# one warning.
+# Files inside a run folder: never a traceback; a malformed file is an unfinished run, redone
+# with one warning.
 
 
 @pytest.fixture
@@ -1417,9 +1416,8 @@ def test_an_error_inside_a_job_reaches_the_caller_as_its_one_line(tmp_path, caps
     from studylib import launch
     from studylib.errors import DataError
 
-    (tmp_path / "pics" / "cat").mkdir(
-        parents=True
-    )  # passes the config check, fails when the job reads it
+    # passes the config check, fails when the job reads it
+    (tmp_path / "pics" / "cat").mkdir(parents=True)
     job = launch.submit(
         "default", "smoke", [f"data.pretrain={tmp_path / 'pics'}", "launch.executor=local"]
     )

@@ -43,9 +43,8 @@ def test_step_benchmark_times_every_step_in_both_precisions(tmp_path):
     steps = {(r["step"], r["precision"]) for r in result["rows"]}
     assert steps == {(s, p) for s in ("wsp", "timm-stock", "mae") for p in ("fp32", "bf16")}
     assert all(r["images_per_s"] > 0 and r["mfu"] > 0 for r in result["rows"])
-    comparable = (
-        {"fp32", "bf16"} if result["native_bf16"] else {"fp32"}
-    )  # emulated bf16 has no real peak
+    # emulated bf16 has no real peak
+    comparable = {"fp32", "bf16"} if result["native_bf16"] else {"fp32"}
     assert all(r["mfu"] < 2 for r in result["rows"] if r["precision"] in comparable)
     assert result["preset"] == "cpu" and result["data_pipeline_images_per_s"] > 0
 

@@ -97,9 +97,8 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
 
 
 def test_floats_in_exponent_form_are_read_as_numbers():
-    assert (
-        load_experiment("smoke", ["wsp.base_lr=1e-3"]).wsp.base_lr == 0.001
-    )  # YAML reads 1e-3 as text
+    # YAML reads 1e-3 as text
+    assert load_experiment("smoke", ["wsp.base_lr=1e-3"]).wsp.base_lr == 0.001
 
 
 def test_run_hash_ignores_speed_and_launch_settings_only():
@@ -129,9 +128,8 @@ def test_mae_data_fraction_is_a_share_of_the_named_dataset_not_of_the_pool():
     exp = load_experiment("smoke", ["data.pretrain_fraction=0.5"])
     total = exp.data.synthetic_train
     assert len(pool.images(exp).train_labels) == total // 2  # the pool
-    assert (
-        len(pool.images(exp, None, 0.5).train_labels) == total // 4
-    )  # 'pretrain:0.5': half the pool
+    # 'pretrain:0.5': half the pool
+    assert len(pool.images(exp, None, 0.5).train_labels) == total // 4
     assert len(pool.images(exp, "synthetic", 1.0).train_labels) == total  # 'synthetic:1': all of it
     assert pool.identity(exp, "synthetic", 1.0)["fraction"] == 1.0
     in_pool = set(pool.images(exp).train_images[:, 0, 0, 0].tolist())
@@ -151,6 +149,5 @@ def test_every_command_shows_examples_that_parse_and_name_valid_keys(capsys):
         for line in examples.splitlines():
             args = cli.parser().parse_args(shlex.split(line)[1:])
             if hasattr(args, "preset"):
-                load_experiment(
-                    args.preset, args.overrides
-                )  # every --set of an example is a real key
+                # every --set of an example is a real key
+                load_experiment(args.preset, args.overrides)

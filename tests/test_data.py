@@ -127,9 +127,8 @@ def test_batches_draw_images_per_epoch_in_whole_shuffled_passes():
     longer = Batches(images, torch.arange(10), 4, torch.device("cpu"), images_per_epoch=25)
     assert len(longer) == 6  # 25 images drawn, whole batches of 4
     drawn = torch.cat([x.flatten() for x, _ in longer]).tolist()
-    assert sorted(drawn[:10]) == list(range(10)) and sorted(drawn[10:20]) == list(
-        range(10)
-    )  # passes end to end
+    # passes end to end
+    assert sorted(drawn[:10]) == list(range(10)) and sorted(drawn[10:20]) == list(range(10))
     shorter = Batches(images, torch.arange(10), 2, torch.device("cpu"), images_per_epoch=6)
     drawn = torch.cat([x.flatten() for x, _ in shorter]).tolist()
     assert len(drawn) == 6 and len(set(drawn)) == 6  # part of one pass, no image twice

@@ -36,9 +36,8 @@ def test_an_exported_encoder_loads_in_timm_and_gives_the_same_features(tmp_path,
     ours = frozen_encoder(exp, run).eval()
     with torch.no_grad():
         assert torch.allclose(theirs(images), ours(images), atol=1e-6)
-    assert (
-        main(["export", run.name, "--preset", "smoke", "--out", str(out)]) == 2
-    )  # not an empty folder
+    # not an empty folder
+    assert main(["export", run.name, "--preset", "smoke", "--out", str(out)]) == 2
     assert "not an empty folder" in capsys.readouterr().err
     assert main(["export", "mae-00000000", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 2
 

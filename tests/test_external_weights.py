@@ -49,8 +49,8 @@ def test_timm_wrapped_with_head(images):
 
 
 def test_timm_other_grid_resamples_pos_embed(images):
-    # Built for 48 px; with dynamic_img_size it resamples its own pos_embed at 32 px, as the
-    # conversion must.
+    # Built for 48 px; with dynamic_img_size it resamples its own pos_embed at 32 px, as
+    # the conversion must.
     src = _perturbed(VisionTransformer(img_size=48, num_classes=10, dynamic_img_size=True, **MICRO))
     out = to_encoder_state({"model": src.state_dict()}, "auto", "micro")
     assert src.pos_embed.shape[1] == 1 + 144 and out["pos_embed"].shape == (1, 1 + 64, 128)
@@ -63,9 +63,8 @@ def test_mae_pretrain_drops_decoder(images):
     mae = _perturbed(MAE("micro"))
     full = mae.state_dict()
     assert any(k.startswith("decoder_") for k in full) and "mask_token" in full
-    official = {
-        "model": {k.removeprefix("encoder."): v for k, v in full.items()}
-    }  # flat, as in mae_pretrain_*.pth
+    # flat, as in mae_pretrain_*.pth
+    official = {"model": {k.removeprefix("encoder."): v for k, v in full.items()}}
     for state in (official, full):  # the official layout, and our own MAE's
         assert detect_layout(state) == "mae"
         out = to_encoder_state(state, "mae", "micro")
@@ -114,8 +113,8 @@ def test_torchvision_layout(images):
 
 
 def test_classy_vision_layout(images):
-    # ClassyVision names: trunk prefix, layer_{i}, mlp.linear_1/2, pos_embedding of shape (1+N, 1,
-    # D).
+    # ClassyVision names: trunk prefix, layer_{i}, mlp.linear_1/2, pos_embedding of shape
+    # (1+N, 1, D).
     tv = _torchvision_vit()
     state = {}
     for k, v in tv.state_dict().items():
@@ -131,8 +130,8 @@ def test_classy_vision_layout(images):
 
 
 def test_maws_clip_vision_encoder(images):
-    # maws/model.py: CLIP(vision_encoder=timm ViT, text_encoder=..., vision_projection,
-    # text_projection, logit_scale)
+    # maws/model.py: CLIP(vision_encoder=timm ViT, text_encoder=...,
+    # vision_projection, text_projection, logit_scale)
     src = _perturbed(vit("micro"))
     state = {"vision_encoder." + k: v for k, v in src.state_dict().items()}
     state |= {
@@ -160,9 +159,8 @@ def test_wrong_size_names_dimensions():
         ConfigError, match=r"embed dim 128 and depth 6.*'tiny'.*embed dim 192 and depth 12.*micro"
     ):
         to_encoder_state(state, "timm", "tiny")
-    with pytest.raises(
-        ConfigError, match="patch_embed.proj.weight"
-    ):  # same width and depth, patch 16 not 4
+    # same width and depth, patch 16 not 4
+    with pytest.raises(ConfigError, match="patch_embed.proj.weight"):
         to_encoder_state(
             VisionTransformer(
                 img_size=128, patch_size=16, embed_dim=128, depth=6, num_heads=4

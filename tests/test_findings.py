@@ -21,9 +21,8 @@ def test_interval_is_students_t_and_the_rule_gives_each_verdict():
     assert c.verdict == "inconclusive"  # [-0.48, +4.48] holds 0
     assert findings.Comparison("a", "k", "x", [2.0, 2.1, 1.9, 2.0]).verdict == "holds"
     assert findings.Comparison("a", "k", "x", [-2.0, -2.1, -1.9]).verdict == "contradicted"
-    assert (
-        findings.Comparison("a", "k", "x", [5.0]).verdict == "inconclusive"
-    )  # one seed: no interval
+    # one seed: no interval
+    assert findings.Comparison("a", "k", "x", [5.0]).verdict == "inconclusive"
     big = findings.Comparison("a", "k", "x", [float(i % 7) for i in range(50)])
     assert big.half_width == pytest.approx(
         2.0096 * statistics.stdev(big.differences) / math.sqrt(50), rel=1e-4
@@ -52,12 +51,10 @@ def test_p_value_and_holm_agree_with_their_definitions():
     assert {c.key: c.p_holm for c in analysed} == pytest.approx(by_hand)
     assert [c.role for c in analysed] == ["secondary", "primary", "secondary"]
     assert analysed[2].verdict == "holds" and analysed[1].verdict == "inconclusive"
-    assert (
-        findings.claim_verdict(analysed) == "inconclusive"
-    )  # the primary's, whatever the secondaries say
-    assert (
-        analysed[0].p < 0.05 < analysed[0].p_holm and analysed[0].verdict == "inconclusive"
-    )  # held before Holm
+    # the primary's, whatever the secondaries say
+    assert findings.claim_verdict(analysed) == "inconclusive"
+    # held before Holm
+    assert analysed[0].p < 0.05 < analysed[0].p_holm and analysed[0].verdict == "inconclusive"
 
 
 def test_a_result_shared_by_two_claims_is_counted_once_and_one_seed_is_descriptive():
@@ -160,9 +157,8 @@ def test_fine_tuning_is_compared_with_the_probe_of_the_same_encoder_and_seed(iso
     check = {c.what.split(" (")[0]: c for c in findings.finetune_against_probe("mine")}[
         "WSP on cifar100"
     ]
-    assert check.what.endswith(
-        "(seed 0): fine-tune 30.00 vs linear probe 25.00"
-    )  # seed 0's probe, not the mean
+    # seed 0's probe, not the mean
+    assert check.what.endswith("(seed 0): fine-tune 30.00 vs linear probe 25.00")
 
 
 def test_readme_findings_are_generated_from_the_committed_cpu_results(monkeypatch):

@@ -70,9 +70,8 @@ def test_two_image_folders_at_the_same_relative_path_are_two_runs(tmp_path, monk
         _image_folder(tmp_path / place / "pics", colour)
         monkeypatch.chdir(tmp_path / place)
         runs.append(mae.pretrain(load_experiment("smoke", overrides)))
-    assert runs[0].path != runs[1].path and all(
-        run.done for run in runs
-    )  # the second one trained too
+    # the second one trained too
+    assert runs[0].path != runs[1].path and all(run.done for run in runs)
     assert [run.identity["data"]["fingerprint"] for run in runs][0] != runs[1].identity["data"][
         "fingerprint"
     ]
@@ -160,9 +159,8 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it(monkeypatch):
         monkeypatch.setattr(distributed, "native_bf16", lambda native=native: native)
         assert distributed.precision_name(exp) == expected
         assert distributed.precision_name(load_experiment("cpu", ["precision=fp32"])) == "fp32"
-        assert (
-            distributed.precision_name(load_experiment("smoke")) == "fp32"
-        )  # pinned: tests match on every CPU
+        # pinned: tests match on every CPU
+        assert distributed.precision_name(load_experiment("smoke")) == "fp32"
 
 
 def test_defaults_have_one_source(tmp_path):
@@ -172,9 +170,8 @@ def test_defaults_have_one_source(tmp_path):
     assert load_experiment("bare", config_file=config) == dataclasses.replace(
         Experiment(), preset="bare"
     )
-    with pytest.raises(
-        ConfigError, match="probe.crop_min: unknown key"
-    ):  # it did nothing: it is gone
+    # it did nothing: it is gone
+    with pytest.raises(ConfigError, match="probe.crop_min: unknown key"):
         load_experiment("smoke", ["probe.crop_min=0.5"])
 
 
@@ -208,9 +205,8 @@ def test_modules_that_read_tables_import_no_torch():
     none."""
     modules = "studylib.io, studylib.findings, studylib.figures, studylib.plan"
     assert heavy_imports(modules, ("torch", "timm", "torchvision")) == []
-    assert heavy_imports("studylib.runs", ("torch",)) == [
-        "torch"
-    ]  # the check sees torch where it is
+    # the check sees torch where it is
+    assert heavy_imports("studylib.runs", ("torch",)) == ["torch"]
 
 
 def test_no_module_imports_torch_without_computing_with_it():

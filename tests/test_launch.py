@@ -129,11 +129,12 @@ def test_preemption_signal_inside_an_epoch_checkpoints_that_step_and_the_requeue
     """SLURM's warning signal (submitit's USR2) in the middle of an epoch: the engine finishes the
     step, writes the checkpoint with its position, submitit requeues the job, and the job resumes at
     that step."""
+    # 512 steps an epoch
     overrides = [
         "wsp.epochs=2",
         "wsp.batch_size=4",
         "data.synthetic_train=2048",
-    ]  # 512 steps an epoch
+    ]
     job = submit("wsp", "smoke", _slurm(*overrides), folder=tmp_path / "jobs")
     run = wsp.run_for(load_experiment("smoke", overrides))
     deadline = time.monotonic() + 300
@@ -191,9 +192,8 @@ def test_two_task_ddp_study_job_runs_every_stage_once(slurm, tmp_path, isolated_
 def test_an_error_inside_a_slurm_job_reaches_the_caller_as_its_one_line(slurm, tmp_path):
     from studylib.errors import DataError
 
-    (tmp_path / "pics" / "cat").mkdir(
-        parents=True
-    )  # passes the config check, fails when the job reads it
+    # passes the config check, fails when the job reads it
+    (tmp_path / "pics" / "cat").mkdir(parents=True)
     job = submit(
         "default", "smoke", _slurm(f"data.pretrain={tmp_path / 'pics'}"), folder=tmp_path / "jobs"
     )
@@ -243,7 +243,8 @@ def test_every_training_run_writes_tensorboard_scalars_and_mae_its_reconstructio
     assert [e.step for e in events.Scalars("epoch/loss")] == [1, 2]
     assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
     (image,) = events.Images("mae/original, masked, reconstruction")[-1:]
+    # rows: 8 originals, masked, reconstructed, of 32 x 32
     assert (image.height, image.width) == (
         96,
         256,
-    )  # rows: 8 originals, masked, reconstructed, of 32 x 32
+    )

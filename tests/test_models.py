@@ -80,9 +80,8 @@ def test_decoder_puts_visible_tokens_back_in_their_places():
     model.decoder_blocks.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0]))
     latent = torch.randn(2, 1 + 16, model.encoder.embed_dim)
     model.forward_decoder(latent, ids_keep, 64)
-    tokens = (
-        seen["x"][:, 1:] - model.decoder_pos_embed[:, 1:]
-    )  # (2, 64, 16) before position embedding
+    # (2, 64, 16) before position embedding
+    tokens = seen["x"][:, 1:] - model.decoder_pos_embed[:, 1:]
     visible = model.decoder_embed(latent)[:, 1:]
     for b in range(2):
         assert torch.allclose(tokens[b, ids_keep[b]], visible[b], atol=1e-6)

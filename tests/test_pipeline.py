@@ -16,12 +16,13 @@ def test_default_study_end_to_end_on_smoke(smoke):
     csv = pd.read_csv(results_dir("smoke") / "default.csv")
     assert len(csv) == len(table)
     top1 = csv.query("metric == 'top1'").set_index("arm")["value"]
+    # every arm, in the registry's order
     assert list(top1.index) == [
         "random",
         "mae",
         "wsp",
         "mae_wsp",
-    ]  # every arm, in the registry's order
+    ]
     assert (top1 > 100 / 10).all()  # all beat chance on 10 synthetic classes
     flops = csv.query("stage == 'pretraining'").set_index("arm")["value"]
     assert flops["random"] == 0 and flops["mae_wsp"] == pytest.approx(flops["mae"] + flops["wsp"])
@@ -49,9 +50,8 @@ def test_bf16_on_cpu_trains_every_block_with_explicit_attention_and_fused_adamw(
         return real_step(model, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_step", capture)
-    run = wsp.pretrain(
-        load_experiment("smoke", ["precision=bf16", "model=pico"])
-    )  # small: some CPUs emulate bf16
+    # small: some CPUs emulate bf16
+    run = wsp.pretrain(load_experiment("smoke", ["precision=bf16", "model=pico"]))
     assert seen == {"attention": {False}, "fused_adamw": True}
     losses = [r["loss"] for r in run.metrics()]
     assert losses[-1] < losses[0]
@@ -108,9 +108,8 @@ def test_wsp_from_mae_loads_every_encoder_weight(smoke, monkeypatch):
 def test_an_interrupted_run_resumes_at_the_next_epoch(smoke, monkeypatch, capsys, tmp_path):
     exp = load_experiment("smoke", ["wsp.epochs=3"])
     uninterrupted = wsp.pretrain(exp).results()
-    monkeypatch.setenv(
-        "STUDYLIB_RUNS", str(tmp_path / "crashed")
-    )  # the same run again, from nothing
+    # the same run again, from nothing
+    monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / "crashed"))
     steps = {"n": 0}
     real_loss = wsp.wsp_loss
 

@@ -20,12 +20,10 @@ def test_seeds_needed_is_the_smallest_n_whose_half_width_meets_the_target_with_t
         assert plan.chance_met(sd, target, n) >= 0.8 and (
             n == 2 or plan.chance_met(sd, target, n - 1) < 0.8
         )
-        assert (
-            t_quantile_975(n - 1) * sd / math.sqrt(n) <= target
-        )  # at least the expected half-width's n
-    assert (
-        plan.seeds_needed(1.0, 1.0) == 8
-    )  # 7 seeds meet 1.0 at the expected sd, but only 68% of the time
+        # at least the expected half-width's n
+        assert t_quantile_975(n - 1) * sd / math.sqrt(n) <= target
+    # 7 seeds meet 1.0 at the expected sd, but only 68% of the time
+    assert plan.seeds_needed(1.0, 1.0) == 8
 
 
 def test_the_chance_of_meeting_the_target_is_what_simulated_batches_give():
@@ -66,11 +64,12 @@ def test_plan_reads_the_pilot_tables_and_says_what_the_seeds_cost(isolated_dirs,
     exp = load_experiment("smoke", overrides)
     folder = results_dir(exp.results_key) / "pilot"
     folder.mkdir(parents=True)
+    # paired sd 1.0: 0.5 needs n = 22 for an 80% chance (18 at the expected sd)
     gaps = {
         0: 1.0,
         1: 2.0,
         2: 3.0,
-    }  # paired sd 1.0: 0.5 needs n = 22 for an 80% chance (18 at the expected sd)
+    }
     rows = [
         {
             "seed": s,
@@ -84,6 +83,7 @@ def test_plan_reads_the_pilot_tables_and_says_what_the_seeds_cost(isolated_dirs,
         for s, gap in gaps.items()
         for arm in ("wsp", "mae_wsp")
     ]
+    # seed 2 slowed by other work: the median holds
     rows += [
         {
             "seed": s,
@@ -94,7 +94,7 @@ def test_plan_reads_the_pilot_tables_and_says_what_the_seeds_cost(isolated_dirs,
             "value": 600.0 if s == 2 else 120.0,
         }
         for s in gaps
-    ]  # seed 2 slowed by other work: the median holds
+    ]
     pd.DataFrame(rows).to_csv(folder / "default.csv", index=False)
     (row,) = plan.rows(exp)
     assert (

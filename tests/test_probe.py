@@ -20,12 +20,13 @@ def _features(n: int = 600, dim: int = 24, classes: int = 6, seed: int = 0):
 @pytest.mark.parametrize("weight_decay", [1e-4, 1e-2])
 def test_objective_reaches_scikit_learns_optimum(weight_decay):
     x, y = _features()
+    # the default, and a tight one
     ours, tight = (
         probe.objective(
             probe.fit_logistic(x, y, 6, weight_decay, tolerance=tol), x, y, weight_decay
         ).item()
         for tol in (1e-4, 1e-7)
-    )  # the default, and a tight one
+    )
     # mean CE + wd |W|^2  is  (sum CE + n wd |W|^2) / n: scikit-learn's C sum CE + |W|^2 / 2 with C
     # = 1 / (2 n wd)
     oracle = LogisticRegression(C=1 / (2 * len(y) * weight_decay), tol=1e-10, max_iter=10_000).fit(
@@ -36,8 +37,8 @@ def test_objective_reaches_scikit_learns_optimum(weight_decay):
         reference.weight.copy_(torch.from_numpy(oracle.coef_))
         reference.bias.copy_(torch.from_numpy(oracle.intercept_))
     best = probe.objective(reference, x, y, weight_decay).item()
-    # the default within 1e-3 nats per image of the optimum, a tight tolerance within 1e-5 of it,
-    # relative
+    # the default within 1e-3 nats per image of the optimum, a tight tolerance within 1e-5
+    # of it, relative
     assert ours == pytest.approx(best, abs=1e-3) and tight == pytest.approx(best, rel=1e-5), (
         ours,
         tight,
@@ -86,9 +87,8 @@ def test_fine_tuning_starts_from_the_probe_head(smoke, monkeypatch):
     encoder = init.random_encoder(exp)
     tuned = finetune.finetune(exp, encoder, "synthetic").results()["top1"]
     probed = probe.probe(exp, encoder, "synthetic").results()["top1"]
-    assert tuned == pytest.approx(
-        probed, abs=2.0
-    )  # drop path and one tiny step aside, the same classifier
+    # drop path and one tiny step aside, the same classifier
+    assert tuned == pytest.approx(probed, abs=2.0)
     assert probed > 30  # well above chance (10 classes): a random head would not be
 
 
@@ -96,7 +96,6 @@ def test_probe_run_records_a_converged_fit(smoke):
     run = probe.probe(smoke, init.random_encoder(smoke), "synthetic")
     result = run.results()
     assert result["final_grad_max"] < 1e-3 and result["weight_decay"] in smoke.probe.weight_decays
-    assert (
-        result["top1"] > 10 and result["train_top1"] >= result["top1"] - 20
-    )  # 10 classes: chance is 10
+    # 10 classes: chance is 10
+    assert result["top1"] > 10 and result["train_top1"] >= result["top1"] - 20
     assert np.isfinite(result["final_loss"])

@@ -62,24 +62,21 @@ def registered():
 
 
 def test_a_new_arm_and_study_from_test_code_show_up_everywhere(registered, capsys, isolated_dirs):
-    assert (
-        load_experiment("smoke").studies.arms[-1] == "mae_short"
-    )  # every registered arm, by default
+    # every registered arm, by default
+    assert load_experiment("smoke").studies.arms[-1] == "mae_short"
     exp = load_experiment("smoke", ["studies.arms=[random, mae_short]"])
     table = default_study(exp)
     top1 = table.query("stage == 'probe' and metric == 'top1'")
     assert list(top1.arm) == ["random", "mae_short"] and (top1.value > 10).all()
     svg = make_all(exp.results_key, ["default"])["default"][1].read_text()
     assert "MAE (1 epoch)" in svg and "random init" in svg  # the legend, with the registry's labels
-    found = {
-        c.key: c for c in comparisons(exp.results_key)
-    }  # its pair (Arm.beats) enters the findings
+    # its pair (Arm.beats) enters the findings
+    found = {c.key: c for c in comparisons(exp.results_key)}
     mine = found["mae_short-random/probe/synthetic"]
     assert mine.differences == pytest.approx([top1.value.iloc[1] - top1.value.iloc[0]])
     assert mine.what.startswith("MAE (1 epoch) − random init: linear probe")
-    assert (
-        "probe/synthetic" in found and found["probe/synthetic"].n == 0
-    )  # the paper's pair: no arm here
+    # the paper's pair: no arm here
+    assert "probe/synthetic" in found and found["probe/synthetic"].n == 0
 
     assert main(["study", "arm_count", "--preset", "smoke"]) == 0  # the study, then its own figure
     assert pd.read_csv(isolated_dirs / "results" / "smoke" / "arm_count.csv").value.item() == 5

@@ -50,9 +50,8 @@ def test_four_slices_of_16_make_the_step_of_one_batch_of_64(kind):
         model = _model(kind)
         config = WSPConfig(accumulation_steps=slices)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        torch.manual_seed(
-            2
-        )  # the same MAE masks: drawn per slice, in the order of one batch's draw
+        # the same MAE masks: drawn per slice, in the order of one batch's draw
+        torch.manual_seed(2)
         loss = train_step(
             model,
             wsp.wsp_loss if kind == "wsp" else mae.mae_loss,
@@ -62,11 +61,10 @@ def test_four_slices_of_16_make_the_step_of_one_batch_of_64(kind):
             config,
             None,
         )
-        grads[slices] = _grads(
-            model
-        )  # (the gradients AdamW gets; its first step is about lr x sign, which
-        # turns float rounding in near-zero gradients into lr-sized differences, so weights are not
-        # compared)
+        # (the gradients AdamW gets; its first step is about lr x sign, which
+        grads[slices] = _grads(model)
+        # turns float rounding in near-zero gradients into lr-sized differences, so weights
+        # are not compared)
         assert torch.isfinite(loss)
     assert grads[1].keys() == grads[4].keys() and len(grads[1]) > 10
     for name, g in grads[1].items():
@@ -84,9 +82,8 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keys(kind):
         if on:
             checkpoint_blocks(model)
             wrapped = [m for m in model.modules() if type(m).__name__ == "CheckpointWrapper"]
-            assert len(wrapped) == (
-                6 if kind == "finetune" else 6 + 2
-            )  # the MAE's decoder blocks too
+            # the MAE's decoder blocks too
+            assert len(wrapped) == (6 if kind == "finetune" else 6 + 2)
         torch.manual_seed(1)  # the same drop-path draws and masks, recomputation included
         out = model(images)
         (out.square().mean() if kind == "finetune" else out[0]).backward()
@@ -166,9 +163,8 @@ def test_sigkill_inside_an_epoch_then_rerun_sees_the_same_batches_and_ends_with_
     batches = re.findall(r"BATCH (\w+)", reference.stdout)
     assert len(batches) == 3 * 32
     runs = tmp_path / "runs"
-    killed = _train(
-        runs, 32 + 13, overrides
-    )  # killed in epoch 2's step 13; its last checkpoint: after step 10
+    # killed in epoch 2's step 13; its last checkpoint: after step 10
+    killed = _train(runs, 32 + 13, overrides)
     assert killed.returncode == -9 and "DONE" not in killed.stdout
     folder = runs / "smoke" / wsp.run_for(load_experiment("smoke", overrides)).name
     saved = load_weights(folder / "checkpoint.pth")["state"]
@@ -176,9 +172,8 @@ def test_sigkill_inside_an_epoch_then_rerun_sees_the_same_batches_and_ends_with_
     resumed = _train(runs, 0, overrides)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 1/3, step 10/32 of epoch 2" in resumed.stdout
-    assert (
-        re.findall(r"BATCH (\w+)", resumed.stdout) == batches[32 + 10 :]
-    )  # exactly the batches still due
+    # exactly the batches still due
+    assert re.findall(r"BATCH (\w+)", resumed.stdout) == batches[32 + 10 :]
     folders = [Path(r.stdout.split("DONE ")[1].split()[0]) for r in (reference, resumed)]
     one, two = (load_weights(f / "encoder.pth")["state"] for f in folders)
     assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)

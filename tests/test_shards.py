@@ -89,9 +89,8 @@ def test_unequal_shards_drop_the_surplus_so_ranks_take_equal_steps(tmp_path):
     streams = [
         ShardStream(tmp_path, batch_size=8, size=32, workers=2, rank=r, world=2) for r in (0, 1)
     ]
-    assert (
-        streams[0].steps() == (8 + 16) // 8
-    )  # the 2 smallest shards: what the rank with 2 holds at least
+    # the 2 smallest shards: what the rank with 2 holds at least
+    assert streams[0].steps() == (8 + 16) // 8
     for epoch in (0, 1, 2, 3):
         held = [sum(s["samples"] for s in epoch_shards(index, 0, epoch, r, 2)) for r in (0, 1)]
         assert min(held) >= 3 * 8
@@ -217,10 +216,11 @@ def test_wsp_on_a_shard_pool_ends_with_the_same_weights_whatever_the_loader_work
 
     _shards(tmp_path / "pool", 96, 16)
     weights = []
+    # 1 and 3 DataLoader workers: the same run name, so each in its own runs folder
     for cpus in (
         2,
         4,
-    ):  # 1 and 3 DataLoader workers: the same run name, so each in its own runs folder
+    ):
         monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / f"runs{cpus}"))
         exp = load_experiment(
             "smoke",
@@ -245,15 +245,13 @@ def test_the_shards_command_writes_the_pool_and_refuses_a_folder_in_use(tmp_path
 
     out = tmp_path / "pool"
     assert main(["shards", "--preset", "smoke", "--out", str(out), "--per-shard", "100"]) == 0
-    assert [s["samples"] for s in read_index(out)] == [100] * 5 + [
-        12
-    ]  # smoke's pool: 512 synthetic images
+    # smoke's pool: 512 synthetic images
+    assert [s["samples"] for s in read_index(out)] == [100] * 5 + [12]
     assert "512 samples in 6 shards" in capsys.readouterr().out
     assert main(["shards", "--preset", "smoke", "--out", str(out)]) == 2
     assert "not an empty folder" in capsys.readouterr().err
-    written = read_index(
-        out
-    )  # tars from elsewhere (img2dataset) get their index by counting their samples
+    # tars from elsewhere (img2dataset) get their index by counting their samples
+    written = read_index(out)
     (out / "shards.json").unlink()
     assert main(["shards", "--index", str(out)]) == 0 and read_index(out) == written
     assert "512 samples in 6 shards" in capsys.readouterr().out
@@ -293,10 +291,11 @@ def test_a_truncated_jpeg_and_a_sample_without_metadata_are_skipped_and_counted(
     assert streams[0].repeats + streams[1].repeats == 2  # the damaged rank's last batch filled up
     keys = Counter(k for rank in batches for _, ks, _ in rank for k in ks)
     assert set(keys) == {f"{i:09d}" for i in range(320)} - set(skipped)
+    # two repeats, the rest once
     assert sum(keys.values()) == 320 and sorted(keys.values())[-2:] == [
         2,
         2,
-    ]  # two repeats, the rest once
+    ]
     strict = ShardStream(
         tmp_path, batch_size=8, size=32, seed=3, rank=0, world=1, max_skipped=0.001
     )
@@ -313,13 +312,12 @@ def test_mae_then_wsp_stream_a_shard_pool_and_wsp_learns_its_most_frequent_tags(
 ):
     from studylib.cli import main
     from studylib.data import load_dataset
-    from studylib.shards import vocabulary
+    from studylib.shards import tag_counts, vocabulary
     from studylib.stages import mae, wsp
 
     folder = tmp_path / "pool"
-    assert (
-        main(["shards", "--preset", "smoke", "--out", str(folder), "--per-shard", "64"]) == 0
-    )  # 8 shards
+    # 8 shards
+    assert main(["shards", "--preset", "smoke", "--out", str(folder), "--per-shard", "64"]) == 0
     counts = Counter()
     for shard in read_index(folder):
         with tarfile.open(folder / shard["name"]) as tar:
@@ -336,12 +334,11 @@ def test_mae_then_wsp_stream_a_shard_pool_and_wsp_learns_its_most_frequent_tags(
     exp = load_experiment("smoke", overrides)
     mae_run = mae.pretrain(exp)
     wsp_run = wsp.pretrain(exp, mae_run)
-    assert vocabulary(folder, 12) == expected  # read back from its cache
+    assert vocabulary(tag_counts(folder)[0], 12) == expected  # read back from its cache
     results = wsp_run.results()
     assert results["vocab_size"] == 12 and results["skipped_samples"] == 0
-    assert (
-        results["images_seen"] == 2 * 512 and mae_run.results()["images_seen"] == 512
-    )  # 8 steps of 64 an epoch
+    # 8 steps of 64 an epoch
+    assert results["images_seen"] == 2 * 512 and mae_run.results()["images_seen"] == 512
     assert wsp_run.identity["tag_vocabulary"] == 12 and wsp_run.identity["data"]["dataset"] == str(
         folder
     )
@@ -349,16 +346,16 @@ def test_mae_then_wsp_stream_a_shard_pool_and_wsp_learns_its_most_frequent_tags(
     assert len(losses) == 2 and losses[1] < losses[0]
     with pytest.raises(DataError, match="a folder of shards"):
         load_dataset(str(folder))
+    # the README's command: the study reuses both runs, then probes
     study = [
         *overrides,
         "studies.arms=[mae_wsp]",
-    ]  # the README's command: the study reuses both runs, then probes
+    ]
     assert main(["study", "--preset", "smoke", *[arg for o in study for arg in ("--set", o)]]) == 0
     key = load_experiment("smoke", study).results_key
     table = pd.read_csv(isolated_dirs / "results" / key / "default.csv").query("metric == 'top1'")
-    assert (
-        set(table["run"].str.split("-").str[0]) == {"probe"} and (table["value"] > 10).all()
-    )  # 10 classes
+    # 10 classes
+    assert set(table["run"].str.split("-").str[0]) == {"probe"} and (table["value"] > 10).all()
 
 
 def _imagenet_layout(root: Path, per_class: int = 24) -> None:
@@ -377,9 +374,8 @@ def test_an_image_folder_streams_every_image_once_per_epoch_cropped_in_workers_f
     tmp_path, monkeypatch
 ):
     _imagenet_layout(tmp_path)
-    (tmp_path / "train" / "n00" / "img0000.JPEG").write_bytes(
-        b"\xff\xd8 not a jpeg"
-    )  # skipped and counted
+    # skipped and counted
+    (tmp_path / "train" / "n00" / "img0000.JPEG").write_bytes(b"\xff\xd8 not a jpeg")
     source = ImageFiles(tmp_path, per_unit=8)
     assert [u["samples"] for u in source.units] == [8] * 12 and source.classes == [
         "n00",
@@ -407,15 +403,13 @@ def test_an_image_folder_streams_every_image_once_per_epoch_cropped_in_workers_f
         assert [len(b) for b in batches] == [6, 6]  # 48 images a rank
         keys = Counter(k for rank in batches for _, ks, _ in rank for k in ks)
         assert set(keys) == {f[0] for f in file_index(tmp_path)[1]} - {"train/n00/img0000.JPEG"}
-        assert (
-            sum(keys.values()) == 96 and max(keys.values()) == 2
-        )  # one repeat fills the damaged rank's last batch
+        # one repeat fills the damaged rank's last batch
+        assert sum(keys.values()) == 96 and max(keys.values()) == 2
         assert [k for s in streams for k, _ in s.skipped] == ["train/n00/img0000.JPEG"]
         images, found, tags = batches[0][0]
         assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
-        assert all(
-            tag == [key.split("/")[1]] for key, tag in zip(found, tags, strict=True)
-        )  # the class is the tag
+        # the class is the tag
+        assert all(tag == [key.split("/")[1]] for key, tag in zip(found, tags, strict=True))
     # a crop is drawn from (seed, epoch, key): the same whichever worker reads the image, another
     # the next epoch
     one_worker = ShardStream(
@@ -456,13 +450,11 @@ def test_the_shards_command_copies_a_streamed_image_folder_with_simulated_hashta
     with tarfile.open(out / "00001.tar") as tar:
         jpeg = tar.extractfile("000000012.jpg").read()
         metas = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
-    assert (
-        jpeg == (tmp_path / "imagenet" / files[12][0]).read_bytes()
-    )  # the file itself, not re-encoded
+    # the file itself, not re-encoded
+    assert jpeg == (tmp_path / "imagenet" / files[12][0]).read_bytes()
     assert [m["label"] for m in metas] == [label for _, label in files[10:20]]
-    assert (
-        sum(f"#n0{m['label']}" in m["tags"] for m in metas) >= 5
-    )  # simulated: the class tag, most of the time
+    # simulated: the class tag, most of the time
+    assert sum(f"#n0{m['label']}" in m["tags"] for m in metas) >= 5
     batches = list(
         ShardStream(out, batch_size=8, size=32, workers=0, rank=0, world=1, crop_min=0.5).epoch(0)
     )
@@ -495,11 +487,12 @@ def test_shards_resized_to_a_short_side_and_a_bad_source_or_out_is_one_line_leav
                 for m in tar
                 if m.name.endswith(".jpg")
             }
+    # 64 x 48, 48 x 64 and 50 x 50, short side 32, aspect kept
     assert sizes == {
         (43, 32),
         (32, 43),
         (32, 32),
-    }  # 64 x 48, 48 x 64 and 50 x 50, short side 32, aspect kept
+    }
     for bad, message in (
         (["--per-shard", "0"], "--per-shard >= 1"),
         (["--out", str(tmp_path / "imagenet" / "inside")], "inside the source"),
@@ -594,20 +587,17 @@ def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(
     assert wsp_run.identity["data"]["stream"] is True
     losses = [m["loss"] for m in wsp_run.metrics()]
     assert len(losses) == 2 and losses[1] < losses[0]
-    in_memory = load_experiment(
-        "smoke", overrides[:1] + overrides[2:]
-    )  # the same folder held in memory: another run
+    # the same folder held in memory: another run
+    in_memory = load_experiment("smoke", overrides[:1] + overrides[2:])
     assert wsp.run_for(in_memory, None).hash != wsp.run_for(exp, None).hash
-    rows = zeroshot.rows(
-        exp, wsp_run
-    )  # LiT on the pool's own tags, zero-shot on the first probe dataset
+    # LiT on the pool's own tags, zero-shot on the first probe dataset
+    rows = zeroshot.rows(exp, wsp_run)
     lit = zeroshot.run_for(exp, wsp_run)
     assert {row["dataset"] for row in rows} == {"synthetic"} and lit.identity["evaluated_on"][
         "dataset"
     ] == "synthetic"
-    assert (
-        lit.results()["text_vocab"] == 3 + 4
-    )  # the special tokens and the four class names, words of the captions
+    # the special tokens and the four class names, words of the captions
+    assert lit.results()["text_vocab"] == 3 + 4
     with pytest.raises(DataError, match="is streamed"):
         pool.images(exp)
     resampled = wsp.pretrain(
@@ -619,9 +609,8 @@ def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(
 def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_nothing_long_before_it(
     tmp_path, monkeypatch
 ):
-    index = _shards(
-        tmp_path / "pool", 200, 16
-    )  # 12 shards of 16 and one of 8: three lanes of unequal length
+    # 12 shards of 16 and one of 8: three lanes of unequal length
+    index = _shards(tmp_path / "pool", 200, 16)
     _damage(tmp_path / "pool" / index[2]["name"], truncate="000000040", strip_meta="000000041")
     stream = ShardStream(
         tmp_path / "pool",
@@ -653,6 +642,5 @@ def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_noth
             for a, b in zip(rest, whole[start:], strict=True)
         )
         before = {k for _, keys, _ in whole[:start] for k in keys}
-        assert (
-            len(set(log.read_text().split()) & before) < 6
-        )  # at most the rest of the batch `start` begins in
+        # at most the rest of the batch `start` begins in
+        assert len(set(log.read_text().split()) & before) < 6

@@ -33,13 +33,14 @@ def suite_runs(suite, monkeypatch: pytest.MonkeyPatch) -> tuple:
 
 def test_suite_writes_one_table_with_every_task(suite):
     exp, encoder_run, table = suite
+    # registry order
     assert list(table.task.unique()) == [
         "finetune",
         "probe",
         "lowshot",
         "zeroshot",
         "robustness",
-    ]  # registry order
+    ]
     saved = pd.read_csv(encoder_run.path / "transfer.csv")
     assert len(saved) == len(table) and set(saved.columns) >= {
         "task",

@@ -41,9 +41,8 @@ def test_rare_tags_weigh_their_repeat_factor_as_if_their_images_were_repeated():
 
     from studylib.stages.wsp import repeat_factors, wsp_loss
 
-    factors = repeat_factors(
-        torch.tensor([50, 5, 1, 0]), 100, threshold=0.1
-    )  # shares 0.5, 0.05, 0.01, 0
+    # shares 0.5, 0.05, 0.01, 0
+    factors = repeat_factors(torch.tensor([50, 5, 1, 0]), 100, threshold=0.1)
     assert torch.allclose(factors[:3], torch.tensor([1.0, 2**0.5, 10**0.5])) and factors[3] > 1000
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
@@ -59,9 +58,8 @@ def test_the_rare_tag_threshold_names_a_new_run_only_when_set():
     from studylib.stages import wsp
 
     plain = wsp.run_for(load_experiment("smoke"))
-    assert (
-        "rare_tag_threshold" not in plain.identity["wsp"]
-    )  # runs made before the setting keep their hashes
+    # runs made before the setting keep their hashes
+    assert "rare_tag_threshold" not in plain.identity["wsp"]
     assert wsp.run_for(load_experiment("smoke", ["wsp.rare_tag_threshold=0"])).hash == plain.hash
     resampled = wsp.run_for(load_experiment("smoke", ["wsp.rare_tag_threshold=0.01"]))
     assert resampled.hash != plain.hash and resampled.identity["wsp"]["rare_tag_threshold"] == 0.01

@@ -63,9 +63,8 @@ def pretrain(exp: Experiment) -> Run:
         forward = count_flops(model, img_size)  # before training: FSDP2 shards the model in place
         summary = train(run, model, mae_loss, batches, exp.mae, device, dtype, exp.seed)
         save_encoder(run, model.encoder)
-        if (
-            is_main() and data is not None and len(data.test_images)
-        ):  # TensorBoard: originals, masked, reconstructed
+        # TensorBoard: originals, masked, reconstructed
+        if is_main() and data is not None and len(data.test_images):
             shown = reconstruct(model.cpu(), data.test_images[:8], exp)
             with tensorboard_writer(run) as writer:
                 writer.add_images(
@@ -102,9 +101,8 @@ def reconstruct(model: MAE, test_images: torch.Tensor, exp: Experiment) -> dict[
     torch.manual_seed(exp.seed)
     _, pred, mask = model(x)
     target = patchify(x, model.patch)
-    if (
-        model.norm_pix_loss
-    ):  # predictions are per-patch normalised: give them each patch's own statistics
+    # predictions are per-patch normalised: give them each patch's own statistics
+    if model.norm_pix_loss:
         pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
     hidden = mask.unsqueeze(-1).bool()
     out = {

@@ -50,9 +50,8 @@ def extract_features(
     share = math.ceil(len(images) / distributed.world_size())
     counts = [min(share, max(0, len(images) - r * share)) for r in range(distributed.world_size())]
     mine = images[distributed.rank() * share :][:share]
-    padded = torch.cat(
-        [mine, images[: share - len(mine)]]
-    )  # every rank the same rows for the gather
+    # every rank the same rows for the gather
+    padded = torch.cat([mine, images[: share - len(mine)]])
     batches = Batches(
         padded,
         torch.zeros(share),

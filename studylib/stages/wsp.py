@@ -81,9 +81,8 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
                 device,
                 ImageTransform(img_size, exp.wsp.crop_min),
             )
-            carried = torch.bincount(
-                hashtags.tags[hashtags.tags >= 0], minlength=len(vocab)
-            )  # an image's tags differ
+            # an image's tags differ
+            carried = torch.bincount(hashtags.tags[hashtags.tags >= 0], minlength=len(vocab))
         loss = wsp_loss
         if exp.wsp.rare_tag_threshold:
             loss = functools.partial(
@@ -97,9 +96,8 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
         forward = count_flops(model, img_size)  # before training: FSDP2 shards the model in place
         summary = train(run, model, loss, batches, exp.wsp, device, dtype, exp.seed)
         save_encoder(run, model)
-        streamed = (
-            {"skipped_samples": len(batches.stream.skipped)} if folder else {}
-        )  # in the last epoch
+        # in the last epoch
+        streamed = {"skipped_samples": len(batches.stream.skipped)} if folder else {}
         return {
             **summary,
             "init": run.identity["init"],
