@@ -297,13 +297,9 @@ def cmd_shards(args: argparse.Namespace) -> None:
     source = Path(exp.data.pretrain).expanduser() if exp.data.stream else None
     out = _shards_out(Path(args.out), source, args.per_shard, args.max_size)
     images = folder_labels(source) if source else pool.images(exp)
+    hashtags, size = simulate(images, exp.tags), args.max_size
     index = write_shards(
-        images,
-        simulate(images, exp.tags),
-        out,
-        args.per_shard,
-        source=source,
-        max_size=args.max_size,
+        images, hashtags, out, per_shard=args.per_shard, source=source, max_size=size
     )
     print(
         f"{sum(s['samples'] for s in index)} samples in {len(index)} shards: {out}/00000.tar ... "

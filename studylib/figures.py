@@ -197,18 +197,9 @@ def default(key: str) -> list[Path]:
     table = read(key, "default")
     probes, order, palette = arms(_probes(table))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sns.pointplot(
-        probes,
-        x="dataset",
-        y="value",
-        hue="arm",
-        hue_order=order,
-        palette=palette,
-        errorbar=interval95,
-        dodge=0.4 if len(order) > 1 else False,
-        linestyle="none",
-        ax=ax,
-    )
+    style = _by_arm(order, palette)
+    dodge = 0.4 if len(order) > 1 else False
+    sns.pointplot(probes, x="dataset", y="value", dodge=dodge, linestyle="none", ax=ax, **style)
     ax.set(
         xlabel="probe dataset",
         ylabel="linear-probe top-1 (%)",
@@ -217,6 +208,11 @@ def default(key: str) -> list[Path]:
     ax.legend(title=None, fontsize=8)
     fig.tight_layout()
     return save(fig, "default", key, ["default"], table)
+
+
+def _by_arm(order: list[str], palette: dict) -> dict:
+    """seaborn's keywords for one colour per arm, in registry order, with 95% t-intervals."""
+    return {"hue": "arm", "hue_order": order, "palette": palette, "errorbar": interval95}
 
 
 def setting(key: str, model: bool = True) -> str:
@@ -360,17 +356,8 @@ def convergence(key: str) -> list[Path]:
         part = probes[probes.dataset == dataset]
         for row, x in enumerate(("wsp_epochs", "train_flops")):
             ax = axes[row, col]
-            sns.lineplot(
-                part[part.train_flops > 0] if row == 1 else part,
-                x=x,
-                y="value",
-                hue="arm",
-                hue_order=order,
-                palette=palette,
-                marker="o",
-                errorbar=interval95,
-                ax=ax,
-            )
+            points = part[part.train_flops > 0] if row == 1 else part
+            sns.lineplot(points, x=x, y="value", marker="o", ax=ax, **_by_arm(order, palette))
             ax.set(
                 ylabel=f"{dataset} linear-probe top-1 (%)",
                 xlabel="WSP epochs" if row == 0 else "total training FLOPs (MAE included)",
@@ -403,17 +390,8 @@ def model_size(key: str) -> list[Path]:
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        sns.lineplot(
-            probes[probes.dataset == dataset],
-            x="params",
-            y="value",
-            hue="arm",
-            hue_order=order,
-            palette=palette,
-            marker="o",
-            errorbar=interval95,
-            ax=ax,
-        )
+        part = probes[probes.dataset == dataset]
+        sns.lineplot(part, x="params", y="value", marker="o", ax=ax, **_by_arm(order, palette))
         for name, count in zip(params.model, params.value, strict=True):
             ax.annotate(
                 name,
@@ -444,16 +422,10 @@ def data_size(key: str) -> list[Path]:
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
+        style = _by_arm(order, palette)
+        dodge = 0.3 if len(order) > 1 else False
         sns.pointplot(
-            probes[probes.dataset == dataset],
-            x="images",
-            y="value",
-            hue="arm",
-            hue_order=order,
-            palette=palette,
-            errorbar=interval95,
-            dodge=0.3 if len(order) > 1 else False,
-            ax=ax,
+            probes[probes.dataset == dataset], x="images", y="value", dodge=dodge, ax=ax, **style
         )
         ax.set_ylim(0, None)
         ax.set(

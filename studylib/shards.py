@@ -64,6 +64,7 @@ def write_shards(
     dataset: ImageDataset,
     hashtags: Hashtags,
     folder: Path,
+    *,
     per_shard: int = 1000,
     quality: int = 95,
     source: Path | None = None,

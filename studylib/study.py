@@ -33,21 +33,9 @@ from studylib.stages import mae, probe
 from studylib.transfer import transfer_suite
 from studylib.weak_labels import simulate
 
-COLUMNS = [
-    "study",
-    "model",
-    "seed",
-    "arm",
-    "mae_data",
-    "wsp_epochs",
-    "stage",
-    "dataset",
-    "variant",
-    "metric",
-    "value",
-    "draw",
-    "run",
-]
+COLUMNS = (
+    "study model seed arm mae_data wsp_epochs stage dataset variant metric value draw run"
+).split()
 RESULT_METRICS = ("final_loss", "top1", "wall_time_s", "images_per_s", "train_flops")
 
 

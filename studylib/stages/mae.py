@@ -50,13 +50,10 @@ def pretrain(exp: Experiment) -> Run:
             batches = pool.batches(exp, exp.mae, device, fraction=exp.mae.data_fraction)
         else:
             data = pool.images(exp, *image_source(exp))
+            images, labels = data.train_images, data.train_labels
+            crop, per_epoch = ImageTransform(img_size, exp.mae.crop_min), exp.mae.epoch_images
             batches = Batches(
-                data.train_images,
-                data.train_labels,
-                exp.mae.batch_size,
-                device,
-                ImageTransform(img_size, exp.mae.crop_min),
-                images_per_epoch=exp.mae.epoch_images,
+                images, labels, exp.mae.batch_size, device, crop, images_per_epoch=per_epoch
             )
         torch.manual_seed(exp.seed)
         model = build(exp)

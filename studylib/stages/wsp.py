@@ -74,13 +74,8 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
             data = pool.images(exp)
             hashtags = simulate(data, exp.tags)
             vocab, images = hashtags.vocab, len(hashtags.tags)
-            batches = Batches(
-                data.train_images,
-                hashtags.tags,
-                exp.wsp.batch_size,
-                device,
-                ImageTransform(img_size, exp.wsp.crop_min),
-            )
+            crop = ImageTransform(img_size, exp.wsp.crop_min)
+            batches = Batches(data.train_images, hashtags.tags, exp.wsp.batch_size, device, crop)
             # an image's tags differ
             carried = torch.bincount(hashtags.tags[hashtags.tags >= 0], minlength=len(vocab))
         loss = wsp_loss
