@@ -404,6 +404,20 @@ def image_folder(root: Path) -> ImageDataset:
     return ImageDataset(str(root), *splits["train"], *test, classes)
 
 
+def file_stat(path: Path, relist_if_gone: bool = False) -> os.stat_result:
+    """`os.stat(path)` of an image, or one line naming it: a link that loops or reaches nothing, no
+    permission (with relist_if_gone, a file that is gone raises FileNotFoundError as it is)."""
+    try:
+        return os.stat(path)
+    except OSError as err:
+        if relist_if_gone and isinstance(err, FileNotFoundError):
+            raise
+        raise DataError(
+            f"{path}: cannot read this file ({err.strerror}); allowed: an image file, or a link "
+            "that reaches one"
+        ) from None
+
+
 def _image_folder_cached(root: Path) -> ImageDataset:
     """`image_folder(root)`, decoded once: later processes read the pixels from
     $STUDYLIB_CACHE/image_folder-<key>/*.npy (CIFAR-10's 60,000 JPEGs take 25 s to decode on 2
@@ -412,7 +426,7 @@ def _image_folder_cached(root: Path) -> ImageDataset:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     manifest = [str(root)]
     for path in files:
-        stat = path.stat()
+        stat = file_stat(path)
         manifest.append(f"{path.relative_to(root)} {stat.st_size} {stat.st_mtime_ns}")
     key = hashlib.sha256("\n".join(manifest).encode()).hexdigest()[:16]
     cache = cache_dir() / f"image_folder-{key}"

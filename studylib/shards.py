@@ -52,7 +52,7 @@ from PIL import Image
 
 from studylib import distributed
 from studylib.config import cache_dir
-from studylib.data import IMAGE_SUFFIXES, ImageDataset, ImageTransform
+from studylib.data import IMAGE_SUFFIXES, ImageDataset, ImageTransform, file_stat
 from studylib.errors import DataError
 from studylib.io import atomic_write, sha256
 from studylib.weak_labels import Hashtags
@@ -404,7 +404,7 @@ def _stat_fingerprint(root: Path, index: Path, _index_hash: str) -> str:
     digest = hashlib.sha256(str(root).encode())
     try:
         for name, label in _read_file_index(index)[1]:
-            stat = os.stat(root / name)
+            stat = file_stat(root / name, relist_if_gone=True)
             digest.update(f"{name} {label} {stat.st_size} {stat.st_mtime_ns}\n".encode())
     except FileNotFoundError:
         index.unlink(missing_ok=True)  # stale: listed again, once

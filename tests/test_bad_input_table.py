@@ -1044,6 +1044,18 @@ def _with_bomb(d: Path) -> Path:
     return root
 
 
+def _with_text_png(d: Path) -> Path:
+    root = _folder(d)
+    (root / "train" / "cat" / "notes.png").write_text("a text file under an image's name\n")
+    return root
+
+
+def _with_self_link(d: Path) -> Path:
+    root = _folder(d)
+    (root / "train" / "cat" / "loop.jpg").symlink_to("loop.jpg")  # a link to itself
+    return root
+
+
 def _shards_of(build: Callable[[Path], Path], *extra: str) -> Callable[[Path], list[str]]:
     """`studylib shards` copying the streamed image folder `build` makes."""
     return lambda d: [
@@ -1173,6 +1185,24 @@ SCALE = [
         _shards_of(_with_bomb),
         ["bomb.png: not an image that can be read"],
         cli=True,
+    ),
+    Case(
+        "scale",
+        "shards of a folder holding a text file named .png",
+        _shards_of(_with_text_png),
+        ["notes.png: not an image that can be read"],
+    ),
+    Case(
+        "scale",
+        "shards of a folder holding a .jpg linked to itself",
+        _shards_of(_with_self_link),
+        ["loop.jpg"],
+    ),
+    Case(
+        "scale",
+        "in-memory pool holding a .jpg linked to itself",
+        _pics(_with_self_link),
+        ["loop.jpg"],
     ),
     Case(
         "scale",
