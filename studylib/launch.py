@@ -12,12 +12,13 @@ without warning loses what came after the last checkpoint (every epoch, or every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def executor(exp: Experiment, folder: str | Path | None = None) -> submitit.Exec
             "launch.executor: 'slurm', but this machine has no sbatch on its PATH; allowed: "
             "'local', 'debug' or 'auto' here, or 'slurm' on a SLURM login node"
         )
-    folder = Path(folder) if folder else runs_dir() / exp.preset / "jobs"
+    folder = jobs_folder(exp, folder)
     ex = submitit.AutoExecutor(
         folder=folder / "%j", cluster=kind, slurm_max_num_timeout=launch.max_requeues
     )
@@ -98,6 +99,30 @@ def executor(exp: Experiment, folder: str | Path | None = None) -> submitit.Exec
     return ex
 
 
+def jobs_folder(exp: Experiment, folder: str | Path | None = None) -> Path:
+    """Where the jobs' logs go: `folder`, or <runs>/<preset>/jobs/."""
+    return Path(folder) if folder else runs_dir() / exp.preset / "jobs"
+
+
+@contextlib.contextmanager
+def controller_stderr_to(path: Path, local: bool) -> Iterator[None]:
+    """While a local job starts, this process's stderr (fd 2) goes to `path`: submitit's local
+    controller inherits it, so its traceback on Ctrl-C lands there, not on the terminal."""
+    if not local:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def submit(
     target: str,
     preset: str,
@@ -110,12 +135,12 @@ def submit(
     exp = load_experiment(preset, list(overrides), config_file)
     job = StudyJob(target, exp.launch.max_requeues)
     chosen = executor(exp, folder)
+    log = jobs_folder(exp, folder) / "local_controllers.err"
     try:
-        return chosen.submit(job, exp)
-    except (
-        submitit.core.utils.FailedJobError,
-        OSError,
-    ) as err:  # sbatch refused it, or could not run
+        with controller_stderr_to(log, chosen.cluster == "local"):
+            return chosen.submit(job, exp)
+    # sbatch refused it, or could not run
+    except (submitit.core.utils.FailedJobError, OSError) as err:
         raise ConfigError(
             f"launch.executor {exp.launch.executor}: the job could not be submitted "
             f"({' '.join(str(err).split())[:200]}); allowed: a running SLURM, or "
@@ -134,7 +159,10 @@ def sweep(
     """Submit one job per point (a list of overrides on top of `overrides`), as one job array."""
     experiments = [load_experiment(preset, [*overrides, *point], config_file) for point in points]
     job = StudyJob(target, experiments[0].launch.max_requeues)
-    return executor(experiments[0], folder).map_array(job, experiments)
+    chosen = executor(experiments[0], folder)
+    log = jobs_folder(experiments[0], folder) / "local_controllers.err"
+    with controller_stderr_to(log, chosen.cluster == "local"):
+        return chosen.map_array(job, experiments)
 
 
 def run(target: str, preset: str, overrides: Sequence[str] = (), executor: str = "local") -> Any:

@@ -3,7 +3,9 @@
 
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +30,57 @@ def test_local_executor_runs_a_real_process(tmp_path):
     job = submit("wsp", "smoke", ["launch.executor=local", *SMALL], folder=tmp_path / "jobs")
     ((run,),) = watch([job], poll_s=0.5)
     assert run.done and "epoch 2/2" in progress(job)
+
+
+def test_ctrl_c_on_a_local_job_is_one_line_no_traceback_and_no_process_left(tmp_path):
+    """As a terminal does: SIGINT to the whole process group (the command, submitit's local
+    controller and the job) once the job trains; the job is long, so the outcome is the same on a
+    fast machine."""
+    env = {**os.environ, **{f"STUDYLIB_{k}": str(tmp_path / k) for k in ("RUNS", "CACHE")}}
+    env["STUDYLIB_RESULTS"] = str(tmp_path / "results")
+    command = [
+        sys.executable,
+        "-m",
+        "studylib",
+        "submit",
+        "mae",
+        "--preset",
+        "smoke",
+        "--set",
+        "launch.executor=local",
+    ]
+    proc = subprocess.Popen(
+        [*command, "--set", "mae.epochs=500"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    jobs = tmp_path / "RUNS" / "smoke" / "jobs"
+    deadline = time.monotonic() + 300
+    while not any("epoch 1/500" in p.read_text() for p in jobs.glob("*/*_log.out")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "studylib: interrupted:"
+    )
+    assert "KeyboardInterrupt" in (jobs / "local_controllers.err").read_text()
+    deadline = time.monotonic() + 60
+    while _group_alive(proc.pid):
+        assert time.monotonic() < deadline, "a process of the job outlived Ctrl-C"
+        time.sleep(0.5)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_unknown_target_is_a_clear_error():
