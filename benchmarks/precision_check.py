@@ -18,6 +18,7 @@ import json
 import time
 
 import pandas as pd
+from scipy import stats
 
 from studylib.config import load_experiment
 from studylib.runs import git_sha
@@ -67,6 +68,7 @@ def main() -> None:
     speed["bf16 / fp32"] = speed["bf16"] / speed["fp32"]
     print(f"{args.preset} {' '.join(args.overrides)}, seeds {args.seeds}")
     print("linear-probe top-1 (%): mean and sd over seeds\n" + top1.round(2).to_string())
+    print("MAE→WSP − WSP, paired by seed: mean [95% t-interval]\n" + paired(table).to_string())
     print("final training loss: mean and sd over seeds\n" + loss.round(4).to_string())
     print("training images/s, mean over seeds\n" + speed.round(2).to_string())
     if args.out:
@@ -83,6 +85,28 @@ def main() -> None:
                 f,
                 indent=2,
             )
+
+
+def paired(table: pd.DataFrame) -> pd.DataFrame:
+    """Claim (a)'s comparison in each precision, and bf16's minus fp32's, paired by seed."""
+    top1 = table[(table.metric == "top1") & table.arm.isin(["wsp", "mae_wsp"])]
+    wide = top1.pivot_table(index=["dataset", "seed"], columns=["precision", "arm"], values="value")
+    rows = []
+    for dataset, per_seed in wide.groupby(level="dataset"):
+        gaps = {p: per_seed[(p, "mae_wsp")] - per_seed[(p, "wsp")] for p in ("fp32", "bf16")}
+        gaps["bf16 - fp32"] = gaps["bf16"] - gaps["fp32"]
+        for name, gap in gaps.items():
+            half = stats.t.ppf(0.975, len(gap) - 1) * gap.std() / len(gap) ** 0.5
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "of": name,
+                    "n": len(gap),
+                    "mean": round(gap.mean(), 2),
+                    "interval": f"[{gap.mean() - half:+.2f}, {gap.mean() + half:+.2f}]",
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":

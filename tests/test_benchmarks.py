@@ -2,6 +2,7 @@
 fast)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,10 +64,13 @@ def test_precision_check_trains_each_precision_in_its_own_run_folders(tmp_path):
         "data.synthetic_test=64",
         "--seeds",
         "0",
+        "1",
         "--out",
         str(out),
     )
     assert "bf16 - fp32" in stdout and "bf16 / fp32" in stdout
+    paired = stdout.split("paired by seed: mean [95% t-interval]\n")[1]
+    assert re.search(r"synthetic\s+bf16 - fp32\s+2\s+-?\d+\.\d+\s+\[[-+]\d", paired), paired
     rows = json.loads(out.read_text())["rows"]
     top1 = {(r["precision"], r["arm"]) for r in rows if r["metric"] == "top1"}
     assert top1 == {(p, t) for p in ("fp32", "bf16") for t in ("wsp", "mae_wsp")}
