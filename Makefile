@@ -23,6 +23,7 @@ studies: setup  ## every study notebook in batch with papermill (executed copies
 
 lint: setup
 	$(VENV)/bin/ruff check studylib tests benchmarks notebooks
+	$(VENV)/bin/ruff format --check --exclude "*.ipynb" studylib tests benchmarks
 
 test: lint  ## every test, on synthetic data
 	$(VENV)/bin/python -m pytest -q
