@@ -345,14 +345,14 @@ def cmd_models(_args: argparse.Namespace) -> None:
 
 
 EXAMPLES = {
-    "study": "  studylib study --preset smoke\n  studylib study wsp_epochs --preset cpu --set "
-    "studies.seeds=[7]\n"
+    "study": "  studylib study --preset smoke\n"
+    "  studylib study wsp_epochs --preset cpu --set studies.seeds=[13]\n"
     "  studylib study --preset cpu --pilot",
-    "notebooks": "  studylib notebooks --preset cpu\n  studylib notebooks --preset cpu --only wsp "
-    "data_size",
+    "notebooks": "  studylib notebooks --preset cpu\n"
+    "  studylib notebooks --preset cpu --only wsp data_size",
     "transfer": "  studylib transfer --preset cpu --arm wsp mae_wsp\n"
-    "  studylib transfer --preset cpu --checkpoint mae_pretrain_vit_base.pth --layout mae --set "
-    "model=B/16",
+    "  studylib transfer --preset cpu --checkpoint mae_pretrain_vit_base.pth --layout mae "
+    "--set model=B/16",
     "figures": "  studylib figures --preset cpu",
     "submit": "  studylib submit --preset smoke\n"
     "  studylib submit mae_wsp --preset paper --set launch.executor=slurm --no-wait",
