@@ -369,34 +369,32 @@ EXAMPLES = {
 }
 
 
-COMMANDS = (
-    ("study", cmd_study, "run a study (default: the default study)"),
-    ("notebooks", cmd_notebooks, "run the study notebooks in batch with papermill"),
-    ("transfer", cmd_transfer, "run the transfer suite"),
-    ("figures", cmd_figures, "make every figure from the results"),
-    ("submit", cmd_submit, "submit a job through submitit and watch it"),
-    ("config", cmd_config, "print the resolved configuration"),
-    ("findings", cmd_findings, "check the paper's claims against the results"),
-    ("plan", cmd_plan, "seeds each claim needs, from the pilot seeds' results"),
-    ("export", cmd_export, "a run's encoder for timm and the Hugging Face Hub"),
-    ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
-    ("tags", cmd_tags, "print hashtag statistics"),
-    (
-        "shards",
-        cmd_shards,
-        "write the pool with its hashtags as WebDataset shards, or index a folder of tars",
-    ),
-    ("models", cmd_models, "print model sizes"),
-)
-
-
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="studylib", description=__doc__.split("\n")[0])
     root.add_argument(
         "--version", nargs=0, action=_Version, help="show the version and the checkout's commit"
     )
     sub = root.add_subparsers(dest="command", required=True)
-    for name, func, text in COMMANDS:
+    commands = (  # looked up per call: a patched cmd_* is the one that runs
+        ("study", cmd_study, "run a study (default: the default study)"),
+        ("notebooks", cmd_notebooks, "run the study notebooks in batch with papermill"),
+        ("transfer", cmd_transfer, "run the transfer suite"),
+        ("figures", cmd_figures, "make every figure from the results"),
+        ("submit", cmd_submit, "submit a job through submitit and watch it"),
+        ("config", cmd_config, "print the resolved configuration"),
+        ("findings", cmd_findings, "check the paper's claims against the results"),
+        ("plan", cmd_plan, "seeds each claim needs, from the pilot seeds' results"),
+        ("export", cmd_export, "a run's encoder for timm and the Hugging Face Hub"),
+        ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
+        ("tags", cmd_tags, "print hashtag statistics"),
+        (
+            "shards",
+            cmd_shards,
+            "write the pool with its hashtags as WebDataset shards, or index a folder of tars",
+        ),
+        ("models", cmd_models, "print model sizes"),
+    )
+    for name, func, text in commands:
         p = sub.add_parser(
             name,
             help=text,
