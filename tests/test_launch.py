@@ -56,6 +56,9 @@ def test_ctrl_c_on_a_local_job_is_one_line_no_traceback_and_no_process_left(tmp_
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # a shell without job control starts background commands with SIGINT ignored: undo it,
+        # as a terminal's foreground command has it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     jobs = tmp_path / "RUNS" / "smoke" / "jobs"
     deadline = time.monotonic() + 300
