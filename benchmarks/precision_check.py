@@ -18,9 +18,10 @@ import json
 import time
 
 import pandas as pd
-from scipy import stats
 
 from studylib.config import load_experiment
+from studylib.findings import t_quantile_975
+from studylib.registry import compared_pairs
 from studylib.runs import git_sha
 from studylib.study import default_one_seed
 
@@ -88,23 +89,21 @@ def main() -> None:
 
 
 def paired(table: pd.DataFrame) -> pd.DataFrame:
-    """Claim (a)'s comparison in each precision, and bf16's minus fp32's, paired by seed."""
-    top1 = table[(table.metric == "top1") & table.arm.isin(["wsp", "mae_wsp"])]
+    """The paper's claim (the registry's first compared pair) in each precision, and bf16's minus
+    fp32's, paired by seed, with 95% t-intervals."""
+    a, b = compared_pairs()[0]
+    top1 = table[(table.metric == "top1") & table.arm.isin([a, b])]
     wide = top1.pivot_table(index=["dataset", "seed"], columns=["precision", "arm"], values="value")
     rows = []
     for dataset, per_seed in wide.groupby(level="dataset"):
-        gaps = {p: per_seed[(p, "mae_wsp")] - per_seed[(p, "wsp")] for p in ("fp32", "bf16")}
+        gaps = {p: per_seed[(p, a)] - per_seed[(p, b)] for p in ("fp32", "bf16")}
         gaps["bf16 - fp32"] = gaps["bf16"] - gaps["fp32"]
         for name, gap in gaps.items():
-            half = stats.t.ppf(0.975, len(gap) - 1) * gap.std() / len(gap) ** 0.5
+            half = t_quantile_975(len(gap) - 1) * gap.std() / len(gap) ** 0.5
+            mean = gap.mean()
+            interval = f"[{mean - half:+.2f}, {mean + half:+.2f}]"
             rows.append(
-                {
-                    "dataset": dataset,
-                    "of": name,
-                    "n": len(gap),
-                    "mean": round(gap.mean(), 2),
-                    "interval": f"[{gap.mean() - half:+.2f}, {gap.mean() + half:+.2f}]",
-                }
+                dict(dataset=dataset, of=name, n=len(gap), mean=round(mean, 2), interval=interval)
             )
     return pd.DataFrame(rows)
 

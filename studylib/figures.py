@@ -197,9 +197,17 @@ def default(key: str) -> list[Path]:
     table = read(key, "default")
     probes, order, palette = arms(_probes(table))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    style = _by_arm(order, palette)
     dodge = 0.4 if len(order) > 1 else False
-    sns.pointplot(probes, x="dataset", y="value", dodge=dodge, linestyle="none", ax=ax, **style)
+    sns.pointplot(
+        probes,
+        x="dataset",
+        y="value",
+        dodge=dodge,
+        linestyle="none",
+        errorbar=interval95,
+        ax=ax,
+        **_arm_hues(order, palette),
+    )
     ax.set(
         xlabel="probe dataset",
         ylabel="linear-probe top-1 (%)",
@@ -210,9 +218,10 @@ def default(key: str) -> list[Path]:
     return save(fig, "default", key, ["default"], table)
 
 
-def _by_arm(order: list[str], palette: dict) -> dict:
-    """seaborn's keywords for one colour per arm, in registry order, with 95% t-intervals."""
-    return {"hue": "arm", "hue_order": order, "palette": palette, "errorbar": interval95}
+def _arm_hues(order: list[str], palette: dict) -> dict:
+    """seaborn's keywords for one colour per arm, in registry order (each plot names its own
+    error bars)."""
+    return {"hue": "arm", "hue_order": order, "palette": palette}
 
 
 def setting(key: str, model: bool = True) -> str:
@@ -357,7 +366,15 @@ def convergence(key: str) -> list[Path]:
         for row, x in enumerate(("wsp_epochs", "train_flops")):
             ax = axes[row, col]
             points = part[part.train_flops > 0] if row == 1 else part
-            sns.lineplot(points, x=x, y="value", marker="o", ax=ax, **_by_arm(order, palette))
+            sns.lineplot(
+                points,
+                x=x,
+                y="value",
+                marker="o",
+                errorbar=interval95,
+                ax=ax,
+                **_arm_hues(order, palette),
+            )
             ax.set(
                 ylabel=f"{dataset} linear-probe top-1 (%)",
                 xlabel="WSP epochs" if row == 0 else "total training FLOPs (MAE included)",
@@ -391,7 +408,15 @@ def model_size(key: str) -> list[Path]:
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         part = probes[probes.dataset == dataset]
-        sns.lineplot(part, x="params", y="value", marker="o", ax=ax, **_by_arm(order, palette))
+        sns.lineplot(
+            part,
+            x="params",
+            y="value",
+            marker="o",
+            errorbar=interval95,
+            ax=ax,
+            **_arm_hues(order, palette),
+        )
         for name, count in zip(params.model, params.value, strict=True):
             ax.annotate(
                 name,
@@ -422,10 +447,15 @@ def data_size(key: str) -> list[Path]:
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        style = _by_arm(order, palette)
         dodge = 0.3 if len(order) > 1 else False
         sns.pointplot(
-            probes[probes.dataset == dataset], x="images", y="value", dodge=dodge, ax=ax, **style
+            probes[probes.dataset == dataset],
+            x="images",
+            y="value",
+            dodge=dodge,
+            errorbar=interval95,
+            ax=ax,
+            **_arm_hues(order, palette),
         )
         ax.set_ylim(0, None)
         ax.set(
@@ -450,7 +480,7 @@ def transfer(key: str) -> list[Path]:
     fig, grid = plt.subplots(2, 2, figsize=(10, 8))
     axes = list(grid.flat)
     top1 = table[table.metric == "top1"]
-    style = {"hue": "arm", "hue_order": order, "palette": palette}
+    style = _arm_hues(order, palette)
     _whole_panel(axes[0], top1, style)
     _lowshot_panel(axes[1], top1, style)
     _zeroshot_panel(axes[2], table[table.stage == "zeroshot"], style)

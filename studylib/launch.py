@@ -43,9 +43,7 @@ class StudyJob(submitit.helpers.Checkpointable):
 
     def __call__(self, exp: Experiment) -> Any:
         # training first checkpoints the step it is in
-        from studylib.checkpoint import (
-            catch_preemption,
-        )
+        from studylib.checkpoint import catch_preemption
 
         distributed.init()
         catch_preemption()
@@ -105,17 +103,18 @@ def jobs_folder(exp: Experiment, folder: str | Path | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def controller_stderr_to(path: Path, local: bool) -> Iterator[None]:
-    """While a local job starts, this process's stderr (fd 2) goes to `path`: submitit's local
-    controller inherits it, so its traceback on Ctrl-C lands there, not on the terminal."""
-    if not local:
+def quiet_local_controller(chosen: submitit.Executor, jobs: Path) -> Iterator[None]:
+    """While a local job starts, this process's stderr (fd 2) goes to
+    `<jobs>/local_controllers.err`: submitit's local controller inherits it, so its traceback on
+    Ctrl-C lands there, not on the terminal. Other executors start no controller here."""
+    if chosen.cluster != "local":
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    jobs.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     saved = os.dup(2)
     try:
-        with open(path, "ab") as log:
+        with open(jobs / "local_controllers.err", "ab") as log:
             os.dup2(log.fileno(), 2)
         yield
     finally:
@@ -135,9 +134,8 @@ def submit(
     exp = load_experiment(preset, list(overrides), config_file)
     job = StudyJob(target, exp.launch.max_requeues)
     chosen = executor(exp, folder)
-    log = jobs_folder(exp, folder) / "local_controllers.err"
     try:
-        with controller_stderr_to(log, chosen.cluster == "local"):
+        with quiet_local_controller(chosen, jobs_folder(exp, folder)):
             return chosen.submit(job, exp)
     # sbatch refused it, or could not run
     except (submitit.core.utils.FailedJobError, OSError) as err:
@@ -160,8 +158,7 @@ def sweep(
     experiments = [load_experiment(preset, [*overrides, *point], config_file) for point in points]
     job = StudyJob(target, experiments[0].launch.max_requeues)
     chosen = executor(experiments[0], folder)
-    log = jobs_folder(experiments[0], folder) / "local_controllers.err"
-    with controller_stderr_to(log, chosen.cluster == "local"):
+    with quiet_local_controller(chosen, jobs_folder(experiments[0], folder)):
         return chosen.map_array(job, experiments)
 
 

@@ -51,9 +51,8 @@ class Arm:
     color: str
     pretrain: Ref
     summary: str
-    beats: str | None = (
-        None  # the arm this one is claimed to beat: the findings test the pair, paired by seed
-    )
+    # the arm this one is claimed to beat: the findings test the pair, paired by seed
+    beats: str | None = None
 
 
 @dataclass(frozen=True)

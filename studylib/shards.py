@@ -44,6 +44,7 @@ import shutil
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -623,44 +624,34 @@ def _lanes(
     return lanes, chunks
 
 
+@dataclass(eq=False)
 class ShardStream:
     """One rank's batches of a shard folder or image folder, epoch by epoch: (uint8 images (B, 3,
     size, size), keys, tags), random-resized-cropped where `crop_min` is set, else
     centre-cropped."""
 
-    def __init__(
-        self,
-        folder: Path,
-        batch_size: int,
-        size: int,
-        seed: int = 0,
-        workers: int = 2,
-        rank: int | None = None,
-        world: int | None = None,
-        max_skipped: float = 0.01,
-        shards: int = 0,
-        crop_min: float | None = None,
-    ) -> None:
-        self.folder, self.batch_size, self.size, self.seed, self.workers = (
-            folder,
-            batch_size,
-            size,
-            seed,
-            workers,
-        )
-        self.crop_min = crop_min
-        # default: this process's place in the job
-        self.rank = distributed.rank() if rank is None else rank
-        self.world = distributed.world_size() if world is None else world
-        self.max_skipped = max_skipped
+    folder: Path
+    batch_size: int
+    size: int
+    seed: int = 0
+    workers: int = 2
+    rank: int | None = None  # None: this process's place in the job
+    world: int | None = None
+    max_skipped: float = 0.01
+    shards: int = 0  # > 0: the first shards only
+    crop_min: float | None = None
+
+    def __post_init__(self) -> None:
+        self.rank = distributed.rank() if self.rank is None else self.rank
+        self.world = distributed.world_size() if self.world is None else self.world
         self.skipped: list[tuple[str, str]] = []  # (key, why) of the last epoch's unusable samples
         self.repeats = 0  # samples repeated to fill the last epoch's steps
-        self.source = open_folder(folder)
-        self.index = self.source.units[: shards or None]  # shards > 0: the first ones only
+        self.source = open_folder(self.folder)
+        self.index = self.source.units[: self.shards or None]
         if len(self.index) < self.world:
             raise DataError(
-                f"{folder}: {len(self.index)} shards for {self.world} ranks; allowed: at least "
-                "one shard a rank"
+                f"{self.folder}: {len(self.index)} shards for {self.world} ranks; allowed: at "
+                "least one shard a rank"
             )
 
     def steps(self) -> int:

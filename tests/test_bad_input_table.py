@@ -772,113 +772,49 @@ def _dangling(d: Path) -> str:
     return str(d / "link")
 
 
+def _place(
+    name: str,
+    args: list[str],
+    variable: str,
+    problem: str,
+    make: Callable[[Path], str],
+    cli: bool = False,
+) -> Case:
+    """`variable` (a STUDYLIB_* folder) set to `make(case folder)`: the line names it and
+    `problem`."""
+    return Case(
+        "places", name, args, [variable, problem], env=lambda d: {variable: make(d)}, cli=cli
+    )
+
+
+def _a_file(d: Path) -> str:
+    return _file(d, "a-file")
+
+
+def _preset_folder_a_file(d: Path) -> str:
+    (d / "res").mkdir()
+    _file(d / "res", "smoke")
+    return str(d / "res")
+
+
+RUNS, RESULTS = "STUDYLIB_RUNS", "STUDYLIB_RESULTS"
+CACHE, FIGURES = "STUDYLIB_CACHE", "STUDYLIB_FIGURES"
+FIGURES_CMD, TRANSFER_CMD = ["figures", *SMOKE], ["transfer", *SMOKE]
 PLACES = [
-    Case(
-        "places",
-        "runs folder is a file",
-        _study(),
-        ["STUDYLIB_RUNS", "a file"],
-        env=lambda d: {"STUDYLIB_RUNS": _file(d, "runs-file")},
-        cli=True,
-    ),
-    Case(
-        "places",
-        "results folder is a file",
-        _study(),
-        ["STUDYLIB_RESULTS", "a file"],
-        env=lambda d: {"STUDYLIB_RESULTS": _file(d, "results-file")},
-    ),
-    Case(
-        "places",
-        "results/<preset> is a file",
-        _study(),
-        ["STUDYLIB_RESULTS", "a file"],
-        env=lambda d: (
-            (d / "res").mkdir(),
-            _file(d / "res", "smoke"),
-            {"STUDYLIB_RESULTS": str(d / "res")},
-        )[2],
-    ),
-    Case(
-        "places",
-        "runs folder read-only",
-        _study(),
-        ["STUDYLIB_RUNS", "not writable"],
-        env=lambda d: {"STUDYLIB_RUNS": _read_only(d)},
-        cli=True,
-    ),
-    Case(
-        "places",
-        "results folder read-only",
-        _study(),
-        ["STUDYLIB_RESULTS", "not writable"],
-        env=lambda d: {"STUDYLIB_RESULTS": _read_only(d)},
-    ),
-    Case(
-        "places",
-        "runs folder set but empty",
-        _study(),
-        ["STUDYLIB_RUNS is set but empty"],
-        env=lambda d: {"STUDYLIB_RUNS": ""},
-        cli=True,
-    ),
-    Case(
-        "places",
-        "results folder set but empty",
-        _study(),
-        ["STUDYLIB_RESULTS is set but empty"],
-        env=lambda d: {"STUDYLIB_RESULTS": "  "},
-    ),
-    Case(
-        "places",
-        "runs folder a dangling link",
-        _study(),
-        ["STUDYLIB_RUNS", "dangling link"],
-        env=lambda d: {"STUDYLIB_RUNS": _dangling(d)},
-    ),
-    Case(
-        "places",
-        "figures of a results file",
-        ["figures", *SMOKE],
-        ["STUDYLIB_RESULTS", "a file"],
-        env=lambda d: {"STUDYLIB_RESULTS": _file(d, "results-file")},
-    ),
-    Case(
-        "places",
-        "transfer into a read-only runs folder",
-        ["transfer", *SMOKE],
-        ["STUDYLIB_RUNS", "not writable"],
-        env=lambda d: {"STUDYLIB_RUNS": _read_only(d)},
-    ),
-    Case(
-        "places",
-        "cache folder is a file",
-        _study(),
-        ["STUDYLIB_CACHE", "a file"],
-        env=lambda d: {"STUDYLIB_CACHE": _file(d, "cache-file")},
-        cli=True,
-    ),
-    Case(
-        "places",
-        "cache folder a dangling link",
-        _study(),
-        ["STUDYLIB_CACHE", "dangling link"],
-        env=lambda d: {"STUDYLIB_CACHE": _dangling(d)},
-    ),
-    Case(
-        "places",
-        "figures folder read-only",
-        ["figures", *SMOKE],
-        ["STUDYLIB_FIGURES", "not writable"],
-        env=lambda d: {"STUDYLIB_FIGURES": _read_only(d)},
-    ),
-    Case(
-        "places",
-        "figures folder is a file",
-        _study(),
-        ["STUDYLIB_FIGURES", "a file"],
-        env=lambda d: {"STUDYLIB_FIGURES": _file(d, "figures-file")},
-    ),
+    _place("runs folder is a file", _study(), RUNS, "a file", _a_file, cli=True),
+    _place("results folder is a file", _study(), RESULTS, "a file", _a_file),
+    _place("results/<preset> is a file", _study(), RESULTS, "a file", _preset_folder_a_file),
+    _place("runs folder read-only", _study(), RUNS, "not writable", _read_only, cli=True),
+    _place("results folder read-only", _study(), RESULTS, "not writable", _read_only),
+    _place("runs folder set but empty", _study(), RUNS, "is set but empty", lambda d: "", cli=True),
+    _place("results folder set but empty", _study(), RESULTS, "is set but empty", lambda d: "  "),
+    _place("runs folder a dangling link", _study(), RUNS, "dangling link", _dangling),
+    _place("figures of a results file", FIGURES_CMD, RESULTS, "a file", _a_file),
+    _place("transfer into a read-only runs folder", TRANSFER_CMD, RUNS, "not writable", _read_only),
+    _place("cache folder is a file", _study(), CACHE, "a file", _a_file, cli=True),
+    _place("cache folder a dangling link", _study(), CACHE, "dangling link", _dangling),
+    _place("figures folder read-only", FIGURES_CMD, FIGURES, "not writable", _read_only),
+    _place("figures folder is a file", _study(), FIGURES, "a file", _a_file),
     Case(
         "commands",
         "findings --readme with no tables",
