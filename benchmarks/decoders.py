@@ -10,10 +10,11 @@ passes:
 
 - decode only: the whole JPEG to RGB pixels, the limit of that decoder;
 - decode + crop: WSP's random-resized crop (crop_min 0.08, the boxes of `studylib.shards.crop_box`,
-  the same for every decoder) resized bicubic to 224 px. PIL with `draft` (the worker's `_decode`
-  path: DCT-domain scaling to the smallest scale that still covers the crop), simplejpeg with the
-  same DCT-domain scaling (`min_width`/`min_height`), and torchvision's `decode_jpeg` (whole image,
-  then `resized_crop`).
+  the same for every decoder) resized bicubic to 224 px. PIL with `draft` (DCT-domain scaling to
+  the smallest scale that still covers the crop; the worker's path before), simplejpeg with the
+  same DCT-domain scaling (`min_width`/`min_height`), torchvision's deprecated `decode_jpeg` and
+  torchcodec's `decode_jpeg` (whole image, then torchvision's `resized_crop`: the worker's
+  `studylib.shards._decode` path).
 
 Each path's crops are compared with PIL's: the mean absolute difference in pixel values (0-255).
 """
@@ -94,27 +95,31 @@ def simplejpeg_scaled(blob: bytes, box: tuple) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((SIZE, SIZE), Image.BICUBIC, box=scaled))
 
 
-def torchvision_whole(blob: bytes, box: tuple) -> np.ndarray:
-    from torchvision.io import decode_jpeg
+def _resized_crop(pixels: torch.Tensor, box: tuple) -> np.ndarray:
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2.functional import resized_crop
 
-    pixels = decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
-    crop = resized_crop(
-        pixels,
-        box[1],
-        box[0],
-        box[3] - box[1],
-        box[2] - box[0],
-        [SIZE, SIZE],
-        InterpolationMode.BICUBIC,
-        antialias=True,
-    )
+    left, top, right, bottom = box
+    bicubic = InterpolationMode.BICUBIC
+    crop = resized_crop(pixels, top, left, bottom - top, right - left, [SIZE, SIZE], bicubic, True)
     return crop.permute(1, 2, 0).numpy()
+
+
+def torchvision_whole(blob: bytes, box: tuple) -> np.ndarray:
+    from torchvision.io import decode_jpeg
+
+    return _resized_crop(decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8)), box)
+
+
+def torchcodec_whole(blob: bytes, box: tuple) -> np.ndarray:
+    from torchcodec.decoders import decode_jpeg
+
+    return _resized_crop(decode_jpeg(blob), box)
 
 
 def decode_only() -> dict[str, Callable[[bytes], object]]:
     import simplejpeg
+    from torchcodec.decoders import decode_jpeg as torchcodec
     from torchvision.io import decode_jpeg
 
     def pil(blob: bytes) -> np.ndarray:
@@ -127,10 +132,16 @@ def decode_only() -> dict[str, Callable[[bytes], object]]:
         "torchvision": lambda blob: decode_jpeg(
             torch.frombuffer(bytearray(blob), dtype=torch.uint8)
         ),
+        "torchcodec": torchcodec,
     }
 
 
-CROPS = {"PIL": pil_draft, "simplejpeg": simplejpeg_scaled, "torchvision": torchvision_whole}
+CROPS = {
+    "PIL": pil_draft,
+    "simplejpeg": simplejpeg_scaled,
+    "torchvision": torchvision_whole,
+    "torchcodec": torchcodec_whole,
+}
 
 
 def rate(work: Callable[[], object], count: int, repeats: int = 3) -> float:

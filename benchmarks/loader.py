@@ -1,5 +1,5 @@
 """How fast one DataLoader worker turns JPEGs into 224 px images, from shards and from an image
-folder, and how many workers a GPU then needs (issue 16's loader benchmark).
+folder, and how many workers a GPU then needs.
 
     python benchmarks/loader.py --images 512 --out benchmarks/results/loader_<commit>.json
 
@@ -7,8 +7,8 @@ It writes `--images` photo-sized JPEGs (500 x 375, ImageNet's typical size, qual
 test images upscaled, with fine noise so they do not compress like flat colour) once as WebDataset
 shards and once as an image folder, then times, in this process (one worker's work), what each
 ShardStream worker runs: reading each sample (`TarShards.read`, `ImageFiles.read`), decoding it and
-random-resized-cropping it to 224 px (`studylib.shards._decode`: WSP's crop_min 0.08, JPEG draft
-decoding), and beside it the old way, decoding the whole JPEG then resizing it to 224 px; and the
+random-resized-cropping it to 224 px (`studylib.shards._decode`: WSP's crop_min 0.08, torchcodec's
+decode and torchvision's bicubic crop), and beside it the old way, decoding the whole JPEG then resizing it to 224 px; and the
 device side, flip + normalise of 224 px batches (what ShardBatches does after the workers). Workers
 per GPU = the recorded GPU step rate (benchmarks/RESULTS.md) / one worker's rate.
 """

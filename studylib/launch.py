@@ -130,9 +130,12 @@ def submit(
     folder: str | Path | None = None,
 ) -> submitit.Job:
     """Submit one job: `target` (a name of `targets()`) on a preset and overrides."""
+    from studylib.study import check_batches
+
     # bad input fails here, not in the job
     exp = load_experiment(preset, list(overrides), config_file)
     job = StudyJob(target, exp.launch.max_requeues)
+    check_batches(exp)
     chosen = executor(exp, folder)
     try:
         with quiet_local_controller(chosen, jobs_folder(exp, folder)):
@@ -155,8 +158,12 @@ def sweep(
     folder: str | Path | None = None,
 ) -> list[submitit.Job]:
     """Submit one job per point (a list of overrides on top of `overrides`), as one job array."""
+    from studylib.study import check_batches
+
     experiments = [load_experiment(preset, [*overrides, *point], config_file) for point in points]
     job = StudyJob(target, experiments[0].launch.max_requeues)
+    for exp in experiments:
+        check_batches(exp)
     chosen = executor(experiments[0], folder)
     with quiet_local_controller(chosen, jobs_folder(experiments[0], folder)):
         return chosen.map_array(job, experiments)
@@ -208,12 +215,11 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
     images/s and ETA) until all are done, then return their results in order (a list of one result
     per task for a job of several tasks; a failed job raises its error). A notebook gets widget
     bars."""
-    bars = [
-        tqdm(total=100, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}", leave=True)
-        for _ in jobs
-    ]
-    # else a log: a line only when a bar's text changes
-    live = sys.stderr.isatty() or "ipykernel" in sys.modules
+    # else a log (CI, SLURM): a bar is drawn nowhere, its text printed as a line when it changes
+    live = sys.stderr.isatty() or _in_notebook()
+    sink = None if live else open(os.devnull, "w")
+    layout = "{desc} {percentage:3.0f}%|{bar}| {postfix}"
+    bars = [tqdm(total=100, bar_format=layout, leave=True, file=sink) for _ in jobs]
     shown: list[tuple] = [()] * len(jobs)
     try:
         while True:
@@ -224,8 +230,10 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
                 if fraction is not None:
                     bar.n = round(100 * fraction)
                 bar.set_postfix_str(line[:120], refresh=False)
-                if live or shown[k] != (job.state, bar.n, line):
+                if live:
                     bar.refresh()
+                elif shown[k] != (job.state, bar.n, line):
+                    print(bar, file=sys.stderr, flush=True)
                     shown[k] = (job.state, bar.n, line)
             if all(job.done() for job in jobs):
                 return [_result(job) for job in jobs]
@@ -233,6 +241,15 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
     finally:
         for bar in bars:
             bar.close()
+        if sink:
+            sink.close()
+
+
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (whose bars are widgets), not merely one that has
+    imported ipykernel."""
+    ipython = sys.modules.get("IPython")
+    return type(ipython and ipython.get_ipython()).__name__ == "ZMQInteractiveShell"
 
 
 def _result(job: submitit.Job) -> Any:

@@ -22,6 +22,7 @@ from studylib.models import VIT_SIZES
 from studylib.shards import (
     ShardBatches,
     ShardStream,
+    decoder,
     index_fingerprint,
     is_shard_folder,
     open_folder,
@@ -50,13 +51,14 @@ def streamed(exp: Experiment) -> Path | None:
 def identity(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> dict[str, Any]:
     """What a run's identity holds of its pretraining images; a streamed image folder is known by
     its file index (names, not bytes: a million files are not read to name a run), shards by their
-    tars' bytes."""
+    tars' bytes; both by the decoder that turns their samples into pixels."""
     if dataset is None and exp.data.stream:
         fingerprint = index_fingerprint(Path(exp.data.pretrain).expanduser())
         return {
             "dataset": exp.data.pretrain,
             "fingerprint": fingerprint,
             "stream": True,
+            "decoder": decoder(distributed.device_and_dtype(exp)[0]),
             "fraction": exp.data.pretrain_fraction * fraction,
             "subset_seed": exp.data.subset_seed,
         }
@@ -64,6 +66,7 @@ def identity(exp: Experiment, dataset: str | None = None, fraction: float = 1.0)
         return {
             **data_identity(exp.data, exp.data.pretrain, exp.data.pretrain_fraction * fraction),
             "fingerprint": shard_fingerprint(Path(exp.data.pretrain).expanduser()),
+            "decoder": decoder(distributed.device_and_dtype(exp)[0]),
         }
     return data_identity(exp.data, *_source(exp, dataset, fraction))
 

@@ -50,6 +50,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchcodec.decoders import decode_jpeg
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2.functional import resized_crop
 
 from studylib import distributed
 from studylib.config import cache_dir
@@ -527,59 +530,103 @@ def crop_box(
     return left, top, left + side, top + side
 
 
+def decoder(device: torch.device) -> str:
+    """What turns a streamed sample into pixels for a run on `device`: part of a streamed pool's
+    identity, since another decoder gives other pixels (nvJPEG's IDCT is not libjpeg-turbo's)."""
+    if device.type == "cuda":
+        return "torchcodec decode_jpeg batched on the GPU (nvJPEG), bicubic antialiased crop there"
+    return "torchcodec decode_jpeg in the loader workers, torchvision bicubic antialiased crop"
+
+
+# what a sample's decoding raises where it cannot be used (PIL and torchcodec: truncated, not an
+# image, a decompression bomb, which is no OSError; json; tags)
+UNUSABLE = (OSError, ValueError, TypeError, SyntaxError, RuntimeError, DataError)
+UNUSABLE += (Image.DecompressionBombError,)
+
+
+@dataclass
+class Encoded:
+    """A JPEG a worker leaves undecoded, with its crop: the main process decodes a batch of them on
+    the GPU in one call (decode_on)."""
+
+    blob: bytes
+    box: tuple[int, int, int, int]
+
+
 def _decode(
-    sample: dict, size: int, crop_min: float | None = None, seed: int = 0
-) -> tuple[torch.Tensor | None, str, list[str] | str]:
+    sample: dict, size: int, crop_min: float | None = None, seed: int = 0, defer: bool = False
+) -> tuple[torch.Tensor | Encoded | None, str, list[str] | str]:
     """(uint8 image (3, size, size), key, tags): the sample's image cropped by `crop_box` (drawn
-    from (seed, key)) and resized; or (None, key, why) for a sample that cannot be used."""
+    from (seed, key)) and resized; or (None, key, why) for a sample that cannot be used. With
+    `defer`, an RGB or greyscale JPEG comes back Encoded (header checked, not decoded)."""
     key = sample.get("__key__", "?")
     try:
-        meta = json.loads(sample["json"])
-        tags = checked_tags(meta["tags"], key)
-        with Image.open(io.BytesIO(sample["jpg"])) as opened:
+        tags = checked_tags(json.loads(sample["json"])["tags"], key)
+        blob = sample["jpg"]
+        # the header: size, format, and PIL's decompression-bomb check before anything is decoded
+        with Image.open(io.BytesIO(blob)) as opened:
             width, height = opened.size
-            box = crop_box(width, height, crop_min, random.Random(f"{seed}:{key}"))
-            # JPEG: decode at 1/2, 1/4 or 1/8 scale where the crop still has `size` pixels a side
-            opened.draft(
-                "RGB", (width * size // (box[2] - box[0]), height * size // (box[3] - box[1]))
-            )
-            scale = opened.size[0] / width, opened.size[1] / height
-            box = (box[0] * scale[0], box[1] * scale[1], box[2] * scale[0], box[3] * scale[1])
-            image = opened.convert("RGB").resize((size, size), Image.BICUBIC, box=box)
+            jpeg = opened.format == "JPEG" and opened.mode in ("RGB", "L")
+            other = None if jpeg else np.asarray(opened.convert("RGB")).copy()
+        box = crop_box(width, height, crop_min, random.Random(f"{seed}:{key}"))
+        if jpeg and defer:
+            return Encoded(blob, box), key, tags
+        pixels = decode_jpeg(blob) if jpeg else torch.from_numpy(other).permute(2, 0, 1)
+        return _crop(pixels, box, size), key, tags
     except KeyError as err:
         return None, key, f"no {err.args[0]}"
-    except (
-        OSError,
-        ValueError,
-        TypeError,
-        SyntaxError,
-        DataError,  # PIL: truncated or not an image; json
-        Image.DecompressionBombError,
-    ) as err:
+    except UNUSABLE as err:
         return None, key, f"{type(err).__name__}: {err}"[:200]
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), key, tags
+
+
+def _crop(pixels: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    left, top, right, bottom = box
+    bicubic = InterpolationMode.BICUBIC
+    return resized_crop(pixels, top, left, bottom - top, right - left, [size, size], bicubic, True)
+
+
+def decode_batch(batch: list[tuple], size: int, device: torch.device) -> list[tuple]:
+    """`batch` (a stream's samples, from workers that deferred their JPEGs) on `device`: its Encoded
+    JPEGs decoded there in one call (one at a time if the call fails, so that a bad JPEG is one
+    unusable sample) and cropped there, its other images moved there."""
+    encoded = [i for i, sample in enumerate(batch) if isinstance(sample[0], Encoded)]
+    blobs = [batch[i][0].blob for i in encoded]
+    try:
+        decoded = decode_jpeg(blobs, device=device) if blobs else []
+    except RuntimeError:
+        decoded = [_decode_one(blob, device) for blob in blobs]
+    out = [(im.to(device) if isinstance(im, torch.Tensor) else im, k, t) for im, k, t in batch]
+    for i, pixels in zip(encoded, decoded, strict=True):
+        image, key, tags = batch[i]
+        fine = isinstance(pixels, torch.Tensor)
+        out[i] = (_crop(pixels, image.box, size), key, tags) if fine else (None, key, pixels)
+    return out
+
+
+def _decode_one(blob: bytes, device: torch.device) -> torch.Tensor | str:
+    try:
+        return decode_jpeg(blob, device=device)
+    except RuntimeError as err:
+        return f"{type(err).__name__}: {err}"[:200]
 
 
 # a rank's shards are dealt to this many lanes (fewer with fewer shards), whatever the workers
 LANES = 16
 
 
+@dataclass(eq=False)
 class _Samples(torch.utils.data.IterableDataset):
     """The decoded samples of a rank's `chunks` (lane, first position, length), each tagged with its
     lane and position; worker w reads the chunks of lanes w, w + workers, ..., each lane a
     sequential reader that passes over the samples before its first chunk undecoded."""
 
-    def __init__(
-        self,
-        source: TarShards | ImageFiles,
-        lanes: list[list[dict]],
-        chunks: list[tuple[int, int, int]],
-        size: int,
-        crop_min: float | None,
-        seed: int,
-    ) -> None:
-        self.source, self.lanes, self.chunks = source, lanes, chunks
-        self.size, self.crop_min, self.seed = size, crop_min, seed
+    source: TarShards | ImageFiles
+    lanes: list[list[dict]]
+    chunks: list[tuple[int, int, int]]
+    size: int
+    crop_min: float | None
+    seed: int
+    defer: bool = False  # JPEGs left Encoded, for the main process to decode on the GPU
 
     def __iter__(
         self,
@@ -597,7 +644,7 @@ class _Samples(torch.utils.data.IterableDataset):
                     position,
                     (None, "?", "missing")
                     if sample is None
-                    else _decode(sample, self.size, self.crop_min, self.seed),
+                    else _decode(sample, self.size, self.crop_min, self.seed, self.defer),
                 )
 
 
@@ -640,6 +687,8 @@ class ShardStream:
     max_skipped: float = 0.01
     shards: int = 0  # > 0: the first shards only
     crop_min: float | None = None
+    # None: JPEGs decoded in the loader workers; a device: batched there by the main process
+    decode_on: torch.device | None = None
 
     def __post_init__(self) -> None:
         self.rank = distributed.rank() if self.rank is None else self.rank
@@ -653,12 +702,20 @@ class ShardStream:
                 f"{self.folder}: {len(self.index)} shards for {self.world} ranks; allowed: at "
                 "least one shard a rank"
             )
+        if not self.steps():
+            raise DataError(
+                f"{self.folder}: each of {self.world} ranks reads too few samples for one batch of "
+                f"{self.batch_size}; allowed: a batch size a rank of at most {self._least()}"
+            )
 
     def steps(self) -> int:
-        """Steps of every rank in every epoch: the full batches of the floor(shards / ranks)
-        smallest shards, which any rank's share of any shuffle holds at least."""
-        smallest = sorted(s["samples"] for s in self.index)[: len(self.index) // self.world]
-        return sum(smallest) // self.batch_size
+        """Steps of every rank in every epoch: the full batches of `_least()` samples."""
+        return self._least() // self.batch_size
+
+    def _least(self) -> int:
+        """The samples of the floor(shards / ranks) smallest shards, which any rank's share of any
+        shuffle holds at least."""
+        return sum(sorted(s["samples"] for s in self.index)[: len(self.index) // self.world])
 
     def epoch(
         self, epoch: int, start: int = 0
@@ -670,9 +727,8 @@ class ShardStream:
         mine = epoch_shards(self.index, self.seed, epoch, self.rank, self.world)
         listed = sum(s["samples"] for s in mine)
         lanes, chunks = _lanes(mine, self.batch_size, start * self.batch_size)
-        samples = _Samples(
-            self.source, lanes, chunks, self.size, self.crop_min, self.seed * 1_000_003 + epoch
-        )
+        seed, defer = self.seed * 1_000_003 + epoch, self.decode_on is not None
+        samples = _Samples(self.source, lanes, chunks, self.size, self.crop_min, seed, defer)
         workers = min(self.workers, len(lanes))
         loader = torch.utils.data.DataLoader(
             samples,
@@ -683,14 +739,16 @@ class ShardStream:
         )
         stream = _in_order(iter(loader), chunks)
         self.skipped, self.repeats = [], 0
-        size = self.batch_size
+        per_batch = self.batch_size
         for _ in range(start, self.steps()):
-            batch = list(itertools.islice(stream, size))
-            if len(batch) < size:
+            batch = list(itertools.islice(stream, per_batch))
+            if len(batch) < per_batch:
                 raise DataError(
                     f"{self.folder}: rank {self.rank} read fewer samples in epoch {epoch} than "
                     "its shards are listed with; allowed: shards that hold what shards.json says"
                 )
+            if self.decode_on is not None:
+                batch = decode_batch(batch, self.size, self.decode_on)
             good = [sample for sample in batch if sample[0] is not None]
             self.skipped += [sample[1:] for sample in batch if sample[0] is None]
             if len(self.skipped) > self.max_skipped * listed or not good:
@@ -700,7 +758,7 @@ class ShardStream:
                     f"{self.skipped[0][1]}); "
                     f"allowed: at most {self.max_skipped:.1%} (max_skipped)"
                 )
-            self.repeats += size - len(good)
+            self.repeats += per_batch - len(good)
             batch = [
                 good[i % len(good)] if sample[0] is None else sample
                 for i, sample in enumerate(batch)
@@ -725,7 +783,8 @@ def _in_order(parts: Iterator[list], chunks: list[tuple[int, int, int]]) -> Iter
 class ShardBatches:
     """A streamed folder as the engine's batches (like studylib.data.Batches): one epoch per
     iteration, each rank `batch_size / ranks` images a step, random-resized-cropped in the
-    DataLoader workers (crop_min set), then flipped and normalised on `device`. The epoch's seed
+    DataLoader workers (crop_min set; on a CUDA device the JPEGs are decoded and cropped there, in
+    one batched call a step), then flipped and normalised on `device`. The epoch's seed
     (shard order, crops) and the flips are drawn from torch's global generator, which the engine
     seeds per epoch, so a resumed run redraws them; a resumed epoch starts at `start_step` (set by
     the engine) without reading the samples before it. Targets: the tags' indices in `tags` (-1
@@ -750,12 +809,10 @@ class ShardBatches:
             workers=workers,
             shards=shards,
             crop_min=crop_min,
+            decode_on=device if device.type == "cuda" else None,
         )
-        self.device, self.normalise, self.flip = (
-            device,
-            ImageTransform(image_size),
-            crop_min is not None,
-        )
+        self.device, self.normalise = device, ImageTransform(image_size)
+        self.flip = crop_min is not None
         self.ids = {tag: i for i, tag in enumerate(tags or [])}
         self.start_step = 0  # where the next epoch starts (once)
 

@@ -147,10 +147,21 @@ def _per_seed(
 
 
 def check_sizes(exp: Experiment) -> None:
-    """What can be known before anything trains: every batch fits its images (a batch larger than
-    the set would shrink while its lr stays scaled for the configured one), every probe dataset has
-    test images, and a streamed pool's tars and tags are sound (its fingerprint and tag counts, both
-    cached for the runs)."""
+    """What can be known before anything trains: `check_batches`, and every probe dataset has test
+    images."""
+    check_batches(exp)
+    for name in exp.data.probe:
+        data = load_dataset(name, exp.data)
+        if not len(data.test_labels):
+            raise DataError(
+                f"{name}: no test images; a probe needs a test split ({name}/test/<class>/<image>)"
+            )
+
+
+def check_batches(exp: Experiment) -> None:
+    """Every batch fits its images (a batch larger than the set would shrink while its lr stays
+    scaled for the configured one), and a streamed pool's tars and tags are sound (its fingerprint
+    and tag counts, both cached for the runs)."""
     if pool.streamed(exp):
         pool.identity(exp)
         pool.streamed_tags(exp)
@@ -163,12 +174,6 @@ def check_sizes(exp: Experiment) -> None:
             raise ConfigError(
                 f"{key}: {batch} is more than the {images} images of {what}; allowed: at most "
                 f"{images}"
-            )
-    for name in exp.data.probe:
-        data = load_dataset(name, exp.data)
-        if not len(data.test_labels):
-            raise DataError(
-                f"{name}: no test images; a probe needs a test split ({name}/test/<class>/<image>)"
             )
 
 

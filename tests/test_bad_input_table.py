@@ -733,6 +733,13 @@ SIZES = [
         ["mae.batch_size", "at most 5"],
     ),
     Case("sizes", "dataset of one image", _pics(_one_image), ["at least 2 classes"]),
+    Case(
+        "sizes",
+        "one arm submitted with a batch larger than the pool",
+        ["submit", "mae", *SMOKE, "--set", "mae.batch_size=4096", "--set", "launch.executor=local"],
+        ["mae.batch_size", "4096 is more than the 512 images", "at most 512"],
+        cli=True,
+    ),
 ]
 
 
@@ -1382,10 +1389,10 @@ def test_an_error_inside_a_job_reaches_the_caller_as_its_one_line(tmp_path, caps
     from studylib import launch
     from studylib.errors import DataError
 
-    # passes the config check, fails when the job reads it
+    # passes the checks at submission (config, batches), fails when the job reads its probe data
     (tmp_path / "pics" / "cat").mkdir(parents=True)
     job = launch.submit(
-        "default", "smoke", [f"data.pretrain={tmp_path / 'pics'}", "launch.executor=local"]
+        "default", "smoke", [f"data.probe=[{tmp_path / 'pics'}]", "launch.executor=local"]
     )
     with pytest.raises(DataError, match="no images in this class folder"):
         launch.watch([job], poll_s=0.5)

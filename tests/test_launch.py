@@ -248,10 +248,10 @@ def test_two_task_ddp_study_job_runs_every_stage_once(slurm, tmp_path, isolated_
 def test_an_error_inside_a_slurm_job_reaches_the_caller_as_its_one_line(slurm, tmp_path):
     from studylib.errors import DataError
 
-    # passes the config check, fails when the job reads it
+    # passes the checks at submission (config, batches), fails when the job reads its probe data
     (tmp_path / "pics" / "cat").mkdir(parents=True)
     job = submit(
-        "default", "smoke", _slurm(f"data.pretrain={tmp_path / 'pics'}"), folder=tmp_path / "jobs"
+        "default", "smoke", _slurm(f"data.probe=[{tmp_path / 'pics'}]"), folder=tmp_path / "jobs"
     )
     with pytest.raises(DataError, match="no images in this class folder") as raised:
         watch([job], poll_s=1)
@@ -304,3 +304,36 @@ def test_every_training_run_writes_tensorboard_scalars_and_mae_its_reconstructio
         96,
         256,
     )
+
+
+class _ScriptedJob:
+    """A job whose state and stdout follow a script, a step each time it is asked if it is done."""
+
+    def __init__(self, script: list[tuple[str, str]]) -> None:
+        self.job_id, self.script, self.step = "7", script, 0
+
+    @property
+    def state(self) -> str:
+        return self.script[self.step][0]
+
+    def stdout(self) -> str:
+        return self.script[self.step][1]
+
+    def done(self) -> bool:
+        finished = self.step == len(self.script) - 1
+        self.step = min(self.step + 1, len(self.script) - 1)
+        return finished
+
+    def results(self) -> list:
+        return ["result"]
+
+
+def test_job_bars_in_a_log_print_a_line_only_when_their_text_changes(capsys):
+    epoch = "[mae-1] epoch {}/2 loss 1.0 10 img/s eta 1s\n"
+    script = [("PENDING", ""), ("RUNNING", ""), ("RUNNING", epoch.format(1))]
+    script += [("RUNNING", epoch.format(1)), ("RUNNING", epoch.format(2)), ("FINISHED", "")]
+    assert watch([_ScriptedJob(script)], poll_s=0) == ["result"]  # stderr is not a terminal here
+    lines = capsys.readouterr().err.splitlines()
+    assert "\r" not in "".join(lines) and len(lines) == len(set(lines)) == 5, lines
+    assert lines[0].startswith("job 7 PENDING") and lines[-1].startswith("job 7 FINISHED")
+    assert "  50%|" in lines[2] and " 100%|" in lines[3]

@@ -11,6 +11,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -103,12 +104,16 @@ def test_unequal_shards_drop_the_surplus_so_ranks_take_equal_steps(tmp_path):
 
 
 def test_a_bad_index_or_too_few_shards_is_one_line(tmp_path):
-    _shards(tmp_path, 16, 16)
+    _shards(tmp_path / "two", 40, 20)  # 40 samples: one batch of 24 in all, none a rank of two
+    with pytest.raises(DataError, match="too few samples for one batch of 24.*at most 20"):
+        ShardStream(tmp_path / "two", batch_size=24, size=32, rank=0, world=2)
+    assert ShardStream(tmp_path / "two", batch_size=24, size=32, rank=0, world=1).steps() == 1
+    _shards(tmp_path / "one", 16, 16)
     with pytest.raises(DataError, match="1 shards for 2 ranks"):
-        ShardStream(tmp_path, batch_size=8, size=32, rank=0, world=2)
-    (tmp_path / "shards.json").write_text("{}")
+        ShardStream(tmp_path / "one", batch_size=8, size=32, rank=0, world=2)
+    (tmp_path / "one" / "shards.json").write_text("{}")
     with pytest.raises(DataError, match="shards.json: not a shard index"):
-        read_index(tmp_path)
+        read_index(tmp_path / "one")
 
 
 @pytest.mark.parametrize(
@@ -291,11 +296,8 @@ def test_a_truncated_jpeg_and_a_sample_without_metadata_are_skipped_and_counted(
     assert streams[0].repeats + streams[1].repeats == 2  # the damaged rank's last batch filled up
     keys = Counter(k for rank in batches for _, ks, _ in rank for k in ks)
     assert set(keys) == {f"{i:09d}" for i in range(320)} - set(skipped)
-    # two repeats, the rest once
-    assert sum(keys.values()) == 320 and sorted(keys.values())[-2:] == [
-        2,
-        2,
-    ]
+    twice = sorted(keys.values())[-2:]
+    assert sum(keys.values()) == 320 and twice == [2, 2]  # two repeats, the rest once
     strict = ShardStream(
         tmp_path, batch_size=8, size=32, seed=3, rank=0, world=1, max_skipped=0.001
     )
@@ -644,3 +646,57 @@ def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_noth
         before = {k for _, keys, _ in whole[:start] for k in keys}
         # at most the rest of the batch `start` begins in
         assert len(set(log.read_text().split()) & before) < 6
+
+
+def test_a_streamed_jpeg_is_decoded_by_the_named_decoder_and_the_decoder_names_the_run(
+    tmp_path, isolated_dirs, monkeypatch
+):
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resized_crop
+
+    from studylib import pool
+    from studylib.stages import mae
+
+    _imagenet_layout(tmp_path / "pool", per_class=3)
+    path = next((tmp_path / "pool").rglob("*.JPEG"))
+    sample = {"__key__": "k", "json": b'{"tags": ["a"]}', "jpg": path.read_bytes()}
+    image, key, tags = shards._decode(sample, 40, crop_min=0.3, seed=1)
+    # oracle: PIL's decode of the same file (libjpeg-turbo), torchvision's bicubic resized crop
+    with Image.open(path) as opened:
+        pil = opened.convert("RGB")
+    left, top, right, bottom = crop_box(*pil.size, 0.3, random.Random("1:k"))
+    whole = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+    expected = resized_crop(
+        whole, top, left, bottom - top, right - left, [40, 40], InterpolationMode.BICUBIC, True
+    )
+    assert (key, tags) == ("k", ["a"]) and torch.equal(image, expected)
+    # PIL's own bicubic crop (the decoder before) is close: under 2 of 255 on average
+    pil_crop = np.asarray(pil.resize((40, 40), Image.BICUBIC, box=(left, top, right, bottom)))
+    assert np.abs(image.permute(1, 2, 0).numpy().astype(int) - pil_crop).mean() < 2
+    exp = load_experiment("smoke", [f"data.pretrain={tmp_path / 'pool'}", "data.stream=true"])
+    assert pool.identity(exp)["decoder"] == shards.decoder(torch.device("cpu"))
+    assert shards.decoder(torch.device("cuda")) != shards.decoder(torch.device("cpu"))
+    before = mae.run_for(exp).name
+    monkeypatch.setattr(pool, "decoder", lambda device: "another decoder")
+    assert mae.run_for(exp).name != before
+
+
+def test_jpegs_decoded_in_batches_on_the_device_give_the_workers_stream(tmp_path):
+    """The GPU path (workers leave JPEGs encoded; the main process decodes a batch in one call and
+    crops it there) run on the CPU: the same samples, pixels, skips and repeats as decoding in the
+    workers, a truncated JPEG found by the batched call."""
+    index = _shards(tmp_path, 96, 16)
+    _damage(tmp_path / index[1]["name"], truncate="000000020", strip_meta="000000021")
+    made = {
+        on: ShardStream(tmp_path, 8, 32, 3, 2, crop_min=0.5, max_skipped=0.05, decode_on=on)
+        for on in (None, torch.device("cpu"))
+    }
+    epochs = {on: list(stream.epoch(1)) for on, stream in made.items()}
+    workers, batched = epochs.values()
+    assert len(workers) == len(batched) == 12
+    for (a, keys_a, tags_a), (b, keys_b, tags_b) in zip(workers, batched, strict=True):
+        assert torch.equal(a, b) and keys_a == keys_b and tags_a == tags_b
+    skipped = [dict(stream.skipped) for stream in made.values()]
+    assert skipped[0].keys() == skipped[1].keys() == {"000000020", "000000021"}
+    assert "truncated" in skipped[1]["000000020"]
+    assert [stream.repeats for stream in made.values()] == [2, 2]
