@@ -43,21 +43,10 @@ def photos(count: int, short_side: int | None = None) -> list[bytes]:
     """`count` 500 x 375 JPEGs at quality 90 (CIFAR-10 test images upscaled, with fine noise), or
     the same photos resized to `short_side`."""
     from loader import photos as full_size  # benchmarks/loader.py, beside this script
+    from loader import resized
 
     blobs = full_size(count)
-    if short_side is None:
-        return blobs
-    out = []
-    for blob in blobs:
-        with Image.open(io.BytesIO(blob)) as image:
-            scale = short_side / min(image.size)
-            resized = image.resize(
-                (round(image.size[0] * scale), round(image.size[1] * scale)), Image.BICUBIC
-            )
-        buffer = io.BytesIO()
-        resized.save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
+    return resized(blobs, short_side) if short_side else blobs
 
 
 def boxes(blobs: list[bytes]) -> list[tuple[int, int, int, int]]:

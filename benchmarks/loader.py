@@ -2,15 +2,16 @@
 folder, and how many workers a GPU then needs.
 
     python benchmarks/loader.py --images 512 --out benchmarks/results/loader_<commit>.json
+    python benchmarks/loader.py --images 512 --short-side 256 --out ...  # as shards --max-size 256
 
 It writes `--images` photo-sized JPEGs (500 x 375, ImageNet's typical size, quality 90: CIFAR-10
 test images upscaled, with fine noise so they do not compress like flat colour) once as WebDataset
 shards and once as an image folder, then times, in this process (one worker's work), what each
 ShardStream worker runs: reading each sample (`TarShards.read`, `ImageFiles.read`), decoding it and
 random-resized-cropping it to 224 px (`studylib.shards._decode`: WSP's crop_min 0.08, torchcodec's
-decode and torchvision's bicubic crop), and beside it the old way, decoding the whole JPEG then resizing it to 224 px; and the
-device side, flip + normalise of 224 px batches (what ShardBatches does after the workers). Workers
-per GPU = the recorded GPU step rate (benchmarks/RESULTS.md) / one worker's rate.
+decode and torchvision's bicubic crop), and beside it an old way, PIL decoding the whole JPEG then
+resizing it to 224 px; and the device side, flip + normalise of 224 px batches (what ShardBatches
+does after the workers). Workers per GPU = the recorded GPU step rate (benchmarks/RESULTS.md) / one worker's rate.
 """
 
 from __future__ import annotations
@@ -56,6 +57,21 @@ def photos(count: int) -> list[bytes]:
     return out
 
 
+def resized(blobs: list[bytes], short_side: int) -> list[bytes]:
+    """The JPEGs resized to `short_side` (aspect kept, bicubic, quality 90), as `studylib shards
+    --max-size` writes them."""
+    out = []
+    for blob in blobs:
+        with Image.open(io.BytesIO(blob)) as image:
+            scale = short_side / min(image.size)
+            size = round(image.size[0] * scale), round(image.size[1] * scale)
+            small = image.resize(size, Image.BICUBIC)
+        buffer = io.BytesIO()
+        small.save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
 def timed(work, repeats: int = 3) -> float:
     """The best of `repeats` timings of `work()`, in seconds."""
     best = float("inf")
@@ -69,10 +85,12 @@ def timed(work, repeats: int = 3) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--short-side", type=int, help="the photos resized to it (256: --max-size)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)  # one worker's share of the CPU
     blobs = photos(args.images)
+    blobs = resized(blobs, args.short_side) if args.short_side else blobs
     with tempfile.TemporaryDirectory() as tmp:
         import webdataset as wds
 
@@ -83,9 +101,9 @@ def main() -> None:
         (Path(tmp) / "shards.json").write_text(
             json.dumps({"shards": [{"name": "00000.tar", "samples": len(blobs)}]})
         )
-        folder = Path(tmp) / "folder" / "class"
-        folder.mkdir(parents=True)
-        for i, blob in enumerate(blobs):
+        for i, blob in enumerate(blobs):  # two classes: an image folder has at least two
+            folder = Path(tmp) / "folder" / f"class{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{i:09d}.jpg").write_bytes(blob)
 
         shards, files = TarShards(Path(tmp)), ImageFiles(Path(tmp) / "folder")
@@ -118,6 +136,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "images": args.images,
+        "short_side": args.short_side or "500 x 375",
         "jpeg_kb_mean": sum(map(len, blobs)) / len(blobs) / 1024,
         "decode_crop_img_s_per_worker": per_worker,
         "whole_decode_then_resize_img_s_per_worker": args.images / whole_s,
