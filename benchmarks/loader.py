@@ -11,7 +11,8 @@ ShardStream worker runs: reading each sample (`TarShards.read`, `ImageFiles.read
 random-resized-cropping it to 224 px (`studylib.shards._decode`: WSP's crop_min 0.08, torchcodec's
 decode and torchvision's bicubic crop), and beside it an old way, PIL decoding the whole JPEG then
 resizing it to 224 px; and the device side, flip + normalise of 224 px batches (what ShardBatches
-does after the workers). Workers per GPU = the recorded GPU step rate (benchmarks/RESULTS.md) / one worker's rate.
+does after the workers). Workers per GPU = the recorded GPU step rate (benchmarks/RESULTS.md) / one
+worker's rate.
 """
 
 from __future__ import annotations
