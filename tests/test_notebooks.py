@@ -79,7 +79,8 @@ def test_relative_paths_reach_the_kernels_and_a_failed_notebook_is_one_line(tmp_
         "STUDYLIB_OUTPUT": "rel/out",
         "STUDYLIB_DATA": "missing",
     }
-    # read from STUDYLIB_DATA, which is missing: the notebook's job fails
+    # the default study's pool is synthetic (it is submitted), its probe set is read from
+    # STUDYLIB_DATA, which is missing: the notebook's job fails
     command = [
         sys.executable,
         "-m",
@@ -88,9 +89,9 @@ def test_relative_paths_reach_the_kernels_and_a_failed_notebook_is_one_line(tmp_
         "--preset",
         "smoke",
         "--only",
-        "explore",
+        "wsp",
         "--set",
-        "data.pretrain=cifar100",
+        "data.probe=[cifar10]",
     ]
     failed = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
@@ -98,11 +99,11 @@ def test_relative_paths_reach_the_kernels_and_a_failed_notebook_is_one_line(tmp_
     last = failed.stderr.strip().splitlines()[-1]
     assert failed.returncode == 2, failed.stderr[-2000:]
     assert "without encryption" not in failed.stderr  # the kernel talks over local sockets, not TCP
-    assert last.startswith("studylib: notebook failed: 01_explore.ipynb, cell [")
+    assert last.startswith("studylib: notebook failed: 03_wsp.ipynb, cell [")
     # the kernel, running in notebooks/, looked where the user typed the command; the copy
     # went there too
     assert f"STUDYLIB_DATA={tmp_path / 'missing'}: data directory does not exist" in last
-    assert (tmp_path / "rel" / "out" / "notebooks" / "smoke" / "01_explore.ipynb").exists()
+    assert (tmp_path / "rel" / "out" / "notebooks" / "smoke" / "03_wsp.ipynb").exists()
     assert (tmp_path / "rel" / "runs" / "smoke" / "jobs").is_dir() and not (
         REPO / "notebooks" / "rel"
     ).exists()
