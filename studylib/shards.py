@@ -540,8 +540,20 @@ def decoder(device: torch.device) -> str:
 
 # what a sample's decoding raises where it cannot be used (PIL and torchcodec: truncated, not an
 # image, a decompression bomb, which is no OSError; json; tags)
-UNUSABLE = (OSError, ValueError, TypeError, SyntaxError, RuntimeError, DataError)
-UNUSABLE += (Image.DecompressionBombError,)
+UNUSABLE = (
+    OSError,
+    ValueError,
+    TypeError,
+    SyntaxError,
+    RuntimeError,
+    DataError,
+    Image.DecompressionBombError,
+)
+
+
+def _why(err: Exception) -> str:
+    """An unusable sample's reason, as the epoch's skip list records it."""
+    return f"{type(err).__name__}: {err}"[:200]
 
 
 @dataclass
@@ -576,7 +588,7 @@ def _decode(
     except KeyError as err:
         return None, key, f"no {err.args[0]}"
     except UNUSABLE as err:
-        return None, key, f"{type(err).__name__}: {err}"[:200]
+        return None, key, _why(err)
 
 
 def _crop(pixels: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
@@ -607,7 +619,7 @@ def _decode_one(blob: bytes, device: torch.device) -> torch.Tensor | str:
     try:
         return decode_jpeg(blob, device=device)
     except RuntimeError as err:
-        return f"{type(err).__name__}: {err}"[:200]
+        return _why(err)
 
 
 # a rank's shards are dealt to this many lanes (fewer with fewer shards), whatever the workers
