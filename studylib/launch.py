@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -71,9 +72,10 @@ def executor(exp: Experiment, folder: str | Path | None = None) -> submitit.Exec
             "launch.executor: 'slurm', but this machine has no sbatch on its PATH; allowed: "
             "'local', 'debug' or 'auto' here, or 'slurm' on a SLURM login node"
         )
-    folder = jobs_folder(exp, folder)
+    # one flat folder, made before sbatch: SLURM may start a job before submitit could make a
+    # per-job folder for its log, and a job whose log cannot be opened dies leaving no result
     ex = submitit.AutoExecutor(
-        folder=folder / "%j", cluster=kind, slurm_max_num_timeout=launch.max_requeues
+        folder=jobs_folder(exp, folder), cluster=kind, slurm_max_num_timeout=launch.max_requeues
     )
     ex.update_parameters(
         timeout_min=launch.timeout_min,
@@ -235,7 +237,8 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
                 elif shown[k] != (job.state, bar.n, line):
                     print(bar, file=sys.stderr, flush=True)
                     shown[k] = (job.state, bar.n, line)
-            if all(job.done() for job in jobs):
+            listed = _listed_by_slurm(jobs)
+            if all(job.done() or job.job_id not in listed for job in jobs):
                 return [_result(job) for job in jobs]
             time.sleep(poll_s)
     finally:
@@ -252,9 +255,33 @@ def _in_notebook() -> bool:
     return type(ipython and ipython.get_ipython()).__name__ == "ZMQInteractiveShell"
 
 
+def _listed_by_slurm(jobs: Sequence[submitit.Job]) -> set[str]:
+    """The ids among `jobs` that are local jobs or that SLURM still lists as pending, running or
+    completing. Asked before `done()` is, so a job that ends in between is done, not missing."""
+    slurm = {job.job_id for job in jobs if isinstance(job, submitit.SlurmJob)}
+    others = {job.job_id for job in jobs} - slurm
+    if not slurm:
+        return others
+    mine = ["squeue", "-h", "-r", "-o", "%i", "-u", str(os.getuid())]
+    try:
+        out = subprocess.run(mine, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        out = None
+    if out is None or out.returncode != 0:  # squeue unanswered: no job is taken as gone
+        return slurm | others
+    return others | (slurm & set(out.stdout.split()))
+
+
 def _result(job: submitit.Job) -> Any:
     """The job's result; a failed job's error raised here as the same one line it raised in the
-    job."""
+    job; a job that SLURM no longer lists and that left no result (killed before or outside Python:
+    a log it could not open, the out-of-memory killer, scancel) as a JobError, which a cluster
+    without job accounting would otherwise never report."""
+    if not job.done():
+        raise errors.JobError(
+            f"job {job.job_id}: SLURM no longer lists it and it left no result; its log: "
+            f"{job.paths.stderr}"
+        )
     try:
         results = job.results()
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:

@@ -530,10 +530,16 @@ def crop_box(
     return left, top, left + side, top + side
 
 
+def decoding_device(device: torch.device) -> torch.device | None:
+    """Where a run on `device` decodes its streamed JPEGs: batched on a CUDA device, else None (one
+    by one in the loader workers)."""
+    return device if device.type == "cuda" else None
+
+
 def decoder(device: torch.device) -> str:
     """What turns a streamed sample into pixels for a run on `device`: part of a streamed pool's
     identity, since another decoder gives other pixels (nvJPEG's IDCT is not libjpeg-turbo's)."""
-    if device.type == "cuda":
+    if decoding_device(device) is not None:
         return "torchcodec decode_jpeg batched on the GPU (nvJPEG), bicubic antialiased crop there"
     return "torchcodec decode_jpeg in the loader workers, torchvision bicubic antialiased crop"
 
@@ -821,7 +827,7 @@ class ShardBatches:
             workers=workers,
             shards=shards,
             crop_min=crop_min,
-            decode_on=device if device.type == "cuda" else None,
+            decode_on=decoding_device(device),
         )
         self.device, self.normalise = device, ImageTransform(image_size)
         self.flip = crop_min is not None

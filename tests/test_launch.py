@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from studylib.config import load_experiment
+from studylib.errors import JobError
 from studylib.launch import StudyJob, progress, submit, sweep, watch
 from studylib.stages import mae, wsp
 
@@ -177,6 +178,23 @@ def test_requeued_job_resumes_without_repeating_epochs(slurm, tmp_path):
     # slow machine prints more of
     ends = [m.group(1) for m in re.finditer(r"\] epoch (\d+/8)(?! step)", log)]
     assert ends[-(8 - resumed_at) :] == [f"{e}/8" for e in range(resumed_at + 1, 9)]
+
+
+def test_a_job_that_dies_leaving_no_result_ends_the_watch_with_one_line(slurm, tmp_path):
+    """A job killed outside Python (here scancel; as well a log SLURM could not open, the
+    out-of-memory killer) leaves no result. This cluster keeps no job accounting, so sacct never
+    tells submitit the job ended: watch must see that squeue no longer lists it, not wait for ever.
+    Its logs lie in the jobs folder itself, which exists before sbatch runs."""
+    job = submit("wsp", "smoke", _slurm("wsp.epochs=8"), folder=tmp_path / "jobs")
+    assert job.paths.stdout.parent == tmp_path / "jobs"
+    _wait_epochs(wsp.run_for(load_experiment("smoke", ["wsp.epochs=8"])), 1)
+    subprocess.run(["scancel", job.job_id], check=True)
+    with pytest.raises(
+        JobError,
+        match=rf"^job {job.job_id}: SLURM no longer lists it and it left "
+        "no result; its log: .*_0_log.err$",
+    ):
+        watch([job], poll_s=1)
 
 
 def test_preemption_signal_inside_an_epoch_checkpoints_that_step_and_the_requeued_job_resumes_there(
