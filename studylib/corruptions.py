@@ -7,7 +7,7 @@ Corruptions", with the CIFAR severity parameters of github.com/hendrycks/robustn
 batch; noise comes from a local `torch.Generator` seeded by `seed` (other corruptions ignore it). As
 in the original (`np.uint8`), float results are truncated to uint8. Blurs are the original's filters
 (scipy gaussian, cv2 disk, scipy-zoom average) written as matrix products; HSV edits are the exact
-closed form of skimage's rgb->hsv->rgb round trip; pixelate and jpeg (torchvision's libjpeg) match
+closed form of skimage's rgb->hsv->rgb round trip; pixelate and jpeg (torchcodec's libjpeg) match
 PIL, which the original used, bit for bit."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import decode_jpeg, encode_jpeg
+from torchcodec.decoders import decode_jpeg
+from torchcodec.encoders import JpegEncoder
 
 from studylib.errors import ConfigError
 from studylib.registry import CORRUPTIONS
@@ -123,7 +124,8 @@ def _pixelate(images: torch.Tensor, c: float, gen: torch.Generator) -> torch.Ten
 
 
 def _jpeg(images: torch.Tensor, quality: int, gen: torch.Generator) -> torch.Tensor:
-    return torch.stack(decode_jpeg(encode_jpeg(list(images), quality=quality)))
+    encoded = [JpegEncoder(image).to_tensor(quality=quality) for image in images]
+    return torch.stack([decode_jpeg(blob) for blob in encoded])
 
 
 def _hsv_edit(x: torch.Tensor, c: float | tuple[float, float], value: bool) -> torch.Tensor:
