@@ -13,9 +13,8 @@ passes:
   the same for every decoder) resized bicubic to 224 px. PIL with `draft` (DCT-domain scaling to
   the smallest scale that still covers the crop; the worker's path before), simplejpeg with the
   same DCT-domain scaling (`min_width`/`min_height`), torchvision's deprecated `decode_jpeg` and
-  torchcodec's `decode_jpeg` (whole image, then torchvision's `resized_crop` on the (3, H, W)
-  tensor), and the worker's path (`studylib.shards._decode`): torchcodec, then the same resize in
-  channels-last layout (`studylib.shards._crop`).
+  torchcodec's `decode_jpeg` (whole image, then torchvision's `resized_crop`: the worker's
+  `studylib.shards._decode` path).
 
 Each path's crops are compared with PIL's: the mean absolute difference in pixel values (0-255).
 """
@@ -107,14 +106,6 @@ def torchcodec_whole(blob: bytes, box: tuple) -> np.ndarray:
     return _resized_crop(decode_jpeg(blob), box)
 
 
-def worker(blob: bytes, box: tuple) -> np.ndarray:
-    from torchcodec.decoders import decode_jpeg
-
-    from studylib.shards import _crop
-
-    return _crop(decode_jpeg(blob), box, SIZE).permute(1, 2, 0).numpy()
-
-
 def decode_only() -> dict[str, Callable[[bytes], object]]:
     import simplejpeg
     from torchcodec.decoders import decode_jpeg as torchcodec
@@ -134,13 +125,11 @@ def decode_only() -> dict[str, Callable[[bytes], object]]:
     }
 
 
-# each decode + crop path, with the decoder whose decode-only rate is its limit
 CROPS = {
-    "PIL": ("PIL", pil_draft),
-    "simplejpeg": ("simplejpeg", simplejpeg_scaled),
-    "torchvision": ("torchvision", torchvision_whole),
-    "torchcodec": ("torchcodec", torchcodec_whole),
-    "torchcodec, channels-last crop (the worker)": ("torchcodec", worker),
+    "PIL": pil_draft,
+    "simplejpeg": simplejpeg_scaled,
+    "torchvision": torchvision_whole,
+    "torchcodec": torchcodec_whole,
 }
 
 
@@ -157,12 +146,9 @@ def rate(work: Callable[[], object], count: int, repeats: int = 3) -> float:
 def measure(blobs: list[bytes]) -> dict:
     crops = boxes(blobs)
     reference = [pil_draft(b, c) for b, c in zip(blobs, crops, strict=True)]
-    limits = {
-        name: rate(lambda decode=decode: [decode(b) for b in blobs], len(blobs))
-        for name, decode in decode_only().items()
-    }
     out = {}
-    for name, (decoder, crop) in CROPS.items():
+    for name, decode in decode_only().items():
+        crop = CROPS[name]
         made = [crop(b, c) for b, c in zip(blobs, crops, strict=True)]
         difference = float(
             np.mean(
@@ -172,7 +158,7 @@ def measure(blobs: list[bytes]) -> dict:
                 ]
             )
         )
-        decoded = limits[decoder]
+        decoded = rate(lambda decode=decode: [decode(b) for b in blobs], len(blobs))
         cropped = rate(
             lambda crop=crop: [crop(b, c) for b, c in zip(blobs, crops, strict=True)], len(blobs)
         )

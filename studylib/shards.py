@@ -598,14 +598,9 @@ def _decode(
 
 
 def _crop(pixels: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """`pixels` (3, H, W) cropped to `box` and resized bicubic, antialiased, to (3, size, size); in
-    channels-last layout, where torch's uint8 resize is vectorised: the same pixels as in (3, H, W)
-    layout, about 1.5x faster on a CPU (benchmarks/decoders.py)."""
     left, top, right, bottom = box
-    last = pixels.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     bicubic = InterpolationMode.BICUBIC
-    crop = resized_crop(last, top, left, bottom - top, right - left, [size, size], bicubic, True)
-    return crop[0].contiguous()
+    return resized_crop(pixels, top, left, bottom - top, right - left, [size, size], bicubic, True)
 
 
 def decode_batch(batch: list[tuple], size: int, device: torch.device) -> list[tuple]:
