@@ -184,10 +184,11 @@ def test_a_job_that_dies_leaving_no_result_ends_the_watch_with_one_line(slurm, t
     """A job killed outside Python (here scancel; as well a log SLURM could not open, the
     out-of-memory killer) leaves no result. This cluster keeps no job accounting, so sacct never
     tells submitit the job ended: watch must see that squeue no longer lists it, not wait for ever.
-    Its logs lie in the jobs folder itself, which exists before sbatch runs."""
-    job = submit("wsp", "smoke", _slurm("wsp.epochs=8"), folder=tmp_path / "jobs")
+    Its logs lie in the jobs folder itself, which exists before sbatch runs. The job is long, so
+    it cannot end before the scancel on a fast machine."""
+    job = submit("wsp", "smoke", _slurm("wsp.epochs=500"), folder=tmp_path / "jobs")
     assert job.paths.stdout.parent == tmp_path / "jobs"
-    _wait_epochs(wsp.run_for(load_experiment("smoke", ["wsp.epochs=8"])), 1)
+    _wait_epochs(wsp.run_for(load_experiment("smoke", ["wsp.epochs=500"])), 1)
     subprocess.run(["scancel", job.job_id], check=True)
     with pytest.raises(
         JobError,
