@@ -1,7 +1,6 @@
 """The JPEG decoders a loader worker could use, each against its own limit (decoding alone), one
 thread.
 
-    pip install -e ".[bench]"   # simplejpeg; torchvision and PIL are there already
     python benchmarks/decoders.py --images 256 --out benchmarks/results/decoders_<commit>.json
 
 On photo-sized JPEGs (500 x 375, quality 90, made as benchmarks/loader.py makes them) and on the
@@ -12,9 +11,10 @@ passes:
 - decode + crop: WSP's random-resized crop (crop_min 0.08, the boxes of `studylib.shards.crop_box`,
   the same for every decoder) resized bicubic to 224 px. PIL with `draft` (DCT-domain scaling to
   the smallest scale that still covers the crop; the worker's path before), simplejpeg with the
-  same DCT-domain scaling (`min_width`/`min_height`), torchvision's deprecated `decode_jpeg` and
-  torchcodec's `decode_jpeg` (whole image, then torchvision's `resized_crop`: the worker's
-  `studylib.shards._decode` path).
+  same DCT-domain scaling (`min_width`/`min_height`) then PIL's resize, torchvision's deprecated
+  `decode_jpeg` and torchcodec's `decode_jpeg` (whole image, then torchvision's antialiased
+  `resized_crop`: the worker's path before), and simplejpeg's whole-image decode then OpenCV's
+  resize (`studylib.shards._crop`: the worker's `studylib.shards._decode` path now).
 
 Each path's crops are compared with PIL's: the mean absolute difference in pixel values (0-255).
 """
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from studylib.shards import crop_box
+from studylib.shards import _crop, crop_box
 
 SIZE, CROP_MIN = 224, 0.08
 
@@ -106,6 +106,12 @@ def torchcodec_whole(blob: bytes, box: tuple) -> np.ndarray:
     return _resized_crop(decode_jpeg(blob), box)
 
 
+def worker(blob: bytes, box: tuple) -> np.ndarray:
+    import simplejpeg
+
+    return _crop(simplejpeg.decode_jpeg(blob, "RGB"), box, SIZE).permute(1, 2, 0).numpy()
+
+
 def decode_only() -> dict[str, Callable[[bytes], object]]:
     import simplejpeg
     from torchcodec.decoders import decode_jpeg as torchcodec
@@ -125,11 +131,19 @@ def decode_only() -> dict[str, Callable[[bytes], object]]:
     }
 
 
-CROPS = {
-    "PIL": pil_draft,
-    "simplejpeg": simplejpeg_scaled,
-    "torchvision": torchvision_whole,
-    "torchcodec": torchcodec_whole,
+# each decode + crop path: (the decoder whose decode-only rate is its limit, the path)
+PATHS = {
+    "PIL with draft (the worker's path until b71808d)": ("PIL", pil_draft),
+    "simplejpeg, DCT-domain scaling, PIL resize": ("simplejpeg", simplejpeg_scaled),
+    "torchvision decode_jpeg + resized_crop": ("torchvision", torchvision_whole),
+    "torchcodec decode_jpeg + resized_crop (the worker's path before)": (
+        "torchcodec",
+        torchcodec_whole,
+    ),
+    "simplejpeg + OpenCV resize (studylib.shards._decode, the worker's path)": (
+        "simplejpeg",
+        worker,
+    ),
 }
 
 
@@ -146,27 +160,23 @@ def rate(work: Callable[[], object], count: int, repeats: int = 3) -> float:
 def measure(blobs: list[bytes]) -> dict:
     crops = boxes(blobs)
     reference = [pil_draft(b, c) for b, c in zip(blobs, crops, strict=True)]
-    out = {}
-    for name, decode in decode_only().items():
-        crop = CROPS[name]
+    limits = {
+        name: rate(lambda decode=decode: [decode(b) for b in blobs], len(blobs))
+        for name, decode in decode_only().items()
+    }
+    out = {"decode_only_img_s": limits}
+    for path, (decoder, crop) in PATHS.items():
         made = [crop(b, c) for b, c in zip(blobs, crops, strict=True)]
-        difference = float(
-            np.mean(
-                [
-                    np.abs(m.astype(np.int16) - r).mean()
-                    for m, r in zip(made, reference, strict=True)
-                ]
-            )
-        )
-        decoded = rate(lambda decode=decode: [decode(b) for b in blobs], len(blobs))
+        pairs = zip(made, reference, strict=True)
+        difference = [np.abs(m.astype(np.int16) - r).mean() for m, r in pairs]
         cropped = rate(
             lambda crop=crop: [crop(b, c) for b, c in zip(blobs, crops, strict=True)], len(blobs)
         )
-        out[name] = {
-            "decode_only_img_s": decoded,
+        out[path] = {
             "decode_crop_224_img_s": cropped,
-            "crop_vs_decode_only": cropped / decoded,
-            "mean_abs_pixel_difference_vs_PIL": difference,
+            "decoder_limit_over_it": limits[decoder] / cropped,
+            "fastest_limit_over_it": max(limits.values()) / cropped,
+            "mean_abs_pixel_difference_vs_PIL": float(np.mean(difference)),
         }
     return out
 

@@ -292,7 +292,7 @@ def test_a_truncated_jpeg_and_a_sample_without_metadata_are_skipped_and_counted(
     assert [len(b) for b in batches] == [20, 20]  # equal steps all the same
     skipped = dict(streams[0].skipped + streams[1].skipped)
     assert set(skipped) == {"000000050", "000000051"}
-    assert "truncated" in skipped["000000050"] and skipped["000000051"] == "no json"
+    assert "Premature end of JPEG" in skipped["000000050"] and skipped["000000051"] == "no json"
     assert streams[0].repeats + streams[1].repeats == 2  # the damaged rank's last batch filled up
     keys = Counter(k for rank in batches for _, ks, _ in rank for k in ks)
     assert set(keys) == {f"{i:09d}" for i in range(320)} - set(skipped)
@@ -651,8 +651,9 @@ def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_noth
 def test_a_streamed_jpeg_is_decoded_by_the_named_decoder_and_the_decoder_names_the_run(
     tmp_path, isolated_dirs, monkeypatch
 ):
+    import cv2
     from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2.functional import resized_crop
+    from torchvision.transforms.v2.functional import resize
 
     from studylib import pool
     from studylib.stages import mae
@@ -660,19 +661,20 @@ def test_a_streamed_jpeg_is_decoded_by_the_named_decoder_and_the_decoder_names_t
     _imagenet_layout(tmp_path / "pool", per_class=3)
     path = next((tmp_path / "pool").rglob("*.JPEG"))
     sample = {"__key__": "k", "json": b'{"tags": ["a"]}', "jpg": path.read_bytes()}
-    image, key, tags = shards._decode(sample, 40, crop_min=0.3, seed=1)
-    # oracle: PIL's decode of the same file (libjpeg-turbo), torchvision's bicubic resized crop
+    # oracle: PIL's decode of the same file (libjpeg-turbo too), the box cut, OpenCV's resize of it
     with Image.open(path) as opened:
-        pil = opened.convert("RGB")
-    left, top, right, bottom = crop_box(*pil.size, 0.3, random.Random("1:k"))
-    whole = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
-    expected = resized_crop(
-        whole, top, left, bottom - top, right - left, [40, 40], InterpolationMode.BICUBIC, True
-    )
-    assert (key, tags) == ("k", ["a"]) and torch.equal(image, expected)
-    # PIL's own bicubic crop (the decoder before) is close: under 2 of 255 on average
-    pil_crop = np.asarray(pil.resize((40, 40), Image.BICUBIC, box=(left, top, right, bottom)))
-    assert np.abs(image.permute(1, 2, 0).numpy().astype(int) - pil_crop).mean() < 2
+        whole = np.asarray(opened.convert("RGB"))
+    left, top, right, bottom = crop_box(whole.shape[1], whole.shape[0], 0.3, random.Random("1:k"))
+    window = whole[top:bottom, left:right]
+    assert max(window.shape[:2]) < 64 and min(window.shape[:2]) > 16
+    for size, how in ((64, cv2.INTER_CUBIC), (16, cv2.INTER_AREA)):  # enlarged; shrunk both sides
+        image, key, tags = shards._decode(sample, size, crop_min=0.3, seed=1)
+        expected = cv2.resize(window, (size, size), interpolation=how)
+        assert (key, tags) == ("k", ["a"]) and np.array_equal(image.permute(1, 2, 0), expected)
+        # torchvision's antialiased bicubic resize (the crop before) is close: under 1 of 255
+        window_chw = torch.from_numpy(window.copy()).permute(2, 0, 1)
+        before = resize(window_chw, [size, size], InterpolationMode.BICUBIC, antialias=True)
+        assert (image.int() - before.int()).abs().float().mean() < 1
     exp = load_experiment("smoke", [f"data.pretrain={tmp_path / 'pool'}", "data.stream=true"])
     assert pool.identity(exp)["decoder"] == shards.decoder(torch.device("cpu"))
     assert shards.decoder(torch.device("cuda")) != shards.decoder(torch.device("cpu"))
