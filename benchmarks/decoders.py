@@ -4,13 +4,13 @@ thread.
     python benchmarks/decoders.py --images 256 --out benchmarks/results/decoders_<commit>.json
 
 On photo-sized JPEGs (500 x 375, quality 90, made as benchmarks/loader.py makes them) and on the
-same photos resized to a 256 px short side (what `studylib shards --max-size 256` writes), best of 3
-passes:
+same photos resized to a 256 px short side (what `studylib shards --max-size 256` writes), best of 5
+passes, the passes interleaved (each round times every path once):
 
 - decode only: the whole JPEG to RGB pixels, the limit of that decoder;
 - decode + crop: WSP's random-resized crop (crop_min 0.08, the boxes of `studylib.shards.crop_box`,
-  the same for every decoder) resized bicubic to 224 px. PIL with `draft` (DCT-domain scaling to
-  the smallest scale that still covers the crop; the worker's path before), simplejpeg with the
+  the same for every decoder) resized to 224 px. PIL with `draft` (DCT-domain scaling to the
+  smallest scale that still covers the crop; the worker's path until b71808d), simplejpeg with the
   same DCT-domain scaling (`min_width`/`min_height`) then PIL's resize, torchvision's deprecated
   `decode_jpeg` and torchcodec's `decode_jpeg` (whole image, then torchvision's antialiased
   `resized_crop`: the worker's path before), and simplejpeg's whole-image decode then OpenCV's
@@ -147,35 +147,38 @@ PATHS = {
 }
 
 
-def rate(work: Callable[[], object], count: int, repeats: int = 3) -> float:
-    """Images a second: the best of `repeats` passes of `work()` over `count` images."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+def rates(works: dict[str, Callable[[], object]], count: int, rounds: int = 5) -> dict:
+    """Images a second of each `works[name]()` over `count` images: the best of `rounds` passes,
+    the passes interleaved (every work once a round), so that a neighbour's load on the machine
+    falls on all of them alike."""
+    best = dict.fromkeys(works, float("inf"))
+    for _ in range(rounds):
+        for name, work in works.items():
+            start = time.perf_counter()
+            work()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: count / seconds for name, seconds in best.items()}
 
 
 def measure(blobs: list[bytes]) -> dict:
     crops = boxes(blobs)
-    reference = [pil_draft(b, c) for b, c in zip(blobs, crops, strict=True)]
-    limits = {
-        name: rate(lambda decode=decode: [decode(b) for b in blobs], len(blobs))
-        for name, decode in decode_only().items()
+    pairs = list(zip(blobs, crops, strict=True))
+    reference = [pil_draft(b, c) for b, c in pairs]
+    works = {name: lambda d=decode: [d(b) for b in blobs] for name, decode in decode_only().items()}
+    works |= {
+        path: lambda c=crop: [c(b, box) for b, box in pairs] for path, (_, crop) in PATHS.items()
     }
+    measured = rates(works, len(blobs))
+    limits = {name: measured[name] for name in decode_only()}
     out = {"decode_only_img_s": limits}
     for path, (decoder, crop) in PATHS.items():
-        made = [crop(b, c) for b, c in zip(blobs, crops, strict=True)]
-        pairs = zip(made, reference, strict=True)
-        difference = [np.abs(m.astype(np.int16) - r).mean() for m, r in pairs]
-        cropped = rate(
-            lambda crop=crop: [crop(b, c) for b, c in zip(blobs, crops, strict=True)], len(blobs)
-        )
+        made = [crop(b, c) for b, c in pairs]
+        compared = zip(made, reference, strict=True)
+        difference = [np.abs(m.astype(np.int16) - r).mean() for m, r in compared]
         out[path] = {
-            "decode_crop_224_img_s": cropped,
-            "decoder_limit_over_it": limits[decoder] / cropped,
-            "fastest_limit_over_it": max(limits.values()) / cropped,
+            "decode_crop_224_img_s": measured[path],
+            "decoder_limit_over_it": limits[decoder] / measured[path],
+            "fastest_limit_over_it": max(limits.values()) / measured[path],
             "mean_abs_pixel_difference_vs_PIL": float(np.mean(difference)),
         }
     return out

@@ -546,7 +546,7 @@ def decoder(device: torch.device) -> str:
     identity, since another decoder gives other pixels (nvJPEG's IDCT is not libjpeg-turbo's)."""
     if decoding_device(device) is not None:
         return "torchcodec decode_jpeg batched on the GPU (nvJPEG), bicubic antialiased crop there"
-    return "simplejpeg in the loader workers, OpenCV crop: area where it shrinks, else bicubic"
+    return "simplejpeg in the loader workers, OpenCV crop: area where it shrinks 2x, else bicubic"
 
 
 # what a sample's decoding raises where it cannot be used (PIL and torchcodec: truncated, not an
@@ -603,12 +603,13 @@ def _decode(
 
 
 def _crop(pixels: np.ndarray, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """`box` of (H, W, 3) `pixels` resized to (3, size, size): OpenCV's area resize where the box
-    shrinks on both sides (free of moire, as FFCV crops), else its bicubic; 3x faster than torch's
-    antialiased bicubic on uint8, within 0.3 of 255 of it (benchmarks/RESULTS.md: decoders)."""
+    """`box` of (H, W, 3) `pixels` resized to (3, size, size) by OpenCV: bicubic, or its area resize
+    where the box shrinks 2x or more on both sides (bicubic would alias there; area is free of moire
+    but slow at other ratios). 3x faster than torch's antialiased bicubic on uint8, within 0.3 of
+    255 of it on 256 px photos (benchmarks/RESULTS.md: decoders)."""
     left, top, right, bottom = box
-    shrinks = right - left > size and bottom - top > size
-    how = cv2.INTER_AREA if shrinks else cv2.INTER_CUBIC
+    halves = min(right - left, bottom - top) >= 2 * size
+    how = cv2.INTER_AREA if halves else cv2.INTER_CUBIC
     resized = cv2.resize(pixels[top:bottom, left:right], (size, size), interpolation=how)
     return torch.from_numpy(resized).permute(2, 0, 1)
 

@@ -666,15 +666,17 @@ def test_a_streamed_jpeg_is_decoded_by_the_named_decoder_and_the_decoder_names_t
         whole = np.asarray(opened.convert("RGB"))
     left, top, right, bottom = crop_box(whole.shape[1], whole.shape[0], 0.3, random.Random("1:k"))
     window = whole[top:bottom, left:right]
-    assert max(window.shape[:2]) < 64 and min(window.shape[:2]) > 16
-    for size, how in ((64, cv2.INTER_CUBIC), (16, cv2.INTER_AREA)):  # enlarged; shrunk both sides
+    assert 24 < min(window.shape[:2]) and max(window.shape[:2]) < 48
+    # enlarged, shrunk under 2x (bicubic); shrunk 2x or more on both sides (area: no moire)
+    for size, how in ((64, cv2.INTER_CUBIC), (24, cv2.INTER_CUBIC), (8, cv2.INTER_AREA)):
         image, key, tags = shards._decode(sample, size, crop_min=0.3, seed=1)
         expected = cv2.resize(window, (size, size), interpolation=how)
         assert (key, tags) == ("k", ["a"]) and np.array_equal(image.permute(1, 2, 0), expected)
-        # torchvision's antialiased bicubic resize (the crop before) is close: under 1 of 255
+        # torchvision's antialiased bicubic resize (the crop before) is close: under 2 of 255 on
+        # this small sharp image (0.3 on 224 px crops of photos: benchmarks/decoders.py)
         window_chw = torch.from_numpy(window.copy()).permute(2, 0, 1)
         before = resize(window_chw, [size, size], InterpolationMode.BICUBIC, antialias=True)
-        assert (image.int() - before.int()).abs().float().mean() < 1
+        assert (image.int() - before.int()).abs().float().mean() < 2
     exp = load_experiment("smoke", [f"data.pretrain={tmp_path / 'pool'}", "data.stream=true"])
     assert pool.identity(exp)["decoder"] == shards.decoder(torch.device("cpu"))
     assert shards.decoder(torch.device("cuda")) != shards.decoder(torch.device("cpu"))
