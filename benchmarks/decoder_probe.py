@@ -97,7 +97,11 @@ def main() -> None:
     data = load_dataset("cifar10", exp.data)
     keep = data.per_class(exp.probe.train_per_class, exp.data.subset_seed)
     train, train_labels = data.train_images[keep], data.train_labels[keep]
-    result = {"cpu": platform.processor(), "precision": precision_name(exp), "sides": {}}
+    result = {
+        "cpu": platform.processor() or platform.machine(),
+        "precision": precision_name(exp),
+        "sides": {},
+    }
     for side in args.sides:
         blobs = jpegs(train, side), jpegs(data.test_images, side)
         made = {

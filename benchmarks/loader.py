@@ -8,11 +8,11 @@ It writes `--images` photo-sized JPEGs (500 x 375, ImageNet's typical size, qual
 test images upscaled, with fine noise so they do not compress like flat colour) once as WebDataset
 shards and once as an image folder, then times, in this process (one worker's work), what each
 ShardStream worker runs: reading each sample (`TarShards.read`, `ImageFiles.read`), decoding it and
-random-resized-cropping it to 224 px (`studylib.shards._decode`: WSP's crop_min 0.08, torchcodec's
-decode and torchvision's bicubic crop), and beside it an old way, PIL decoding the whole JPEG then
-resizing it to 224 px; and the device side, flip + normalise of 224 px batches (what ShardBatches
-does after the workers). Workers per GPU = the recorded GPU step rate (benchmarks/RESULTS.md) / one
-worker's rate.
+random-resized-cropping it to 224 px (`studylib.shards._decode`: WSP's crop_min 0.08, simplejpeg's
+decode and OpenCV's resize); beside it, reading the shard alone (its share of the time) and an old
+way, PIL decoding the whole JPEG then resizing it to 224 px; and the device side, flip + normalise
+of 224 px batches (what ShardBatches does after the workers). Workers per GPU = the recorded GPU
+step rate (benchmarks/RESULTS.md) / one worker's rate.
 """
 
 from __future__ import annotations
@@ -113,6 +113,10 @@ def main() -> None:
             for sample in source.read(source.units, seed=0):
                 _decode(sample, 224, crop_min)
 
+        def read_only() -> None:
+            for _ in shards.read(shards.units, seed=0):
+                pass
+
         def whole_then_resized() -> None:
             for sample in shards.read(shards.units, seed=0):
                 with Image.open(io.BytesIO(sample["jpg"])) as opened:
@@ -123,6 +127,7 @@ def main() -> None:
             timed(lambda: decoded(files, 0.08)),
         )
         mae_s, whole_s = timed(lambda: decoded(shards, 0.2)), timed(whole_then_resized)
+        read_s = timed(read_only)
     batch = torch.randint(0, 256, (256, 3, 224, 224), dtype=torch.uint8)
     normalise = ImageTransform(224)
     flip_s = timed(
@@ -141,6 +146,7 @@ def main() -> None:
         "jpeg_kb_mean": sum(map(len, blobs)) / len(blobs) / 1024,
         "decode_crop_img_s_per_worker": per_worker,
         "whole_decode_then_resize_img_s_per_worker": args.images / whole_s,
+        "shard_read_only_samples_s_per_worker": args.images / read_s,
         "device_flip_normalise_img_s_1_thread": 256 / flip_s,
         "workers_per_gpu": {
             name: {src: rate / r for src, r in per_worker.items()}
