@@ -549,8 +549,8 @@ def decoder(device: torch.device) -> str:
     return "simplejpeg in the loader workers, OpenCV crop: area where it shrinks 2x, else bicubic"
 
 
-# what a sample's decoding raises where it cannot be used (PIL and torchcodec: truncated, not an
-# image, a decompression bomb, which is no OSError; json; tags)
+# what a sample's decoding raises where it cannot be used (PIL, simplejpeg, torchcodec: truncated,
+# not an image, a decompression bomb, which is no OSError; json; tags)
 UNUSABLE = (
     OSError,
     ValueError,
@@ -618,7 +618,7 @@ def _crop_decoded(pixels: torch.Tensor, box: tuple[int, int, int, int], size: in
     """A batched decode's (3, H, W) `pixels` cropped where they lie: torchvision's bicubic
     antialiased crop on the GPU, the workers' `_crop` on the CPU (so that it gives their pixels)."""
     if pixels.device.type == "cpu":
-        return _crop(pixels.permute(1, 2, 0).numpy(), box, size)
+        return _crop(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()), box, size)
     left, top, right, bottom = box
     bicubic = InterpolationMode.BICUBIC
     return resized_crop(pixels, top, left, bottom - top, right - left, [size, size], bicubic, True)
