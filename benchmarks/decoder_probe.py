@@ -20,25 +20,25 @@ import argparse
 import io
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
-import simplejpeg
+import numpy as np
 import torch
+from decoders import torchcodec_whole, worker  # benchmarks/decoders.py, beside this script
 from PIL import Image
 from scipy import stats
 from torch import nn
-from torchcodec.decoders import decode_jpeg
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2.functional import resize
 
 from studylib import arms
 from studylib.config import Experiment, load_experiment
 from studylib.data import load_dataset
 from studylib.distributed import device_and_dtype, precision_name
-from studylib.shards import _crop
 from studylib.stages.probe import extract_features, fit_head, frozen_encoder
 
 SIZE = 32
+# the worker's path before (torchcodec, torchvision's antialiased bicubic), now (simplejpeg, OpenCV)
+PATHS = {"before": torchcodec_whole, "now": worker}
 
 
 def jpegs(images: torch.Tensor, side: int) -> list[bytes]:
@@ -52,14 +52,12 @@ def jpegs(images: torch.Tensor, side: int) -> list[bytes]:
     return out
 
 
-def before(blob: bytes) -> torch.Tensor:
-    pixels = decode_jpeg(blob)
-    return resize(pixels, [SIZE, SIZE], InterpolationMode.BICUBIC, antialias=True)
-
-
-def now(blob: bytes) -> torch.Tensor:
-    pixels = simplejpeg.decode_jpeg(blob, "RGB")
-    return _crop(pixels, (0, 0, pixels.shape[1], pixels.shape[0]), SIZE)
+def made_by(path: Callable, blobs: list[bytes], side: int) -> torch.Tensor:
+    """uint8 (N, 3, SIZE, SIZE): `blobs` (side x side JPEGs) brought to SIZE px by `path`, the
+    whole image the crop."""
+    whole = (0, 0, side, side)
+    pixels = np.stack([path(blob, whole, SIZE) for blob in blobs])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
 
 
 def correct(
@@ -104,10 +102,7 @@ def main() -> None:
     }
     for side in args.sides:
         blobs = jpegs(train, side), jpegs(data.test_images, side)
-        made = {
-            path.__name__: [torch.stack([path(b) for b in part]) for part in blobs]
-            for path in (before, now)
-        }
+        made = {name: [made_by(path, part, side) for part in blobs] for name, path in PATHS.items()}
         pixels = (made["now"][1].int() - made["before"][1].int()).abs().float().mean().item()
         out = {"mean_abs_pixel_difference": pixels}
         for arm, run in (("mae", mae_run), ("mae_wsp", wsp_run)):

@@ -84,32 +84,33 @@ def simplejpeg_scaled(blob: bytes, box: tuple) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((SIZE, SIZE), Image.BICUBIC, box=scaled))
 
 
-def _resized_crop(pixels: torch.Tensor, box: tuple) -> np.ndarray:
+def _resized_crop(pixels: torch.Tensor, box: tuple, size: int) -> np.ndarray:
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2.functional import resized_crop
 
     left, top, right, bottom = box
     bicubic = InterpolationMode.BICUBIC
-    crop = resized_crop(pixels, top, left, bottom - top, right - left, [SIZE, SIZE], bicubic, True)
+    crop = resized_crop(pixels, top, left, bottom - top, right - left, [size, size], bicubic, True)
     return crop.permute(1, 2, 0).numpy()
 
 
 def torchvision_whole(blob: bytes, box: tuple) -> np.ndarray:
     from torchvision.io import decode_jpeg
 
-    return _resized_crop(decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8)), box)
+    pixels = decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
+    return _resized_crop(pixels, box, SIZE)
 
 
-def torchcodec_whole(blob: bytes, box: tuple) -> np.ndarray:
+def torchcodec_whole(blob: bytes, box: tuple, size: int = SIZE) -> np.ndarray:
     from torchcodec.decoders import decode_jpeg
 
-    return _resized_crop(decode_jpeg(blob), box)
+    return _resized_crop(decode_jpeg(blob), box, size)
 
 
-def worker(blob: bytes, box: tuple) -> np.ndarray:
+def worker(blob: bytes, box: tuple, size: int = SIZE) -> np.ndarray:
     import simplejpeg
 
-    return _crop(simplejpeg.decode_jpeg(blob, "RGB"), box, SIZE).permute(1, 2, 0).numpy()
+    return _crop(simplejpeg.decode_jpeg(blob, "RGB"), box, size).permute(1, 2, 0).numpy()
 
 
 def decode_only() -> dict[str, Callable[[bytes], object]]:
@@ -164,12 +165,13 @@ def measure(blobs: list[bytes]) -> dict:
     crops = boxes(blobs)
     pairs = list(zip(blobs, crops, strict=True))
     reference = [pil_draft(b, c) for b, c in pairs]
-    works = {name: lambda d=decode: [d(b) for b in blobs] for name, decode in decode_only().items()}
+    decoders = decode_only()
+    works = {name: lambda d=decode: [d(b) for b in blobs] for name, decode in decoders.items()}
     works |= {
         path: lambda c=crop: [c(b, box) for b, box in pairs] for path, (_, crop) in PATHS.items()
     }
     measured = rates(works, len(blobs))
-    limits = {name: measured[name] for name in decode_only()}
+    limits = {name: measured[name] for name in decoders}
     out = {"decode_only_img_s": limits}
     for path, (decoder, crop) in PATHS.items():
         made = [crop(b, c) for b, c in pairs]
