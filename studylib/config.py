@@ -161,7 +161,9 @@ def _dataset_name(name: str) -> bool:
     return name in BUILTIN_DATASETS or ("/" in name and Path(name).expanduser().is_dir())
 
 
-# field metadata: changes speed, never results, so no run hash or table
+# field metadata: changes speed, never the recipe, so no run hash or table. Like thread counts and
+# kernels, such a setting may change the last bits of floats, which training grows
+# (benchmarks/RESULTS.md)
 SPEED_ONLY = {"identity": False}
 # field metadata of a setting added after runs existed: in a run's identity only where it is not the
 # default, so the runs made before it keep their hashes
@@ -513,6 +515,9 @@ class LaunchConfig:
     timeout_min: int = _positive(default=120)
     max_requeues: int = _at_least_zero(default=3)  # after preemption or time-out
     array_parallelism: int = _positive(default=16)
+    # a study's seeds as this many concurrent processes of one job, its CPU threads shared out
+    # among them (one rank only): small models keep 2 cores busier as 2 x 1 thread than as 1 x 2
+    seed_workers: int = _positive(default=1)
 
 
 # field metadata: set by load_experiment, never by a config file or --set

@@ -34,15 +34,15 @@ def vit(size: str, num_classes: int = 0, drop_path: float = 0.0) -> VisionTransf
     return model
 
 
-def choose_attention(model: nn.Module, device: torch.device, training: bool = True) -> None:
-    """torch's fused attention (scaled_dot_product_attention) on GPUs and for inference; for
-    training on CPUs timm's explicit softmax(q k^T) v, which for our short sequences is as fast in
-    fp32, 17% faster for the MAE with its narrow decoder heads, and 2x faster under bf16, where
-    torch's CPU flash-attention backward runs ~9x slower than in fp32 (torch 2.14;
-    benchmarks/RESULTS.md)."""
+def choose_attention(model: nn.Module, device: torch.device) -> None:
+    """torch's fused attention (scaled_dot_product_attention) on GPUs; on CPUs timm's explicit
+    softmax(q k^T) v, which for our short sequences trains as fast in fp32, 17% faster for the
+    MAE with its narrow decoder heads and 2x faster under bf16, where torch's CPU flash-attention
+    backward runs ~9x slower than in fp32 (torch 2.14), and extracts ViT-nano's features faster
+    (benchmarks/RESULTS.md)."""
     for module in model.modules():
         if hasattr(module, "fused_attn"):  # timm's Attention
-            module.fused_attn = device.type != "cpu" or not training
+            module.fused_attn = device.type != "cpu"
 
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ only what is missing or unfinished.
 from __future__ import annotations
 
 import dataclasses
-import time
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from studylib.config import Experiment, parse_mae_data, results_dir
 from studylib.data import load_dataset
 from studylib.distributed import is_main, precision_name
 from studylib.errors import ConfigError, DataError, RunFolderError
-from studylib.io import duration, warn
+from studylib.io import warn
 from studylib.models import VIT_SIZES, count_flops, count_params, vit
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
 from studylib.runs import Run, atomic_write
@@ -32,6 +32,7 @@ from studylib.shards import is_shard_folder
 from studylib.stages import mae, probe
 from studylib.transfer import transfer_suite
 from studylib.weak_labels import simulate
+from studylib.workers import run_seeds
 
 COLUMNS = (
     "study model seed arm mae_data wsp_epochs stage dataset variant metric value draw run"
@@ -138,12 +139,7 @@ def _per_seed(
         raise ConfigError(
             "studies.pilot_seeds: [] has no seed to run --pilot with; allowed: a non-empty list"
         )
-    rows, start = [], time.perf_counter()
-    for k, seed in enumerate(seeds):
-        eta = f", eta {duration((time.perf_counter() - start) / k * (len(seeds) - k))}" if k else ""
-        print(f"[{study or 'study'}] seed {seed}: {k + 1} of {len(seeds)}{eta}", flush=True)
-        rows += [{**row, "seed": seed} for row in one_seed(dataclasses.replace(exp, seed=seed))]
-    return rows
+    return run_seeds(exp, one_seed, seeds, study)
 
 
 def check_sizes(exp: Experiment) -> None:
@@ -232,32 +228,22 @@ def default_study(exp: Experiment) -> pd.DataFrame:
 def model_size_study(exp: Experiment) -> pd.DataFrame:
     """The default study at every size of studies.model_sizes, with parameters and FLOPs per
     image."""
+    return _table(exp, "model_size", _per_seed(exp, model_size_one_seed, study="model_size"))
 
-    def one_seed(e: Experiment) -> list[dict]:
-        rows = []
-        for size in exp.studies.model_sizes:
-            with torch.device("meta"):
-                encoder = vit(size)
-            rows.append(
-                {
-                    "model": size,
-                    "stage": "model",
-                    "metric": "params",
-                    "value": count_params(encoder),
-                }
-            )
-            rows.append(
-                {
-                    "model": size,
-                    "stage": "model",
-                    "metric": "gflops_per_image",
-                    "value": count_flops(encoder, VIT_SIZES[size]["img_size"]) / 1e9,
-                }
-            )
-            rows += probe_arms(dataclasses.replace(e, model=size), "model_size", model=size)
-        return rows
 
-    return _table(exp, "model_size", _per_seed(exp, one_seed, study="model_size"))
+def model_size_one_seed(exp: Experiment) -> list[dict]:
+    """One seed of the model-size study: each size's parameters, FLOPs and arms."""
+    rows = []
+    for size in exp.studies.model_sizes:
+        with torch.device("meta"):
+            encoder = vit(size)
+        flops = count_flops(encoder, VIT_SIZES[size]["img_size"]) / 1e9
+        rows.append(
+            {"model": size, "stage": "model", "metric": "params", "value": count_params(encoder)}
+        )
+        rows.append({"model": size, "stage": "model", "metric": "gflops_per_image", "value": flops})
+        rows += probe_arms(dataclasses.replace(exp, model=size), "model_size", model=size)
+    return rows
 
 
 def data_size_study(exp: Experiment) -> pd.DataFrame:
@@ -265,17 +251,18 @@ def data_size_study(exp: Experiment) -> pd.DataFrame:
     of the whole dataset; 'pretrain' is the pool), probed on the datasets outside every point
     (outside_mae_data). MAE takes the same steps at every point: each of its epochs draws as many
     images as the pool holds. The arms without MAE are the same runs at every point."""
-    probes = outside_mae_data(exp)
-
-    def one_seed(e: Experiment) -> list[dict]:
-        rows = []
-        for text, at, images in data_size_points(with_values(e, data={"probe": probes})):
-            rows.append({"mae_data": text, "stage": "mae", "metric": "images", "value": images})
-            rows += probe_arms(at, "data_size", mae_data=text)
-        return rows
-
+    one_seed = functools.partial(data_size_one_seed, probes=tuple(outside_mae_data(exp)))
     datasets = tuple(parse_mae_data(text)[0] for text in exp.studies.mae_data)
     return _table(exp, "data_size", _per_seed(exp, one_seed, datasets, "data_size"))
+
+
+def data_size_one_seed(exp: Experiment, probes: tuple[str, ...]) -> list[dict]:
+    """One seed of the data-size study, probed on `probes`."""
+    rows = []
+    for text, at, images in data_size_points(with_values(exp, data={"probe": list(probes)})):
+        rows.append({"mae_data": text, "stage": "mae", "metric": "images", "value": images})
+        rows += probe_arms(at, "data_size", mae_data=text)
+    return rows
 
 
 def data_size_points(exp: Experiment) -> list[tuple[str, Experiment, int]]:
@@ -314,35 +301,31 @@ def outside_mae_data(exp: Experiment) -> list[str]:
 def wsp_epochs_study(exp: Experiment) -> pd.DataFrame:
     """Every arm at every WSP length of studies.wsp_epochs (each a full schedule); the arms without
     WSP are the same runs at every length."""
+    return _table(exp, "wsp_epochs", _per_seed(exp, wsp_epochs_one_seed, study="wsp_epochs"))
 
-    def one_seed(e: Experiment) -> list[dict]:
-        return [
-            row
-            for epochs in exp.studies.wsp_epochs
-            for row in probe_arms(
-                with_values(e, wsp={"epochs": epochs}), "wsp_epochs", wsp_epochs=epochs
-            )
-        ]
 
-    return _table(exp, "wsp_epochs", _per_seed(exp, one_seed, study="wsp_epochs"))
+def wsp_epochs_one_seed(exp: Experiment) -> list[dict]:
+    return [
+        row
+        for epochs in exp.studies.wsp_epochs
+        for row in probe_arms(
+            with_values(exp, wsp={"epochs": epochs}), "wsp_epochs", wsp_epochs=epochs
+        )
+    ]
 
 
 def transfer_study(exp: Experiment) -> pd.DataFrame:
     """The transfer suite on the encoder of every arm the study takes."""
+    return _table(exp, "transfer", _per_seed(exp, transfer_one_seed, study="transfer"))
 
-    def one_seed(e: Experiment) -> list[dict]:
-        rows = []
-        for arm in arms_of(e, "transfer"):
-            encoder, _ = pretrain_arm(e, arm)
-            table = (
-                transfer_suite(e, encoder)
-                .rename(columns={"task": "stage"})
-                .drop(columns=["encoder"])
-            )
-            rows += table.assign(arm=arm.name).to_dict("records")
-        return rows
 
-    return _table(exp, "transfer", _per_seed(exp, one_seed, study="transfer"))
+def transfer_one_seed(exp: Experiment) -> list[dict]:
+    rows = []
+    for arm in arms_of(exp, "transfer"):
+        encoder, _ = pretrain_arm(exp, arm)
+        table = transfer_suite(exp, encoder).rename(columns={"task": "stage"})
+        rows += table.drop(columns=["encoder"]).assign(arm=arm.name).to_dict("records")
+    return rows
 
 
 def explore_study(exp: Experiment) -> pd.DataFrame:
