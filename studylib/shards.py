@@ -56,7 +56,7 @@ from torchcodec.decoders import decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2.functional import resized_crop
 
-from studylib import distributed
+from studylib import distributed, tars
 from studylib.config import cache_dir
 from studylib.data import IMAGE_SUFFIXES, ImageDataset, ImageTransform, file_stat
 from studylib.errors import DataError
@@ -376,16 +376,10 @@ class TarShards:
     def read(self, units: list[dict], seed: int, skip: int = 0) -> Iterator[dict]:
         """The samples of `units`, shard after shard, each in its written order, less the first
         `skip` (whole shards among them not opened)."""
-        import webdataset as wds
-
         while units and skip >= units[0]["samples"]:
             skip, units = skip - units[0]["samples"], units[1:]
         urls = [str(self.folder / unit["name"]) for unit in units]
-        if urls:
-            reader = wds.WebDataset(
-                urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
-            )
-            yield from itertools.islice(reader, skip, None)
+        yield from itertools.islice(tars.samples(urls), skip, None)
 
 
 def file_index(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
