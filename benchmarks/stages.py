@@ -34,7 +34,6 @@ from studylib.stages.probe import extract_features, fit_head
 from studylib.stages.wsp import wsp_loss
 
 VOCAB, CLASSES = 680, 100  # the cpu preset's hashtag vocabulary; CIFAR-100's classes
-FEATURE_IMAGES = torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8)
 
 
 def linear_shapes(model: nn.Module, step: Callable[[], None]) -> list[tuple[int, int, int]]:
@@ -65,9 +64,14 @@ def shaped_gemms(shapes: list[tuple[int, int, int]], dtype: torch.dtype, backwar
     return (lambda: [a @ b for a, b in cases]), flops
 
 
-def stages(exp: Experiment, batch: int) -> dict[str, tuple[Callable[[], None], float, nn.Module]]:
-    """Each stage's timed call, the images one call handles, and its model."""
+def stages(
+    exp: Experiment, batch: int, images: int
+) -> dict[str, tuple[Callable[[], None], float, nn.Module]]:
+    """Each stage's timed call, the images one call handles, and its model; probe features and fit
+    on `images` images."""
     device, dtype = device_and_dtype(exp)
+    uint8 = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8)
+    fit_labels = torch.arange(images) % CLASSES
     images = torch.randn(batch, 3, 32, 32)
     tags = torch.randint(0, VOCAB, (batch, 4))
     labels = tags[:, 0] % CLASSES
@@ -84,16 +88,12 @@ def stages(exp: Experiment, batch: int) -> dict[str, tuple[Callable[[], None], f
 
     found["finetune"] = (stage_step(classifier, ce, images, labels, finetune, dtype), batch)
     encoder = vit(exp.model).requires_grad_(False)
-    found["probe_features"] = (
-        lambda: extract_features(encoder, FEATURE_IMAGES, device, dtype),
-        len(FEATURE_IMAGES),
-    )
-    # separable classes, CIFAR-100's 100 at a fifth of its training images
-    fit_labels = torch.arange(10_000) % CLASSES
-    features = (
-        torch.randn(10_000, encoder.embed_dim) + torch.randn(CLASSES, encoder.embed_dim)[fit_labels]
-    )
-    found["probe_fit"] = (lambda: fit_head(features, fit_labels, CLASSES, exp.probe, 0), 10_000)
+    found["probe_features"] = (lambda: extract_features(encoder, uint8, device, dtype), len(uint8))
+    # features of CIFAR-100's 100 classes, each class about its own centre
+    centres = torch.randn(CLASSES, encoder.embed_dim)
+    features = torch.randn(len(uint8), encoder.embed_dim) + centres[fit_labels]
+    fit = (lambda: fit_head(features, fit_labels, CLASSES, exp.probe, 0), len(fit_labels))
+    found["probe_fit"] = fit
     models = {"mae": mae_model, "wsp": wsp_model, "finetune": classifier}
     models.update(probe_features=encoder, probe_fit=None)
     return {name: (*found[name], models[name]) for name in found}
@@ -112,15 +112,16 @@ def measure(threads: int, args: argparse.Namespace, start: multiprocessing.Barri
     timed = {"matmul_peak": matmul(device, dtype, args.matmul_size)}
     flops = {"matmul_peak": 2 * args.matmul_size**3}
     per_call = {}
-    for name, (call, images, model) in stages(exp, args.batch).items():
+    for name, (call, images, model) in stages(exp, args.batch, args.images).items():
         timed[name], per_call[name] = call, images
         if model is not None:
             shapes = linear_shapes(model, call)
             gemms, flops[f"{name}_shapes"] = shaped_gemms(shapes, dtype, name != "probe_features")
             timed[f"{name}_shapes"] = gemms
     if args.old:  # the attention probe features took before: torch's fused kernel
-        timed["probe_features_fused"] = lambda: fused_features(exp, dtype)
-        per_call["probe_features_fused"] = 4096
+        uint8 = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8)
+        timed["probe_features_fused"] = lambda: fused_features(exp, uint8, dtype)
+        per_call["probe_features_fused"] = args.images
     seconds = {}
     for name, call in timed.items():
         if start is not None:
@@ -131,13 +132,13 @@ def measure(threads: int, args: argparse.Namespace, start: multiprocessing.Barri
     return rates
 
 
-def fused_features(exp: Experiment, dtype: torch.dtype) -> None:
+def fused_features(exp: Experiment, uint8: torch.Tensor, dtype: torch.dtype) -> None:
     """`extract_features` as it ran before: torch's fused attention on the CPU too."""
     real = probe.choose_attention
     probe.choose_attention = lambda model, _device: real(model, torch.device("cuda"))
     try:
         encoder = vit(exp.model).requires_grad_(False)
-        extract_features(encoder, FEATURE_IMAGES, torch.device("cpu"), dtype)
+        extract_features(encoder, uint8, torch.device("cpu"), dtype)
     finally:
         probe.choose_attention = real
 
@@ -179,6 +180,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--matmul-size", type=int, default=1024)
+    parser.add_argument("--images", type=int, default=4096, help="probe features and fit")
     parser.add_argument("--old", action="store_true", help="also the fused-attention features")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

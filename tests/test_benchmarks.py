@@ -2,10 +2,13 @@
 fast)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,3 +79,57 @@ def test_precision_check_trains_each_precision_in_its_own_run_folders(tmp_path):
     assert top1 == {(p, t) for p in ("fp32", "bf16") for t in ("wsp", "mae_wsp")}
     runs = {(r["precision"], r["run"]) for r in rows}
     assert not {run for p, run in runs if p == "fp32"} & {run for p, run in runs if p == "bf16"}
+
+
+def test_stage_benchmark_times_every_stage_in_both_layouts(tmp_path):
+    out = tmp_path / "stages.json"
+    printed = run_script(
+        "stages.py",
+        *("--batch", "8", "--images", "256", "--seconds", "0.01", "--rounds", "1"),
+        *("--matmul-size", "64", "--old", "--out", str(out)),
+    )
+    result = json.loads(out.read_text())
+    cores = result["cores"]
+    assert set(result["layouts"]) == {f"1x{cores}", f"{cores}x1"}
+    stages = {"mae", "wsp", "finetune", "probe_features", "probe_fit", "probe_features_fused"}
+    for rates in result["layouts"].values():
+        assert {k.removesuffix("_images_per_s") for k in rates if "images" in k} == stages
+        shaped = {k.removesuffix("_shapes_gflops") for k in rates if "_shapes_" in k}
+        assert shaped == {"mae", "wsp", "finetune", "probe_features"}
+    assert (
+        result["train_flops_per_image"]["wsp"]
+        == 3 * result["train_flops_per_image"]["probe_features"]
+    )
+    assert "probe_features_fused" in printed and "matmul_peak_gflops" in printed
+
+
+def test_verdict_guard_passes_on_the_same_tables_and_fails_when_a_verdict_moves(tmp_path):
+    same = subprocess.run(
+        [sys.executable, "benchmarks/verdict_guard.py", "--before", "HEAD"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "STUDYLIB_RESULTS": str(REPO / "results")},
+    )
+    assert same.returncode == 0 and "shift +0.00" in same.stdout, same.stderr[-1000:]
+    moved = tmp_path / "cpu"
+    moved.mkdir()
+    for table in (REPO / "results" / "cpu").glob("*.csv"):
+        (moved / table.name).write_bytes(table.read_bytes())
+    default = moved / "default.csv"
+    # MAE→WSP's CIFAR-100 probe 3 points lower: claim (a)'s primary no longer holds
+    frame = pd.read_csv(default)
+    lower = (frame.arm == "mae_wsp") & (frame.metric == "top1") & (frame.dataset == "cifar100")
+    assert lower.sum() == len({*frame.seed})
+    frame.loc[lower, "value"] -= 3
+    frame.to_csv(default, index=False)
+    failed = subprocess.run(
+        [sys.executable, "benchmarks/verdict_guard.py", "--before", "HEAD"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "STUDYLIB_RESULTS": str(tmp_path)},
+    )
+    assert failed.returncode == 1 and "guard on claim (a): FAILS" in failed.stdout
