@@ -1,19 +1,22 @@
 """The `cpu` preset's own work, stage by stage, against two limits measured in the same run.
 
-    python benchmarks/stages.py --out benchmarks/results/stages_COMMIT.json
+    python benchmarks/stages.py --old --out benchmarks/results/stages_COMMIT.json [--compile]
 
 Each stage of one seed (the MAE step, the WSP step, probe features, the probe's fit, the fine-tuning
-step, LiT's text step) is timed as the preset runs it, for the whole machine in two layouts: one
-process with every thread, and one process per core with one thread each (launch.seed_workers),
-whose rates add up. Its GFLOP/s are set against the matmul peak (one large square matmul a core,
-the same layouts) and the shape-limited peak: the matmul rate at the model's own shapes, every
-Linear's forward and backward GEMMs at the batch the stage runs, measured the same way. Probe
-features are also timed with torch's fused attention, the path they took before (`--old`).
+step) is timed as the preset runs it, for the whole machine in two layouts: one process with every
+thread, and one process per core with one thread each (launch.seed_workers), whose rates add up.
+Its GFLOP/s are set against the matmul peak (one large square matmul a process, the same layouts)
+and the shape-limited peak: the matmul rate at the model's own shapes, every Linear's forward and
+backward GEMMs at the batch the stage runs, measured the same way. `--old` also times probe features
+with torch's fused attention, the path they took before; `--compile` torch.compiles every model
+(inductor's caches on disk, so a second process compiles from them). LiT and the other transfer
+tasks are timed end to end in the batch's transfer table, not here.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -64,11 +67,15 @@ def shaped_gemms(shapes: list[tuple[int, int, int]], dtype: torch.dtype, backwar
     return (lambda: [a @ b for a, b in cases]), flops
 
 
+def configs(exp: Experiment) -> dict:
+    return {"mae": exp.mae, "wsp": exp.wsp, "finetune": exp.transfer.finetune}
+
+
 def stages(
-    exp: Experiment, batch: int, images: int
+    exp: Experiment, batch: int, images: int, compiled: bool
 ) -> dict[str, tuple[Callable[[], None], float, nn.Module]]:
     """Each stage's timed call, the images one call handles, and its model; probe features and fit
-    on `images` images."""
+    on `images` images; torch.compile'd models where `compiled`."""
     device, dtype = device_and_dtype(exp)
     uint8 = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8)
     fit_labels = torch.arange(images) % CLASSES
@@ -77,18 +84,26 @@ def stages(
     labels = tags[:, 0] % CLASSES
     found: dict = {}
     mae_model = mae.build(exp)
-    found["mae"] = (stage_step(mae_model, mae.mae_loss, images, labels, exp.mae, dtype), batch)
+    config = {name: dataclasses.replace(c, compile=compiled) for name, c in configs(exp).items()}
+    found["mae"] = (
+        stage_step(mae_model, mae.mae_loss, images, labels, config["mae"], dtype),
+        batch,
+    )
     wsp_model = vit(exp.model, num_classes=VOCAB)
-    found["wsp"] = (stage_step(wsp_model, wsp_loss, images, tags, exp.wsp, dtype), batch)
+    found["wsp"] = (stage_step(wsp_model, wsp_loss, images, tags, config["wsp"], dtype), batch)
     classifier = vit(exp.model, num_classes=CLASSES)
-    finetune = exp.transfer.finetune
+    finetune = config["finetune"]
 
     def ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(model(x).float(), y)
 
     found["finetune"] = (stage_step(classifier, ce, images, labels, finetune, dtype), batch)
     encoder = vit(exp.model).requires_grad_(False)
-    found["probe_features"] = (lambda: extract_features(encoder, uint8, device, dtype), len(uint8))
+    features_of = torch.compile(encoder) if compiled else encoder
+    found["probe_features"] = (
+        lambda: extract_features(features_of, uint8, device, dtype),
+        len(uint8),
+    )
     # features of CIFAR-100's 100 classes, each class about its own centre
     centres = torch.randn(CLASSES, encoder.embed_dim)
     features = torch.randn(len(uint8), encoder.embed_dim) + centres[fit_labels]
@@ -112,7 +127,7 @@ def measure(threads: int, args: argparse.Namespace, start: multiprocessing.Barri
     timed = {"matmul_peak": matmul(device, dtype, args.matmul_size)}
     flops = {"matmul_peak": 2 * args.matmul_size**3}
     per_call = {}
-    for name, (call, images, model) in stages(exp, args.batch, args.images).items():
+    for name, (call, images, model) in stages(exp, args.batch, args.images, args.compile).items():
         timed[name], per_call[name] = call, images
         if model is not None:
             shapes = linear_shapes(model, call)
@@ -182,6 +197,7 @@ def main() -> None:
     parser.add_argument("--matmul-size", type=int, default=1024)
     parser.add_argument("--images", type=int, default=4096, help="probe features and fit")
     parser.add_argument("--old", action="store_true", help="also the fused-attention features")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -207,6 +223,7 @@ def main() -> None:
             "torch": torch.__version__,
             "commit": git_sha(),
             "preset": args.preset,
+            "compile": args.compile,
             "precision": str(device_and_dtype(exp)[1]),
             "train_flops_per_image": per_image,
             "layouts": layouts,

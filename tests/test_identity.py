@@ -92,7 +92,7 @@ def test_an_overrides_table_lands_beside_the_presets_and_records_them(tmp_path, 
     default_study(load_experiment("tiny", config_file=config))
     own = (results / "tiny" / "default.csv").read_bytes()
     for overrides in (
-        ["launch.executor=debug", "mae.compile=true", "device=cpu"],
+        ["launch.executor=debug", "mae.compile=true", "device=cpu", "launch.seed_workers=2"],
         ["probe.max_iter=500"],
     ):
         exp = load_experiment("tiny", overrides, config_file=config)
