@@ -9,10 +9,11 @@ test images upscaled, with fine noise so they do not compress like flat colour) 
 shards and once as an image folder, then times, in this process (one worker's work), what each
 ShardStream worker runs: reading each sample (`TarShards.read`, `ImageFiles.read`), decoding it and
 random-resized-cropping it to 224 px (`studylib.shards._decode`: WSP's crop_min 0.08, simplejpeg's
-decode and OpenCV's resize); beside it, reading the shard alone (its share of the time) and an old
-way, PIL decoding the whole JPEG then resizing it to 224 px; and the device side, flip + normalise
-of 224 px batches (what ShardBatches does after the workers). Workers per GPU = the recorded GPU
-step rate (benchmarks/RESULTS.md) / one worker's rate.
+decode and OpenCV's resize); beside it, reading the shard alone (its share of the time; and by
+webdataset, the reader before studylib.tars), simplejpeg's decode alone (the worker's limit), and
+an old way, PIL decoding the whole JPEG then resizing it to 224 px; and the device side, flip +
+normalise of 224 px batches (what ShardBatches does after the workers). Workers per GPU = the
+recorded GPU step rate (benchmarks/RESULTS.md) / one worker's rate.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image
 
+from studylib import tars
 from studylib.data import ImageTransform, load_dataset
 from studylib.shards import ImageFiles, TarShards, _decode
 
@@ -117,6 +120,14 @@ def main() -> None:
             for _ in shards.read(shards.units, seed=0):
                 pass
 
+        def read_by_webdataset() -> None:  # the reader before studylib.tars
+            for _ in tars._webdataset([str(shard)]):
+                pass
+
+        def decode_only() -> None:  # the limit: simplejpeg's decode of the same JPEGs, no crop
+            for blob in blobs:
+                simplejpeg.decode_jpeg(blob, "RGB")
+
         def whole_then_resized() -> None:
             for sample in shards.read(shards.units, seed=0):
                 with Image.open(io.BytesIO(sample["jpg"])) as opened:
@@ -127,7 +138,8 @@ def main() -> None:
             timed(lambda: decoded(files, 0.08)),
         )
         mae_s, whole_s = timed(lambda: decoded(shards, 0.2)), timed(whole_then_resized)
-        read_s = timed(read_only)
+        read_s, webdataset_s = timed(read_only), timed(read_by_webdataset)
+        limit_s = timed(decode_only)
     batch = torch.randint(0, 256, (256, 3, 224, 224), dtype=torch.uint8)
     normalise = ImageTransform(224)
     flip_s = timed(
@@ -147,6 +159,9 @@ def main() -> None:
         "decode_crop_img_s_per_worker": per_worker,
         "whole_decode_then_resize_img_s_per_worker": args.images / whole_s,
         "shard_read_only_samples_s_per_worker": args.images / read_s,
+        "shard_read_by_webdataset_samples_s_per_worker": args.images / webdataset_s,
+        "decode_only_limit_img_s": args.images / limit_s,
+        "worker_below_decode_only_limit_x": shards_s / limit_s,
         "device_flip_normalise_img_s_1_thread": 256 / flip_s,
         "workers_per_gpu": {
             name: {src: rate / r for src, r in per_worker.items()}
