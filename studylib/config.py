@@ -481,8 +481,9 @@ class ClaimPlan:
 
     primary: str = ""
     secondary: list[str] = field(default_factory=lambda: ["*"])
-    half_width: float = _at_least_zero(default=0.0)
-    secondary_half_width: float = _at_least_zero(default=0.0)
+    # points of top-1: 0 (no target) up to 100, the whole scale
+    half_width: float = _check("in [0, 100]", lambda v: 0 <= v <= 100, default=0.0)
+    secondary_half_width: float = _check("in [0, 100]", lambda v: 0 <= v <= 100, default=0.0)
 
 
 @dataclass(kw_only=True)

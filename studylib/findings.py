@@ -84,8 +84,8 @@ class Comparison:
         """By the corrected p where the claim's family tested it, else by the 95% interval alone."""
         if self.role.startswith("repeat"):
             return self.role
-        if self.role == "descriptive" or self.n < 2:
-            return "inconclusive"
+        if self.role == "descriptive" or self.n < 2 or not self.sd > 0:
+            return "inconclusive"  # no spread: no t-test, no interval to decide by
         if not math.isnan(self.p_holm):
             significant = self.p_holm < self.alpha
         else:
@@ -100,6 +100,8 @@ class Comparison:
     def sentence(self) -> str:
         """The comparison in words, with its n, interval and corrected p."""
         p = f", Holm-corrected p = {self.p_holm:.2g}" if not math.isnan(self.p_holm) else ""
+        if self.n > 1 and self.sd == 0:
+            p = ", every seed the same difference (sd 0): no t-test, no verdict"
         return (
             f"{self.what}: {self.mean:+.2f} points, 95% interval {self.interval()}, n = {self.n}{p}"
         )

@@ -21,26 +21,40 @@ from studylib.io import atomic_write
 
 # the chance, at the pilot's sd, that the confirmation's half-width meets its target
 ASSURANCE = 0.8
+SEARCHED = 200  # seeds_needed looks no further
 
 
 def chance_met(sd: float, target: float, n: int) -> float:
     """The chance that the 95% paired t half-width of n seeds is at most `target` when the
     differences' true sd is `sd`: (n - 1) s^2 / sd^2 is chi-square with n - 1 degrees of freedom
-    (scipy)."""
+    (scipy); nan where the pilot has no spread (sd 0 or nan), which sizes nothing."""
     from scipy import stats
 
-    # the sample sd that just meets the target
-    largest_sd = target * math.sqrt(n) / t_quantile_975(n - 1)
-    return float(stats.chi2.cdf((n - 1) * (largest_sd / sd) ** 2, n - 1))
+    if not sd > 0 or n < 2:
+        return math.nan
+    # the sample sd that just meets the target, as a ratio to the true one
+    ratio = target * math.sqrt(n) / t_quantile_975(n - 1) / sd
+    return float(stats.chi2.cdf((n - 1) * min(ratio, 1e100) ** 2, n - 1))
 
 
-def seeds_needed(sd: float, target: float, assurance: float = ASSURANCE, most: int = 200) -> int:
-    """The smallest n >= 2 whose half-width meets `target` with probability `assurance` (`most` if
-    none)."""
+def seeds_needed(
+    sd: float, target: float, assurance: float = ASSURANCE, most: int = SEARCHED
+) -> int | None:
+    """The smallest n >= 2 whose half-width meets `target` with probability `assurance`; None where
+    no n up to `most` does, or where the pilot has no spread to size by (sd 0 or nan)."""
+    if not sd > 0:
+        return None
     for n in range(2, most + 1):
         if chance_met(sd, target, n) >= assurance:
             return n
-    return most
+    return None
+
+
+def needed_text(need: float | None, sd: float) -> str:
+    """seeds_needed as the plan shows it (a table holds its None as nan)."""
+    if need is not None and not math.isnan(need):
+        return str(int(need))
+    return "not sized (pilot sd 0)" if not sd > 0 else f"over {SEARCHED} (the search's cap)"
 
 
 def study_of(c: Comparison) -> str:
@@ -121,17 +135,22 @@ def report(exp: Experiment) -> str:
         lines.append(
             f"| ({r.claim}) | `{r.key}` | {r.role} | {r.study} | {r.pilot_n} | "
             f"{r.pilot_mean:+.2f} | {r.pilot_sd:.2f} | {r.target_half_width:.2f} | "
-            f"{r.seeds_needed} | {r.seeds_planned} | {r.chance_met_as_planned:.0%} | "
-            f"{r.minutes_per_seed:.1f} |"
+            f"{needed_text(r.seeds_needed, r.pilot_sd)} | {r.seeds_planned} | "
+            f"{_percent(r.chance_met_as_planned)} | "
+            f"{_shown(r.minutes_per_seed, '.1f')} |"
         )
-    need = table.groupby("study").agg(
+    sized = table.dropna(subset=["seeds_needed"])
+    need = sized.groupby("study").agg(
         seeds=("seeds_needed", "max"), per_seed=("minutes_per_seed", "first")
     )
-    cost = ", ".join(f"{s} {int(r.seeds)} seeds x {r.per_seed:.1f} min" for s, r in need.iterrows())
+    cost = ", ".join(
+        f"{s} {int(r.seeds)} seeds x {_shown(r.per_seed, '.1f')} min" for s, r in need.iterrows()
+    )
     lines += [
         "",
-        f"Per study, the most seeds any target needs: {cost}; "
-        f"{(need.seeds * need.per_seed).sum():.0f} minutes if no run were shared between studies.",
+        f"Per study, the most seeds any sized target needs: {cost or 'none'}; "
+        f"{_shown((need.seeds * need.per_seed).sum(min_count=1), '.0f')} minutes if no run were "
+        "shared between studies.",
     ]
     plans = {claim: getattr(exp.analysis, claim) for claim in CLAIMS}
     unpiloted = [
@@ -147,17 +166,35 @@ def report(exp: Experiment) -> str:
             + ": their seeds are "
             "not sized by this plan.",
         ]
-    short = table[table.seeds_planned < table.seeds_needed]
+    short = sized[sized.seeds_planned < sized.seeds_needed]
+    unsized = table[table.seeds_needed.isna()]
+    if len(unsized):
+        lines += [
+            "",
+            "Not sized by the pilot: "
+            + ", ".join(
+                f"`{r.key}` ({needed_text(None, r.pilot_sd)})" for r in unsized.itertuples()
+            ),
+        ]
     lines += [
         "",
-        "Every target is planned with enough seeds."
+        "Every sized target is planned with enough seeds."
         if short.empty
         else "Planned with fewer seeds than the pilot asks for: "
         + ", ".join(
-            f"`{r.key}` ({r.seeds_planned} of {r.seeds_needed})" for r in short.itertuples()
+            f"`{r.key}` ({r.seeds_planned} of {int(r.seeds_needed)})" for r in short.itertuples()
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _percent(chance: float) -> str:
+    return _shown(chance, ".0%")
+
+
+def _shown(value: float, spec: str) -> str:
+    """`value` formatted, or n/a where it is nan (a pilot without spread or without wall times)."""
+    return "n/a" if math.isnan(value) else format(value, spec)
 
 
 def write(exp: Experiment) -> str:

@@ -23,6 +23,10 @@ def test_interval_is_students_t_and_the_rule_gives_each_verdict():
     assert findings.Comparison("a", "k", "x", [-2.0, -2.1, -1.9]).verdict == "contradicted"
     # one seed: no interval
     assert findings.Comparison("a", "k", "x", [5.0]).verdict == "inconclusive"
+    # every seed the same difference: no t-test, so the corrected-p rule cannot say "holds"
+    same = findings.Comparison("a", "k", "x", [2.0, 2.0], role="primary")
+    assert same.verdict == "inconclusive" and math.isnan(same.p)
+    assert "sd 0): no t-test, no verdict" in same.sentence()
     big = findings.Comparison("a", "k", "x", [float(i % 7) for i in range(50)])
     assert big.half_width == pytest.approx(
         2.0096 * statistics.stdev(big.differences) / math.sqrt(50), rel=1e-4
@@ -145,7 +149,8 @@ def test_fine_tuning_is_compared_with_the_probe_of_the_same_encoder_and_seed(iso
     tuned.to_csv(folder / "transfer.csv")
     checks = {c.what.split(" (")[0]: c for c in findings.finetune_against_probe("mine")}
     assert checks["WSP on cifar100"].differences == pytest.approx([5.0, 5.0, 5.0])
-    assert checks["WSP on cifar100"].verdict == "holds"
+    # the same +5 at every seed: no spread, so no test and no verdict (the rule needs a p-value)
+    assert checks["WSP on cifar100"].verdict == "inconclusive"
     assert checks["MAE→WSP on cifar100"].differences == pytest.approx([-1.0] * 3)
     report = findings.write("mine")
     assert (

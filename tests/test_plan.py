@@ -112,3 +112,50 @@ def test_plan_reads_the_pilot_tables_and_says_what_the_seeds_cost(isolated_dirs,
     out = capsys.readouterr().out
     assert "default 22 seeds x 2.0 min" in out and "`probe/synthetic` (2 of 22)" in out
     assert (results_dir(exp.results_key) / "plan.md").read_text() in out
+
+
+def _pilot(exp, gaps: dict[int, float]) -> None:
+    """A pilot default table whose MAE→WSP − WSP difference at seed s is gaps[s]."""
+    folder = results_dir(exp.results_key) / "pilot"
+    folder.mkdir(parents=True)
+    rows = [
+        {
+            "seed": s,
+            "arm": arm,
+            "stage": "probe",
+            "metric": "top1",
+            "dataset": "synthetic",
+            "run": f"p{arm}{s}",
+            "value": 50 + (gap if arm == "mae_wsp" else 0),
+        }
+        for s, gap in gaps.items()
+        for arm in ("wsp", "mae_wsp")
+    ]
+    pd.DataFrame(rows).to_csv(folder / "default.csv", index=False)
+
+
+def test_a_pilot_without_spread_or_beyond_the_search_says_so(isolated_dirs, capsys):
+    assert plan.seeds_needed(0.0, 1.0) is None and plan.seeds_needed(math.nan, 1.0) is None
+    assert math.isnan(plan.chance_met(0.0, 1.0, 5)) and math.isnan(plan.chance_met(1.0, 1.0, 1))
+    assert plan.seeds_needed(100.0, 0.01) is None  # thousands: past the search's 200
+    assert plan.needed_text(None, 100.0) == "over 200 (the search's cap)"
+    assert plan.needed_text(math.nan, 0.0) == "not sized (pilot sd 0)"
+    assert plan.chance_met(1.0, 100.0, 3) == 1.0  # a huge target: no overflow
+    for gaps, said in (
+        ({0: 2.0, 1: 2.0, 2: 2.0}, "not sized (pilot sd 0)"),
+        ({0: 1, 1: 90}, "cap"),
+    ):
+        overrides = ["studies.pilot_seeds=[0, 1, 2]", "analysis.a.half_width=0.01"]
+        overrides.append(f"studies.seeds=[{len(gaps) + 7}]")
+        exp = load_experiment("smoke", overrides)
+        _pilot(exp, gaps)
+        assert main(["plan", "--preset", "smoke", *[f"--set={o}" for o in overrides]]) == 0
+        out = capsys.readouterr().out
+        assert said in out and "Not sized by the pilot: `probe/synthetic`" in out
+        assert "nan" not in out
+
+
+def test_an_absurd_target_is_refused_in_one_line(capsys):
+    assert main(["plan", "--preset", "smoke", "--set", "analysis.a.half_width=1e300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "analysis.a.half_width" in err[0] and "in [0, 100]" in err[0]
