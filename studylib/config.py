@@ -589,21 +589,41 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file, read no further (/dev/zero is endless)
+MAX_CONFIG_DEPTH = 32  # nesting of mappings and lists (a config needs 4)
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """YAML without its traps for a config: a key given twice, or an alias (*name), is an error, not
-    the last one silently winning or a billion-fold expansion."""
+    """YAML without its traps for a config: a key given twice, an alias (*name), a key that is a
+    list or mapping, or nesting past MAX_CONFIG_DEPTH is an error, not the last one silently
+    winning, a billion-fold expansion, a TypeError or a RecursionError."""
+
+    depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark
         if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
             raise yaml.YAMLError(
                 f"line {mark.line + 1}: aliases (*name) are not allowed in a config"
             )
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_CONFIG_DEPTH:
+            raise yaml.YAMLError(
+                f"line {mark.line + 1}: nested more than {MAX_CONFIG_DEPTH} levels deep"
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.YAMLError(
+                    f"line {key_node.start_mark.line + 1}: a key that is a list or a mapping; "
+                    "allowed: a name"
+                )
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.YAMLError(
@@ -675,7 +695,14 @@ def _run_the_seed(exp: Experiment, seeds_set: bool) -> None:
 def _read_presets(path: Path, preset: str) -> dict[str, Any]:
     """The `presets` mapping of the config file at `path`, which must hold `preset`."""
     try:
-        document = _yaml(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; allowed: a YAML config file "
+                "under 1 MiB"
+            )
+        document = _yaml(raw.decode("utf-8"))
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
     except UnicodeDecodeError as err:

@@ -399,6 +399,38 @@ CONFIG = [
         lambda d: ["study", *SMOKE, "--config", str(d)],
         ["cannot read"],
     ),
+    Case(
+        "config",
+        "config file that never ends",
+        ["study", *SMOKE, "--config", "/dev/zero"],
+        ["/dev/zero", "larger than 1 MiB"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "config nested 20,000 deep",
+        _yaml_file("presets: {smoke: " + "[" * 20_000 + "]" * 20_000 + "}"),
+        ["bad.yaml", "nested more than 32 levels"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "override nested 5,000 deep",
+        _study("mae.epochs=" + "{a: " * 5_000 + "1" + "}" * 5_000),
+        ["mae.epochs", "nested more than 32 levels"],
+    ),
+    Case(
+        "config",
+        "a list as a mapping key",
+        _yaml_file("presets:\n  smoke:\n    ? [a, b]\n    : 1\n"),
+        ["bad.yaml", "a key that is a list or a mapping"],
+    ),
+    Case(
+        "config",
+        "an override with a mapping as a key",
+        _study("mae={? {a: 1} : 2}"),
+        ["override mae", "a key that is a list or a mapping"],
+    ),
 ]
 
 
