@@ -181,6 +181,8 @@ def run(target: str, preset: str, overrides: Sequence[str] = (), executor: str =
     return watch([job])[0]
 
 
+SLURM_SILENCE_S = 600.0  # how long watch waits on a squeue that does not answer
+
 PROGRESS = re.compile(
     r"\[(?P<run>[^\]]+)\] epoch (?P<epoch>\d+)/(?P<epochs>\d+)"
     r"(?: step (?P<step>\d+)/(?P<steps>\d+))?(?P<rest>.*)"
@@ -223,6 +225,7 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
     layout = "{desc} {percentage:3.0f}%|{bar}| {postfix}"
     bars = [tqdm(total=100, bar_format=layout, leave=True, file=sink) for _ in jobs]
     shown: list[tuple] = [()] * len(jobs)
+    unanswered: tuple[str, float] | None = None  # squeue's error, and since when
     try:
         while True:
             for k, (job, bar) in enumerate(zip(jobs, bars, strict=True)):
@@ -237,9 +240,10 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
                 elif shown[k] != (job.state, bar.n, line):
                     print(bar, file=sys.stderr, flush=True)
                     shown[k] = (job.state, bar.n, line)
-            listed = _listed_by_slurm(jobs)
+            listed, silence = _listed_by_slurm(jobs)
             if all(job.done() or job.job_id not in listed for job in jobs):
                 return [_result(job) for job in jobs]
+            unanswered = _say_silence(silence, unanswered, jobs)
             time.sleep(poll_s)
     finally:
         for bar in bars:
@@ -255,21 +259,44 @@ def _in_notebook() -> bool:
     return type(ipython and ipython.get_ipython()).__name__ == "ZMQInteractiveShell"
 
 
-def _listed_by_slurm(jobs: Sequence[submitit.Job]) -> set[str]:
+def _listed_by_slurm(jobs: Sequence[submitit.Job]) -> tuple[set[str], str]:
     """The ids among `jobs` that are local jobs or that SLURM still lists as pending, running or
-    completing. Asked before `done()` is, so a job that ends in between is done, not missing."""
+    completing, and why squeue did not answer ('' where it did: then every job is taken as listed).
+    Asked before `done()` is, so a job that ends in between is done, not missing."""
     slurm = {job.job_id for job in jobs if isinstance(job, submitit.SlurmJob)}
     others = {job.job_id for job in jobs} - slurm
     if not slurm:
-        return others
+        return others, ""
     mine = ["squeue", "-h", "-r", "-o", "%i", "-u", str(os.getuid())]
     try:
         out = subprocess.run(mine, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        out = None
-    if out is None or out.returncode != 0:  # squeue unanswered: no job is taken as gone
-        return slurm | others
-    return others | (slurm & set(out.stdout.split()))
+    except OSError as err:
+        return slurm | others, f"squeue could not run ({err.strerror})"
+    except subprocess.TimeoutExpired:
+        return slurm | others, "squeue gave no answer in 60 s"
+    if out.returncode != 0:
+        said = (out.stderr + out.stdout).strip().splitlines() or [f"exit code {out.returncode}"]
+        return slurm | others, f"squeue failed: {said[-1][:200]}"
+    return others | (slurm & set(out.stdout.split())), ""
+
+
+def _say_silence(
+    silence: str, unanswered: tuple[str, float] | None, jobs: Sequence[submitit.Job]
+) -> tuple[str, float] | None:
+    """Say once why watch cannot tell whether the jobs run (squeue's own answer), and give up with
+    one line after SLURM_SILENCE_S without an answer. Returns what is unanswered, and since when."""
+    if not silence:
+        return None
+    if unanswered is None or unanswered[0] != silence:
+        print(f"waiting on SLURM: {silence}", file=sys.stderr, flush=True)
+    since = unanswered[1] if unanswered else time.monotonic()
+    if time.monotonic() - since > SLURM_SILENCE_S:
+        ids = " ".join(job.job_id for job in jobs)
+        raise errors.JobError(
+            f"{silence}, for {SLURM_SILENCE_S:.0f} s: stopped watching jobs {ids}, which may still "
+            "run (squeue -u $USER shows them once SLURM answers; scancel ID stops one)"
+        )
+    return silence, since
 
 
 def _result(job: submitit.Job) -> Any:

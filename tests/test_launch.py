@@ -358,3 +358,27 @@ def test_job_bars_in_a_log_print_a_line_only_when_their_text_changes(capsys):
     assert "\r" not in "".join(lines) and len(lines) == len(set(lines)) == 5, lines
     assert lines[0].startswith("job 7 PENDING") and lines[-1].startswith("job 7 FINISHED")
     assert "  50%|" in lines[2] and " 100%|" in lines[3]
+
+
+def test_watch_says_why_squeue_is_silent_and_gives_up_in_one_line(tmp_path, monkeypatch, capsys):
+    """No cluster needed: a squeue on the PATH that fails as one whose controller is down."""
+    import submitit
+
+    from studylib import launch
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "squeue"
+    fake.write_text(
+        "#!/bin/sh\necho 'squeue: error: Unable to contact slurm controller' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(launch, "SLURM_SILENCE_S", 0.3)
+    job = submitit.SlurmJob(folder=tmp_path / "jobs", job_id="4242")
+    with pytest.raises(JobError, match=r"^squeue failed: squeue: error: Unable to contact .* 4242"):
+        watch([job], poll_s=0.05)
+    said = [line for line in capsys.readouterr().err.splitlines() if "waiting on SLURM" in line]
+    assert said == [
+        "waiting on SLURM: squeue failed: squeue: error: Unable to contact slurm controller"
+    ]
