@@ -424,7 +424,9 @@ def _image_folder_cached(root: Path) -> ImageDataset:
     cores, 0.2 s to read back). The key hashes the folder's path and every image's name, size and
     modification time, so a changed, added or removed image means a fresh decode."""
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    manifest = [str(root)]
+    from studylib import pixels
+
+    manifest = [str(root), pixels.RULE]
     for path in files:
         stat = file_stat(path)
         manifest.append(f"{path.relative_to(root)} {stat.st_size} {stat.st_mtime_ns}")
@@ -455,10 +457,12 @@ def _image_folder_cached(root: Path) -> ImageDataset:
 def _read_images(files: list[Path]) -> torch.Tensor:
     from PIL import Image
 
+    from studylib import pixels
+
     def read(path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
-                return np.array(image.convert("RGB"))
+                return pixels.rgb(image)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise DataError(
                 f"{path}: not a readable image ({type(err).__name__}: {cut(str(err), 120)})"

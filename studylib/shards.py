@@ -56,7 +56,7 @@ from torchcodec.decoders import decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2.functional import resized_crop
 
-from studylib import distributed, tars
+from studylib import distributed, pixels, tars
 from studylib.config import cache_dir
 from studylib.data import IMAGE_SUFFIXES, ImageDataset, ImageTransform, file_stat
 from studylib.errors import DataError
@@ -155,7 +155,7 @@ def _jpeg(
             return path.read_bytes()
         if path is not None:
             with Image.open(path) as opened:
-                image = opened.convert("RGB")
+                image = Image.fromarray(pixels.rgb(opened))
         else:
             image = Image.fromarray(dataset.train_images[i].permute(1, 2, 0).numpy())
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -539,8 +539,14 @@ def decoder(device: torch.device) -> str:
     """What turns a streamed sample into pixels for a run on `device`: part of a streamed pool's
     identity, since another decoder gives other pixels (nvJPEG's IDCT is not libjpeg-turbo's)."""
     if decoding_device(device) is not None:
-        return "torchcodec decode_jpeg batched on the GPU (nvJPEG), bicubic antialiased crop there"
-    return "simplejpeg in the loader workers, OpenCV crop: area where it shrinks 2x, else bicubic"
+        return (
+            "torchcodec decode_jpeg batched on the GPU (nvJPEG), bicubic antialiased crop there; "
+            f"{pixels.RULE}"
+        )
+    return (
+        "simplejpeg in the loader workers, OpenCV crop: area where it shrinks 2x, else bicubic; "
+        f"{pixels.RULE}"
+    )
 
 
 # what a sample's decoding raises where it cannot be used (PIL, simplejpeg, torchcodec: truncated,
@@ -582,14 +588,16 @@ def _decode(
         blob = sample["jpg"]
         # the header: size, format, and PIL's decompression-bomb check before anything is decoded
         with Image.open(io.BytesIO(blob)) as opened:
-            width, height = opened.size
+            turn = pixels.orientation(opened)  # 5-8 turn the image a quarter
+            width, height = opened.size if turn < 5 else opened.size[::-1]
             jpeg = opened.format == "JPEG" and opened.mode in ("RGB", "L")
-            other = None if jpeg else np.asarray(opened.convert("RGB"))
+            other = None if jpeg else pixels.rgb(opened)
         box = crop_box(width, height, crop_min, random.Random(f"{seed}:{key}"))
-        if jpeg and defer:
+        if jpeg and defer and turn == 1:
             return Encoded(blob, box), key, tags
-        pixels = simplejpeg.decode_jpeg(blob, "RGB") if jpeg else other
-        return _crop(pixels, box, size), key, tags
+        if jpeg:
+            other = np.ascontiguousarray(pixels.upright(simplejpeg.decode_jpeg(blob, "RGB"), turn))
+        return _crop(other, box, size), key, tags
     except KeyError as err:
         return None, key, f"no {err.args[0]}"
     except UNUSABLE as err:
@@ -629,12 +637,12 @@ def decode_batch(batch: list[tuple], size: int, device: torch.device) -> list[tu
     except RuntimeError:
         decoded = [_decode_one(blob, device) for blob in blobs]
     out = [(im.to(device) if isinstance(im, torch.Tensor) else im, k, t) for im, k, t in batch]
-    for i, pixels in zip(encoded, decoded, strict=True):
+    for i, picture in zip(encoded, decoded, strict=True):
         image, key, tags = batch[i]
-        if isinstance(pixels, torch.Tensor):
-            out[i] = (_crop_decoded(pixels, image.box, size), key, tags)
+        if isinstance(picture, torch.Tensor):
+            out[i] = (_crop_decoded(picture, image.box, size), key, tags)
         else:
-            out[i] = (None, key, pixels)  # why it could not be decoded
+            out[i] = (None, key, picture)  # why it could not be decoded
     return out
 
 
