@@ -121,7 +121,6 @@ def report(exp: Experiment) -> str:
             f"{exp.preset}` for "
             "the studies of each claim's primary comparison, and set half_width in `analysis`.\n"
         )
-    table["minutes_needed"] = table.seeds_needed * table.minutes_per_seed
     lines = [
         f"**Seeds by plan for `{exp.results_key}`** (pilot seeds {exp.studies.pilot_seeds}; "
         f"seeds for a chance of {ASSURANCE:.0%} that the 95% paired half-width t(0.975, n-1) s / "
@@ -139,6 +138,11 @@ def report(exp: Experiment) -> str:
             f"{_percent(r.chance_met_as_planned)} | "
             f"{_shown(r.minutes_per_seed, '.1f')} |"
         )
+    return "\n".join(lines + _cost_lines(table) + _gap_lines(exp, table)) + "\n"
+
+
+def _cost_lines(table: pd.DataFrame) -> list[str]:
+    """What the sized targets' seeds cost, study by study."""
     sized = table.dropna(subset=["seeds_needed"])
     need = sized.groupby("study").agg(
         seeds=("seeds_needed", "max"), per_seed=("minutes_per_seed", "first")
@@ -146,16 +150,20 @@ def report(exp: Experiment) -> str:
     cost = ", ".join(
         f"{s} {int(r.seeds)} seeds x {_shown(r.per_seed, '.1f')} min" for s, r in need.iterrows()
     )
-    lines += [
+    return [
         "",
         f"Per study, the most seeds any sized target needs: {cost or 'none'}; "
         f"{_shown((need.seeds * need.per_seed).sum(min_count=1), '.0f')} minutes if no run were "
         "shared between studies.",
     ]
-    plans = {claim: getattr(exp.analysis, claim) for claim in CLAIMS}
+
+
+def _gap_lines(exp: Experiment, table: pd.DataFrame) -> list[str]:
+    """Which targets no pilot holds, which the pilot cannot size, and which are planned short."""
+    lines = []
     unpiloted = [
         f"({claim}) `{rules.primary}`"
-        for claim, rules in plans.items()
+        for claim, rules in ((claim, getattr(exp.analysis, claim)) for claim in CLAIMS)
         if rules.half_width and rules.primary not in set(table.key)
     ]
     if unpiloted:
@@ -163,29 +171,23 @@ def report(exp: Experiment) -> str:
             "",
             "No pilot table holds the primary comparison of "
             + ", ".join(unpiloted)
-            + ": their seeds are "
-            "not sized by this plan.",
+            + ": their seeds are not sized by this plan.",
         ]
-    short = sized[sized.seeds_planned < sized.seeds_needed]
     unsized = table[table.seeds_needed.isna()]
     if len(unsized):
-        lines += [
-            "",
-            "Not sized by the pilot: "
-            + ", ".join(
-                f"`{r.key}` ({needed_text(None, r.pilot_sd)})" for r in unsized.itertuples()
-            ),
-        ]
-    lines += [
+        named = [f"`{r.key}` ({needed_text(None, r.pilot_sd)})" for r in unsized.itertuples()]
+        lines += ["", "Not sized by the pilot: " + ", ".join(named)]
+    sized = table.dropna(subset=["seeds_needed"])
+    short = sized[sized.seeds_planned < sized.seeds_needed]
+    short_text = ", ".join(
+        f"`{r.key}` ({r.seeds_planned} of {int(r.seeds_needed)})" for r in short.itertuples()
+    )
+    return lines + [
         "",
         "Every sized target is planned with enough seeds."
         if short.empty
-        else "Planned with fewer seeds than the pilot asks for: "
-        + ", ".join(
-            f"`{r.key}` ({r.seeds_planned} of {int(r.seeds_needed)})" for r in short.itertuples()
-        ),
+        else f"Planned with fewer seeds than the pilot asks for: {short_text}",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def _percent(chance: float) -> str:
