@@ -103,15 +103,19 @@ def test_stage_benchmark_times_every_stage_in_both_layouts(tmp_path):
     assert "probe_features_fused" in printed and "matmul_peak_gflops" in printed
 
 
-def test_verdict_guard_passes_on_the_same_tables_and_fails_when_a_verdict_moves(tmp_path):
-    same = subprocess.run(
+def _guard(results: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "benchmarks/verdict_guard.py", "--before", "HEAD"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "STUDYLIB_RESULTS": str(REPO / "results")},
+        env={**os.environ, "STUDYLIB_RESULTS": str(results)},
     )
+
+
+def test_verdict_guard_passes_on_the_same_tables_and_fails_when_a_verdict_moves(tmp_path):
+    same = _guard(REPO / "results")
     assert same.returncode == 0 and "shift +0.00" in same.stdout, same.stderr[-1000:]
     moved = tmp_path / "cpu"
     moved.mkdir()
@@ -124,12 +128,5 @@ def test_verdict_guard_passes_on_the_same_tables_and_fails_when_a_verdict_moves(
     assert lower.sum() == len({*frame.seed})
     frame.loc[lower, "value"] -= 3
     frame.to_csv(default, index=False)
-    failed = subprocess.run(
-        [sys.executable, "benchmarks/verdict_guard.py", "--before", "HEAD"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "STUDYLIB_RESULTS": str(tmp_path)},
-    )
+    failed = _guard(tmp_path)
     assert failed.returncode == 1 and "guard on claim (a): FAILS" in failed.stdout

@@ -62,27 +62,11 @@ def test_plan_reads_the_pilot_tables_and_says_what_the_seeds_cost(isolated_dirs,
         "analysis.a.half_width=0.5",
     ]
     exp = load_experiment("smoke", overrides)
-    folder = results_dir(exp.results_key) / "pilot"
-    folder.mkdir(parents=True)
     # paired sd 1.0: 0.5 needs n = 22 for an 80% chance (18 at the expected sd)
-    gaps = {
-        0: 1.0,
-        1: 2.0,
-        2: 3.0,
-    }
-    rows = [
-        {
-            "seed": s,
-            "arm": arm,
-            "stage": "probe",
-            "metric": "top1",
-            "dataset": "synthetic",
-            "run": f"p{arm}{s}",
-            "value": 50 + (gap if arm == "mae_wsp" else 0),
-        }
-        for s, gap in gaps.items()
-        for arm in ("wsp", "mae_wsp")
-    ]
+    gaps = {0: 1.0, 1: 2.0, 2: 3.0}
+    _pilot(exp, gaps)
+    folder = results_dir(exp.results_key) / "pilot"
+    rows = pd.read_csv(folder / "default.csv").to_dict("records")
     # seed 2 slowed by other work: the median holds
     rows += [
         {
