@@ -32,6 +32,7 @@ be used is skipped, counted, and replaced by a usable one of its batch, up to `m
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import io
@@ -46,6 +47,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -67,6 +69,7 @@ from studylib.weak_labels import Hashtags
 cv2.setNumThreads(1)
 
 INDEX = "shards.json"
+PARTIAL_MARKER = ".studylib-partial"  # in a <out>.partial folder that `studylib shards` is writing
 
 
 def write_shards(
@@ -87,18 +90,65 @@ def write_shards(
     and renamed to `folder` when all are written, so a failed or interrupted command leaves no
     half-written folder (a `.partial` left by a killed one is written again)."""
     partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        index = _write(dataset, hashtags, partial, per_shard, quality, source, max_size)
-        (partial / INDEX).write_text(json.dumps({"shards": index}, indent=1))
-        if folder.exists():
-            folder.rmdir()  # empty: checked by the command
-        partial.rename(folder)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    with _claimed(partial):
+        try:
+            index = _write(dataset, hashtags, partial, per_shard, quality, source, max_size)
+            (partial / INDEX).write_text(json.dumps({"shards": index}, indent=1))
+            (partial / PARTIAL_MARKER).unlink()  # the finished pool holds no marker
+            if folder.exists():
+                folder.rmdir()  # empty: checked by the command
+            partial.rename(folder)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     return index
+
+
+@contextlib.contextmanager
+def _claimed(partial: Path) -> Iterator[None]:
+    """`partial` made, marked as this program's and locked while the shards are written. A
+    `.partial` of this program that no process holds (a killed writer's) is removed first; anything
+    else is refused before a byte is written: a file or a link, a folder without the marker (not
+    this program's), or one another writer holds."""
+    out = partial.with_name(partial.name.removesuffix(".partial"))
+    if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
+        raise DataError(
+            f"{partial}: a file or link where `studylib shards --out {out}` keeps its unfinished "
+            "shards; allowed: nothing there (move it away)"
+        )
+    if partial.exists():
+        marker = partial / PARTIAL_MARKER
+        if marker.is_symlink() or not marker.is_file():
+            raise DataError(
+                f"{partial}: a folder studylib did not make (no {PARTIAL_MARKER} in it), where "
+                f"`studylib shards --out {out}` keeps its unfinished shards; allowed: move it away"
+            )
+        with open(marker) as held:
+            _lock_or_refuse(held, out)
+            shutil.rmtree(partial)  # a killed writer's
+    # made aside, marked and locked, then renamed into place: no other writer sees it unmarked
+    claim = partial.with_name(f"{partial.name}.{os.getpid()}")
+    claim.mkdir(parents=True)
+    with open(claim / PARTIAL_MARKER, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(f"studylib shards, pid {os.getpid()}\n")
+        held.flush()
+        try:
+            claim.rename(partial)
+        except OSError:
+            shutil.rmtree(claim, ignore_errors=True)
+            raise DataError(f"--out {out}: another `studylib shards` began writing it") from None
+        yield
+
+
+def _lock_or_refuse(held: Any, out: Path) -> None:
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DataError(
+            f"--out {out}: another `studylib shards` is writing it ({held.read().strip()}); "
+            "allowed: wait for it to end, or another --out"
+        ) from None
 
 
 def _write(

@@ -1219,6 +1219,29 @@ SCALE = [
         lambda d: ["shards", "--index", str(d)],
         ["no .tar files there"],
     ),
+    Case(
+        "scale",
+        "a user's folder named like the shards' unfinished one",
+        lambda d: (
+            (d / "out.partial").mkdir(),
+            (d / "out.partial" / "mine.txt").write_text("kept"),
+            _shards_of(_folder)(d),
+        )[2],
+        ["out.partial: a folder studylib did not make", "move it away"],
+        cli=True,
+    ),
+    Case(
+        "scale",
+        "a file where the shards' unfinished folder goes",
+        lambda d: ((d / "out.partial").write_text("kept"), _shards_of(_folder)(d))[1],
+        ["out.partial: a file or link"],
+    ),
+    Case(
+        "scale",
+        "a link where the shards' unfinished folder goes",
+        lambda d: ((d / "out.partial").symlink_to(d), _shards_of(_folder)(d))[1],
+        ["out.partial: a file or link"],
+    ),
 ]
 
 TABLE = CONFIG + DATA + SIZES + PLACES + COMMANDS + SCALE

@@ -704,3 +704,27 @@ def test_jpegs_decoded_in_batches_on_the_device_give_the_workers_stream(tmp_path
     assert skipped[0].keys() == skipped[1].keys() == {"000000020", "000000021"}
     assert "truncated" in skipped[1]["000000020"]
     assert [stream.repeats for stream in made.values()] == [2, 2]
+
+
+def test_the_unfinished_folder_is_only_ever_this_programs_and_one_writer_holds_it(tmp_path):
+    import fcntl
+
+    from studylib.errors import DataError
+    from studylib.shards import PARTIAL_MARKER
+
+    data = synthetic(16, 8)
+    tags = simulate(data, load_experiment("smoke").tags)
+    out, partial = tmp_path / "pool", tmp_path / "pool.partial"
+    partial.mkdir()
+    marker = partial / PARTIAL_MARKER
+    marker.write_text("studylib shards, pid 1\n")
+    with open(marker) as held:  # another writer, at work
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(DataError, match=r"is writing it \(studylib shards, pid 1\)"):
+            write_shards(data, tags, out, per_shard=8)
+        assert marker.exists() and not out.exists()
+    # the same marker, held by no one: a killed writer's leftover, written again
+    index = write_shards(data, tags, out, per_shard=8)
+    assert [s["samples"] for s in index] == [8, 8] and read_index(out) == index
+    assert not partial.exists() and not (out / PARTIAL_MARKER).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool"]
