@@ -53,6 +53,7 @@ from studylib.config import (
     runs_dir,
 )
 from studylib.errors import ConfigError, StudylibError, one_line
+from studylib.io import atomic_write
 
 
 def _experiment(args: argparse.Namespace, writes: bool = True) -> Experiment:
@@ -210,7 +211,8 @@ def fill_readme(block: str, text: str) -> None:
         raise ConfigError(
             f"{readme}: no '<!-- {block}: begin -->' ... '<!-- {block}: end -->' block to fill"
         )
-    readme.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), old))
+    new = pattern.sub(lambda m: m.group(1) + text + m.group(2), old)
+    atomic_write(readme, lambda f: f.write(new))
     print(f"{readme}: {block} rewritten")
 
 

@@ -65,6 +65,10 @@ class RunFolderError(StudylibError):
     disk."""
 
 
+class WriteError(StudylibError):
+    """A file that could not be written: a full disk or quota, a file too large, an I/O error."""
+
+
 class DivergedError(StudylibError, RuntimeError):
     """The loss became NaN or infinite; the last checkpoint is from the epoch before."""
 

@@ -58,7 +58,7 @@ def timm_config(size: str) -> dict[str, Any]:
 
 def export(run_path: Path, out: Path) -> list[Path]:
     """Write the run's encoder, timm config and model card into `out` (a new or empty folder)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from studylib.runs import load_weights
 
@@ -79,16 +79,22 @@ def export(run_path: Path, out: Path) -> list[Path]:
         raise ConfigError(
             f"--out {out}: exists and is not an empty folder; allowed: a new or empty folder"
         )
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    save_file(
-        tensors,
-        str(out / "model.safetensors"),
-        metadata={"format": "pt", "studylib_run": run_path.name},
-    )
-    atomic_write(out / "config.json", lambda f: json.dump(timm_config(size), f, indent=2))
-    atomic_write(out / "README.md", lambda f: f.write(model_card(run_path, record)))
-    return [out / "model.safetensors", out / "config.json", out / "README.md"]
+    weights = save(tensors, metadata={"format": "pt", "studylib_run": run_path.name})
+    files = [out / "model.safetensors", out / "config.json", out / "README.md"]
+    try:
+        atomic_write(files[0], lambda f: f.write(weights), mode="wb")
+        atomic_write(files[1], lambda f: json.dump(timm_config(size), f, indent=2))
+        atomic_write(files[2], lambda f: f.write(model_card(run_path, record)))
+    except BaseException:  # a full disk, Ctrl-C: no export of some files but not others
+        for path in files:
+            path.unlink(missing_ok=True)
+        if made:
+            out.rmdir()
+        raise
+    return files
 
 
 def model_card(run_path: Path, record: dict) -> str:

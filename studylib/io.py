@@ -4,31 +4,64 @@ studylib.runs."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from studylib.errors import WriteError
+
+# what a disk says when a file cannot be written there, whoever writes it
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a
-    file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)
+    file. A full disk and the like are a WriteError naming `path` (see `named_write_failures`)."""
+    with named_write_failures(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o644)
+        try:
+            with os.fdopen(fd, mode) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def named_write_failures(path: Path) -> Iterator[None]:
+    """An OSError of WRITE_FAILURES while writing `path` as one line: a WriteError naming the file,
+    what the disk said and its free space. The writer itself leaves nothing half-written."""
     try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as err:
+        if err.errno not in WRITE_FAILURES:
+            raise
+        raise WriteError(
+            f"{path}: not written ({os.strerror(err.errno)}; {_free(path)} free on its disk); "
+            "allowed: a disk with room and write access (nothing was left half-written)"
+        ) from None
+
+
+def _free(path: Path) -> str:
+    for place in (path, *path.parents):
+        try:
+            return f"{shutil.disk_usage(place).free / 2**30:.2f} GiB"
+        except OSError:
+            continue
+    return "unknown"
 
 
 def sha256(path: Path) -> str:

@@ -62,7 +62,7 @@ from studylib import distributed, pixels, tars
 from studylib.config import cache_dir
 from studylib.data import IMAGE_SUFFIXES, ImageDataset, ImageTransform, file_stat
 from studylib.errors import DataError
-from studylib.io import atomic_write, sha256
+from studylib.io import atomic_write, named_write_failures, sha256
 from studylib.weak_labels import Hashtags
 
 # a loader worker crops on its own core: the loader's parallelism is its workers
@@ -90,7 +90,7 @@ def write_shards(
     and renamed to `folder` when all are written, so a failed or interrupted command leaves no
     half-written folder (a `.partial` left by a killed one is written again)."""
     partial = folder.with_name(folder.name + ".partial")
-    with _claimed(partial):
+    with _claimed(partial), named_write_failures(folder):
         try:
             index = _write(dataset, hashtags, partial, per_shard, quality, source, max_size)
             (partial / INDEX).write_text(json.dumps({"shards": index}, indent=1))
