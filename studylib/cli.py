@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -552,6 +553,8 @@ def version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     absolute_paths()
+    # SIGTERM (a `kill`, a closing terminal) stops the command as Ctrl-C does: with its local jobs
+    before = signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.func(args)
     except StudylibError as err:
@@ -564,7 +567,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, before)
     return 0
+
+
+def _interrupt(_number: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -245,11 +245,26 @@ def watch(jobs: Sequence[submitit.Job], poll_s: float = 5.0) -> list[Any]:
                 return [_result(job) for job in jobs]
             unanswered = _say_silence(silence, unanswered, jobs)
             time.sleep(poll_s)
+    except KeyboardInterrupt:
+        _stop_with_me(jobs)
+        raise
     finally:
         for bar in bars:
             bar.close()
         if sink:
             sink.close()
+
+
+def _stop_with_me(jobs: Sequence[submitit.Job]) -> None:
+    """Ctrl-C (or SIGTERM to the command) while watching: local jobs stop with this process (each
+    keeps its last checkpoint); SLURM jobs go on, and a line says how to stop them."""
+    for job in jobs:
+        if isinstance(job, submitit.LocalJob) and not job.done():
+            job.cancel(check=False)
+    running = [job.job_id for job in jobs if isinstance(job, submitit.SlurmJob) and not job.done()]
+    if running:
+        ids = " ".join(running)
+        print(f"studylib: SLURM jobs {ids} go on; `scancel {ids}` stops them", file=sys.stderr)
 
 
 def _in_notebook() -> bool:

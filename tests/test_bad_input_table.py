@@ -13,10 +13,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
 import tarfile
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1463,6 +1465,21 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     assert cli.main(["models"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("studylib: interrupted:")
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(monkeypatch, capsys):
+    from studylib import cli
+
+    def terminated(_args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives first
+
+    monkeypatch.setattr(cli, "cmd_models", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["models"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("studylib: interrupted:")
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler, back
 
 
 def test_a_notebook_shows_a_studylib_error_as_its_one_line(capsys):

@@ -382,3 +382,23 @@ def test_watch_says_why_squeue_is_silent_and_gives_up_in_one_line(tmp_path, monk
     assert said == [
         "waiting on SLURM: squeue failed: squeue: error: Unable to contact slurm controller"
     ]
+
+
+def test_ctrl_c_while_watching_stops_the_local_job_with_it(tmp_path):
+    import _thread
+    import threading
+
+    long = ["wsp.epochs=500"]
+    job = submit("wsp", "smoke", [*long, "launch.executor=local"], folder=tmp_path / "jobs")
+    run = wsp.run_for(load_experiment("smoke", long))
+    _wait_epochs(run, 1)
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        watch([job], poll_s=0.1)
+    deadline = time.monotonic() + 60
+    while job._process.poll() is None:  # the job's process ends with its watcher
+        assert time.monotonic() < deadline, "the local job went on after Ctrl-C"
+        time.sleep(0.2)
+    epochs = len(run.metrics())
+    time.sleep(2)
+    assert len(run.metrics()) == epochs < 500
