@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 import signal
 import sys
@@ -47,6 +46,7 @@ from studylib.config import (
     REPO_ROOT,
     Experiment,
     absolute_paths,
+    check_folder,
     check_output_places,
     load_experiment,
     result_settings,
@@ -265,7 +265,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     Hub."""
     from studylib.export import export, find_run
 
-    for path in export(find_run(args.run, args.preset), Path(args.out)):
+    out = check_folder("--out", Path(args.out), empty=True)
+    for path in export(find_run(args.run, args.preset), out):
         print(f"written: {path}")
     print(f"upload: huggingface-cli upload USER/NAME {args.out}")
 
@@ -318,20 +319,7 @@ def _shards_out(out: Path, source: Path | None, per_shard: int, max_size: int) -
             f"--per-shard {per_shard}, --max-size {max_size}: allowed: --per-shard >= 1, "
             "--max-size 0 (keep sizes) or a short side in pixels"
         )
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists() or p.is_symlink())
-    if existing != out and not existing.is_dir():
-        raise ConfigError(
-            f"--out {out}: {existing} is a file or a dangling link; allowed: a folder path"
-        )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(
-            f"--out {out}: not an empty folder; allowed: a new or empty folder (shards are never "
-            "overwritten)"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"--out {out}: {existing} is not writable; allowed: a folder that can be made"
-        )
+    check_folder("--out", out, empty=True)
     if source is not None and out.absolute().resolve().is_relative_to(source.resolve()):
         raise ConfigError(
             f"--out {out}: inside the source image folder {source}; allowed: a folder outside it"

@@ -105,18 +105,39 @@ def check_output_places(key: str) -> None:
         ("STUDYLIB_CACHE", cache_dir()),
         ("STUDYLIB_FIGURES", figures_dir(key)),
     ):
-        existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
-        if not existing.is_dir():
-            raise ConfigError(
-                f"{variable}: {existing} is "
-                f"{'a dangling link' if existing.is_symlink() else 'a file'}"
-                f", where {folder} should be; allowed: a folder"
-            )
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(
-                f"{variable}: {existing} is not writable, so {folder} cannot be written; "
-                "allowed: a writable folder"
-            )
+        check_folder(variable, folder)
+
+
+# system folders that take writes as root but store nothing (os.access says yes to root there)
+NOT_STORAGE = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def check_folder(label: str, folder: Path, empty: bool = False) -> Path:
+    """The one check of a place a command writes, before any work: `folder` is, or can be made, a
+    writable folder on storage (with `empty`, a new or empty one); else a one-line ConfigError that
+    names `label` (a variable or an option). Returns it absolute."""
+    absolute = folder.expanduser().absolute()
+    if any(absolute.resolve().is_relative_to(system) for system in NOT_STORAGE):
+        raise ConfigError(
+            f"{label}: {folder} is inside {', '.join(map(str, NOT_STORAGE))}, which store "
+            "nothing; allowed: a folder on a disk"
+        )
+    existing = next(p for p in (absolute, *absolute.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        kind = "a dangling link" if existing.is_symlink() and not existing.exists() else "a file"
+        raise ConfigError(
+            f"{label}: {existing} is {kind}, where {folder} should be; allowed: a folder"
+        )
+    if empty and existing == absolute and any(absolute.iterdir()):
+        raise ConfigError(
+            f"{label}: {folder} is not an empty folder; allowed: a new or empty folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{label}: {existing} is not writable, so {folder} cannot be written; allowed: a "
+            "writable folder"
+        )
+    return absolute
 
 
 def _check(

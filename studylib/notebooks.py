@@ -51,13 +51,15 @@ def run_notebooks(
     import papermill
     from traitlets.config import Config
 
-    from studylib.config import load_experiment
+    from studylib.config import check_folder, check_output_places, load_experiment
 
     # bad input fails before any notebook
-    load_experiment(preset, [*overrides, f"launch.executor={executor}"])
+    exp = load_experiment(preset, [*overrides, f"launch.executor={executor}"])
     chosen = select(only)  # an unknown name fails before any folder is made
+    check_output_places(exp.results_key)
+    where = "--out" if output else "STUDYLIB_OUTPUT"
     output = output or folder_from("STUDYLIB_OUTPUT", REPO_ROOT / "output") / "notebooks" / preset
-    output.mkdir(parents=True, exist_ok=True)
+    check_folder(where, output).mkdir(parents=True, exist_ok=True)
     executed, sockets = [], Path(tempfile.mkdtemp(prefix="studylib-kernel-"))
     # the kernel talks over local sockets, not TCP ports: nothing to eavesdrop on, and no
     # warning per notebook
