@@ -172,8 +172,15 @@ def _metadata(fmt: str) -> dict:
     return {"Date": None} if fmt == "svg" else {}
 
 
+class NothingToDraw(LookupError):
+    """A table without the rows a figure draws (say, a model-size table of one arm)."""
+
+
 def _probes(table: pd.DataFrame) -> pd.DataFrame:
-    return table[(table.stage == "probe") & (table.metric == "top1")]
+    probes = table[(table.stage == "probe") & (table.metric == "top1")]
+    if probes.empty:
+        raise NothingToDraw("no linear-probe top-1 rows in its table")
+    return probes
 
 
 def _seeds(table: pd.DataFrame) -> str:
@@ -405,6 +412,8 @@ def model_size(key: str) -> list[Path]:
         _probes(table).merge(params.rename(columns={"value": "params"}), on="model")
     )
     datasets = list(probes.dataset.unique())
+    if not datasets:
+        raise NothingToDraw("no model size with both its parameters and probes in model_size.csv")
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         part = probes[probes.dataset == dataset]
@@ -620,7 +629,7 @@ def make_all(key: str, names: Sequence[str] | None = None) -> dict[str, list[Pat
     for name in names if names is not None else FIGURES:
         try:
             made[name] = call(FIGURES[name].draw, key)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, NothingToDraw) as err:
             print(f"skipping {name}: {err}")
     return made
 

@@ -145,19 +145,53 @@ def table_from(path: Path) -> pd.DataFrame:
             f"{path}: not a readable study table ({shown(' '.join(str(err).split()), 100)}); "
             "allowed: the CSV a study writes (rerun the study)"
         ) from None
-    missing = [c for c in ("arm", "stage", "metric", "value", "seed") if c not in table]
+    needed = ("arm", "stage", "metric", "value", "seed", *STUDY_COLUMNS.get(path.stem, ()))
+    missing = [c for c in needed if c not in table]
     if missing or not pd.api.types.is_numeric_dtype(table["value"]):
         found = f"no column {missing[0]!r}" if missing else "a value that is not a number"
         raise DataError(
             f"{path}: not a study table ({found}); allowed: the CSV a study writes (rerun the "
             "study)"
         )
+    _check_rows(path, table)
+    table = table.reindex(columns=[*table.columns, *(c for c in OPTIONAL if c not in table)])
     if "precision" in table and table["precision"].nunique() > 1:
         raise DataError(
             f"{path}: rows of precisions {sorted(table['precision'].dropna().unique())} in one "
             "table; allowed: one precision (rerun the study with --set precision=...)"
         )
     return table
+
+
+# what each study's comparisons read beside arm, stage, metric, value and seed
+STUDY_COLUMNS = {
+    "default": ("dataset",),
+    "transfer": ("dataset", "variant"),
+    "wsp_epochs": ("dataset", "wsp_epochs"),
+    "model_size": ("dataset", "model"),
+    "data_size": ("dataset", "mae_data"),
+}
+OPTIONAL = ("model", "mae_data", "wsp_epochs", "dataset", "variant", "run")  # blank where absent
+
+
+def _check_rows(path: Path, table: pd.DataFrame) -> None:
+    """Rows the comparisons can pair: integer seeds, registered arms, a dataset on every top-1."""
+    seeds = pd.to_numeric(table.seed, errors="coerce")
+    bad = table.seed[seeds.isna() | (seeds != seeds.round())]
+    arms = set(table.arm.dropna().astype(str)) - set(labels())
+    top1 = table[table.metric == "top1"]
+    blank = "dataset" in table and top1.dataset.isna().any()
+    if len(bad) or arms or blank:
+        found = (
+            f"seed {shown(bad.iloc[0], 20)} is not a whole number"
+            if len(bad)
+            else f"arm {sorted(arms)[0]!r} is not a registered arm ({sorted(labels())})"
+            if arms
+            else "a top1 row without its dataset"
+        )
+        raise DataError(
+            f"{path}: {found}; allowed: the CSV a study writes (rerun the study, or fix that row)"
+        )
 
 
 def _compare(claim: str, key: str, what: str, part: pd.DataFrame, a: str, b: str) -> Comparison:

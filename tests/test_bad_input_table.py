@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -935,6 +936,52 @@ def _csv(text: str) -> Callable[[Path], dict[str, str]]:
     return build
 
 
+def _odd_table(study: str, change: Callable[[list[dict]], list[dict]]) -> Callable:
+    """results/smoke/<study>.csv of a two-arm, three-seed probe table, changed by `change`."""
+
+    def build(d: Path) -> dict[str, str]:
+        rows = [
+            {"study": study, "model": "nano", "seed": s, "arm": arm, "stage": "probe"}
+            | {"dataset": "cifar10", "variant": "", "wsp_epochs": 2, "mae_data": "pretrain:1"}
+            | {"metric": "top1", "value": 50.0 + s + (arm == "mae_wsp"), "run": f"p{arm}{s}"}
+            for s in (0, 1, 2)
+            for arm in ("wsp", "mae_wsp")
+        ]
+        (d / "results" / "smoke").mkdir(parents=True)
+        pd.DataFrame(change(rows)).to_csv(d / "results" / "smoke" / f"{study}.csv", index=False)
+        return {"STUDYLIB_RESULTS": str(d / "results")}
+
+    return build
+
+
+def _each(**values: object) -> Callable[[list[dict]], list[dict]]:
+    return lambda rows: [row | values for row in rows]
+
+
+def _without(column: str) -> Callable[[list[dict]], list[dict]]:
+    return lambda rows: [{k: v for k, v in row.items() if k != column} for row in rows]
+
+
+def _odd(name: str, command: str, study: str, change: Callable, words: list[str]) -> Case:
+    return Case(
+        "commands", f"{command} on {name}", [command, *SMOKE], words, env=_odd_table(study, change)
+    )
+
+
+ODD_TABLES = [
+    _odd(name, command, study, change, words)
+    for command in ("findings", "figures")
+    for name, study, change, words in (
+        ("an unknown arm", "default", _each(arm="dino"), ["default.csv", "arm 'dino'"]),
+        ("a seed that is no number", "default", _each(seed="one"), ["seed 'one'"]),
+        ("a blank dataset", "default", _each(dataset=""), ["a top1 row without its dataset"]),
+        ("no dataset column", "default", _without("dataset"), ["no column 'dataset'"]),
+        ("no variant column", "transfer", _without("variant"), ["no column 'variant'"]),
+        ("no wsp_epochs column", "wsp_epochs", _without("wsp_epochs"), ["'wsp_epochs'"]),
+        ("no mae_data column", "data_size", _without("mae_data"), ["no column 'mae_data'"]),
+    )
+]
+
 COMMANDS = [
     Case(
         "commands",
@@ -1306,7 +1353,7 @@ SCALE = [
     ),
 ]
 
-TABLE = CONFIG + DATA + SIZES + PLACES + COMMANDS + SCALE
+TABLE = CONFIG + DATA + SIZES + PLACES + COMMANDS + ODD_TABLES + SCALE
 
 
 def _prepare(case: Case, folder: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -264,3 +264,14 @@ def test_a_table_of_another_precision_is_replaced_with_one_line_and_findings_ref
     assert set(pd.read_csv(folder / "default.csv").precision) == {"fp32"}
     with pytest.raises(DataError, match="tables of precisions"):
         findings.write("smoke")
+
+
+def test_a_figure_with_nothing_to_draw_is_skipped_in_one_line(isolated_dirs, capsys):
+    from studylib import figures
+
+    folder = isolated_dirs / "results" / "mine"
+    folder.mkdir(parents=True)
+    # one arm's probes, no parameter rows: no size has anything to draw against
+    _default_table({"wsp": 25.0}).assign(model="nano").to_csv(folder / "model_size.csv")
+    assert figures.make_all("mine", ["model_size"]) == {}
+    assert "skipping model_size: " in capsys.readouterr().out
