@@ -1,4 +1,4 @@
-"""The bad-input table: every case is one line naming the file, key or path, exit code 2, nothing
+"""The bad-input table (200 cases): every case is one line naming the file, key or path, exit code 2, nothing
 written, no traceback. Each case builds its input in a temporary folder, then runs `studylib`
 in-process; the cases marked `CLI` also run through the real `studylib` command in a subprocess.
 
@@ -404,6 +404,25 @@ CONFIG = [
     ),
     Case(
         "config",
+        "a half-width past the whole scale",
+        ["plan", *SMOKE, "--set", "analysis.a.half_width=1e300"],
+        ["analysis.a.half_width", "in [0, 100]"],
+        cli=True,
+    ),
+    Case(
+        "config",
+        "a negative secondary half-width",
+        ["plan", *SMOKE, "--set", "analysis.b.secondary_half_width=-1"],
+        ["analysis.b.secondary_half_width", "in [0, 100]"],
+    ),
+    Case(
+        "config",
+        "a config file of 2 MiB",
+        _yaml_file("# a comment line\n" * 140_000),
+        ["bad.yaml", "larger than 1 MiB"],
+    ),
+    Case(
+        "config",
         "config file that never ends",
         ["study", *SMOKE, "--config", "/dev/zero"],
         ["/dev/zero", "larger than 1 MiB"],
@@ -494,6 +513,14 @@ def _folder(
                 Image.new("RGB", (size, size), (40 * i, 10 * j, 99)).save(
                     root / split / name / f"{j}.png"
                 )
+    return root
+
+
+def _deep_image(d: Path, pixels: np.ndarray) -> Path:
+    """An image folder with one image of 32-bit or float pixels among 8-bit ones (TIFF bytes under a
+    .png name: PIL reads the bytes, whatever the name)."""
+    root = _folder(d)
+    Image.fromarray(pixels).save(root / "train" / "cat" / "deep.png", format="TIFF")
     return root
 
 
@@ -719,6 +746,18 @@ DATA = [
     Case("data", "broken image", _pics(_broken_image), ["9.jpg", "not a readable image"]),
     Case(
         "data",
+        "a float image in a folder",
+        _pics(lambda d: _deep_image(d, np.ones((8, 8), np.float32))),
+        ["deep.png", "HighDepthError", "float pixels"],
+    ),
+    Case(
+        "data",
+        "a 32-bit integer image in a folder",
+        _pics(lambda d: _deep_image(d, np.ones((8, 8), np.int32))),
+        ["deep.png", "HighDepthError", "32-bit"],
+    ),
+    Case(
+        "data",
         "images of mixed sizes",
         _pics(lambda d: _folder(d, sizes=(8, 2))),
         ["2x2 pixels", "one size"],
@@ -859,6 +898,13 @@ PLACES = [
     _place("figures folder is a file", _study(), FIGURES, "a file", _a_file),
     _place("runs folder in /proc", _study(), RUNS, "which store nothing", lambda d: "/proc/x"),
     _place("cache folder in /sys", _study(), CACHE, "which store nothing", lambda d: "/sys/x"),
+    _place(
+        "notebook copies in /proc",
+        ["notebooks", *SMOKE, "--only", "explore"],
+        "STUDYLIB_OUTPUT",
+        "which store nothing",
+        lambda d: "/proc/self/out",
+    ),
     _place(
         "notebook copies under a file",
         ["notebooks", *SMOKE, "--only", "explore"],
@@ -1418,7 +1464,7 @@ def test_bad_input_through_the_real_command(case, tmp_path, monkeypatch, isolate
 def test_the_table_covers_every_category_with_enough_cases():
     kinds = ("config", "data", "sizes", "places", "commands", "scale")
     counts = {c: sum(case.category == c for case in TABLE) for c in kinds}
-    assert sum(counts.values()) == len(TABLE) >= 150 and min(counts.values()) >= 5, counts
+    assert sum(counts.values()) == len(TABLE) >= 200 and min(counts.values()) >= 5, counts
     assert counts["scale"] >= 20 and sum(c.cli for c in TABLE if c.category == "scale") >= 6
     assert len(CLI_CASES) >= 20
 
