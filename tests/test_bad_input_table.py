@@ -1,6 +1,7 @@
-"""The bad-input table (200 cases): every case is one line naming the file, key or path, exit code 2, nothing
-written, no traceback. Each case builds its input in a temporary folder, then runs `studylib`
-in-process; the cases marked `CLI` also run through the real `studylib` command in a subprocess.
+"""The bad-input table (at least 200 cases): every case is one line naming the file, key or path,
+exit code 2, nothing written, no traceback. Each case builds its input in a temporary folder, then
+runs `studylib` in-process; the cases marked `CLI` also run through the real `studylib` command in a
+subprocess.
 
 Categories: config (values, files, presets), data (files, arrays, folders), sizes (checked before
 anything trains), output places (environment variables and folders), commands (arguments of the
