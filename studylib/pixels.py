@@ -54,5 +54,5 @@ def rgb(opened: Image.Image) -> np.ndarray:
             f"a {opened.mode} image (32-bit or float pixels); allowed: 8-bit or 16-bit images"
         )
     else:
-        pixels = np.asarray(opened.convert("RGB"))
+        pixels = np.array(opened.convert("RGB"))  # a copy torch may write to
     return np.ascontiguousarray(upright(pixels, orientation(opened)))
