@@ -340,6 +340,9 @@ class ProbeConfig:
     (studylib.stages.probe)."""
 
     train_per_class: int = _at_least_zero(default=0)  # 0: every training image
+    # at most this many training images in all, the same number of every class (0: no limit): a
+    # dataset of many classes is probed on fewer images of each
+    train_images: int = _at_least_zero(default=0, extra=WHEN_SET)
     # L2 strengths tried on a held-out part of the training images; the best one is refit on
     # all of them
     weight_decays: list[float] = _check(
@@ -501,6 +504,12 @@ class ClaimPlan:
     target)."""
 
     primary: str = ""
+    # a claim "at every size": more primary keys; the claim holds only if each primary holds (an
+    # intersection-union test) and is contradicted if any is
+    every: list[str] = field(default_factory=list)
+    # why the claim is descriptive, declared before its confirmation: its comparisons are shown
+    # with their intervals and no verdict word ("": the claim is tested)
+    descriptive: str = ""
     secondary: list[str] = field(default_factory=lambda: ["*"])
     # points of top-1: 0 (no target) up to 100, the whole scale
     half_width: float = _check("in [0, 100]", lambda v: 0 <= v <= 100, default=0.0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -277,15 +278,24 @@ def plan_of(key: str) -> AnalysisConfig:
 
 
 def verdicts(key: str) -> list[Path]:
-    """Each claim's primary comparison as the findings test it: the paired difference at every seed,
-    its mean with the 95% t-interval, the zero line, and the verdict by the declared plan."""
-    found = [c for c in analyse(comparisons(key), plan_of(key)) if c.role == "primary"]
-    if not found:
+    """Each claim's primary comparisons as the findings test them, and their counterparts at equal
+    training FLOPs: the paired difference at every seed, the mean with the interval the verdict
+    used (Holm-adjusted), the planned half-width, the zero line and the verdict; one y-scale."""
+    plan = plan_of(key)
+    found = analyse(comparisons(key), plan)
+    primary = [c for c in found if c.role == "primary"]
+    pairs = [f"{a}-{b}/" for a, b in compared_pairs()[1:]]
+    matched = {f"{pair}{c.key}" for pair in pairs for c in primary}
+    shown = primary + [c for c in found if c.key in matched and c.n]
+    if not primary:
         raise FileNotFoundError(
             f"{results_dir(key)}: no primary comparison of the analysis plan in these results"
         )
-    fig, axes = plt.subplots(1, len(found), figsize=(2.3 * len(found) + 0.6, 3.8), squeeze=False)
-    for ax, c in zip(axes[0], found, strict=True):
+    fig, axes = plt.subplots(
+        1, len(shown), figsize=(2.5 * len(shown) + 0.6, 4.2), squeeze=False, sharey=True
+    )
+    color = ARMS[compared_pairs()[0][0]].color
+    for ax, c in zip(axes[0], shown, strict=True):
         ax.axhline(0, color="black", lw=0.8)
         ax.scatter(
             np.linspace(-0.12, 0.12, c.n),
@@ -296,38 +306,50 @@ def verdicts(key: str) -> list[Path]:
             label="one seed",
         )
         if c.n > 1:
-            color = ARMS[compared_pairs()[0][0]].color
             ax.errorbar(
                 [0.35],
                 [c.mean],
-                yerr=[[c.half_width]],
+                yerr=[[c.holm_half_width]],
                 fmt="o",
                 color=color,
                 capsize=4,
-                label="mean, 95% t-interval",
+                label="mean, the verdict's interval (Holm-adjusted)",
             )
+        target = getattr(plan, c.claim).half_width if c.role == "primary" else 0.0
+        if target and c.n > 1:
+            ax.errorbar(
+                [0.55],
+                [c.mean],
+                yerr=[[target]],
+                fmt="none",
+                color="black",
+                ls="--",
+                capsize=3,
+                lw=0.8,
+                label="the planned 95% half-width",
+            )
+        what = textwrap.fill(c.what, 26, max_lines=4)
         ax.set(
-            xlim=(-0.4, 0.7),
+            xlim=(-0.4, 0.75),
             xticks=[],
             ylabel="paired difference (top-1 points)" if ax is axes[0][0] else "",
-            title=f"({c.claim}) {c.key}\nn = {c.n}: {c.verdict}",
+            title=f"({c.claim}) {c.role}\n{what}\nn = {c.n}: {c.verdict}",
         )
-        ax.title.set_fontsize(9)
-    handles, texts = axes[0][-1].get_legend_handles_labels()
+        ax.title.set_fontsize(8)
+    entries = {}
+    for ax in axes[0]:
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(text, handle)
     fig.legend(
-        handles,
-        texts,
+        entries.values(),
+        entries.keys(),
         loc="upper center",
-        ncol=2,
+        ncol=min(len(entries), 3),
         frameon=False,
         bbox_to_anchor=(0.5, 0.0),
         fontsize=8,
     )
-    fig.suptitle(
-        "Each claim's primary comparison, MAE→WSP − WSP unless named, paired by "
-        f"seed\n{setting(key)}",
-        fontsize=10,
-    )
+    fig.suptitle(f"Each claim's primary comparisons, paired by seed\n{setting(key)}", fontsize=10)
     fig.tight_layout()
     return save(
         fig,

@@ -31,7 +31,10 @@ RULE = (
     "each comparison is a paired t-test over seeds; within a claim, Holm's correction over its "
     "primary and secondary comparisons with n >= 2; a comparison holds if its corrected p < "
     "alpha and the mean difference is above 0, is contradicted if p < alpha and below 0, and is "
-    "inconclusive otherwise (or with n < 2); a claim's verdict is its primary comparison's"
+    "inconclusive otherwise (or with n < 2); a claim's verdict is its primary comparison's, or, "
+    "where the plan names several (a claim at every size: an intersection-union test), holds "
+    "only if each holds and is contradicted if any is; a claim the plan declared descriptive "
+    "before its confirmation gets no verdict word"
 )
 
 CLAIMS = {
@@ -50,6 +53,8 @@ class Comparison:
     differences: list[float]
     runs: tuple[str, ...] = ()  # the runs it pairs: the same runs in two claims are one result
     role: str = ""  # primary, secondary, descriptive (n < 2), or 'repeat of (x) KEY'
+    study: str = ""  # the study whose table holds it
+    declared_descriptive: bool = False  # its claim's plan says descriptive: no verdict word
     p_holm: float = math.nan  # p after Holm's correction within the claim (nan: not tested)
     alpha: float = 0.05
 
@@ -84,6 +89,8 @@ class Comparison:
         """By the corrected p where the claim's family tested it, else by the 95% interval alone."""
         if self.role.startswith("repeat"):
             return self.role
+        if self.declared_descriptive:
+            return "descriptive"
         if self.role == "descriptive" or self.n < 2 or not self.sd > 0:
             return "inconclusive"  # no spread: no t-test, no interval to decide by
         if not math.isnan(self.p_holm):
@@ -91,6 +98,18 @@ class Comparison:
         else:
             significant = not math.isnan(self.half_width) and abs(self.mean) > self.half_width
         return "inconclusive" if not significant else "holds" if self.mean > 0 else "contradicted"
+
+    @property
+    def holm_half_width(self) -> float:
+        """Half the t-interval that the verdict used: at two-sided level alpha / k, k = p_holm / p
+        (Holm's factor for this comparison), so it excludes 0 exactly when p_holm < alpha; the 95%
+        one where the claim's family did not test it."""
+        if self.n < 2 or math.isnan(self.p_holm) or not self.p > 0:
+            return self.half_width
+        from scipy import stats
+
+        level = self.alpha * self.p / self.p_holm
+        return float(stats.t.ppf(1 - level / 2, self.n - 1)) * self.sd / math.sqrt(self.n)
 
     def interval(self) -> str:
         if self.n < 2:
@@ -197,7 +216,9 @@ def _check_rows(path: Path, table: pd.DataFrame) -> None:
 
 def _compare(claim: str, key: str, what: str, part: pd.DataFrame, a: str, b: str) -> Comparison:
     differences, runs = paired(part, a, b)
-    return Comparison(claim, key, what, differences, runs)
+    study = {"b": "wsp_epochs", "c": "model_size", "d": "data_size"}.get(claim, "")
+    study = study or ("default" if key.startswith("probe/") else "transfer")
+    return Comparison(claim, key, what, differences, runs, study=study)
 
 
 def _transfer(transfer: pd.DataFrame, a: str, b: str) -> list[Comparison]:
@@ -243,6 +264,8 @@ def comparisons(key: str) -> list[Comparison]:
                 dataclasses.replace(c, key=f"{a}-{b}/{c.key}", what=named + c.what) for c in mine
             ]
         found += mine
+    if (data := tables["data_size"]) is not None:  # within an arm: once, not once per pair
+        found += _data_size(data, list(dict.fromkeys(a for a, _ in compared_pairs())))
     return found
 
 
@@ -270,46 +293,9 @@ def _comparisons_of(tables: dict[str, pd.DataFrame | None], a: str, b: str) -> l
                     b,
                 )
             )
-        found += _per_flop(epochs, a, b)
     if (sizes := tables["model_size"]) is not None:
         for (model, dataset), part in _probe_top1(sizes).groupby(["model", "dataset"], sort=False):
             found.append(_compare("c", f"{model}/{dataset}", f"{model}, {dataset}", part, a, b))
-    if (data := tables["data_size"]) is not None:
-        found += _data_size(data, [a])
-    return found
-
-
-def _per_flop(table: pd.DataFrame, a: str, b: str) -> list[Comparison]:
-    """`a` against `b` at matched training compute (MAE's FLOPs counted): each point of `a` paired
-    with the point of `b` whose FLOPs are closest, when the two are within a factor 1.5 of each
-    other."""
-    flops = table[(table.stage == "pretraining") & (table.metric == "train_flops")]
-    mean_flops = flops.groupby(["arm", "wsp_epochs"])["value"].mean()
-    if a not in mean_flops or b not in mean_flops:
-        return []
-    found = []
-    probes = _probe_top1(table)
-    for mae_epochs, compute in mean_flops[a].items():
-        wsp_epochs, wsp_compute = min(
-            mean_flops[b].items(), key=lambda kv: abs(math.log(kv[1] / compute))
-        )
-        if max(compute, wsp_compute) / min(compute, wsp_compute) > 1.5:
-            continue
-        for dataset, part in probes.groupby("dataset", sort=False):
-            mine = part[(part.arm == a) & (part.wsp_epochs == mae_epochs)]
-            theirs = part[(part.arm == b) & (part.wsp_epochs == wsp_epochs)]
-            found.append(
-                _compare(
-                    "b",
-                    f"per_flop{int(mae_epochs)}/{dataset}",
-                    f"per FLOP: {labels().get(a, a)} with {int(mae_epochs)} WSP epochs "
-                    f"({compute:.2g} FLOPs) vs {labels().get(b, b)} {int(wsp_epochs)} epochs "
-                    f"({wsp_compute:.2g}), {dataset}",
-                    pd.concat([mine, theirs.assign(arm="matched")]),
-                    a,
-                    "matched",
-                )
-            )
     return found
 
 
@@ -355,7 +341,7 @@ def analyse(found: list[Comparison], plan: AnalysisConfig) -> list[Comparison]:
             earlier = counted.get(c.runs) if c.runs else None
             if earlier is not None and earlier.claim != claim:
                 c.role = f"repeat of ({earlier.claim}) {earlier.key}"
-            elif c.key == rules["primary"]:
+            elif c.key == rules["primary"] or c.key in rules["every"]:
                 c.role = "primary"
             elif any(fnmatch.fnmatchcase(c.key, p) for p in rules["secondary"]):
                 c.role = "secondary"
@@ -363,6 +349,7 @@ def analyse(found: list[Comparison], plan: AnalysisConfig) -> list[Comparison]:
                 continue
             if c.n < 2 and c.role == "secondary":
                 c.role = "descriptive"
+            c.declared_descriptive = bool(rules["descriptive"])
             if c.role in ("primary", "secondary"):
                 family.append(c)
                 counted.setdefault(c.runs, c) if c.runs else None
@@ -375,8 +362,14 @@ def analyse(found: list[Comparison], plan: AnalysisConfig) -> list[Comparison]:
 
 
 def claim_verdict(mine: list[Comparison]) -> str:
-    primary = [c for c in mine if c.role == "primary"]
-    return primary[0].verdict if primary else "no primary comparison in these results"
+    """The primary's verdict; with several primaries (analysis.X.every), holds only if each
+    holds, contradicted if any is."""
+    verdicts = {c.verdict for c in mine if c.role == "primary"}
+    if not verdicts:
+        return "no primary comparison in these results"
+    if len(verdicts) == 1:
+        return verdicts.pop()
+    return "contradicted" if "contradicted" in verdicts else "inconclusive"
 
 
 def below_random(key: str) -> str:
@@ -500,8 +493,8 @@ def provenance(key: str, plan: AnalysisConfig) -> str:
 
 
 def summary(key: str, found: list[Comparison], plan: AnalysisConfig | None = None) -> list[str]:
-    """The results in prose, every number and verdict computed: each claim's primary comparison, the
-    count of secondary ones that hold, and the baselines."""
+    """The results in prose, every number and verdict computed: each claim's primary comparisons,
+    the count of secondary ones that hold, and the baselines."""
     lines = []
     for claim, text in CLAIMS.items():
         mine = [c for c in found if c.claim == claim]
@@ -516,17 +509,16 @@ def summary(key: str, found: list[Comparison], plan: AnalysisConfig | None = Non
             f"{sum(c.verdict == v for c in secondary)} {v}"
             for v in ("holds", "contradicted", "inconclusive")
         )
-        against = " This contradicts the paper." if primary[0].verdict == "contradicted" else ""
+        verdict = claim_verdict(mine)
+        why = getattr(plan, claim).descriptive if plan else ""
+        declared = f" (declared before the confirmation: {why})" if why else ""
+        against = " This contradicts the paper." if verdict == "contradicted" else ""
         target = getattr(plan, claim).half_width if plan else 0.0
-        planned = (
-            f" Its half-width {primary[0].half_width:.2f} against the planned {target:.2f}: "
-            f"{'met' if primary[0].half_width <= target else 'not met'}."
-            if target and primary[0].n > 1
-            else ""
-        )
+        sentences = " ".join(f"{c.sentence()}.{_met(c, target)}" for c in primary)
+        named = "Primary comparisons (each must hold)" if len(primary) > 1 else "Primary comparison"
         lines.append(
-            f"- ({claim}) {text}: **{primary[0].verdict}**.{against} Primary comparison, MAE→WSP "
-            f"− WSP unless named: {primary[0].sentence()}.{planned} Secondary "
+            f"- ({claim}) {text}: **{verdict}**{declared}.{against} {named}, MAE→WSP − WSP "
+            f"unless named: {sentences}{_at_equal_flops(mine, primary)} Secondary "
             f"({len(secondary)}): {tally}."
         )
     for c in premise(key):
@@ -535,6 +527,21 @@ def summary(key: str, found: list[Comparison], plan: AnalysisConfig | None = Non
             f"({c.verdict} by the interval alone)."
         )
     return lines
+
+
+def _at_equal_flops(mine: list[Comparison], primary: list[Comparison]) -> str:
+    """The primary's counterparts against the other arms MAE→WSP is claimed to beat (the
+    compute-matched WSP), each with its interval and verdict."""
+    pairs = [f"{a}-{b}/" for a, b in compared_pairs()[1:]]
+    keys = {f"{pair}{c.key}" for pair in pairs for c in primary}
+    return "".join(f" {c.sentence()}: {c.verdict}." for c in mine if c.key in keys)
+
+
+def _met(c: Comparison, target: float) -> str:
+    if not target or c.n < 2:
+        return ""
+    met = "met" if c.half_width <= target else "not met"
+    return f" Its half-width {c.half_width:.2f} against the planned {target:.2f}: {met}."
 
 
 def _claim_rows(found: list[Comparison]) -> list[str]:

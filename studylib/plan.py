@@ -22,6 +22,8 @@ from studylib.io import atomic_write
 # the chance, at the pilot's sd, that the confirmation's half-width meets its target
 ASSURANCE = 0.8
 SEARCHED = 200  # seeds_needed looks no further
+# a WSP schedule is long enough where doubling it adds less than this (top-1 points, mean gain)
+DOUBLING_GAIN = 0.5
 
 
 def chance_met(sd: float, target: float, n: int) -> float:
@@ -57,13 +59,6 @@ def needed_text(need: float | None, sd: float) -> str:
     return "not sized (pilot sd 0)" if not sd > 0 else f"over {SEARCHED} (the search's cap)"
 
 
-def study_of(c: Comparison) -> str:
-    """The study whose table holds comparison `c`."""
-    if c.claim == "a":
-        return "default" if c.key.startswith("probe/") else "transfer"
-    return {"b": "wsp_epochs", "c": "model_size", "d": "data_size"}[c.claim]
-
-
 def minutes_per_seed(key: str, study: str) -> float:
     """Wall minutes of one seed of `study` in the pilot: the median over its seeds of their distinct
     runs' wall_time_s (a median, so a seed slowed by other work on the machine does not set the
@@ -90,7 +85,7 @@ def rows(exp: Experiment) -> list[dict]:
             )
             if not target:
                 continue
-            study = study_of(c)
+            study = c.study
             need = seeds_needed(c.sd, target)
             planned = len(exp.studies.seeds_of(study))
             out.append(
@@ -138,7 +133,44 @@ def report(exp: Experiment) -> str:
             f"{_percent(r.chance_met_as_planned)} | "
             f"{_shown(r.minutes_per_seed, '.1f')} |"
         )
-    return "\n".join(lines + _cost_lines(table) + _gap_lines(exp, table)) + "\n"
+    lines += _cost_lines(table) + _gap_lines(exp, table)
+    return "\n".join(lines + schedule_lines(exp)) + "\n"
+
+
+def schedule_lines(exp: Experiment) -> list[str]:
+    """From the pilot's wsp_epochs table: each WSP arm's linear-probe gain from each doubling of its
+    schedule (paired by seed, mean and 95% interval), and the shortest length whose next doubling
+    adds under DOUBLING_GAIN points (mean), or none among those piloted."""
+    path = results_dir(dataclasses.replace(exp, pilot=True).results_key) / "wsp_epochs.csv"
+    if not path.exists():
+        return ["", "No pilot wsp_epochs table: the WSP schedule is not chosen by this plan."]
+    table = pd.read_csv(path)
+    probes = table[(table.stage == "probe") & (table.metric == "top1") & table.wsp_epochs.notna()]
+    wide = probes.pivot_table(
+        index=["arm", "dataset", "seed"], columns="wsp_epochs", values="value"
+    )
+    lines = [
+        "",
+        f"WSP's schedule by the pilot (linear-probe gain of each doubling, paired by seed; long "
+        f"enough where the next doubling adds under {DOUBLING_GAIN} point):",
+        "",
+    ]
+    for (arm, dataset), part in wide.groupby(level=["arm", "dataset"], sort=False):
+        lengths = sorted(part.columns[part.notna().all()])
+        gains = [
+            (short, Comparison("", "", "", (part[long] - part[short]).tolist()))
+            for short, long in zip(lengths, lengths[1:], strict=False)
+            if long == 2 * short
+        ]
+        if not gains or arm not in ("wsp", "mae_wsp", "wsp_flops"):
+            continue
+        said = "; ".join(
+            f"{int(short)}→{int(2 * short)}: {c.mean:+.2f} {c.interval()}" for short, c in gains
+        )
+        enough = next((int(s) for s, c in gains if c.mean < DOUBLING_GAIN), None)
+        verdict = f"long enough at {enough}" if enough else f"still gaining at {int(lengths[-1])}"
+        lines.append(f"- {arm}, {dataset} (n = {gains[0][1].n}): {said}; {verdict}.")
+    return lines
 
 
 def _cost_lines(table: pd.DataFrame) -> list[str]:
@@ -159,35 +191,37 @@ def _cost_lines(table: pd.DataFrame) -> list[str]:
 
 
 def _gap_lines(exp: Experiment, table: pd.DataFrame) -> list[str]:
-    """Which targets no pilot holds, which the pilot cannot size, and which are planned short."""
+    """Per claim, what the plan cannot size: declared descriptive, no target, no pilot table, no
+    pilot spread; then the targets planned short."""
     lines = []
-    unpiloted = [
-        f"({claim}) `{rules.primary}`"
-        for claim, rules in ((claim, getattr(exp.analysis, claim)) for claim in CLAIMS)
-        if rules.half_width and rules.primary not in set(table.key)
+    keys = set(table.key) if len(table) else set()
+    for claim in CLAIMS:
+        rules = getattr(exp.analysis, claim)
+        primaries = [k for k in (rules.primary, *rules.every) if k]
+        named = ", ".join(f"`{k}`" for k in primaries) or "no primary"
+        if rules.descriptive:
+            lines.append(f"- ({claim}) {named}: descriptive by plan ({rules.descriptive})")
+        elif not rules.half_width:
+            lines.append(f"- ({claim}) {named}: no target half-width, not sized")
+        elif missing := [k for k in primaries if k not in keys]:
+            shown = ", ".join(f"`{k}`" for k in missing)
+            lines.append(f"- ({claim}) {shown}: no pilot table holds it, not sized")
+    unsized = table[table.seeds_needed.isna()] if len(table) else table
+    lines += [
+        f"- ({r.claim}) `{r.key}`: {needed_text(None, r.pilot_sd)}" for r in unsized.itertuples()
     ]
-    if unpiloted:
-        lines += [
-            "",
-            "No pilot table holds the primary comparison of "
-            + ", ".join(unpiloted)
-            + ": their seeds are not sized by this plan.",
-        ]
-    unsized = table[table.seeds_needed.isna()]
-    if len(unsized):
-        named = [f"`{r.key}` ({needed_text(None, r.pilot_sd)})" for r in unsized.itertuples()]
-        lines += ["", "Not sized by the pilot: " + ", ".join(named)]
-    sized = table.dropna(subset=["seeds_needed"])
-    short = sized[sized.seeds_planned < sized.seeds_needed]
+    sized = table.dropna(subset=["seeds_needed"]) if len(table) else table
+    short = sized[sized.seeds_planned < sized.seeds_needed] if len(sized) else sized
     short_text = ", ".join(
         f"`{r.key}` ({r.seeds_planned} of {int(r.seeds_needed)})" for r in short.itertuples()
     )
-    return lines + [
-        "",
-        "Every sized target is planned with enough seeds."
-        if short.empty
-        else f"Planned with fewer seeds than the pilot asks for: {short_text}",
-    ]
+    verdict = (
+        f"Planned with fewer seeds than the pilot asks for: {short_text}."
+        if len(short)
+        else "Every sized target is planned with enough seeds"
+        + ("; the claims above are not sized." if lines else ".")
+    )
+    return (["", "Not sized by this plan:", "", *lines] if lines else []) + ["", verdict]
 
 
 def _percent(chance: float) -> str:

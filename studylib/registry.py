@@ -51,8 +51,8 @@ class Arm:
     color: str
     pretrain: Ref
     summary: str
-    # the arm this one is claimed to beat: the findings test the pair, paired by seed
-    beats: str | None = None
+    # the arms this one is claimed to beat: the findings test each pair, paired by seed
+    beats: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,9 @@ def study_arms(study: Study) -> list[Arm]:
 
 
 def compared_pairs() -> list[tuple[str, str]]:
-    """(arm, the arm it is claimed to beat), in declaration order: the first is the paper's
-    claim."""
-    return [(arm.name, arm.beats) for arm in ARMS.values() if arm.beats]
+    """(arm, an arm it is claimed to beat), in declaration order: the first is the paper's claim
+    per WSP epoch, the second at equal training FLOPs."""
+    return [(arm.name, beaten) for arm in ARMS.values() for beaten in arm.beats]
 
 
 def targets() -> dict[str, str]:
@@ -185,7 +185,14 @@ for _item in (
         "#DD8452",
         "studylib.arms:mae_then_wsp",
         "WSP from the MAE encoder: the paper's recipe",
-        beats="wsp",
+        beats=("wsp", "wsp_flops"),
+    ),
+    Arm(
+        "wsp_flops",
+        "WSP at MAE→WSP's FLOPs",
+        "#8172B3",
+        "studylib.arms:wsp_at_equal_flops",
+        "WSP from random init, given MAE→WSP's training FLOPs (MAE's counted) as more WSP epochs",
     ),
     Task("finetune", "fine-tune", "studylib.stages.finetune:rows", True, "full fine-tuning, top-1"),
     Task("probe", "linear probe", "studylib.stages.probe:rows", True, "linear probe, top-1"),
@@ -230,23 +237,27 @@ for _item in (
     Study(
         "model_size",
         "studylib.study:model_size_study",
-        "every arm at every size of studies.model_sizes",
+        "WSP and MAE→WSP at every size of studies.model_sizes",
         "04_model_size",
         ("model_size",),
+        arms=("wsp", "mae_wsp"),
     ),
     Study(
         "data_size",
         "studylib.study:data_size_study",
-        "MAE's images at each point of studies.mae_data (same MAE steps), every arm",
+        "MAE's images at each point of studies.mae_data (same MAE steps): MAE, MAE→WSP",
         "05_data_size",
         ("data_size",),
+        arms=("mae", "mae_wsp"),
     ),
     Study(
         "wsp_epochs",
         "studylib.study:wsp_epochs_study",
-        "every arm at each WSP length of studies.wsp_epochs: convergence, and per training FLOP",
+        "each WSP arm at each WSP length of studies.wsp_epochs (MAE alone beside): convergence, "
+        "per WSP epoch and at equal training FLOPs",
         "06_wsp_epochs",
         ("convergence",),
+        arms=("mae", "wsp", "mae_wsp", "wsp_flops"),
     ),
     Study(
         "transfer",
@@ -330,7 +341,7 @@ def markdown() -> str:
     lines += table(
         ["arm", "label", "claimed to beat (findings)", "what"],
         [
-            [f"`{a.name}`", a.label, f"`{a.beats}`" if a.beats else "", a.summary]
+            [f"`{a.name}`", a.label, ", ".join(f"`{b}`" for b in a.beats), a.summary]
             for a in ARMS.values()
         ],
     )

@@ -80,6 +80,34 @@ def test_a_result_shared_by_two_claims_is_counted_once_and_one_seed_is_descripti
     assert math.isnan(found[3].p_holm) and math.isnan(found[1].p_holm)
 
 
+def test_a_claim_at_every_size_holds_only_if_each_size_holds():
+    """analysis.X.every: an intersection-union test; one size inconclusive leaves the claim so, one
+    contradicted contradicts it."""
+    clear, flat, against = [2.0, 2.2, 1.9, 2.1], [0.1, -0.2, 0.3, 0.0], [-3.0, -3.2, -2.9, -3.1]
+    plan = AnalysisConfig(c=ClaimPlan(primary="pico/d", every=["nano/d", "micro/d"], secondary=[]))
+    for nano, verdict in ((clear, "holds"), (flat, "inconclusive"), (against, "contradicted")):
+        found = [
+            findings.Comparison("c", key, key, d, runs=(key,))
+            for key, d in (("pico/d", clear), ("nano/d", nano), ("micro/d", clear))
+        ]
+        analysed = findings.analyse(found, plan)
+        assert [c.role for c in analysed] == ["primary"] * 3
+        assert findings.claim_verdict(analysed) == verdict
+        lines = findings.summary("none", analysed, plan)
+        assert f"**{verdict}**" in lines[2] and "Primary comparisons (each must hold)" in lines[2]
+
+
+def test_a_claim_declared_descriptive_shows_its_interval_its_reason_and_no_verdict_word():
+    plan = AnalysisConfig(d=ClaimPlan(primary="mae/d", descriptive="MAE too short to show it"))
+    found = [findings.Comparison("d", "mae/d", "MAE: more images", [2.0, 2.2, 1.9, 2.1])]
+    analysed = findings.analyse(found, plan)
+    assert analysed[0].p_holm < 0.05 and analysed[0].verdict == "descriptive"
+    assert findings.claim_verdict(analysed) == "descriptive"
+    line = findings.summary("none", analysed, plan)[3]
+    assert "**descriptive** (declared before the confirmation: MAE too short to show it)" in line
+    assert "95% interval [+" in line and "holds" not in line.split("Secondary")[0]
+
+
 def _default_table(gaps: dict[str, float], seeds: int = 3) -> pd.DataFrame:
     rows = []
     for seed in range(seeds):

@@ -2,6 +2,7 @@
 time."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -127,7 +128,7 @@ def test_a_pilot_without_spread_or_beyond_the_search_says_so(isolated_dirs, caps
     assert plan.chance_met(1.0, 100.0, 3) == 1.0  # a huge target: no overflow
     for gaps, said in (
         ({0: 2.0, 1: 2.0, 2: 2.0}, "not sized (pilot sd 0)"),
-        ({0: 1, 1: 90}, "cap"),
+        ({0: 1, 1: 90}, "over 200 (the search's cap)"),
     ):
         overrides = ["studies.pilot_seeds=[0, 1, 2]", "analysis.a.half_width=0.01"]
         overrides.append(f"studies.seeds=[{len(gaps) + 7}]")
@@ -135,8 +136,9 @@ def test_a_pilot_without_spread_or_beyond_the_search_says_so(isolated_dirs, caps
         _pilot(exp, gaps)
         assert main(["plan", "--preset", "smoke", *[f"--set={o}" for o in overrides]]) == 0
         out = capsys.readouterr().out
-        assert said in out and "Not sized by the pilot: `probe/synthetic`" in out
-        assert "nan" not in out
+        assert said in out and f"- (a) `probe/synthetic`: {said}" in out
+        assert "(b) `epochs1/synthetic`: no target half-width, not sized" in out
+        assert not re.search(r"\bnan\b", out)
 
 
 def test_an_absurd_target_is_refused_in_one_line(capsys):

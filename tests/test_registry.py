@@ -49,7 +49,7 @@ def registered():
             "#9467BD",
             mae_one_epoch,
             "MAE for one epoch",
-            beats="random",
+            beats=("random",),
         ),
         registry.Study("arm_count", count_arms, "how many arms", figures=("arm_count",)),
         registry.Figure("arm_count", draw_arm_count, "arm_count"),
@@ -79,7 +79,7 @@ def test_a_new_arm_and_study_from_test_code_show_up_everywhere(registered, capsy
     assert "probe/synthetic" in found and found["probe/synthetic"].n == 0
 
     assert main(["study", "arm_count", "--preset", "smoke"]) == 0  # the study, then its own figure
-    assert pd.read_csv(isolated_dirs / "results" / "smoke" / "arm_count.csv").value.item() == 5
+    assert pd.read_csv(isolated_dirs / "results" / "smoke" / "arm_count.csv").value.item() == 6
     drawn = isolated_dirs / "figures" / "smoke" / "arm_count.png"
     assert drawn.stat().st_size > 0
     drawn.unlink()
@@ -179,3 +179,29 @@ def test_no_function_of_studylib_is_over_a_screen():
                     f"({node.end_lineno - node.lineno + 1} lines)"
                 )
     assert not long, long
+
+
+def test_the_equal_flop_arm_is_wsp_given_mae_wsp_s_training_flops(isolated_dirs):
+    """wsp_flops trains WSP from scratch for wsp.epochs plus MAE's FLOPs in WSP epochs: its FLOPs
+    are MAE→WSP's within half a WSP epoch, and the findings pair the two."""
+    from studylib import arms
+
+    exp = load_experiment("smoke", ["studies.arms=[mae_wsp, wsp_flops]", "model=pico"])
+    extra = arms.mae_in_wsp_epochs(exp)
+    assert extra >= 1  # smoke's MAE costs more than half a WSP epoch: a real difference
+    table = default_study(exp)
+    flops = table[table.metric == "train_flops"].pivot_table(
+        index="arm", columns="stage", values="value"
+    )
+    wsp_part = flops.loc["mae_wsp", "wsp"]
+    assert flops.loc["wsp_flops", "wsp"] == pytest.approx(
+        wsp_part * (exp.wsp.epochs + extra) / exp.wsp.epochs
+    )
+    one_epoch = wsp_part / exp.wsp.epochs
+    gap = flops.loc["wsp_flops", "pretraining"] - flops.loc["mae_wsp", "pretraining"]
+    assert abs(gap) <= 0.51 * one_epoch
+    found = {c.key: c for c in comparisons(exp.results_key)}
+    assert found["mae_wsp-wsp_flops/probe/synthetic"].n == 1
+    assert found["mae_wsp-wsp_flops/probe/synthetic"].what.startswith(
+        "MAE→WSP − WSP at MAE→WSP's FLOPs: linear probe"
+    )

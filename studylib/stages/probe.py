@@ -228,8 +228,9 @@ def probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     def make_results() -> dict:
         data = load_dataset(dataset, exp.data)
         train_images, train_labels = data.train_images, data.train_labels
-        if exp.probe.train_per_class:
-            keep = data.per_class(exp.probe.train_per_class, exp.data.subset_seed)
+        limits = [exp.probe.train_per_class, exp.probe.train_images // data.num_classes]
+        if any(limits):
+            keep = data.per_class(min(k for k in limits if k), exp.data.subset_seed)
             train_images, train_labels = train_images[keep], train_labels[keep]
         device, dtype = device_and_dtype(exp)
         encoder = frozen_encoder(exp, encoder_run)
