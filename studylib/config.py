@@ -325,6 +325,9 @@ class WSPConfig(ImageTrainConfig):
     epochs: int = _recipe("epochs", 3)
     warmup_epochs: float = _recipe("warmup_epochs", 0.5)
     weight_decay: float = _recipe("weight_decay", 0.1)
+    # MAE→WSP's own base_lr (0: base_lr), chosen on pilot seeds as WSP's is: a run from an MAE
+    # encoder trains and is named as with base_lr set to it
+    from_mae_base_lr: float = _at_least_zero(default=0.0, extra=WHEN_SET)
     # resampling of rare tags (SWAG, after Mahajan et al. 2018), by LVIS's repeat-factor rule: an
     # image counts max(1, sqrt(t / f)) times, f the share of the pool's images carrying its rarest
     # tag, t this threshold (0: off); applied as the image's weight in the loss, the expectation of

@@ -6,8 +6,8 @@ Every comparison is paired by seed (same seed, data and head initialisation for 
 draws averaged within a seed first) and has a stable key, e.g. `probe/cifar100`. Each claim has one
 primary comparison, which decides it, and secondary ones; a paired t-test (scipy) gives each a
 p-value, and Holm's correction (statsmodels) runs over the claim's primary and secondaries with n >=
-2. A comparison that pairs the same runs as one of an earlier claim is that result again: shown, not
-   counted twice. One-seed comparisons are
+2. A secondary comparison that pairs the same runs as one of an earlier claim is that result again:
+shown, not counted twice (a primary is always its own claim's test). One-seed comparisons are
 descriptive only.
 """
 
@@ -339,10 +339,10 @@ def analyse(found: list[Comparison], plan: AnalysisConfig) -> list[Comparison]:
         for c in (c for c in found if c.claim == claim and c.n):
             c.alpha = plan.alpha
             earlier = counted.get(c.runs) if c.runs else None
-            if earlier is not None and earlier.claim != claim:
+            if c.key == rules["primary"] or c.key in rules["every"]:
+                c.role = "primary"  # a claim's own test, even where an earlier claim has its runs
+            elif earlier is not None and earlier.claim != claim:
                 c.role = f"repeat of ({earlier.claim}) {earlier.key}"
-            elif c.key == rules["primary"] or c.key in rules["every"]:
-                c.role = "primary"
             elif any(fnmatch.fnmatchcase(c.key, p) for p in rules["secondary"]):
                 c.role = "secondary"
             else:

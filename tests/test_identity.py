@@ -235,3 +235,18 @@ def test_no_module_imports_torch_without_computing_with_it():
         in_hints = {id(n) for hint in hints for n in ast.walk(hint)}
         used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in in_hints}
         assert names & used, f"{path.relative_to(REPO)} imports {sorted(names)} for type hints only"
+
+
+def test_mae_wsp_s_own_lr_names_only_its_runs_as_base_lr_would():
+    """wsp.from_mae_base_lr: MAE→WSP's WSP run is the run base_lr set to it makes; WSP from
+    scratch keeps its name; the chain's runs differ from the plain recipe's."""
+    from studylib import arms
+
+    plain = load_experiment("smoke")
+    own = load_experiment("smoke", ["wsp.from_mae_base_lr=0.0005"])
+    as_base = load_experiment("smoke", ["wsp.base_lr=0.0005"])
+    chain = [r.name for r in arms.mae_then_wsp(own, train=False)]
+    assert chain == [r.name for r in arms.mae_then_wsp(as_base, train=False)]
+    assert chain != [r.name for r in arms.mae_then_wsp(plain, train=False)]
+    scratch = arms.wsp_from_scratch(own, train=False)[0].name
+    assert scratch == arms.wsp_from_scratch(plain, train=False)[0].name

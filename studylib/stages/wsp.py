@@ -12,6 +12,7 @@ share).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -50,8 +51,19 @@ def repeat_factors(counts: torch.Tensor, images: int, threshold: float) -> torch
     return (threshold / (counts.double() / images).clamp(min=1e-12)).sqrt().clamp(min=1.0).float()
 
 
+def recipe(exp: Experiment, init: Run | None) -> Experiment:
+    """`exp` with WSP's recipe for this start: from an MAE encoder, wsp.from_mae_base_lr (where
+    set) as base_lr. The field itself enters no run's identity: its runs are named as with
+    base_lr set to it."""
+    lr = exp.wsp.from_mae_base_lr if init is not None else 0.0
+    return dataclasses.replace(
+        exp, wsp=dataclasses.replace(exp.wsp, base_lr=lr or exp.wsp.base_lr, from_mae_base_lr=0.0)
+    )
+
+
 def run_for(exp: Experiment, init: Run | None = None) -> Run:
     """The run folder of WSP under `exp` from `init` (an encoder run) or from scratch (None)."""
+    exp = recipe(exp, init)
     identity = {"data": pool.identity(exp), "init": init.name if init else "scratch"}
     if pool.streamed(exp):  # real tags: the classes are the pool's most frequent ones
         identity["tag_vocabulary"] = exp.data.tag_vocabulary
@@ -60,7 +72,7 @@ def run_for(exp: Experiment, init: Run | None = None) -> Run:
 
 def pretrain(exp: Experiment, init: Run | None = None) -> Run:
     """WSP from random init (init=None) or from the encoder of a finished run."""
-    run = run_for(exp, init)
+    run, exp = run_for(exp, init), recipe(exp, init)
 
     def make_results() -> dict:
         device, dtype = device_and_dtype(exp)
