@@ -86,6 +86,7 @@ class Figure:
     name: str
     draw: Ref  # draw(results_key) -> list of paths written
     study: str  # the study whose table it reads
+    caption: Ref | None = None  # caption(results_key, table) -> its caption, from the table
 
 
 STAGES: dict[str, Stage] = {}
@@ -267,14 +268,19 @@ for _item in (
         ("transfer",),
         arms=("wsp", "mae_wsp"),
     ),
-    Figure("hashtags", "studylib.figures:hashtags", "explore"),
-    Figure("reconstructions", "studylib.figures:reconstructions", "explore"),
-    Figure("default", "studylib.figures:default", "default"),
-    Figure("verdicts", "studylib.figures:verdicts", "default"),
-    Figure("model_size", "studylib.figures:model_size", "model_size"),
-    Figure("data_size", "studylib.figures:data_size", "data_size"),
-    Figure("convergence", "studylib.figures:convergence", "wsp_epochs"),
-    Figure("transfer", "studylib.figures:transfer", "transfer"),
+    *(
+        Figure(name, f"studylib.figures:{name}", study, f"studylib.captions:{name}")
+        for name, study in (
+            ("default", "default"),
+            ("verdicts", "default"),
+            ("convergence", "wsp_epochs"),
+            ("model_size", "model_size"),
+            ("data_size", "data_size"),
+            ("transfer", "transfer"),
+            ("reconstructions", "explore"),
+            ("hashtags", "explore"),
+        )
+    ),
 ):
     register(_item)
 

@@ -208,6 +208,24 @@ def test_readme_findings_are_generated_from_the_committed_cpu_results(monkeypatc
     )
 
 
+def test_readme_captions_are_computed_from_the_committed_tables(monkeypatch):
+    """Every caption under a README figure is the one its table gives (studylib.captions): a
+    changed seed count, schedule or size in the tables fails here until the README is rewritten."""
+    from studylib import captions
+    from studylib.registry import FIGURES
+
+    monkeypatch.setenv("STUDYLIB_RESULTS", str(REPO_ROOT / "results"))
+    monkeypatch.setenv("STUDYLIB_FIGURES", str(REPO_ROOT / "figures"))
+    readme = (REPO / "README.md").read_text()
+    blocks = {"verdicts-figure": ["verdicts"], "figures": [n for n in FIGURES if n != "verdicts"]}
+    for block, names in blocks.items():
+        written = readme.split(f"<!-- {block}: begin -->\n")[1].split(f"<!-- {block}: end -->")[0]
+        assert written == captions.readme_block("cpu", names), "run `studylib findings --readme`"
+        assert written.count("![") == len(names)  # every figure of the cpu results is shown
+    seeds = pd.read_csv(REPO_ROOT / "results" / "cpu" / "default.csv").seed.nunique()
+    assert f"over {seeds} confirmation seeds" in readme.split("<!-- figures: begin -->")[1]
+
+
 def test_figures_draw_the_same_95_interval_and_state_n(isolated_dirs):
     from studylib import figures
 

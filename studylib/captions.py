@@ -1,0 +1,125 @@
+"""Each figure's caption, computed from the table it draws (registry Figure.caption), so no caption
+states a count, a length or a size the table does not hold; `studylib findings --readme` writes the
+figures and their captions into the README's blocks."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from studylib.config import figures_dir
+from studylib.findings import read_table
+from studylib.registry import FIGURES, call, labels
+
+INTERVAL = "mean and 95% t-interval"
+
+
+def _words(items: list) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _over(table: pd.DataFrame, key: str) -> str:
+    """'n seeds, mean and 95% t-interval' as the table holds them: pilot or confirmation."""
+    n = table.seed.nunique()
+    kind = "pilot" if key.endswith("/pilot") else "confirmation"
+    if n < 2:
+        return f"one {kind} seed, no interval"
+    return f"{INTERVAL} over {n} {kind} seeds"
+
+
+def _arms(table: pd.DataFrame) -> str:
+    return _words([labels()[a] for a in labels() if a in set(table.arm)])
+
+
+def _probed(table: pd.DataFrame) -> str:
+    probes = table[(table.stage == "probe") & (table.metric == "top1")]
+    return _words(list(dict.fromkeys(probes.dataset.dropna())))
+
+
+def verdicts(key: str, table: pd.DataFrame) -> str:
+    matched = (
+        ", with its counterpart at equal training FLOPs (MAE→WSP against WSP given MAE→WSP's FLOPs)"
+        if "wsp_flops" in set(table.arm)
+        else ""
+    )
+    return (
+        f"Each claim's primary comparison on `{key}`{matched}: the paired difference at every "
+        "seed (grey), its mean with the interval the verdict used (Holm-adjusted within its "
+        "claim), the planned 95% half-width (black) and the verdict of the declared plan; n in "
+        "each panel's title."
+    )
+
+
+def default(key: str, table: pd.DataFrame) -> str:
+    return (
+        f"{_arms(table)}: linear-probe top-1 on {_probed(table)}, {_over(table, key)} (higher is "
+        "better)."
+    )
+
+
+def convergence(key: str, table: pd.DataFrame) -> str:
+    lengths = sorted(int(e) for e in table.wsp_epochs.dropna().unique())
+    return (
+        f"Claim (b): {_arms(table)} after full WSP schedules of {_words(lengths)} epochs (top: "
+        "per WSP epoch; bottom: per total training FLOP, MAE's included), "
+        f"{_over(table, key)}; MAE alone does not depend on WSP's length."
+    )
+
+
+def model_size(key: str, table: pd.DataFrame) -> str:
+    sizes = list(dict.fromkeys(table.model.dropna()))
+    return (
+        f"Claim (c): {_arms(table)} at ViT-{_words(sizes)}, against encoder parameters, "
+        f"probed on {_probed(table)}, {_over(table, key)}."
+    )
+
+
+def data_size(key: str, table: pd.DataFrame) -> str:
+    images = table[(table.stage == "mae") & (table.metric == "images")]
+    counts = sorted(images.groupby("mae_data").value.mean().astype(int))
+    return (
+        f"Claim (d): {_arms(table)}, MAE pre-pretrained on {_words([f'{c:,}' for c in counts])} "
+        f"distinct images with the same number of MAE steps, probed on {_probed(table)}, "
+        f"{_over(table, key)}."
+    )
+
+
+def transfer(key: str, table: pd.DataFrame) -> str:
+    return (
+        f"The transfer suite on {_arms(table)}, {_over(table, key)} (one seed: descriptive, in "
+        "no verdict): fine-tuning beside the linear probe, 1/5/10-shot (sd over draws), LiT "
+        "zero-shot on the pool's class names (in-distribution: they are WSP's hashtags), and top-1 "
+        "under corruptions by severity."
+    )
+
+
+def reconstructions(key: str, table: pd.DataFrame) -> str:
+    return (
+        "MAE's reconstructions of test images: the image, the patches it sees, and its "
+        "reconstruction with each patch's true mean and variance (the model predicts normalised "
+        "pixels), as MAE's own visualisation does."
+    )
+
+
+def hashtags(key: str, table: pd.DataFrame) -> str:
+    stats = table[table.stage == "hashtags"].set_index("metric")["value"]
+    return (
+        f"The simulated hashtags of the pool by rank: {int(stats['vocab_size'])} tags, "
+        f"{stats['tags_per_image_mean']:.1f} per image, "
+        f"{stats['missing_true_tag'] * 100:.0f}% of images lack their class's own tag."
+    )
+
+
+def readme_block(key: str, names: list[str]) -> str:
+    """The figures `names` of `key` that are drawn, each with its caption (registry
+    Figure.caption), for the README."""
+    parts = []
+    for figure in (FIGURES[name] for name in names):
+        table = read_table(key, figure.study)
+        drawn = figures_dir(key) / f"{figure.name}.png"
+        if table is None or figure.caption is None or not drawn.exists():
+            continue
+        text = call(figure.caption, key, table)
+        text = text[0].upper() + text[1:]
+        parts += [f"![{figure.name}](figures/{key}/{figure.name}.png)", "", f"*{text}*", ""]
+    return "\n".join(parts)
