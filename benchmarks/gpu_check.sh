@@ -26,7 +26,7 @@ for section in $sections; do
       echo "== transfer suite, gpu preset, CIFAR-sized synthetic data, short schedules"
       /usr/bin/time -f "%e s" python3 -m studylib study transfer --preset gpu "${cifar_sized[@]}" --set mae.epochs=3 \
         --set wsp.epochs=2 --set transfer.finetune.epochs=2 --set transfer.zeroshot.epochs=3 \
-        --set transfer.robustness.test_per_class=100
+        --set transfer.robustness.test_images=1000
       grep -h '"wall_time_s"\|"images_per_s"' "$STUDYLIB_RUNS"/gpu/{finetune,zeroshot}-*/results.json || true ;;
     speed)
       echo "== training-step speed, bf16"

@@ -272,7 +272,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     out = check_folder("--out", Path(args.out), empty=True)
     for path in export(find_run(args.run, args.preset), out):
         print(f"written: {path}")
-    print(f"upload: huggingface-cli upload USER/NAME {args.out}")
+    print(f"upload: hf upload USER/NAME {args.out}")
 
 
 def cmd_tags(args: argparse.Namespace) -> None:

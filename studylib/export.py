@@ -1,7 +1,7 @@
 """A trained encoder in the layout that timm and the Hugging Face Hub load: `studylib export RUN
 --out DIR` writes `model.safetensors` (the encoder's weights), a timm-style `config.json`
 (architecture, the ViT's arguments, image size, mean and std) and a model card `README.md` (stage,
-preset, the run's identity and metrics, the command that reproduces it). `huggingface-cli upload
+preset, the run's identity and metrics, the command that reproduces it). `hf upload
 USER/NAME DIR` publishes the folder as it is; timm then loads it with
 `timm.create_model("hf-hub:USER/NAME", pretrained=True)`, or from the folder with `load(DIR)` below.
 """
@@ -125,7 +125,7 @@ def model_card(run_path: Path, record: dict) -> str:
             "```python",
             "import timm",
             'model = timm.create_model("hf-hub:USER/NAME", pretrained=True)  # after '
-            "huggingface-cli upload USER/NAME .",
+            "hf upload USER/NAME .",
             "```",
             "",
             "Reproduce it:",

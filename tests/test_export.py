@@ -17,7 +17,7 @@ def test_an_exported_encoder_loads_in_timm_and_gives_the_same_features(tmp_path,
     run = init.random_encoder(exp)
     out = tmp_path / "exported"
     assert main(["export", run.name, "--preset", "smoke", "--out", str(out)]) == 0
-    assert "huggingface-cli upload USER/NAME" in capsys.readouterr().out
+    assert "hf upload USER/NAME" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md",
         "config.json",
