@@ -111,7 +111,9 @@ def model_card(run_path: Path, record: dict) -> str:
         [
             "---",
             "library_name: timm",
-            "tags: [image-feature-extraction, mae, studylib]",
+            "license: mit",
+            "pipeline_tag: image-feature-extraction",
+            f"tags: [{identity['stage']}, vision-transformer, studylib]",
             "---",
             "",
             f"# {run_path.name}: a ViT-{identity['model']} encoder from studylib "

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from studylib.cli import main
 from studylib.config import load_experiment
@@ -31,6 +32,8 @@ def test_an_exported_encoder_loads_in_timm_and_gives_the_same_features(tmp_path,
     ]
     card = (out / "README.md").read_text()
     assert "library_name: timm" in card and run.name in card and "fingerprint" in card
+    metadata = yaml.safe_load(card.split("---")[1])  # the Hub's front matter
+    assert metadata["license"] == "mit" and metadata["tags"][0] == "init"  # the run's own stage
     images = torch.randn(5, 3, 32, 32)
     theirs = load(out).eval()
     ours = frozen_encoder(exp, run).eval()
