@@ -33,8 +33,8 @@ from studylib.config import Experiment, TrainConfig, load_experiment
 from studylib.data import Batches, ImageTransform, synthetic
 from studylib.distributed import native_bf16, resolve_device
 from studylib.engine import optimizer_for, train_step
+from studylib.io import git_sha
 from studylib.models import VIT_SIZES, choose_attention, count_flops, vit
-from studylib.runs import git_sha
 from studylib.stages import mae
 from studylib.stages.wsp import wsp_loss
 

@@ -34,7 +34,7 @@ from studylib import arms
 from studylib.config import Experiment, load_experiment
 from studylib.data import load_dataset
 from studylib.distributed import device_and_dtype, precision_name
-from studylib.stages.probe import extract_features, fit_head, frozen_encoder
+from studylib.evaluation import extract_features, fit_head, frozen_encoder
 
 SIZE = 32
 # the worker's path before (torchcodec, torchvision's antialiased bicubic), now (simplejpeg, OpenCV)

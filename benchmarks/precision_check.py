@@ -21,8 +21,8 @@ import pandas as pd
 
 from studylib.config import load_experiment
 from studylib.findings import t_quantile_975
+from studylib.io import git_sha
 from studylib.registry import compared_pairs
-from studylib.runs import git_sha
 from studylib.study import default_one_seed
 
 SHORT = ["data.pretrain_fraction=0.2", "mae.epochs=4", "wsp.epochs=2"]

@@ -30,10 +30,10 @@ from torch import nn
 
 from studylib.config import Experiment, load_experiment
 from studylib.distributed import device_and_dtype
+from studylib.evaluation import extract_features, fit_head
+from studylib.io import git_sha
 from studylib.models import count_flops, vit
-from studylib.runs import git_sha
 from studylib.stages import mae, probe
-from studylib.stages.probe import extract_features, fit_head
 from studylib.stages.wsp import wsp_loss
 
 VOCAB, CLASSES = 680, 100  # the cpu preset's hashtag vocabulary; CIFAR-100's classes

@@ -12,7 +12,7 @@ import shutil
 import signal
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,20 +22,10 @@ from studylib.config import TrainConfig
 from studylib.errors import RunFolderError, shown
 from studylib.io import warn
 from studylib.models import full_state
+from studylib.runs import SHARDED, SHARDED_PREVIOUS, WHOLE, Run
 
-if TYPE_CHECKING:
-    from studylib.runs import Run
-
-WHOLE = "checkpoint.pth"  # and checkpoint.prev.pth, the one before (studylib.runs.save_weights)
-SHARDED, SHARDED_PREVIOUS = "checkpoint.dcp", "checkpoint.prev.dcp"
 # ranks decide together whether to checkpoint (clocks and signals differ by rank)
 AGREE_EVERY_STEPS = 10
-
-
-def drop_fallbacks(run: Run) -> None:
-    """The checkpoints before the last: needed only while the run can still crash."""
-    run.drop_previous(WHOLE)
-    shutil.rmtree(run.path / SHARDED_PREVIOUS, ignore_errors=True)
 
 
 def check_free_disk(run: Run, model: nn.Module) -> None:

@@ -533,7 +533,7 @@ def version() -> str:
     """The installed package's version and the checkout's commit."""
     from importlib import metadata
 
-    from studylib.runs import git_sha
+    from studylib.io import git_sha
 
     try:
         installed = metadata.version("studylib")

@@ -353,7 +353,7 @@ def _nhwc(array: np.ndarray) -> torch.Tensor:
 def image_folder(root: Path) -> ImageDataset:
     """Read `root/train/<class>/<image>` with `root/test/` (or ImageNet's `root/val/`) as the test
     split where there is one, or `root/<class>/<image>` (training only), images of one size, into
-    memory. A pool needs no test split; a probe dataset does (studylib.study.check_sizes)."""
+    memory. A pool needs no test split; a probe dataset does (studylib.preflight.check_sizes)."""
     split_roots = {"train": root / "train"}
     held_out = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
     if held_out is not None:

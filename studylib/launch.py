@@ -132,7 +132,7 @@ def submit(
     folder: str | Path | None = None,
 ) -> submitit.Job:
     """Submit one job: `target` (a name of `targets()`) on a preset and overrides."""
-    from studylib.study import check_batches
+    from studylib.preflight import check_batches
 
     # bad input fails here, not in the job
     exp = load_experiment(preset, list(overrides), config_file)
@@ -160,7 +160,7 @@ def sweep(
     folder: str | Path | None = None,
 ) -> list[submitit.Job]:
     """Submit one job per point (a list of overrides on top of `overrides`), as one job array."""
-    from studylib.study import check_batches
+    from studylib.preflight import check_batches
 
     experiments = [load_experiment(preset, [*overrides, *point], config_file) for point in points]
     job = StudyJob(target, experiments[0].launch.max_requeues)

@@ -57,14 +57,16 @@ class Arm:
 
 @dataclass(frozen=True)
 class Task:
-    """A transfer task: `rows(exp, encoder_run, dataset)` returns its table rows (dataset None for a
-    task on the pretraining pool, per_dataset False)."""
+    """A transfer task: `rows(exp, run, dataset)` returns its table rows (dataset None for a task on
+    the pretraining pool, per_dataset False); `run` is the encoder run, or what `takes(exp,
+    encoder_run, dataset)` makes of it (another task's run: robustness takes the fine-tuned one)."""
 
     name: str
     label: str
     rows: Ref
     per_dataset: bool
     summary: str
+    takes: Ref | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ for _item in (
         "studylib.stages.robustness:rows",
         True,
         "the fine-tuned model on corrupted test images, top-1 per corruption and severity",
+        takes="studylib.stages.finetune:finetune",
     ),
     Study(
         "explore",

@@ -41,12 +41,16 @@ import torch
 import yaml
 
 from studylib import distributed
-from studylib.checkpoint import WHOLE, drop_fallbacks
 from studylib.config import Experiment, config_hash, result_settings, runs_dir
 from studylib.errors import RunFolderError, shown
-from studylib.io import atomic_write, git_sha, sha256, warn  # noqa: F401 (some used through runs)
+from studylib.io import atomic_write, git_sha, sha256, warn
 from studylib.models import encoder_state, load_encoder
 from studylib.registry import STAGES
+
+# the run's checkpoint files (studylib.checkpoint writes them): one whole file, with
+# checkpoint.prev.pth the one before it (save_weights); or sharded folders (torch's dcp)
+WHOLE = "checkpoint.pth"
+SHARDED, SHARDED_PREVIOUS = "checkpoint.dcp", "checkpoint.prev.dcp"
 
 RUN_VERSION = 2  # bump when a change is meant to retrain every run (a fix that changes results)
 # a run folder holding only these has nothing to lose (TensorBoard events of an
@@ -281,8 +285,11 @@ class Run:
         return lines
 
     def finish(self, results: dict[str, Any]) -> None:
+        """Results written last; then the checkpoints before the last go (needed only while the
+        run could still crash)."""
         atomic_write(self.path / "results.json", lambda f: json.dump(results, f, indent=2))
-        drop_fallbacks(self)
+        self.drop_previous(WHOLE)
+        shutil.rmtree(self.path / SHARDED_PREVIOUS, ignore_errors=True)
 
     def results(self) -> dict[str, Any]:
         results = self._saved_results()

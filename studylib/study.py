@@ -19,15 +19,15 @@ import pandas as pd
 import torch
 import yaml
 
-from studylib import pool
+from studylib import pool, preflight
 from studylib.config import Experiment, parse_mae_data, results_dir
 from studylib.data import load_dataset
 from studylib.distributed import is_main, precision_name
-from studylib.errors import ConfigError, DataError, RunFolderError
-from studylib.io import warn
+from studylib.errors import ConfigError, RunFolderError
+from studylib.io import atomic_write, warn
 from studylib.models import VIT_SIZES, count_flops, count_params, vit
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
-from studylib.runs import Run, atomic_write
+from studylib.runs import Run
 from studylib.shards import is_shard_folder
 from studylib.stages import mae, probe
 from studylib.transfer import transfer_suite
@@ -133,44 +133,13 @@ def _per_seed(
     for name in dict.fromkeys([exp.data.pretrain, exp.mae.data, *exp.data.probe, *datasets]):
         if name != "pretrain" and name not in streamed and not is_shard_folder(name):
             load_dataset(name, exp.data)
-    check_sizes(exp)
+    preflight.check_sizes(exp)
     seeds = exp.studies.seeds_of(study, exp.pilot)
     if not seeds:
         raise ConfigError(
             "studies.pilot_seeds: [] has no seed to run --pilot with; allowed: a non-empty list"
         )
     return run_seeds(exp, one_seed, seeds, study)
-
-
-def check_sizes(exp: Experiment) -> None:
-    """What can be known before anything trains: `check_batches`, and every probe dataset has test
-    images."""
-    check_batches(exp)
-    for name in exp.data.probe:
-        data = load_dataset(name, exp.data)
-        if not len(data.test_labels):
-            raise DataError(
-                f"{name}: no test images; a probe needs a test split ({name}/test/<class>/<image>)"
-            )
-
-
-def check_batches(exp: Experiment) -> None:
-    """Every batch fits its images (a batch larger than the set would shrink while its lr stays
-    scaled for the configured one), and a streamed pool's tars and tags are sound (its fingerprint
-    and tag counts, both cached for the runs)."""
-    if pool.streamed(exp):
-        pool.identity(exp)
-        pool.streamed_tags(exp)
-    pool_images, mae_images = pool.count(exp), pool.count(exp, *mae.image_source(exp))
-    for key, batch, images, what in (
-        ("mae.batch_size", exp.mae.batch_size, mae_images, "MAE's images"),
-        ("wsp.batch_size", exp.wsp.batch_size, pool_images, "the pool"),
-    ):
-        if batch > images:
-            raise ConfigError(
-                f"{key}: {batch} is more than the {images} images of {what}; allowed: at most "
-                f"{images}"
-            )
 
 
 def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:

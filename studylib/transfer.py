@@ -14,8 +14,9 @@ import pandas as pd
 from studylib.config import Experiment
 from studylib.distributed import is_main
 from studylib.errors import ConfigError
+from studylib.io import atomic_write, sha256
 from studylib.registry import TASKS, call
-from studylib.runs import Run, atomic_write, sha256, train_once
+from studylib.runs import Run, train_once
 
 
 def import_checkpoint(exp: Experiment, path: str | Path, layout: str = "auto") -> Run:
@@ -51,9 +52,9 @@ def transfer_suite(exp: Experiment, encoder_run: Run) -> pd.DataFrame:
     for name in exp.transfer.tasks:
         task = TASKS[name]
         for dataset in exp.data.probe if task.per_dataset else [None]:
+            run = call(task.takes, exp, encoder_run, dataset) if task.takes else encoder_run
             rows += [
-                {"task": name, "variant": "", **row}
-                for row in call(task.rows, exp, encoder_run, dataset)
+                {"task": name, "variant": "", **row} for row in call(task.rows, exp, run, dataset)
             ]
     table = pd.DataFrame(rows).assign(encoder=encoder_run.name)
     if is_main():

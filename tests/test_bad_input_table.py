@@ -1544,7 +1544,8 @@ def test_a_deleted_metrics_file_changes_no_result(tiny):
 
 
 def test_checkpoints_are_verified_by_loading_when_their_sidecar_is_missing_or_lies(tiny, capsys):
-    from studylib.runs import load_weights, sha256
+    from studylib.io import sha256
+    from studylib.runs import load_weights
     from studylib.stages import mae
 
     run = mae.pretrain(tiny)

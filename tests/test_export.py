@@ -8,9 +8,9 @@ import yaml
 
 from studylib.cli import main
 from studylib.config import load_experiment
+from studylib.evaluation import frozen_encoder
 from studylib.export import load
 from studylib.stages import init
-from studylib.stages.probe import frozen_encoder
 
 
 def test_an_exported_encoder_loads_in_timm_and_gives_the_same_features(tmp_path, capsys):

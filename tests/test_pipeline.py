@@ -69,7 +69,15 @@ def test_run_folder_records_config_sha_versions_and_metrics(smoke):
         "encoder.pth",
     } <= files
     (attempt,) = json.loads((run.path / "meta.json").read_text())["attempts"]
-    assert attempt["git_sha"] and "torch" in attempt["versions"] and attempt["argv"]
+    # the values themselves: this checkout's commit, the torch and timm that ran
+    import timm
+    import torch
+
+    from studylib.io import git_sha
+
+    assert attempt["git_sha"] == git_sha() and len(attempt["git_sha"].split("-")[0]) == 40
+    assert attempt["versions"]["torch"] == torch.__version__.split("+")[0]  # no local tag
+    assert attempt["versions"]["timm"] == timm.__version__ and attempt["argv"]
     assert [r["epoch"] for r in run.metrics()] == [1, 2]
     assert run.hash in run.name
 

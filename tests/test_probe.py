@@ -5,6 +5,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from studylib import evaluation
 from studylib.config import load_experiment
 from studylib.stages import init, probe
 
@@ -22,8 +23,8 @@ def test_objective_reaches_scikit_learns_optimum(weight_decay):
     x, y = _features()
     # the default, and a tight one
     ours, tight = (
-        probe.objective(
-            probe.fit_logistic(x, y, 6, weight_decay, tolerance=tol), x, y, weight_decay
+        evaluation.objective(
+            evaluation.fit_logistic(x, y, 6, weight_decay, tolerance=tol), x, y, weight_decay
         ).item()
         for tol in (1e-4, 1e-7)
     )
@@ -36,7 +37,7 @@ def test_objective_reaches_scikit_learns_optimum(weight_decay):
     with torch.no_grad():
         reference.weight.copy_(torch.from_numpy(oracle.coef_))
         reference.bias.copy_(torch.from_numpy(oracle.intercept_))
-    best = probe.objective(reference, x, y, weight_decay).item()
+    best = evaluation.objective(reference, x, y, weight_decay).item()
     # the default within 1e-3 nats per image of the optimum, a tight tolerance within 1e-5
     # of it, relative
     assert ours == pytest.approx(best, abs=1e-3) and tight == pytest.approx(best, rel=1e-5), (
@@ -44,7 +45,7 @@ def test_objective_reaches_scikit_learns_optimum(weight_decay):
         tight,
         best,
     )
-    head = probe.fit_logistic(x, y, 6, weight_decay)
+    head = evaluation.fit_logistic(x, y, 6, weight_decay)
     agree = (head(x).argmax(1).numpy() == oracle.predict(x.numpy())).mean()
     assert agree >= 0.99
 
@@ -52,16 +53,18 @@ def test_objective_reaches_scikit_learns_optimum(weight_decay):
 def test_weight_decay_is_chosen_on_held_out_images_of_the_grid():
     x, y = _features(n=400, dim=64)
     config = load_experiment("smoke").probe
-    chosen, head, scores = probe.choose_weight_decay(x, y, 6, config, seed=0)
+    chosen, head, scores = evaluation.choose_weight_decay(x, y, 6, config, seed=0)
     assert chosen in config.weight_decays and set(scores) == {
         f"{w:g}" for w in config.weight_decays
     }
     assert scores[f"{chosen:g}"] == max(scores.values())
     assert all(0 <= s <= 100 for s in scores.values())
-    warm = probe.fit_logistic(x, y, 6, chosen, start=head)  # the refit on all images, warm-started
-    cold = probe.fit_logistic(x, y, 6, chosen)
-    assert probe.objective(warm, x, y, chosen).item() == pytest.approx(
-        probe.objective(cold, x, y, chosen).item(), rel=1e-5
+    warm = evaluation.fit_logistic(
+        x, y, 6, chosen, start=head
+    )  # the refit on all images, warm-started
+    cold = evaluation.fit_logistic(x, y, 6, chosen)
+    assert evaluation.objective(warm, x, y, chosen).item() == pytest.approx(
+        evaluation.objective(cold, x, y, chosen).item(), rel=1e-5
     )
 
 
@@ -69,9 +72,9 @@ def test_fitted_head_applies_to_raw_features_with_the_standardisation_folded_in(
     x, y = _features(n=400, dim=16)
     x = 3.0 + 5.0 * x  # far from standard: the fold has work to do
     config = load_experiment("smoke").probe
-    head, found = probe.fit_head(x, y, 6, config, seed=0)
+    head, found = evaluation.fit_head(x, y, 6, config, seed=0)
     standard = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    direct = probe.fit_logistic(standard, y, 6, found["weight_decay"], tolerance=1e-7)
+    direct = evaluation.fit_logistic(standard, y, 6, found["weight_decay"], tolerance=1e-7)
     assert torch.allclose(head(x), direct(standard), atol=1e-2)
     assert found["final_grad_max"] <= config.tolerance * 10
 

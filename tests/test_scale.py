@@ -313,7 +313,7 @@ def _features_on_rank(rank: int, out: str, port: int) -> None:
     torch.set_num_threads(1)
     from studylib import distributed
     from studylib.data import synthetic
-    from studylib.stages.probe import extract_features
+    from studylib.evaluation import extract_features
 
     distributed.init()
     torch.manual_seed(0)
@@ -331,7 +331,7 @@ def test_two_ranks_extract_each_their_half_of_the_features_and_both_receive_all_
     import torch.multiprocessing as mp
 
     from studylib.data import synthetic
-    from studylib.stages.probe import extract_features
+    from studylib.evaluation import extract_features
 
     mp.start_processes(
         _features_on_rank, args=(str(tmp_path), 29651), nprocs=2, join=True, start_method="spawn"

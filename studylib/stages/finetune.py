@@ -21,10 +21,9 @@ from studylib.config import Experiment
 from studylib.data import Batches, ImageTransform, data_identity, load_dataset
 from studylib.distributed import device_and_dtype, is_main
 from studylib.engine import train
-from studylib.errors import RunFolderError
+from studylib.evaluation import classifier_top1, extract_features, fit_head, frozen_encoder
 from studylib.models import VIT_SIZES, full_state, vit
 from studylib.runs import Run, load_encoder_from, train_once
-from studylib.stages.probe import extract_features, fit_head, frozen_encoder, top1
 
 
 def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
@@ -42,17 +41,6 @@ def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
         for metric in ("top1", "steps")
         if metric in results
     ]
-
-
-def classifier_top1(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> float:
-    """Top-1 accuracy (%) of a classifier on uint8 `images`."""
-    return top1(extract_features(model, images, device, dtype), labels)
 
 
 def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
@@ -108,15 +96,3 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
         }
 
     return train_once(run, make_results)
-
-
-def load_finetuned(exp: Experiment, run: Run, num_classes: int) -> nn.Module:
-    """The classifier a finished fine-tuning run saved."""
-    state = run.load("model.pth")
-    if state is None:
-        raise RunFolderError(
-            f"{run.path / 'model.pth'}: missing or corrupt; delete {run.path} to fine-tune again"
-        )
-    model = vit(exp.model, num_classes=num_classes)
-    model.load_state_dict(state)
-    return model

@@ -1,7 +1,7 @@
 """Low-shot transfer: k labelled images per class (k in transfer.lowshot.shots), several random
 draws, a logistic regression on frozen features, top-1 on the whole test set.
 
-The classifier is the linear probe's (studylib.stages.probe.fit_logistic), solved to convergence on
+The classifier is the linear probe's (studylib.evaluation.fit_logistic), solved to convergence on
 the full (tiny) training set with the fixed L2 strength transfer.lowshot.weight_decay: with 1
 example per class there is nothing to hold out for choosing it.
 """
@@ -16,8 +16,8 @@ from torch import nn
 from studylib.config import Experiment
 from studylib.data import ImageDataset, data_identity, load_dataset
 from studylib.distributed import device_and_dtype
+from studylib.evaluation import extract_features, fit_logistic, frozen_encoder, top1
 from studylib.runs import Run, train_once
-from studylib.stages.probe import extract_features, fit_logistic, frozen_encoder, top1
 
 
 def draw_seed(exp: Experiment, draw: int) -> int:

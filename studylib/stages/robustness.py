@@ -10,9 +10,8 @@ from studylib.config import Experiment
 from studylib.corruptions import SEVERITIES, corrupt
 from studylib.data import data_identity, load_dataset
 from studylib.distributed import device_and_dtype
+from studylib.evaluation import classifier_top1, load_finetuned
 from studylib.runs import Run, train_once
-from studylib.stages import finetune
-from studylib.stages.finetune import classifier_top1, load_finetuned
 
 
 def run_for(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
@@ -23,10 +22,10 @@ def run_for(exp: Experiment, finetune_run: Run, dataset: str) -> Run:
     )
 
 
-def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
-    """Clean, every corruption at every severity, and the mean and drop, of the encoder fine-tuned
-    on `dataset`."""
-    run = robustness(exp, finetune.finetune(exp, encoder_run, dataset), dataset)
+def rows(exp: Experiment, finetune_run: Run, dataset: str) -> list[dict]:
+    """Clean, every corruption at every severity, and the mean and drop, of the classifier that
+    `finetune_run` fine-tuned on `dataset` (the registry's Task.takes)."""
+    run = robustness(exp, finetune_run, dataset)
     result = run.results()
     found = [("clean", "top1", result["top1_clean"])]
     found += [

@@ -27,9 +27,9 @@ from studylib.data import Batches, ImageDataset, ImageTransform, data_identity, 
 from studylib.distributed import device_and_dtype
 from studylib.engine import train
 from studylib.errors import DataError
+from studylib.evaluation import extract_features, forward, frozen_encoder, top1
 from studylib.models import VIT_SIZES
 from studylib.runs import Run, train_once
-from studylib.stages.probe import extract_features, forward, frozen_encoder, top1
 from studylib.weak_labels import simulate
 
 PAD, CLS, UNKNOWN = 0, 1, 2
