@@ -85,11 +85,11 @@ def data_size(key: str, table: pd.DataFrame) -> str:
 
 
 def transfer(key: str, table: pd.DataFrame) -> str:
+    single = " (descriptive, in no verdict)" if table.seed.nunique() < 2 else ""
     return (
-        f"The transfer suite on {_arms(table)}, {_over(table, key)} (one seed: descriptive, in "
-        "no verdict): fine-tuning beside the linear probe, 1/5/10-shot (sd over draws), LiT "
-        "zero-shot on the pool's class names (in-distribution: they are WSP's hashtags), and top-1 "
-        "under corruptions by severity."
+        f"The transfer suite on {_arms(table)}, {_over(table, key)}{single}: fine-tuning beside "
+        "the linear probe, 1/5/10-shot (sd over draws), LiT zero-shot on the pool's class names "
+        "(in-distribution: they are WSP's hashtags), and top-1 under corruptions by severity."
     )
 
 
