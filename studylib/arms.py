@@ -5,6 +5,7 @@ same chain's run folders, nothing trained (`studylib config` prints their names)
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -33,22 +34,27 @@ def mae_then_wsp(exp: Experiment, train: bool = True) -> list[Run]:
 
 
 def wsp_at_equal_flops(exp: Experiment, train: bool = True) -> list[Run]:
-    """WSP from scratch for wsp.epochs plus MAE's training FLOPs in WSP epochs: MAE→WSP's
-    compute, the baseline the paper's per-FLOP claim is measured against."""
-    longer = dataclasses.replace(
-        exp, wsp=dataclasses.replace(exp.wsp, epochs=exp.wsp.epochs + mae_in_wsp_epochs(exp))
-    )
-    return wsp_from_scratch(longer, train)
+    """WSP from scratch given MAE→WSP's training FLOPs, the baseline of the paper's per-FLOP
+    claim: wsp.epochs plus MAE's FLOPs in WSP epochs, as whole epochs of fewer images each (whole
+    batches), so the FLOPs match to half a batch an epoch; on a streamed pool (one pass an epoch),
+    the nearest whole number of epochs."""
+    extra = mae_in_wsp_epochs(exp)
+    if pool.streamed(exp):
+        epochs, per_epoch = exp.wsp.epochs + round(extra), 0
+    else:
+        epochs, batch = exp.wsp.epochs + math.ceil(extra), exp.wsp.batch_size
+        per_epoch = batch * round(pool.count(exp) * (exp.wsp.epochs + extra) / epochs / batch)
+    wsp_config = dataclasses.replace(exp.wsp, epochs=epochs, epoch_images=per_epoch)
+    return wsp_from_scratch(dataclasses.replace(exp, wsp=wsp_config), train)
 
 
-def mae_in_wsp_epochs(exp: Experiment) -> int:
-    """MAE's training FLOPs over those of one WSP epoch on the pool, rounded to the nearest: forward
-    FLOPs per image (the encoder's for WSP: its tag head is under 1% at every size) times the
-    images each sees."""
+def mae_in_wsp_epochs(exp: Experiment) -> float:
+    """MAE's training FLOPs over those of one WSP epoch on the pool: forward FLOPs per image (the
+    encoder's for WSP: its tag head, under 1% at the preset sizes, left out) times the images each
+    sees."""
     img_size = VIT_SIZES[exp.model]["img_size"]
     with torch.device("meta"):
         per_mae_image = count_flops(mae.build(exp), img_size)
         per_wsp_image = count_flops(vit(exp.model), img_size)
     mae_images = exp.mae.epoch_images or pool.count(exp, *mae.image_source(exp))
-    ratio = per_mae_image * mae_images * exp.mae.epochs / (per_wsp_image * pool.count(exp))
-    return round(ratio)
+    return per_mae_image * mae_images * exp.mae.epochs / (per_wsp_image * pool.count(exp))

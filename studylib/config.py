@@ -325,6 +325,9 @@ class WSPConfig(ImageTrainConfig):
     epochs: int = _recipe("epochs", 3)
     warmup_epochs: float = _recipe("warmup_epochs", 0.5)
     weight_decay: float = _recipe("weight_decay", 0.1)
+    # images drawn per epoch (0: one pass over the pool; an in-memory pool only): the arm at
+    # MAE→WSP's FLOPs takes whole epochs of this many images to match them exactly
+    epoch_images: int = _at_least_zero(default=0, extra=WHEN_SET)
     # MAE→WSP's own base_lr (0: base_lr), chosen on pilot seeds as WSP's is: a run from an MAE
     # encoder trains and is named as with base_lr set to it
     from_mae_base_lr: float = _at_least_zero(default=0.0, extra=WHEN_SET)
@@ -838,6 +841,11 @@ def _check_sources_and_seeds(exp: Experiment, origins: dict[str, str]) -> None:
         raise ConfigError(
             f"{_where(origins, 'mae.epoch_images')}: {exp.mae.epoch_images} on a streamed pool, "
             "which reads each image once an epoch; allowed: 0 (set mae.epochs instead)"
+        )
+    if streamed and exp.wsp.epoch_images:
+        raise ConfigError(
+            f"{_where(origins, 'wsp.epoch_images')}: {exp.wsp.epoch_images} on a streamed pool, "
+            "which reads each image once an epoch; allowed: 0 (set wsp.epochs instead)"
         )
     shared = sorted(set(exp.studies.pilot_seeds) & set(exp.studies.seeds))
     if shared:

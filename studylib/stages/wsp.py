@@ -87,7 +87,14 @@ def pretrain(exp: Experiment, init: Run | None = None) -> Run:
             hashtags = simulate(data, exp.tags)
             vocab, images = hashtags.vocab, len(hashtags.tags)
             crop = ImageTransform(img_size, exp.wsp.crop_min)
-            batches = Batches(data.train_images, hashtags.tags, exp.wsp.batch_size, device, crop)
+            batches = Batches(
+                data.train_images,
+                hashtags.tags,
+                exp.wsp.batch_size,
+                device,
+                crop,
+                images_per_epoch=exp.wsp.epoch_images,
+            )
             # an image's tags differ
             carried = torch.bincount(hashtags.tags[hashtags.tags >= 0], minlength=len(vocab))
         loss = wsp_loss
