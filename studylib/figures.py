@@ -37,7 +37,14 @@ from studylib.config import (  # noqa: E402
     results_dir,
 )
 from studylib.errors import one_line_in_notebooks  # noqa: E402
-from studylib.findings import CLAIMS, analyse, comparisons, read_table, t_quantile_975  # noqa: E402
+from studylib.findings import (  # noqa: E402
+    CLAIMS,
+    Comparison,
+    analyse,
+    comparisons,
+    read_table,
+    t_quantile_975,
+)
 from studylib.io import atomic_write, git_sha  # noqa: E402
 from studylib.registry import ARMS, FIGURES, STUDIES, call, compared_pairs  # noqa: E402
 
@@ -294,48 +301,9 @@ def verdicts(key: str) -> list[Path]:
     fig, axes = plt.subplots(
         1, len(shown), figsize=(2.5 * len(shown) + 0.6, 4.2), squeeze=False, sharey=True
     )
-    color = ARMS[compared_pairs()[0][0]].color
     for ax, c in zip(axes[0], shown, strict=True):
-        ax.axhline(0, color="black", lw=0.8)
-        ax.scatter(
-            np.linspace(-0.12, 0.12, c.n),
-            c.differences,
-            color="grey",
-            s=14,
-            zorder=3,
-            label="one seed",
-        )
-        if c.n > 1:
-            ax.errorbar(
-                [0.35],
-                [c.mean],
-                yerr=[[c.holm_half_width]],
-                fmt="o",
-                color=color,
-                capsize=4,
-                label="mean, the verdict's interval (Holm-adjusted)",
-            )
         target = getattr(plan, c.claim).half_width if c.role == "primary" else 0.0
-        if target and c.n > 1:
-            ax.errorbar(
-                [0.55],
-                [c.mean],
-                yerr=[[target]],
-                fmt="none",
-                color="black",
-                ls="--",
-                capsize=3,
-                lw=0.8,
-                label="the planned 95% half-width",
-            )
-        what = textwrap.fill(c.what, 26, max_lines=4)
-        ax.set(
-            xlim=(-0.4, 0.75),
-            xticks=[],
-            ylabel="paired difference (top-1 points)" if ax is axes[0][0] else "",
-            title=f"({c.claim}) {c.role}\n{what}\nn = {c.n}: {c.verdict}",
-        )
-        ax.title.set_fontsize(8)
+        _verdict_panel(ax, c, target, first=ax is axes[0][0])
     entries = {}
     for ax in axes[0]:
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -358,6 +326,44 @@ def verdicts(key: str) -> list[Path]:
         ["default", "wsp_epochs", "model_size", "data_size"],
         read(key, "default"),
     )
+
+
+def _verdict_panel(ax: plt.Axes, c: Comparison, target: float, first: bool) -> None:
+    """One comparison: every seed's difference, the mean with the verdict's interval, the planned
+    half-width (target; 0: none) and the zero line."""
+    ax.axhline(0, color="black", lw=0.8)
+    ax.scatter(
+        np.linspace(-0.12, 0.12, c.n), c.differences, color="grey", s=14, zorder=3, label="one seed"
+    )
+    if c.n > 1:
+        ax.errorbar(
+            [0.35],
+            [c.mean],
+            yerr=[[c.holm_half_width]],
+            fmt="o",
+            color=ARMS[compared_pairs()[0][0]].color,
+            capsize=4,
+            label="mean, the verdict's interval (Holm-adjusted)",
+        )
+    if target and c.n > 1:
+        ax.errorbar(
+            [0.55],
+            [c.mean],
+            yerr=[[target]],
+            fmt="none",
+            color="black",
+            capsize=3,
+            lw=0.8,
+            label="the planned 95% half-width",
+        )
+    what = textwrap.fill(c.what, 26, max_lines=4)
+    ax.set(
+        xlim=(-0.4, 0.75),
+        xticks=[],
+        ylabel="paired difference (top-1 points)" if first else "",
+        title=f"({c.claim}) {c.role}\n{what}\nn = {c.n}: {c.verdict}",
+    )
+    ax.title.set_fontsize(8)
 
 
 def _legend_below(fig: plt.Figure, axes: Sequence[plt.Axes]) -> None:
