@@ -1,12 +1,21 @@
-"""Each figure's caption, computed from the table it draws (registry Figure.caption), so no caption
-states a count, a length or a size the table does not hold; `studylib findings --readme` writes the
-figures and their captions into the README's blocks."""
+"""The README's text that states results or settings, computed, never typed: each figure's caption
+from the table it draws (registry Figure.caption), and the presets table from experiments.yaml and
+each preset's batch log; `studylib findings --readme` writes them into the README's blocks."""
 
 from __future__ import annotations
 
-import pandas as pd
+import re
 
-from studylib.config import figures_dir
+import pandas as pd
+import yaml
+
+from studylib.config import (
+    DEFAULT_CONFIG_FILE,
+    Experiment,
+    figures_dir,
+    load_experiment,
+    results_dir,
+)
 from studylib.findings import read_table
 from studylib.registry import FIGURES, call, labels
 
@@ -123,3 +132,59 @@ def readme_block(key: str, names: list[str]) -> str:
         text = text[0].upper() + text[1:]
         parts += [f"![{figure.name}](figures/{key}/{figure.name}.png)", "", f"*{text}*", ""]
     return "\n".join(parts)
+
+
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}  # the built-in datasets' training splits
+
+
+def _pool(exp: Experiment) -> str:
+    data = exp.data
+    if data.pretrain == "synthetic":
+        return f"{data.synthetic_train:,} synthetic images"
+    if data.pretrain in TRAIN_IMAGES:
+        share = TRAIN_IMAGES[data.pretrain] * data.pretrain_fraction
+        return f"{share:,.0f} {data.pretrain.upper().replace('CIFAR', 'CIFAR-')} training images"
+    return f"`{data.pretrain}` x {data.pretrain_fraction:g}"
+
+
+def _claims(exp: Experiment) -> str:
+    plan = exp.analysis
+    tested = [c for c in "abcd" if not getattr(plan, c).descriptive]
+    declared = [c for c in "abcd" if getattr(plan, c).descriptive]
+    return f"tested: {', '.join(tested) or 'none'}" + (
+        f"; descriptive: {', '.join(declared)}" if declared else ""
+    )
+
+
+def _time(preset: str) -> str:
+    log = results_dir(preset) / "studies_log.txt"
+    found = (
+        re.findall(r"^all notebooks: ([\d.]+) min", log.read_text(), re.M) if log.exists() else []
+    )
+    if not found:
+        return f"not measured (no `results/{preset}/studies_log.txt`)"
+    return f"every study: {found[-1]} min ([its log](results/{preset}/studies_log.txt))"
+
+
+def presets_table() -> str:
+    """The README's presets, from experiments.yaml and each preset's committed batch log."""
+    names = yaml.safe_load(DEFAULT_CONFIG_FILE.read_text())["presets"]
+    lines = [
+        "| preset | pool | probes | model (model-size study) | confirmation seeds | claims | "
+        "hardware | measured |",
+        "|" + " --- |" * 8,
+    ]
+    for name in names:
+        exp = load_experiment(name)
+        studies = exp.studies
+        hardware = (
+            f"{exp.launch.gpus_per_node} GPU(s) x {exp.launch.nodes} node(s)"
+            if exp.launch.gpus_per_node
+            else f"CPU, {exp.launch.seed_workers} seed(s) at a time"
+        )
+        lines.append(
+            f"| `{name}` | {_pool(exp)} | {', '.join(exp.data.probe)} | {exp.model} "
+            f"({', '.join(studies.model_sizes)}) | {len(studies.seeds)} | {_claims(exp)} | "
+            f"{hardware} | {_time(name)} |"
+        )
+    return "\n".join(lines) + "\n"

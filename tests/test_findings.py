@@ -1,5 +1,6 @@
 """Findings are computed from the tables by the stated rule, never typed."""
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -222,6 +223,10 @@ def test_readme_captions_are_computed_from_the_committed_tables(monkeypatch):
         written = readme.split(f"<!-- {block}: begin -->\n")[1].split(f"<!-- {block}: end -->")[0]
         assert written == captions.readme_block("cpu", names), "run `studylib findings --readme`"
         assert written.count("![") == len(names)  # every figure of the cpu results is shown
+    presets = readme.split("<!-- presets: begin -->\n")[1].split("<!-- presets: end -->")[0]
+    assert presets == captions.presets_table(), "run `studylib findings --readme`"
+    minutes = (REPO_ROOT / "results" / "cpu" / "studies_log.txt").read_text().split("notebooks: ")
+    assert f"every study: {minutes[-1].split()[0]} min" in presets  # the cpu batch's own log
     seeds = pd.read_csv(REPO_ROOT / "results" / "cpu" / "default.csv").seed.nunique()
     assert f"over {seeds} confirmation seeds" in readme.split("<!-- figures: begin -->")[1]
 
@@ -321,3 +326,18 @@ def test_a_figure_with_nothing_to_draw_is_skipped_in_one_line(isolated_dirs, cap
     _default_table({"wsp": 25.0}).assign(model="nano").to_csv(folder / "model_size.csv")
     assert figures.make_all("mine", ["model_size"]) == {}
     assert "skipping model_size: " in capsys.readouterr().out
+
+
+def test_the_readme_s_bf16_against_fp32_numbers_are_the_committed_check_s():
+    """The README's precision sentence: claim (a)'s mean difference per precision and dataset, as
+    benchmarks/precision_check.py recorded them."""
+    record = REPO_ROOT / "benchmarks" / "results" / "precision_cpu_seeds13-15.json"
+    rows = pd.DataFrame(json.loads(record.read_text())["rows"])
+    top1 = rows[(rows.stage == "probe") & (rows.metric == "top1")]
+    wide = top1.pivot_table(index=["precision", "dataset", "seed"], columns="arm", values="value")
+    gap = (wide["mae_wsp"] - wide["wsp"]).groupby(["precision", "dataset"]).mean()
+    readme = (REPO / "README.md").read_text()
+    for dataset, name in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")):
+        fp32, bf16 = gap["fp32", dataset], gap["bf16", dataset]
+        assert fp32 > bf16 > 0  # "the same sign and larger in fp32"
+        assert f"{fp32:+.2f} against {bf16:+.2f} on {name}" in " ".join(readme.split())
