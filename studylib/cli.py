@@ -267,11 +267,15 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """A run's encoder as model.safetensors, a timm config.json and a model card, ready for the
-    Hub."""
+    Hub: the run by name or folder, or an arm's encoder run at the preset's seed (--set seed=N)."""
     from studylib.export import export, find_run
 
     out = check_folder("--out", Path(args.out), empty=True)
-    for path in export(find_run(args.run, args.preset), out):
+    name = args.run
+    if name in registry.ARMS:
+        exp = _experiment(args, writes=False)
+        name = str(registry.call(registry.ARMS[name].pretrain, exp, train=False)[-1].path)
+    for path in export(find_run(name, args.preset), out):
         print(f"written: {path}")
     print(f"upload: hf upload USER/NAME {args.out}")
 
@@ -332,6 +336,19 @@ def _shards_out(out: Path, source: Path | None, per_shard: int, max_size: int) -
     return out
 
 
+def cmd_runs(args: argparse.Namespace) -> None:
+    """The finished runs under the preset's runs folder, one line each (what export takes)."""
+    import pandas as pd
+
+    from studylib.runs import finished_runs
+
+    table = pd.DataFrame(finished_runs(runs_dir() / args.preset))
+    if table.empty:
+        print(f"no finished runs under {runs_dir() / args.preset}")
+        return
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
 def cmd_models(_args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -355,7 +372,9 @@ EXAMPLES = {
     "config": "  studylib config --preset cpu\n  studylib config --preset cpu --set mae.epochs=16",
     "findings": "  studylib findings --preset cpu\n  studylib findings --preset cpu --readme",
     "plan": "  studylib study --preset cpu --pilot\n  studylib plan --preset cpu",
-    "export": "  studylib export mae-191539b5 --preset cpu --out exported/mae-nano",
+    "export": "  studylib export mae --preset cpu --set seed=13 --out exported/mae-nano\n"
+    "  studylib export mae-191539b5 --preset cpu --out exported/mae-nano",
+    "runs": "  studylib runs --preset cpu",
     "registry": "  studylib registry\n  studylib registry --readme",
     "tags": "  studylib tags --preset cpu --set tags.noise_vocab=1000",
     "shards": "  studylib shards --preset cpu --out shards/cifar100-pool --per-shard 500\n"
@@ -381,6 +400,7 @@ def parser() -> argparse.ArgumentParser:
         ("findings", cmd_findings, "check the paper's claims against the results"),
         ("plan", cmd_plan, "seeds each claim needs, from the pilot seeds' results"),
         ("export", cmd_export, "a run's encoder for timm and the Hugging Face Hub"),
+        ("runs", cmd_runs, "list the finished runs of a preset"),
         ("registry", cmd_registry, "print the arms, studies, tasks and stages"),
         ("tags", cmd_tags, "print hashtag statistics"),
         (
@@ -451,7 +471,8 @@ def _submit_arguments(p: argparse.ArgumentParser) -> None:
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "run",
-        help="a finished init, mae or wsp run: its folder, or its name under the preset's runs",
+        help="a finished init, mae or wsp run: its folder, its name under the preset's runs "
+        "(studylib runs), or an arm's name (its encoder run at the preset's seed: --set seed=N)",
     )
     p.add_argument(
         "--out",

@@ -367,3 +367,26 @@ def load_encoder_from(run: Run, model: torch.nn.Module) -> None:
             f"{path}: weights of another model than {model.__class__.__name__} "
             f"{model.embed_dim}d x {len(model.blocks)} blocks: {str(err).splitlines()[0]}"
         ) from None
+
+
+def finished_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every run folder under `folder` with its results written: name, stage, model, seed,
+    precision and its headline results (top-1 or final loss, training FLOPs)."""
+    found = []
+    for results in sorted(folder.glob("*/results.json")):
+        config = yaml.safe_load((results.parent / "config.yaml").read_text()) or {}
+        identity, values = config.get("identity") or {}, json.loads(results.read_text())
+        found.append(
+            {
+                "run": results.parent.name,
+                "stage": identity.get("stage"),
+                "model": identity.get("model"),
+                "seed": identity.get("seed"),
+                "precision": identity.get("precision"),
+                **{
+                    k: v if isinstance(v := values.get(k), int | float) else None
+                    for k in ("top1", "final_loss", "train_flops")
+                },
+            }
+        )
+    return found

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import timm
 import torch
 import yaml
 
@@ -37,8 +38,10 @@ def test_an_exported_encoder_loads_in_timm_and_gives_the_same_features(tmp_path,
     images = torch.randn(5, 3, 32, 32)
     theirs = load(out).eval()
     ours = frozen_encoder(exp, run).eval()
+    local = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # as the README loads it
     with torch.no_grad():
         assert torch.allclose(theirs(images), ours(images), atol=1e-6)
+        assert torch.equal(local(images), theirs(images))
     # not an empty folder
     assert main(["export", run.name, "--preset", "smoke", "--out", str(out)]) == 2
     assert "not an empty folder" in capsys.readouterr().err
@@ -59,3 +62,18 @@ def test_the_timm_config_of_every_size_builds_that_vit(size):
     assert {k: v.shape for k, v in model.state_dict().items()} == {
         k: v.shape for k, v in ours.state_dict().items()
     }
+
+
+def test_runs_lists_the_finished_runs_and_export_takes_an_arm_at_a_seed(
+    isolated_dirs, tmp_path, capsys
+):
+    exp = load_experiment("smoke", ["model=nano", "seed=3"])
+    run = init.random_encoder(exp)
+    assert main(["runs", "--preset", "smoke"]) == 0
+    (line,) = [row for row in capsys.readouterr().out.splitlines() if run.name in row]
+    assert line.split()[1:5] == ["init", "nano", "3", "fp32"]
+    out = tmp_path / "by-arm"
+    sets = ["--set", "model=nano", "--set", "seed=3"]
+    assert main(["export", "random", "--preset", "smoke", *sets, "--out", str(out)]) == 0
+    assert run.name in (out / "README.md").read_text()  # the arm's encoder run at that seed
+    assert main(["export", "mae", "--preset", "smoke", *sets, "--out", str(tmp_path / "no")]) == 2
