@@ -2,10 +2,10 @@
 transfer.
 
     # here: one .npz of JPEG bytes per dataset
-    python benchmarks/gpu_data.py pack cifar10 .carry/gpu10
-    python benchmarks/gpu_data.py pack cifar100 .carry/gpu100 --quality 85
+    python benchmarks/gpu_data.py pack cifar10 packed/gpu10
+    python benchmarks/gpu_data.py pack cifar100 packed/gpu100 --quality 85
     # there: then STUDYLIB_DATA=/tmp/data
-    python benchmarks/gpu_data.py unpack .carry/gpu10 .carry/gpu100 --to /tmp/data
+    python benchmarks/gpu_data.py unpack packed/gpu10 packed/gpu100 --to /tmp/data
 
 CIFAR-10 keeps its JPEG files byte for byte (the data directory's copy is JPEG already); CIFAR-100's
 exact pixels are stored as JPEG at --quality (85: 1.0 KB an image, 61 MB for 60,000), so its pixels
