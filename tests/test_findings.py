@@ -341,3 +341,23 @@ def test_the_readme_s_bf16_against_fp32_numbers_are_the_committed_check_s():
         fp32, bf16 = gap["fp32", dataset], gap["bf16", dataset]
         assert fp32 > bf16 > 0  # "the same sign and larger in fp32"
         assert f"{fp32:+.2f} against {bf16:+.2f} on {name}" in " ".join(readme.split())
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_every_key_an_analysis_plan_names_is_one_its_studies_make(preset):
+    """A primary or secondary that no study of the preset can produce (a removed schedule point or
+    size, a misspelt dataset) would leave its claim untested without a word: the keys the preset's
+    studies make, per WSP epoch and at equal FLOPs, hold every key of its plan."""
+    from studylib.registry import compared_pairs
+
+    exp = load_experiment(preset)
+    studies, datasets = exp.studies, exp.data.probe
+    bare = {f"probe/{d}" for d in datasets}
+    bare |= {f"epochs{e}/{d}" for e in studies.wsp_epochs for d in datasets}
+    bare |= {f"{size}/{d}" for size in studies.model_sizes for d in datasets}
+    bare |= {f"{arm}/{d}" for arm in ("mae", "mae_wsp") for d in datasets}
+    made = bare | {f"{a}-{b}/{key}" for a, b in compared_pairs()[1:] for key in bare}
+    for claim in "abcd":
+        plan = getattr(exp.analysis, claim)
+        named = [plan.primary, *plan.every, *(k for k in plan.secondary if k != "*")]
+        assert set(named) <= made, (claim, sorted(set(named) - made))
