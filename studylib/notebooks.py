@@ -9,6 +9,7 @@ finished run folder, so a rerun after a change trains only what the change touch
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -88,6 +89,11 @@ def run_notebooks(
                 raise notebook_error(path, target, err) from None
             print(f"{path.name}: {time.perf_counter() - start:.1f} s -> {target}", flush=True)
             executed.append(target)
+    except KeyboardInterrupt:
+        # papermill stops the kernel (and with it the kernel's job: one process group); the
+        # interrupted cell's task ends after its loop, and asyncio would print its traceback at exit
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        raise
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
     return executed

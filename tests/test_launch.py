@@ -402,3 +402,37 @@ def test_ctrl_c_while_watching_stops_the_local_job_with_it(tmp_path):
     epochs = len(run.metrics())
     time.sleep(2)
     assert len(run.metrics()) == epochs < 500
+
+
+def test_ctrl_c_to_the_notebooks_command_stops_its_kernel_and_the_kernel_s_job(tmp_path):
+    """A terminal's Ctrl-C reaches the command's process group, not the kernel's: the command
+    stops the kernel and the kernel's local job with it, says one line (no asyncio traceback at
+    exit) and leaves no process behind."""
+    import psutil
+
+    env = {**os.environ, **{f"STUDYLIB_{k}": str(tmp_path / k) for k in ("RUNS", "CACHE")}}
+    env |= {f"STUDYLIB_{k}": str(tmp_path / k) for k in ("RESULTS", "FIGURES", "OUTPUT")}
+    command = [sys.executable, "-m", "studylib", "notebooks", "--preset", "smoke", "--only", "wsp"]
+    proc = subprocess.Popen(
+        [*command, "--set", "mae.epochs=500"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    jobs = tmp_path / "RUNS" / "smoke" / "jobs"
+    deadline = time.monotonic() + 300
+    while not any("epoch 1/500" in p.read_text() for p in jobs.glob("*_log.out")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    started = psutil.Process(proc.pid).children(recursive=True)  # the kernel, its job
+    assert len(started) >= 2
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the command's group only
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("studylib: interrupted:")
+    assert "Traceback" not in err and "Task exception" not in err
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
