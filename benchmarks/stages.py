@@ -28,12 +28,13 @@ import torch
 from benchmark import best_times, matmul, stage_step
 from torch import nn
 
+from studylib import evaluation
 from studylib.config import Experiment, load_experiment
 from studylib.distributed import device_and_dtype
 from studylib.evaluation import extract_features, fit_head
 from studylib.io import git_sha
 from studylib.models import count_flops, vit
-from studylib.stages import mae, probe
+from studylib.stages import mae
 from studylib.stages.wsp import wsp_loss
 
 VOCAB, CLASSES = 680, 100  # the cpu preset's hashtag vocabulary; CIFAR-100's classes
@@ -149,13 +150,13 @@ def measure(threads: int, args: argparse.Namespace, start: multiprocessing.Barri
 
 def fused_features(exp: Experiment, uint8: torch.Tensor, dtype: torch.dtype) -> None:
     """`extract_features` as it ran before: torch's fused attention on the CPU too."""
-    real = probe.choose_attention
-    probe.choose_attention = lambda model, _device: real(model, torch.device("cuda"))
+    real = evaluation.choose_attention
+    evaluation.choose_attention = lambda model, _device: real(model, torch.device("cuda"))
     try:
         encoder = vit(exp.model).requires_grad_(False)
         extract_features(encoder, uint8, torch.device("cpu"), dtype)
     finally:
-        probe.choose_attention = real
+        evaluation.choose_attention = real
 
 
 def _worker(threads: int, args: argparse.Namespace, start, queue) -> None:

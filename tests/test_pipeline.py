@@ -17,12 +17,7 @@ def test_default_study_end_to_end_on_smoke(smoke):
     assert len(csv) == len(table)
     top1 = csv.query("metric == 'top1'").set_index("arm")["value"]
     # every arm, in the registry's order
-    assert list(top1.index) == [
-        "random",
-        "mae",
-        "wsp",
-        "mae_wsp",
-    ]
+    assert list(top1.index) == ["random", "mae", "wsp", "mae_wsp", "wsp_flops"]
     assert (top1 > 100 / 10).all()  # all beat chance on 10 synthetic classes
     flops = csv.query("stage == 'pretraining'").set_index("arm")["value"]
     assert flops["random"] == 0 and flops["mae_wsp"] == pytest.approx(flops["mae"] + flops["wsp"])

@@ -30,7 +30,7 @@ def test_two_workers_give_the_table_of_one_process(one_thread, tmp_path, monkeyp
 
     alone, together = table(1), table(2)
     assert "2 seeds, 2 at a time, 1 thread(s) each" in capsys.readouterr().out
-    assert len(alone.query("metric == 'top1'")) == 2 * 4  # 2 seeds x 4 arms
+    assert len(alone.query("metric == 'top1'")) == 2 * 5  # 2 seeds x 5 arms
     assert alone.equals(together)
 
 
