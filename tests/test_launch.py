@@ -37,35 +37,7 @@ def test_ctrl_c_on_a_local_job_is_one_line_no_traceback_and_no_process_left(tmp_
     """As a terminal does: SIGINT to the whole process group (the command, submitit's local
     controller and the job) once the job trains; the job is long, so the outcome is the same on a
     fast machine."""
-    env = {**os.environ, **{f"STUDYLIB_{k}": str(tmp_path / k) for k in ("RUNS", "CACHE")}}
-    env["STUDYLIB_RESULTS"] = str(tmp_path / "results")
-    command = [
-        sys.executable,
-        "-m",
-        "studylib",
-        "submit",
-        "mae",
-        "--preset",
-        "smoke",
-        "--set",
-        "launch.executor=local",
-    ]
-    proc = subprocess.Popen(
-        [*command, "--set", "mae.epochs=500"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        # a shell without job control starts background commands with SIGINT ignored: undo it,
-        # as a terminal's foreground command has it
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    jobs = tmp_path / "RUNS" / "smoke" / "jobs"
-    deadline = time.monotonic() + 300
-    while not any("epoch 1/500" in p.read_text() for p in jobs.glob("*_log.out")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.5)
+    proc, jobs = _training_command(tmp_path, "submit", "mae", "--set", "launch.executor=local")
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -410,9 +382,26 @@ def test_ctrl_c_to_the_notebooks_command_stops_its_kernel_and_the_kernel_s_job(t
     exit) and leaves no process behind."""
     import psutil
 
+    proc, _ = _training_command(tmp_path, "notebooks", "--only", "wsp")
+    started = psutil.Process(proc.pid).children(recursive=True)  # the kernel, its job
+    assert len(started) >= 2
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the command's group only
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("studylib: interrupted:")
+    assert "Traceback" not in err and "Task exception" not in err
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def _training_command(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """`studylib ARGS --preset smoke` in a session of its own, as a terminal's foreground command
+    (a shell without job control starts background commands with SIGINT ignored: undone here),
+    returned once its local job trains a 500-epoch MAE (long, so the outcome is the same on a
+    fast machine); and the jobs' log folder."""
     env = {**os.environ, **{f"STUDYLIB_{k}": str(tmp_path / k) for k in ("RUNS", "CACHE")}}
     env |= {f"STUDYLIB_{k}": str(tmp_path / k) for k in ("RESULTS", "FIGURES", "OUTPUT")}
-    command = [sys.executable, "-m", "studylib", "notebooks", "--preset", "smoke", "--only", "wsp"]
+    command = [sys.executable, "-m", "studylib", *args, "--preset", "smoke"]
     proc = subprocess.Popen(
         [*command, "--set", "mae.epochs=500"],
         env=env,
@@ -427,12 +416,4 @@ def test_ctrl_c_to_the_notebooks_command_stops_its_kernel_and_the_kernel_s_job(t
     while not any("epoch 1/500" in p.read_text() for p in jobs.glob("*_log.out")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.5)
-    started = psutil.Process(proc.pid).children(recursive=True)  # the kernel, its job
-    assert len(started) >= 2
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the command's group only
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1].startswith("studylib: interrupted:")
-    assert "Traceback" not in err and "Task exception" not in err
-    _, alive = psutil.wait_procs(started, timeout=10)
-    assert not alive, [p.cmdline() for p in alive]
+    return proc, jobs
