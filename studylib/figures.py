@@ -42,6 +42,7 @@ from studylib.findings import (  # noqa: E402
     Comparison,
     analyse,
     comparisons,
+    counterparts,
     read_table,
     t_quantile_975,
 )
@@ -291,9 +292,7 @@ def verdicts(key: str) -> list[Path]:
     plan = plan_of(key)
     found = analyse(comparisons(key), plan)
     primary = [c for c in found if c.role == "primary"]
-    pairs = [f"{a}-{b}/" for a, b in compared_pairs()[1:]]
-    matched = {f"{pair}{c.key}" for pair in pairs for c in primary}
-    shown = primary + [c for c in found if c.key in matched and c.n]
+    shown = primary + [c for c in counterparts(found, primary) if c.n]
     if not primary:
         raise FileNotFoundError(
             f"{results_dir(key)}: no primary comparison of the analysis plan in these results"

@@ -532,9 +532,15 @@ def summary(key: str, found: list[Comparison], plan: AnalysisConfig | None = Non
 def _at_equal_flops(mine: list[Comparison], primary: list[Comparison]) -> str:
     """The primary's counterparts against the other arms MAE→WSP is claimed to beat (the
     compute-matched WSP), each with its interval and verdict."""
+    return "".join(f" {c.sentence()}: {c.verdict}." for c in counterparts(mine, primary))
+
+
+def counterparts(found: list[Comparison], primary: list[Comparison]) -> list[Comparison]:
+    """The comparisons of `found` that are `primary`'s against the other arms the first arm is
+    claimed to beat (keys 'ARM-BASELINE/<primary key>')."""
     pairs = [f"{a}-{b}/" for a, b in compared_pairs()[1:]]
     keys = {f"{pair}{c.key}" for pair in pairs for c in primary}
-    return "".join(f" {c.sentence()}: {c.verdict}." for c in mine if c.key in keys)
+    return [c for c in found if c.key in keys]
 
 
 def _met(c: Comparison, target: float) -> str:
