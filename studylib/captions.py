@@ -16,7 +16,7 @@ from studylib.config import (
     load_experiment,
     results_dir,
 )
-from studylib.findings import read_table
+from studylib.findings import CLAIMS, read_table
 from studylib.registry import FIGURES, call, labels
 
 INTERVAL = "mean and 95% t-interval"
@@ -149,8 +149,8 @@ def _pool(exp: Experiment) -> str:
 
 def _claims(exp: Experiment) -> str:
     plan = exp.analysis
-    tested = [c for c in "abcd" if not getattr(plan, c).descriptive]
-    declared = [c for c in "abcd" if getattr(plan, c).descriptive]
+    tested = [c for c in CLAIMS if not getattr(plan, c).descriptive]
+    declared = [c for c in CLAIMS if getattr(plan, c).descriptive]
     return f"tested: {', '.join(tested) or 'none'}" + (
         f"; descriptive: {', '.join(declared)}" if declared else ""
     )
