@@ -431,8 +431,37 @@ def convergence(key: str) -> list[Path]:
     return save(fig, "convergence", key, ["wsp_epochs"], table)
 
 
+def _paired_panel(ax: plt.Axes, diffs: pd.DataFrame, x: str, style: dict, ylabel: str) -> None:
+    """The paired view: each seed's difference (dots) and their mean with its 95% t-interval, on
+    categorical `x`, a dashed line at no difference."""
+    dodge = "hue" in style
+    sns.stripplot(
+        diffs, x=x, y="diff", dodge=dodge, alpha=0.4, size=3, ax=ax, legend=False, **style
+    )
+    sns.pointplot(
+        diffs, x=x, y="diff", dodge=0.4 if dodge else False, errorbar=interval95, ax=ax, **style
+    )
+    ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
+    ax.set(ylabel=ylabel)
+
+
+def _minus(probes: pd.DataFrame, by: str, partner: dict) -> pd.DataFrame:
+    """Each probe top-1 whose `by` is a key of `partner`, minus the same seed's and dataset's top-1
+    where `by` is that key's value (pairs of the same run, unchanged by `by`, are left out)."""
+    keys = ["seed", "dataset", *(c for c in ("model", "mae_data", "arm") if c != by)]
+    base = probes[probes[by].isin(partner.values())][[*keys, by, "value", "run"]]
+    paired = probes[probes[by].isin(partner)].assign(partner=lambda t: t[by].map(partner))
+    paired = paired.merge(
+        base.rename(columns={by: "partner", "value": "base", "run": "base_run"}),
+        on=[*keys, "partner"],
+    )
+    paired = paired[paired.run != paired.base_run]
+    return paired.assign(diff=paired.value - paired.base)
+
+
 def model_size(key: str) -> list[Path]:
-    """Linear-probe top-1 against encoder parameters, every arm."""
+    """Linear-probe top-1 against encoder parameters, every arm; under it the paired view: MAE→WSP
+    − WSP at each size, per seed."""
     table = read(key, "model_size")
     params = table[table.metric == "params"][["model", "value"]].drop_duplicates("model")
     probes, order, palette = arms(
@@ -441,11 +470,14 @@ def model_size(key: str) -> list[Path]:
     datasets = list(probes.dataset.unique())
     if not datasets:
         raise NothingToDraw("no model size with both its parameters and probes in model_size.csv")
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        part = probes[probes.dataset == dataset]
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4.6 * len(datasets), 7), squeeze=False)
+    sizes = params.sort_values("value").model.tolist()
+    mae_wsp, wsp = ARMS["mae_wsp"].label, ARMS["wsp"].label
+    diffs = _minus(probes, "arm", {mae_wsp: wsp}) if {wsp, mae_wsp} <= set(order) else None
+    for col, dataset in enumerate(datasets):
+        ax = axes[0, col]
         sns.lineplot(
-            part,
+            probes[probes.dataset == dataset],
             x="params",
             y="value",
             marker="o",
@@ -465,14 +497,29 @@ def model_size(key: str) -> list[Path]:
         ax.set(
             xscale="log", xlabel="encoder parameters", ylabel=f"{dataset} linear-probe top-1 (%)"
         )
-    fig.suptitle(f"Model size: every arm ({setting(key, model=False)}; {_seeds(table)})")
+        if diffs is None:
+            axes[1, col].set_axis_off()
+            continue
+        _paired_panel(
+            axes[1, col],
+            diffs[diffs.dataset == dataset],
+            "model",
+            {"order": sizes, "color": palette[mae_wsp]},
+            f"MAE→WSP − WSP, {dataset} (points)",
+        )
+    _legend_below(fig, list(axes.flat))
+    fig.suptitle(
+        f"Model size: every arm, and MAE→WSP − WSP paired by seed\n"
+        f"{setting(key, model=False)}; {_seeds(table)}"
+    )
     fig.tight_layout()
     return save(fig, "model_size", key, ["model_size"], table)
 
 
 def data_size(key: str) -> list[Path]:
     """Linear-probe top-1 of every arm at each point of MAE's images (the arms without MAE are the
-    same runs at every point): points with error bars on an axis from zero."""
+    same runs at every point): points with error bars on an axis from zero; under them the paired
+    view: each arm at each point minus the same arm and seed with MAE's fewest images."""
     table = read(key, "data_size")
     images = (
         table[(table.stage == "mae") & (table.metric == "images")]
@@ -481,8 +528,11 @@ def data_size(key: str) -> list[Path]:
     )
     probes, order, palette = arms(_probes(table).assign(images=lambda t: t.mae_data.map(images)))
     datasets = list(probes.dataset.unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
+    fewest = images.idxmin()
+    diffs = _minus(probes, "mae_data", {point: fewest for point in images.index if point != fewest})
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4.6 * len(datasets), 7), squeeze=False)
+    for col, dataset in enumerate(datasets):
+        ax = axes[0, col]
         dodge = 0.3 if len(order) > 1 else False
         sns.pointplot(
             probes[probes.dataset == dataset],
@@ -501,7 +551,15 @@ def data_size(key: str) -> list[Path]:
         ax.set_xticks(
             ax.get_xticks(), [f"{float(t.get_text()):,.0f}" for t in ax.get_xticklabels()]
         )
-    _legend_below(fig, axes[0])
+        _paired_panel(
+            axes[1, col],
+            diffs[diffs.dataset == dataset].assign(images=lambda t: t.images.map("{:,.0f}".format)),
+            "images",
+            _arm_hues(order, palette),
+            f"minus {images[fewest]:,.0f} images, {dataset} (points)",
+        )
+        axes[1, col].set(xlabel="MAE's distinct images, paired by seed with the fewest")
+    _legend_below(fig, list(axes.flat))
     fig.suptitle(
         f"Pre-pretraining data: MAE on more distinct images\n{setting(key)}; {_seeds(table)}"
     )

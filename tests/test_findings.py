@@ -361,3 +361,22 @@ def test_every_key_an_analysis_plan_names_is_one_its_studies_make(preset):
         plan = getattr(exp.analysis, claim)
         named = [plan.primary, *plan.every, *(k for k in plan.secondary if k != "*")]
         assert set(named) <= made, (claim, sorted(set(named) - made))
+
+
+def test_the_paired_views_subtract_the_same_seed_and_leave_out_a_run_paired_with_itself():
+    from studylib import figures
+
+    probes = pd.DataFrame(
+        [
+            dict(seed=s, dataset="d", model="nano", mae_data=point, arm=arm, value=v, run=run)
+            for s in (0, 1)
+            for point, arm, v, run in (
+                ("small", "MAE", 40.0 + s, f"probe-mae-small-{s}"),
+                ("large", "MAE", 43.0 + 2 * s, f"probe-mae-large-{s}"),
+                ("small", "WSP", 45.0, f"probe-wsp-{s}"),  # WSP: one run at every point
+                ("large", "WSP", 45.0, f"probe-wsp-{s}"),
+            )
+        ]
+    )
+    diffs = figures._minus(probes, "mae_data", {"large": "small"})
+    assert set(diffs.arm) == {"MAE"} and list(diffs.sort_values("seed")["diff"]) == [3.0, 4.0]
