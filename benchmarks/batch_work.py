@@ -19,6 +19,7 @@ import torch
 from studylib.config import load_experiment, results_dir
 from studylib.data import load_dataset
 from studylib.models import VIT_SIZES, count_flops, vit
+from studylib.stages.probe import kept_per_class
 
 STUDIES = ("explore", "default", "model_size", "data_size", "wsp_epochs", "transfer")
 
@@ -28,8 +29,8 @@ def feature_images(exp, dataset: str) -> int:
     images."""
     data = load_dataset(dataset, exp.data)
     train = len(data.train_labels)
-    if exp.probe.train_per_class:
-        train = len(data.per_class(exp.probe.train_per_class, exp.data.subset_seed))
+    if per_class := kept_per_class(exp, data.num_classes):
+        train = len(data.per_class(per_class, exp.data.subset_seed))
     return train + len(data.test_labels)
 
 

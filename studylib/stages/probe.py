@@ -19,6 +19,13 @@ def run_for(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     )
 
 
+def kept_per_class(exp: Experiment, num_classes: int) -> int:
+    """The training images of each class a probe keeps (0: every image): the smaller of
+    probe.train_per_class and probe.train_images shared equally."""
+    limits = [exp.probe.train_per_class, exp.probe.train_images // num_classes]
+    return min((k for k in limits if k), default=0)
+
+
 def rows(exp: Experiment, encoder_run: Run, dataset: str) -> list[dict]:
     run = probe(exp, encoder_run, dataset)
     return [{"dataset": dataset, "metric": "top1", "value": run.results()["top1"], "run": run.name}]
@@ -32,9 +39,9 @@ def probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
     def make_results() -> dict:
         data = load_dataset(dataset, exp.data)
         train_images, train_labels = data.train_images, data.train_labels
-        limits = [exp.probe.train_per_class, exp.probe.train_images // data.num_classes]
-        if any(limits):
-            keep = data.per_class(min(k for k in limits if k), exp.data.subset_seed)
+        per_class = kept_per_class(exp, data.num_classes)
+        if per_class:
+            keep = data.per_class(per_class, exp.data.subset_seed)
             train_images, train_labels = train_images[keep], train_labels[keep]
         device, dtype = device_and_dtype(exp)
         encoder = frozen_encoder(exp, encoder_run)
