@@ -1,6 +1,7 @@
 """The README's text that states results or settings, computed, never typed: each figure's caption
-from the table it draws (registry Figure.caption), and the presets table from experiments.yaml and
-each preset's batch log; `studylib findings --readme` writes them into the README's blocks."""
+from the table it draws (registry Figure.caption), the presets table from experiments.yaml and each
+preset's batch log, and how the results were made (cost, seeds, draws, precision) from the tables;
+`studylib findings --readme` writes them into the README's blocks."""
 
 from __future__ import annotations
 
@@ -187,4 +188,94 @@ def presets_table() -> str:
             f"({', '.join(studies.model_sizes)}) | {len(studies.seeds)} | {_claims(exp)} | "
             f"{hardware} | {_time(name)} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def _flops_per_seed(table: pd.DataFrame, stage: str) -> pd.Series:
+    """Each arm's training FLOPs in `stage` ('mae', 'wsp' or 'pretraining': the whole chain), the
+    mean over seeds."""
+    rows = table[(table.stage == stage) & (table.metric == "train_flops")]
+    return rows.groupby("arm")["value"].mean()
+
+
+def _cost(exp: Experiment, table: pd.DataFrame) -> str:
+    """MAE's cost per image against WSP's and the equal-FLOP arm's FLOPs, from the tables."""
+    mae, wsp = _flops_per_seed(table, "mae")["mae"], _flops_per_seed(table, "wsp")["wsp"]
+    per_image = (mae / exp.mae.epochs) / (wsp / exp.wsp.epochs)
+    chain = _flops_per_seed(table, "pretraining")
+    matched = ""
+    if {"wsp_flops", "mae_wsp"} <= set(chain.index):
+        matched = (
+            f"; WSP at MAE→WSP's FLOPs trains {chain['wsp_flops'] / chain['mae_wsp']:.3f} of "
+            "MAE→WSP's FLOPs"
+        )
+    return (
+        f"an MAE image costs {per_image:.2f} of a WSP image, so MAE's {exp.mae.epochs} epochs "
+        f"cost {mae / wsp * exp.wsp.epochs:.1f} WSP epochs (the tables' `train_flops`){matched}"
+    )
+
+
+def _seed_span(seeds: list[int]) -> str:
+    seeds = sorted(seeds)
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return _words(seeds)
+
+
+def _draws(key: str) -> str:
+    """(a)'s primary per draw of the pool and tags on the pilot seeds: each `key+*/pilot` folder
+    whose overrides set data.subset_seed is a draw, the pilot's own default table draw 0."""
+    primary = load_experiment(key).analysis.a.primary  # probe/<dataset>
+    dataset = primary.split("/")[-1]
+    folders = {0: results_dir(key) / "pilot"}
+    for record in sorted(results_dir(key).parent.glob(f"{key}+*/pilot/experiment.yaml")):
+        overrides = yaml.safe_load(record.read_text()).get("overrides", {})
+        if "data.subset_seed" in overrides:
+            folders[overrides["data.subset_seed"]] = record.parent
+    if len(folders) < 3:
+        return "one draw of the pool and its tags for every seed (data.subset_seed); no draw check"
+    per_draw = {}
+    for draw, folder in folders.items():
+        table = pd.read_csv(folder / "default.csv")
+        probes = table[(table.stage == "probe") & (table.metric == "top1")]
+        wide = probes[probes.dataset == dataset].pivot_table(
+            index="seed", columns="arm", values="value"
+        )
+        per_draw[draw] = wide["mae_wsp"] - wide["wsp"]
+    seeds = sorted(set.intersection(*(set(d.index) for d in per_draw.values())))
+    groups = [per_draw[d].loc[seeds].tolist() for d in sorted(per_draw)]
+    from scipy import stats
+
+    p = stats.f_oneway(*groups).pvalue
+    means = ", ".join(f"{sum(g) / len(g):+.2f}" for g in groups)
+    return (
+        f"one draw of the pool and its tags for every seed (data.subset_seed); checked over "
+        f"{len(groups)} draws ({_words(sorted(per_draw))}) on pilot seeds {_words(seeds)}: "
+        f"(a)'s primary comparison, MAE→WSP − WSP on {dataset}, per draw {means}; one-way ANOVA "
+        f"across draws p = {p:.2f} (n = {len(seeds)} seeds a draw)"
+    )
+
+
+def how_made(key: str) -> str:
+    """The README's numbers of how `key`'s results were made: cost, seeds, draws, precision, the
+    batch's minutes, from its tables, its pilot and its log."""
+    exp = load_experiment(key)
+    default = read_table(key, "default")
+    if default is None:
+        return f"No `results/{key}/default.csv`: run the studies first.\n"
+    studies = {s: read_table(key, s) for s in ("default", "wsp_epochs", "model_size", "data_size")}
+    seeds = "; ".join(
+        f"{study} {_seed_span(list(t.seed.unique()))}"
+        for study, t in studies.items()
+        if t is not None
+    )
+    lines = [
+        f"- **Cost.** {_cost(exp, default)}.",
+        f"- **Seeds.** Pilot seeds {_seed_span(exp.studies.pilot_seeds)} chose the design "
+        f"([`results/{key}/pilot/`](results/{key}/pilot/), [plan](results/{key}/plan.md)); "
+        f"confirmation seeds, which chose nothing: {seeds}.",
+        f"- **Draws.** {_draws(key)}.",
+        f"- **Precision.** {_words(sorted(default.precision.unique()))} "
+        f"(`precision: {exp.precision}` on this machine); {_time(key)}.",
+    ]
     return "\n".join(lines) + "\n"

@@ -245,12 +245,13 @@ def cmd_findings(args: argparse.Namespace) -> None:
             )
     text = write(key, exp.analysis)
     if args.readme:
-        from studylib.captions import presets_table, readme_block
+        from studylib.captions import how_made, presets_table, readme_block
 
         fill_readme("findings", text)
         fill_readme("verdicts-figure", readme_block(key, ["verdicts"]))
         fill_readme("figures", readme_block(key, [n for n in registry.FIGURES if n != "verdicts"]))
         fill_readme("presets", presets_table())
+        fill_readme("made", how_made(key))
     else:
         print(text, end="")
     print(f"written: {results_dir(key) / 'findings.md'}, findings.csv")

@@ -225,6 +225,8 @@ def test_readme_captions_are_computed_from_the_committed_tables(monkeypatch):
         assert written.count("![") == len(names)  # every figure of the cpu results is shown
     presets = readme.split("<!-- presets: begin -->\n")[1].split("<!-- presets: end -->")[0]
     assert presets == captions.presets_table(), "run `studylib findings --readme`"
+    made = readme.split("<!-- made: begin -->\n")[1].split("<!-- made: end -->")[0]
+    assert made == captions.how_made("cpu"), "run `studylib findings --readme`"
     minutes = (REPO_ROOT / "results" / "cpu" / "studies_log.txt").read_text().split("notebooks: ")
     assert f"every study: {minutes[-1].split()[0]} min" in presets  # the cpu batch's own log
     seeds = pd.read_csv(REPO_ROOT / "results" / "cpu" / "default.csv").seed.nunique()
