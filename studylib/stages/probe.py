@@ -46,16 +46,18 @@ def probe(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
         device, dtype = device_and_dtype(exp)
         encoder = frozen_encoder(exp, encoder_run)
         start = time.perf_counter()
+        n_images = len(train_images) + len(data.test_images)
+        print(f"[{run.name}] {dataset}: features of {n_images:,} images", flush=True)
         train_features = extract_features(encoder, train_images, device, dtype)
         test_features = extract_features(encoder, data.test_images, device, dtype)
         feature_seconds = time.perf_counter() - start
+        print(f"[{run.name}] features in {feature_seconds:.1f} s; fitting the head", flush=True)
 
         fit_start = time.perf_counter()
         labels = train_labels.to(device)
         head, found = fit_head(
             train_features, labels, data.num_classes, exp.probe, exp.data.subset_seed
         )
-        n_images = len(train_images) + len(data.test_images)
         fit_seconds = time.perf_counter() - fit_start
         return {
             "top1": accuracy(head, test_features, data.test_labels),
