@@ -210,7 +210,7 @@ def _cost(exp: Experiment, table: pd.DataFrame) -> str:
             "MAE→WSP's FLOPs"
         )
     return (
-        f"an MAE image costs {per_image:.2f} of a WSP image, so MAE's {exp.mae.epochs} epochs "
+        f"An MAE image costs {per_image:.2f} of a WSP image, so MAE's {exp.mae.epochs} epochs "
         f"cost {mae / wsp * exp.wsp.epochs:.1f} WSP epochs (the tables' `train_flops`){matched}"
     )
 
@@ -233,7 +233,7 @@ def _draws(key: str) -> str:
         if "data.subset_seed" in overrides:
             folders[overrides["data.subset_seed"]] = record.parent
     if len(folders) < 3:
-        return "one draw of the pool and its tags for every seed (data.subset_seed); no draw check"
+        return "One draw of the pool and its tags for every seed (data.subset_seed); no draw check"
     per_draw = {}
     for draw, folder in folders.items():
         table = pd.read_csv(folder / "default.csv")
@@ -249,7 +249,7 @@ def _draws(key: str) -> str:
     p = stats.f_oneway(*groups).pvalue
     means = ", ".join(f"{sum(g) / len(g):+.2f}" for g in groups)
     return (
-        f"one draw of the pool and its tags for every seed (data.subset_seed); checked over "
+        f"One draw of the pool and its tags for every seed (data.subset_seed); checked over "
         f"{len(groups)} draws ({_words(sorted(per_draw))}) on pilot seeds {_words(seeds)}: "
         f"(a)'s primary comparison, MAE→WSP − WSP on {dataset}, per draw {means}; one-way ANOVA "
         f"across draws p = {p:.2f} (n = {len(seeds)} seeds a draw)"
@@ -276,6 +276,6 @@ def how_made(key: str) -> str:
         f"confirmation seeds, which chose nothing: {seeds}.",
         f"- **Draws.** {_draws(key)}.",
         f"- **Precision.** {_words(sorted(default.precision.unique()))} "
-        f"(`precision: {exp.precision}` on this machine); {_time(key)}.",
+        f"(`precision: {exp.precision}` on the batch's machine, named in its log); {_time(key)}.",
     ]
     return "\n".join(lines) + "\n"

@@ -511,6 +511,8 @@ def summary(key: str, found: list[Comparison], plan: AnalysisConfig | None = Non
         )
         verdict = claim_verdict(mine)
         why = getattr(plan, claim).descriptive if plan else ""
+        if why:
+            tally = "shown in the table, without verdicts"
         declared = f" (declared before the confirmation: {why})" if why else ""
         against = " This contradicts the paper." if verdict == "contradicted" else ""
         target = getattr(plan, claim).half_width if plan else 0.0
