@@ -297,14 +297,22 @@ def verdicts(key: str) -> list[Path]:
         raise FileNotFoundError(
             f"{results_dir(key)}: no primary comparison of the analysis plan in these results"
         )
+    columns = min(len(shown), 4)  # rows of 4 panels: the README's width
+    rows = math.ceil(len(shown) / columns)
     fig, axes = plt.subplots(
-        1, len(shown), figsize=(2.5 * len(shown) + 0.6, 4.2), squeeze=False, sharey=True
+        rows,
+        columns,
+        figsize=(2.5 * columns + 0.6, 4.2 * rows),
+        squeeze=False,
+        sharey=True,
     )
-    for ax, c in zip(axes[0], shown, strict=True):
+    for k, (ax, c) in enumerate(zip(axes.flat, shown, strict=False)):
         target = getattr(plan, c.claim).half_width if c.role == "primary" else 0.0
-        _verdict_panel(ax, c, target, first=ax is axes[0][0])
+        _verdict_panel(ax, c, target, first=k % columns == 0)
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.set_axis_off()
     entries = {}
-    for ax in axes[0]:
+    for ax in axes.flat:
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(text, handle)
     fig.legend(
