@@ -356,10 +356,14 @@ def test_watch_says_why_squeue_is_silent_and_gives_up_in_one_line(tmp_path, monk
     ]
 
 
-def test_ctrl_c_while_watching_stops_the_local_job_with_it(tmp_path):
+def test_ctrl_c_while_watching_stops_the_local_job_with_it(tmp_path, request):
     import _thread
     import threading
 
+    # Ctrl-C as in a terminal: a suite started in the background of a shell without job control
+    # inherits SIGINT ignored, and then neither the simulated Ctrl-C nor the job would see it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     long = ["wsp.epochs=500"]
     job = submit("wsp", "smoke", [*long, "launch.executor=local"], folder=tmp_path / "jobs")
     run = wsp.run_for(load_experiment("smoke", long))
