@@ -17,7 +17,7 @@ from studylib.config import (
     load_experiment,
     results_dir,
 )
-from studylib.findings import CLAIMS, read_table
+from studylib.findings import CLAIMS, paired, probe_top1, read_table, table_from
 from studylib.registry import FIGURES, call, labels
 
 INTERVAL = "mean and 95% t-interval"
@@ -42,8 +42,7 @@ def _arms(table: pd.DataFrame) -> str:
 
 
 def _probed(table: pd.DataFrame) -> str:
-    probes = table[(table.stage == "probe") & (table.metric == "top1")]
-    return _words(list(dict.fromkeys(probes.dataset.dropna())))
+    return _words(list(dict.fromkeys(probe_top1(table).dataset.dropna())))
 
 
 def verdicts(key: str, table: pd.DataFrame) -> str:
@@ -234,23 +233,21 @@ def _draws(key: str) -> str:
             folders[overrides["data.subset_seed"]] = record.parent
     if len(folders) < 3:
         return "One draw of the pool and its tags for every seed (data.subset_seed); no draw check"
-    per_draw = {}
-    for draw, folder in folders.items():
-        table = pd.read_csv(folder / "default.csv")
-        probes = table[(table.stage == "probe") & (table.metric == "top1")]
-        wide = probes[probes.dataset == dataset].pivot_table(
-            index="seed", columns="arm", values="value"
-        )
-        per_draw[draw] = wide["mae_wsp"] - wide["wsp"]
-    seeds = sorted(set.intersection(*(set(d.index) for d in per_draw.values())))
-    groups = [per_draw[d].loc[seeds].tolist() for d in sorted(per_draw)]
+    tables = {
+        draw: probe_top1(table_from(f / "default.csv")) for draw, f in sorted(folders.items())
+    }
+    seeds = sorted(set.intersection(*(set(t.seed) for t in tables.values())))
+    groups = [
+        paired(t[(t.dataset == dataset) & t.seed.isin(seeds)], "mae_wsp", "wsp")[0]
+        for t in tables.values()
+    ]
     from scipy import stats
 
     p = stats.f_oneway(*groups).pvalue
     means = ", ".join(f"{sum(g) / len(g):+.2f}" for g in groups)
     return (
         f"One draw of the pool and its tags for every seed (data.subset_seed); checked over "
-        f"{len(groups)} draws ({_words(sorted(per_draw))}) on pilot seeds {_words(seeds)}: "
+        f"{len(groups)} draws ({_words(list(tables))}) on pilot seeds {_words(seeds)}: "
         f"(a)'s primary comparison, MAE→WSP − WSP on {dataset}, per draw {means}; one-way ANOVA "
         f"across draws p = {p:.2f} (n = {len(seeds)} seeds a draw)"
     )
@@ -260,10 +257,10 @@ def how_made(key: str) -> str:
     """The README's numbers of how `key`'s results were made: cost, seeds, draws, precision, the
     batch's minutes, from its tables, its pilot and its log."""
     exp = load_experiment(key)
-    default = read_table(key, "default")
+    studies = {s: read_table(key, s) for s in ("default", "wsp_epochs", "model_size", "data_size")}
+    default = studies["default"]
     if default is None:
         return f"No `results/{key}/default.csv`: run the studies first.\n"
-    studies = {s: read_table(key, s) for s in ("default", "wsp_epochs", "model_size", "data_size")}
     seeds = "; ".join(
         f"{study} {_seed_span(list(t.seed.unique()))}"
         for study, t in studies.items()

@@ -43,6 +43,7 @@ from studylib.findings import (  # noqa: E402
     analyse,
     comparisons,
     counterparts,
+    probe_top1,
     read_table,
     t_quantile_975,
 )
@@ -186,7 +187,7 @@ class NothingToDraw(LookupError):
 
 
 def _probes(table: pd.DataFrame) -> pd.DataFrame:
-    probes = table[(table.stage == "probe") & (table.metric == "top1")]
+    probes = probe_top1(table)
     if probes.empty:
         raise NothingToDraw("no linear-probe top-1 rows in its table")
     return probes

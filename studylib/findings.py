@@ -144,7 +144,8 @@ def paired(table: pd.DataFrame, a: str, b: str) -> tuple[list[float], tuple[str,
     return (wide[a] - wide[b]).dropna().tolist(), runs
 
 
-def _probe_top1(table: pd.DataFrame) -> pd.DataFrame:
+def probe_top1(table: pd.DataFrame) -> pd.DataFrame:
+    """The linear-probe top-1 rows of a study table."""
     return table[(table.stage == "probe") & (table.metric == "top1")]
 
 
@@ -273,14 +274,14 @@ def _comparisons_of(tables: dict[str, pd.DataFrame | None], a: str, b: str) -> l
     """Arm `a` against arm `b` in every table there is."""
     found: list[Comparison] = []
     if (default := tables["default"]) is not None:
-        for dataset, part in _probe_top1(default).groupby("dataset", sort=False):
+        for dataset, part in probe_top1(default).groupby("dataset", sort=False):
             found.append(
                 _compare("a", f"probe/{dataset}", f"linear probe on {dataset}", part, a, b)
             )
     if (transfer := tables["transfer"]) is not None:
         found += _transfer(transfer, a, b)
     if (epochs := tables["wsp_epochs"]) is not None:
-        for (wsp_epochs, dataset), part in _probe_top1(epochs).groupby(
+        for (wsp_epochs, dataset), part in probe_top1(epochs).groupby(
             ["wsp_epochs", "dataset"], sort=True
         ):
             found.append(
@@ -294,7 +295,7 @@ def _comparisons_of(tables: dict[str, pd.DataFrame | None], a: str, b: str) -> l
                 )
             )
     if (sizes := tables["model_size"]) is not None:
-        for (model, dataset), part in _probe_top1(sizes).groupby(["model", "dataset"], sort=False):
+        for (model, dataset), part in probe_top1(sizes).groupby(["model", "dataset"], sort=False):
             found.append(_compare("c", f"{model}/{dataset}", f"{model}, {dataset}", part, a, b))
     return found
 
@@ -310,7 +311,7 @@ def _data_size(table: pd.DataFrame, arms: list[str]) -> list[Comparison]:
         return []
     fewest, most = images.idxmin(), images.idxmax()
     found = []
-    probes = _probe_top1(table)
+    probes = probe_top1(table)
     for arm in dict.fromkeys(["mae", *arms]):
         for dataset, part in probes[probes.arm == arm].groupby("dataset", sort=False):
             part = part[part.mae_data.isin([most, fewest])].assign(arm=part.mae_data)
@@ -378,7 +379,7 @@ def below_random(key: str) -> str:
     default = read_table(key, "default")
     if default is None or "random" not in set(default.arm):
         return "not known: no random-init arm in these results"
-    means = _probe_top1(default).groupby(["dataset", "arm"])["value"].mean()
+    means = probe_top1(default).groupby(["dataset", "arm"])["value"].mean()
     below = [
         f"{labels()[arm]} on {dataset}: {value:.2f} < random init {means[dataset, 'random']:.2f}"
         for (dataset, arm), value in means.items()
@@ -394,7 +395,7 @@ def premise(key: str) -> list[Comparison]:
     if default is None:
         return []
     found = []
-    for dataset, part in _probe_top1(default).groupby("dataset", sort=False):
+    for dataset, part in probe_top1(default).groupby("dataset", sort=False):
         for other in ("random", "mae"):
             c = _compare(
                 "premise",
@@ -416,7 +417,7 @@ def finetune_against_probe(key: str) -> list[Comparison]:
     if transfer is None or default is None:
         return []
     tuned = transfer[(transfer.stage == "finetune") & (transfer.metric == "top1")]
-    probes = _probe_top1(default)
+    probes = probe_top1(default)
     found = []
     for (arm, dataset), part in tuned.groupby(["arm", "dataset"], sort=False):
         mine = part.groupby("seed")["value"].mean().rename("tuned")
@@ -450,7 +451,7 @@ def arm_table(key: str) -> list[str]:
         "| arm | dataset | mean top-1 | 95% interval | n | per seed |",
         "| --- | --- | ---: | --- | ---: | --- |",
     ]
-    for (dataset, arm), part in _probe_top1(default).groupby(["dataset", "arm"], sort=False):
+    for (dataset, arm), part in probe_top1(default).groupby(["dataset", "arm"], sort=False):
         values = part.sort_values("seed")["value"].tolist()
         spread = Comparison("", "", "", values)
         lines.append(
@@ -505,14 +506,16 @@ def summary(key: str, found: list[Comparison], plan: AnalysisConfig | None = Non
             )
             continue
         secondary = [c for c in mine if c.role == "secondary"]
-        tally = ", ".join(
-            f"{sum(c.verdict == v for c in secondary)} {v}"
-            for v in ("holds", "contradicted", "inconclusive")
+        why = getattr(plan, claim).descriptive if plan else ""
+        tally = (
+            "shown in the table, without verdicts"
+            if why
+            else ", ".join(
+                f"{sum(c.verdict == v for c in secondary)} {v}"
+                for v in ("holds", "contradicted", "inconclusive")
+            )
         )
         verdict = claim_verdict(mine)
-        why = getattr(plan, claim).descriptive if plan else ""
-        if why:
-            tally = "shown in the table, without verdicts"
         declared = f" (declared before the confirmation: {why})" if why else ""
         against = " This contradicts the paper." if verdict == "contradicted" else ""
         target = getattr(plan, claim).half_width if plan else 0.0
