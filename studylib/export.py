@@ -9,13 +9,15 @@ USER/NAME DIR` publishes the folder as it is; timm then loads it with
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from studylib.config import runs_dir
-from studylib.errors import ConfigError, RunFolderError
+from studylib import registry
+from studylib.config import load_experiment, result_settings, runs_dir
+from studylib.errors import ConfigError, RunFolderError, StudylibError
 from studylib.io import atomic_write
 from studylib.registry import VIT_SIZES
 
@@ -97,6 +99,71 @@ def export(run_path: Path, out: Path) -> list[Path]:
     return files
 
 
+def changed_settings(experiment: dict) -> list[str]:
+    """'key=value' for each setting that decides results where the run's recorded experiment
+    differs from its preset as configured now: its seed, its model, a study point's settings."""
+    preset = load_experiment(experiment.get("preset", "cpu"))
+    settings = {k: v for k, v in result_settings(preset).items() if k != "studies"}
+
+    def walk(now: dict, then: dict, prefix: str) -> list[str]:
+        found = []
+        for key, value in now.items():
+            recorded = then.get(key, value) if isinstance(then, dict) else value
+            if isinstance(value, dict):
+                found += walk(value, recorded, f"{prefix}{key}.")
+            elif recorded != value:
+                shown = recorded if isinstance(recorded, str) else json.dumps(recorded)
+                found.append(f"{prefix}{key}={shown}")
+        return found
+
+    return walk(settings, experiment, "")
+
+
+def reproduce(run_name: str, record: dict) -> str:
+    """The one command that trains this run again, quoted for a shell: `studylib submit ARM` for the
+    arm whose chain of runs ends in it (named by the identity code, which needs the data), at the
+    settings by which the run differs from its preset, or without those of its own stage (an arm
+    that sets them itself: WSP given MAE→WSP's FLOPs); else that preset's default study."""
+    experiment = record.get("experiment", {})
+    preset = experiment.get("preset", "cpu")
+    try:
+        sets = changed_settings(experiment)
+        own = [text for text in sets if not text.startswith(f"{record['identity']['stage']}.")]
+        for settings in (sets, own):
+            exp = load_experiment(preset, settings)
+            for name, arm in registry.ARMS.items():
+                if registry.call(arm.pretrain, exp, train=False)[-1].name == run_name:
+                    options = [part for text in settings for part in ("--set", text)]
+                    return shlex.join(["studylib", "submit", name, "--preset", preset, *options])
+    except (StudylibError, OSError):
+        pass  # the data that names the runs is not here
+    return shlex.join(["studylib", "study", "--preset", preset])
+
+
+def probe_section(run_path: Path) -> list[str]:
+    """The model card's table of the linear probes run on this encoder (the probe runs beside it),
+    or nothing where none was."""
+    rows = []
+    for path in sorted(run_path.parent.glob("probe-*/results.json")):
+        values = json.loads(path.read_text())
+        if values.get("encoder") == run_path.name:
+            rows.append(
+                f"| {values.get('dataset')} | {values.get('top1', float('nan')):.2f} | "
+                f"{values.get('train_images')} | {path.parent.name} |"
+            )
+    if not rows:
+        return []
+    return [
+        "Linear probes of this encoder (L2 logistic regression on its frozen features, scored on "
+        "the whole test set):",
+        "",
+        "| dataset | top-1 (%) | training images | probe run |",
+        "| --- | ---: | ---: | --- |",
+        *rows,
+        "",
+    ]
+
+
 def model_card(run_path: Path, record: dict) -> str:
     """The Hub's model card: what the weights are, how they were made and measured, and how to load
     them."""
@@ -106,7 +173,8 @@ def model_card(run_path: Path, record: dict) -> str:
         if (run_path / "results.json").exists()
         else {}
     )
-    overrides = " ".join(f"--set {k}={v}" for k, v in (experiment.get("overrides") or {}).items())
+    dataset = (identity.get("data") or {}).get("dataset")
+    spec = VIT_SIZES.get(identity["model"], {})
     return "\n".join(
         [
             "---",
@@ -114,6 +182,7 @@ def model_card(run_path: Path, record: dict) -> str:
             "license: mit",
             "pipeline_tag: image-feature-extraction",
             f"tags: [{identity['stage']}, vision-transformer, studylib]",
+            *([f"datasets: [{dataset}]"] if dataset else []),
             "---",
             "",
             f"# {run_path.name}: a ViT-{identity['model']} encoder from studylib "
@@ -122,18 +191,23 @@ def model_card(run_path: Path, record: dict) -> str:
             f"Trained by studylib's `{identity['stage']}` stage, preset "
             f"`{experiment.get('preset', '?')}`, seed {identity.get('seed')}, precision "
             f"{identity.get('precision')}. The encoder's output is its normalised class token "
-            "(no head).",
+            f"(no head). timm builds it as its VisionTransformer with config.json's `model_args` "
+            f"(ViT-{identity['model']}: {spec.get('embed_dim')} wide, {spec.get('depth')} blocks, "
+            f"patch {spec.get('patch_size')}, {spec.get('img_size')} px); the `architecture` name "
+            "only picks that class.",
             "",
             "```python",
             "import timm",
             'model = timm.create_model("hf-hub:USER/NAME", pretrained=True)  # after '
             "hf upload USER/NAME .",
+            'model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True)',
             "```",
             "",
-            "Reproduce it:",
+            *probe_section(run_path),
+            "Train it again (one run and the runs it starts from; reused where they exist):",
             "",
             "```bash",
-            f"studylib study --preset {experiment.get('preset', 'cpu')} {overrides}".rstrip(),
+            reproduce(run_path.name, record),
             "```",
             "",
             "Its metrics (results.json):",

@@ -75,5 +75,17 @@ def test_runs_lists_the_finished_runs_and_export_takes_an_arm_at_a_seed(
     out = tmp_path / "by-arm"
     sets = ["--set", "model=nano", "--set", "seed=3"]
     assert main(["export", "random", "--preset", "smoke", *sets, "--out", str(out)]) == 0
-    assert run.name in (out / "README.md").read_text()  # the arm's encoder run at that seed
+    card = (out / "README.md").read_text()
+    assert run.name in card  # the arm's encoder run at that seed
+    # the one command that trains it again, found through the identity code
+    assert "studylib submit random --preset smoke --set model=nano --set seed=3" in card
+    assert "Linear probes" not in card  # none ran on it
+    probe = run.path.parent / "probe-0000000a"  # a probe run's results.json, as the stage writes it
+    probe.mkdir()
+    (probe / "results.json").write_text(
+        json.dumps({"top1": 51.234, "dataset": "cifar10", "encoder": run.name, "train_images": 100})
+    )
+    assert main(["export", run.name, "--preset", "smoke", "--out", str(tmp_path / "probed")]) == 0
+    card = (tmp_path / "probed" / "README.md").read_text()
+    assert "| cifar10 | 51.23 | 100 | probe-0000000a |" in card
     assert main(["export", "mae", "--preset", "smoke", *sets, "--out", str(tmp_path / "no")]) == 2
