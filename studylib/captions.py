@@ -215,10 +215,14 @@ def _cost(exp: Experiment, table: pd.DataFrame) -> str:
 
 
 def _seed_span(seeds: list[int]) -> str:
-    seeds = sorted(seeds)
-    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
-        return f"{seeds[0]}-{seeds[-1]}"
-    return _words(seeds)
+    """Seeds in words, each run of three or more consecutive seeds as a span: "0-3 and 13-18"."""
+    runs: list[list[int]] = []
+    for seed in sorted(seeds):
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return _words([part for r in runs for part in ([f"{r[0]}-{r[-1]}"] if len(r) > 2 else r)])
 
 
 def _draws(key: str) -> str:
@@ -268,7 +272,8 @@ def how_made(key: str) -> str:
     )
     lines = [
         f"- **Cost.** {_cost(exp, default)}.",
-        f"- **Seeds.** Pilot seeds {_seed_span(exp.studies.pilot_seeds)} chose the design "
+        f"- **Seeds.** Pilot seeds {_seed_span(exp.studies.pilot_seeds)} chose the design and the "
+        "seed counts "
         f"([`results/{key}/pilot/`](results/{key}/pilot/), [plan](results/{key}/plan.md)); "
         f"confirmation seeds, which chose nothing: {seeds}.",
         f"- **Draws.** {_draws(key)}.",

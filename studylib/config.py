@@ -28,9 +28,10 @@ from studylib.errors import ConfigError, shown
 from studylib.registry import ARMS, CORRUPTIONS, STUDIES, TASKS, VIT_SIZES
 
 PACKAGE = Path(__file__).resolve().parent
-# Run from a clone (experiments.yaml and pyproject.toml beside the package): its folders (data, runs,
-# results, figures, output) and its presets. Installed from a wheel: those folders where the command
-# runs, and the presets packaged with it (studylib/experiments.yaml, a link to the clone's file).
+# Run from a clone (experiments.yaml and pyproject.toml beside the package): its folders (data,
+# runs, results, figures, output) and its presets. Installed from a wheel: those folders where the
+# command runs, and the presets packaged with it (studylib/experiments.yaml, a link to the clone's
+# file).
 IN_CLONE = all((PACKAGE.parent / name).is_file() for name in ("experiments.yaml", "pyproject.toml"))
 REPO_ROOT = PACKAGE.parent if IN_CLONE else Path.cwd()
 DEFAULT_CONFIG_FILE = (REPO_ROOT if IN_CLONE else PACKAGE) / "experiments.yaml"
