@@ -2,6 +2,7 @@
 runs a study from another folder, with the presets packaged inside it."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -14,11 +15,15 @@ TINY = ["model=nano", "data.synthetic_train=128", "data.synthetic_test=64", "mae
 
 
 def test_a_wheel_installs_in_a_fresh_venv_and_runs_a_study_from_another_folder(tmp_path):
-    wheels = tmp_path / "wheels"
+    source, wheels = tmp_path / "source", tmp_path / "wheels"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "studylib", source / "studylib", symlinks=True, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE", "experiments.yaml"):
+        shutil.copy2(REPO / name, source / name)  # the build writes build/ here, not in the clone
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     # no index here: built with this venv's setuptools, its dependencies taken from this venv
     subprocess.run(
-        [*pip, "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
+        [*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
         check=True,
         capture_output=True,
     )
