@@ -167,8 +167,14 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> None:
-    """The resolved experiment (every value that decides results), and where its tables go."""
+    """The resolved experiment (every value that decides results), and where its tables go; or one
+    setting explained (--explain KEY)."""
     exp = _experiment(args, writes=False)
+    if args.explain:
+        from studylib.explain import explain
+
+        print(explain(exp, args.explain), end="")
+        return
     print(yaml.safe_dump(result_settings(exp), sort_keys=False).rstrip())
     print("# not in any result (speed, places, the analysis plan):")
     print(yaml.safe_dump(_not_in_results(exp), sort_keys=False).rstrip())
@@ -370,7 +376,8 @@ EXAMPLES = {
     "figures": "  studylib figures --preset cpu",
     "submit": "  studylib submit --preset smoke\n"
     "  studylib submit mae_wsp --preset paper --set launch.executor=slurm --no-wait",
-    "config": "  studylib config --preset cpu\n  studylib config --preset cpu --set mae.epochs=16",
+    "config": "  studylib config --preset cpu\n  studylib config --preset cpu --set mae.epochs=16\n"
+    "  studylib config --preset cpu --explain wsp.epoch_images",
     "findings": "  studylib findings --preset cpu\n  studylib findings --preset cpu --readme",
     "plan": "  studylib study --preset cpu --pilot\n  studylib plan --preset cpu",
     "export": "  studylib export mae --preset cpu --set seed=13 --out exported/mae-nano\n"
@@ -501,7 +508,17 @@ def _shards_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--explain",
+        metavar="KEY",
+        default=None,
+        help="what one setting means, its allowed values and default, and whether it names runs",
+    )
+
+
 OWN_ARGUMENTS = {
+    "config": _config_arguments,
     "study": _study_arguments,
     "notebooks": _notebooks_arguments,
     "transfer": _transfer_arguments,

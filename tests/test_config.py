@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from studylib.cli import main
 from studylib.config import Experiment, config_hash, load_experiment
 from studylib.errors import ConfigError
 
@@ -151,3 +152,46 @@ def test_every_command_shows_examples_that_parse_and_name_valid_keys(capsys):
             if hasattr(args, "preset"):
                 # every --set of an example is a real key
                 load_experiment(args.preset, args.overrides)
+
+
+def _leaves(value: object, prefix: str = "") -> list[str]:
+    import dataclasses
+
+    keys = []
+    for f in dataclasses.fields(value):
+        if f.metadata.get("internal"):
+            continue
+        item = getattr(value, f.name)
+        keys += (
+            _leaves(item, f"{prefix}{f.name}.")
+            if dataclasses.is_dataclass(item)
+            else [f"{prefix}{f.name}"]
+        )
+    return keys
+
+
+def test_config_explain_reads_the_schema_and_agrees_with_the_identity_code(capsys):
+    """`studylib config --explain KEY`: the comment above the setting in config.py, its allowed
+    values and defaults; and for every setting, whether it names runs as the identity code says
+    (result_settings keeps it, or leaves it out)."""
+    from studylib.config import result_settings
+    from studylib.explain import explain
+
+    assert main(["config", "--preset", "cpu", "--explain", "wsp.epoch_images"]) == 0
+    out = capsys.readouterr().out
+    assert "images drawn per epoch (0: one pass over the pool" in out  # its comment in config.py
+    assert "allowed: >= 0" in out and "when set away from its default" in out
+    exp = load_experiment("smoke")
+    kept = result_settings(exp)
+    for key in _leaves(exp):
+        value = kept
+        for part in key.split("."):
+            value = value.get(part, KeyError) if isinstance(value, dict) else KeyError
+        said = explain(exp, key).split("in a run's identity: ")[1]
+        if value is KeyError:  # speed-only, the plan, launch, or a when-set value at its default
+            assert said.startswith(("no:", "when set")), key
+        else:
+            assert said.startswith(("yes:", "when set")), key
+    assert main(["config", "--preset", "cpu", "--explain", "wsp.nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "allowed: epochs, batch_size" in err
