@@ -54,8 +54,9 @@ def verdicts(key: str, table: pd.DataFrame) -> str:
     return (
         f"Each claim's primary comparison on `{key}`{matched}: the paired difference at every "
         "seed (grey), its mean with the interval the verdict used (Holm-adjusted within its "
-        "claim), the planned 95% half-width (black) and the verdict of the declared plan; n in "
-        "each panel's title."
+        "claim), the band of +- the planned 95% half-width around zero (an inconclusive "
+        "interval inside it answers: no effect beyond it) and the verdict of the declared plan; n "
+        "in each panel's title."
     )
 
 

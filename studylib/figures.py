@@ -337,8 +337,8 @@ def verdicts(key: str) -> list[Path]:
 
 
 def _verdict_panel(ax: plt.Axes, c: Comparison, target: float, first: bool) -> None:
-    """One comparison: every seed's difference, the mean with the verdict's interval, the planned
-    half-width (target; 0: none) and the zero line."""
+    """One comparison: every seed's difference, the mean with the verdict's interval, the band of
+    +-the planned half-width around zero (target; 0: none) and the zero line."""
     ax.axhline(0, color="black", lw=0.8)
     ax.scatter(
         np.linspace(-0.12, 0.12, c.n), c.differences, color="grey", s=14, zorder=3, label="one seed"
@@ -354,22 +354,19 @@ def _verdict_panel(ax: plt.Axes, c: Comparison, target: float, first: bool) -> N
             label="mean, the verdict's interval (Holm-adjusted)",
         )
     if target and c.n > 1:
-        ax.errorbar(
-            [0.55],
-            [c.mean],
-            yerr=[[target]],
-            fmt="none",
-            color="black",
-            capsize=3,
-            lw=0.8,
-            label="the planned 95% half-width",
+        ax.axhspan(
+            -target,
+            target,
+            color="0.88",
+            zorder=0,
+            label="± the planned half-width: no effect beyond it where the interval lies inside",
         )
     what = textwrap.fill(c.what, 26, max_lines=4)
     ax.set(
         xlim=(-0.4, 0.75),
         xticks=[],
         ylabel="paired difference (top-1 points)" if first else "",
-        title=f"({c.claim}) {c.role}\n{what}\nn = {c.n}: {c.verdict}",
+        title=f"({c.claim}) {c.role}\n{what}\nn = {c.n}: {c.answer(target)}",
     )
     ax.title.set_fontsize(8)
 

@@ -33,8 +33,9 @@ RULE = (
     "alpha and the mean difference is above 0, is contradicted if p < alpha and below 0, and is "
     "inconclusive otherwise (or with n < 2); a claim's verdict is its primary comparison's, or, "
     "where the plan names several (a claim at every size: an intersection-union test), holds "
-    "only if each holds and is contradicted if any is; a claim the plan declared descriptive "
-    "before its confirmation gets no verdict word"
+    "only if each holds and is contradicted if any is; an inconclusive claim whose primary "
+    "intervals (Holm-adjusted) lie inside +-its planned half-width answers 'no effect beyond' "
+    "it; a claim the plan declared descriptive before its confirmation gets no verdict word"
 )
 
 CLAIMS = {
@@ -98,6 +99,14 @@ class Comparison:
         else:
             significant = not math.isnan(self.half_width) and abs(self.mean) > self.half_width
         return "inconclusive" if not significant else "holds" if self.mean > 0 else "contradicted"
+
+    def answer(self, target: float) -> str:
+        """The verdict; for an inconclusive one whose interval (the Holm-adjusted one the verdict
+        used) lies inside +-target, the planned half-width: no effect beyond it."""
+        bounded = self.n > 1 and abs(self.mean) + self.holm_half_width <= target
+        if self.verdict == "inconclusive" and target > 0 and bounded:
+            return f"no effect beyond ±{target:g}"
+        return self.verdict
 
     @property
     def holm_half_width(self) -> float:
@@ -362,15 +371,24 @@ def analyse(found: list[Comparison], plan: AnalysisConfig) -> list[Comparison]:
     return [c for c in found if c.role]
 
 
-def claim_verdict(mine: list[Comparison]) -> str:
+def claim_verdict(mine: list[Comparison], target: float = 0.0) -> str:
     """The primary's verdict; with several primaries (analysis.X.every), holds only if each
-    holds, contradicted if any is."""
-    verdicts = {c.verdict for c in mine if c.role == "primary"}
+    holds, contradicted if any is. An inconclusive claim whose every primary interval (the
+    Holm-adjusted one its verdict used) lies inside +-target, the planned half-width, answers:
+    no effect beyond it."""
+    primary = [c for c in mine if c.role == "primary"]
+    verdicts = {c.verdict for c in primary}
     if not verdicts:
         return "no primary comparison in these results"
-    if len(verdicts) == 1:
-        return verdicts.pop()
-    return "contradicted" if "contradicted" in verdicts else "inconclusive"
+    verdict = (
+        verdicts.pop()
+        if len(verdicts) == 1
+        else "contradicted"
+        if "contradicted" in verdicts
+        else "inconclusive"
+    )
+    answers = {c.answer(target) for c in primary}
+    return answers.pop() if verdict == "inconclusive" and len(answers) == 1 else verdict
 
 
 def below_random(key: str) -> str:
@@ -515,10 +533,10 @@ def summary(key: str, found: list[Comparison], plan: AnalysisConfig | None = Non
                 for v in ("holds", "contradicted", "inconclusive")
             )
         )
-        verdict = claim_verdict(mine)
+        target = getattr(plan, claim).half_width if plan else 0.0
+        verdict = claim_verdict(mine, target)
         declared = f" (declared before the confirmation: {why})" if why else ""
         against = " This contradicts the paper." if verdict == "contradicted" else ""
-        target = getattr(plan, claim).half_width if plan else 0.0
         sentences = " ".join(f"{c.sentence()}.{_met(c, target)}" for c in primary)
         named = "Primary comparisons (each must hold)" if len(primary) > 1 else "Primary comparison"
         lines.append(
@@ -555,7 +573,7 @@ def _met(c: Comparison, target: float) -> str:
     return f" Its half-width {c.half_width:.2f} against the planned {target:.2f}: {met}."
 
 
-def _claim_rows(found: list[Comparison]) -> list[str]:
+def _claim_rows(found: list[Comparison], plan: AnalysisConfig | None) -> list[str]:
     lines = [
         "| claim | comparison (key) | role | difference | n | 95% interval | Holm p | verdict |",
         "| --- | --- | --- | ---: | ---: | --- | ---: | --- |",
@@ -565,7 +583,8 @@ def _claim_rows(found: list[Comparison]) -> list[str]:
         if not mine:
             lines.append(f"| ({claim}) {text} | not studied in these results | | | | | | |")
             continue
-        lines.append(f"| **({claim}) {text}** | **claim** | | | | | | **{claim_verdict(mine)}** |")
+        verdict = claim_verdict(mine, getattr(plan, claim).half_width if plan else 0.0)
+        lines.append(f"| **({claim}) {text}** | **claim** | | | | | | **{verdict}** |")
         for c in mine:
             p = f"{c.p_holm:.2g}" if not math.isnan(c.p_holm) else ""
             lines.append(
@@ -593,7 +612,8 @@ def report(
     arms = arm_table(key)
     if arms:
         lines += ["Linear-probe top-1 (%) of every arm, default study:", "", *arms, ""]
-    lines += [f"Differences are paired, in top-1 points. Rule: {RULE}.", "", *_claim_rows(found)]
+    rule = f"Differences are paired, in top-1 points. Rule: {RULE}."
+    lines += [rule, "", *_claim_rows(found, plan)]
     single = [c for c in found if c.role == "descriptive"]
     if single:
         lines += [

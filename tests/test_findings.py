@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -60,6 +61,13 @@ def test_p_value_and_holm_agree_with_their_definitions():
     assert findings.claim_verdict(analysed) == "inconclusive"
     # held before Holm
     assert analysed[0].p < 0.05 < analysed[0].p_holm and analysed[0].verdict == "inconclusive"
+    # an answer of no effect: the primary's Holm-adjusted interval inside +-the planned half-width
+    primary = analysed[1]  # mean 0.05, sd 0.21, n 4
+    reach = abs(primary.mean) + primary.holm_half_width
+    answer = findings.claim_verdict(analysed, target=reach + 0.01)
+    assert answer == f"no effect beyond ±{reach + 0.01:g}"
+    assert findings.claim_verdict(analysed, target=reach - 0.01) == "inconclusive"
+    assert findings.claim_verdict(analysed, target=0.0) == "inconclusive"
 
 
 def test_a_result_shared_by_two_claims_is_counted_once_and_one_seed_is_descriptive():
@@ -328,6 +336,17 @@ def test_a_figure_with_nothing_to_draw_is_skipped_in_one_line(isolated_dirs, cap
     _default_table({"wsp": 25.0}).assign(model="nano").to_csv(folder / "model_size.csv")
     assert figures.make_all("mine", ["model_size"]) == {}
     assert "skipping model_size: " in capsys.readouterr().out
+
+
+def test_the_readme_s_first_screen_times_are_the_committed_log_s():
+    """The first command's minutes are the default study's in the committed cpu batch log (03_wsp,
+    to the nearest 5 minutes), and the smoke run, the quick first try, is on the first screen."""
+    first = (REPO / "README.md").read_text().split("```")[1]
+    said = re.search(r"make study .*about (\d+) minutes", first)
+    log = (REPO_ROOT / "results" / "cpu" / "studies_log.txt").read_text()
+    seconds = float(re.search(r"^03_wsp\.ipynb: ([\d.]+) s", log, re.M).group(1))
+    assert said and int(said.group(1)) == 5 * round(seconds / 300)
+    assert "PRESET=smoke make study" in (REPO / "README.md").read_text()[:1500]
 
 
 def test_the_readme_s_bf16_against_fp32_numbers_are_the_committed_check_s():
