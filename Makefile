@@ -4,7 +4,7 @@ PRESET ?= cpu
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup study studies test lint lab
+.PHONY: setup study studies test lint lab rehearse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,6 @@ test: lint  ## every test, on synthetic data
 
 lab: setup  ## JupyterLab on the notebooks (as root too, as in a container)
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+
+rehearse: setup  ## the GPU scripts (benchmarks/gpu_check.sh, gpu_studies.sh) at toy size on the CPU, 8.5 min
+	$(VENV)/bin/python -m pytest -q -m rehearsal tests/test_gpu_rehearsal.py

@@ -2,41 +2,61 @@
 # The GPU path, end to end, and its timings: run on a machine with a CUDA GPU from the repo root.
 #   bash benchmarks/gpu_check.sh [SECTION ...]     sections: studies default transfer speed stream (default: all)
 # Needs torch, timm, pandas, pyyaml, tqdm, matplotlib and seaborn (no install: the package runs from the
-# checkout). Real CIFAR need not be there: the gpu-preset timings use synthetic images of CIFAR's size.
+# checkout; PYTHON picks the interpreter, default .venv's, else python3). Real CIFAR need not be there: the
+# gpu-preset timings use synthetic images of CIFAR's size. GPU_CHECK_DEVICE=cpu runs every section's commands at
+# toy sizes, to check the script without a GPU (`make rehearse` does).
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 export STUDYLIB_RUNS=${STUDYLIB_RUNS:-/tmp/studylib-gpu-check/runs} STUDYLIB_RESULTS=${STUDYLIB_RESULTS:-/tmp/studylib-gpu-check/results}
+export STUDYLIB_FIGURES=${STUDYLIB_FIGURES:-/tmp/studylib-gpu-check/figures}
+PYTHON=${PYTHON:-$(if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python3; fi)}
 sections=${*:-studies default transfer speed stream}
-device=${GPU_CHECK_DEVICE:-cuda}  # cpu: the same commands at toy sizes, to check the script here
-cifar_sized=(--set data.pretrain=synthetic --set 'data.probe=[synthetic]' --set data.synthetic_train=50000
-             --set data.synthetic_test=10000)
-if [ "$device" = cuda ]; then nvidia-smi -L; fi
-python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
+device=${GPU_CHECK_DEVICE:-cuda}
+if [ "$device" = cuda ]; then
+  nvidia-smi -L
+  images=(--set data.synthetic_train=50000 --set data.synthetic_test=10000)
+  smoke=() gpu=() speed=(--models micro tiny small --batch 512) paper=(--batch 256 --compile) n=20000
+  stream=(--set model=B/16) robust=(--set transfer.robustness.test_images=1000)
+else  # toy sizes: the same commands and keys, seconds of work
+  images=(--set data.synthetic_train=64 --set data.synthetic_test=32)
+  smoke=(--set model=nano --set data.synthetic_train=64 --set data.synthetic_test=32 --set mae.epochs=1
+         --set wsp.epochs=1)
+  gpu=(--set model=pico --set studies.seeds=[3] --set mae.batch_size=16 --set wsp.batch_size=16
+       --set transfer.finetune.batch_size=16 --set transfer.finetune.min_steps=0
+       --set transfer.zeroshot.batch_size=16 --set 'transfer.lowshot.shots=[1]')
+  speed=(--models pico --batch 4 --seconds 0.01 --rounds 1) paper=(--batch 2 --seconds 0.01 --rounds 1) n=64
+  stream=(--set model=pico --set mae.batch_size=16 --set wsp.batch_size=16)
+  robust=(--set transfer.robustness.test_images=16)
+fi
+cifar_sized=(--set data.pretrain=synthetic --set 'data.probe=[synthetic]' "${images[@]}" "${gpu[@]}")
+"$PYTHON" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
 for section in $sections; do
   case $section in
     studies)
       for study in explore default model_size data_size wsp_epochs transfer; do
-        echo "== $study study, smoke preset, on cuda (bf16 autocast)"
-        /usr/bin/time -f "%e s" python3 -m studylib study $study --preset smoke --set device=cuda | tail -n 4
+        echo "== $study study, smoke preset, on $device"
+        /usr/bin/time -f "%e s" "$PYTHON" -m studylib study $study --preset smoke --set device="$device" \
+          "${smoke[@]}" | tail -n 4
       done ;;
     default)
       echo "== default study, gpu preset, CIFAR-sized synthetic data, short schedules"
-      python3 -m studylib study --preset gpu "${cifar_sized[@]}" --set mae.epochs=3 --set wsp.epochs=2 ;;
+      "$PYTHON" -m studylib study --preset gpu "${cifar_sized[@]}" --set device="$device" --set mae.epochs=3 \
+        --set wsp.epochs=2 ;;
     transfer)
       echo "== transfer suite, gpu preset, CIFAR-sized synthetic data, short schedules"
-      /usr/bin/time -f "%e s" python3 -m studylib study transfer --preset gpu "${cifar_sized[@]}" --set mae.epochs=3 \
-        --set wsp.epochs=2 --set transfer.finetune.epochs=2 --set transfer.zeroshot.epochs=3 \
-        --set transfer.robustness.test_images=1000
+      /usr/bin/time -f "%e s" "$PYTHON" -m studylib study transfer --preset gpu "${cifar_sized[@]}" \
+        --set device="$device" --set mae.epochs=3 \
+        --set wsp.epochs=2 --set transfer.finetune.epochs=2 --set transfer.zeroshot.epochs=3 "${robust[@]}"
       grep -h '"wall_time_s"\|"images_per_s"' "$STUDYLIB_RUNS"/gpu/{finetune,zeroshot}-*/results.json || true ;;
     speed)
       echo "== training-step speed, bf16"
-      python3 benchmarks/benchmark.py --preset gpu --models micro tiny small --batch 512 --precisions bf16
-      python3 benchmarks/benchmark.py --preset paper --models B/16 --batch 256 --precisions bf16 --compile ;;
+      "$PYTHON" benchmarks/benchmark.py --preset gpu --device "$device" "${speed[@]}" --precisions bf16
+      "$PYTHON" benchmarks/benchmark.py --preset paper --device "$device" --models B/16 "${paper[@]}" \
+        --precisions bf16 ;;
     stream)
       echo "== MAE and WSP on 256 px JPEGs: streamed from shards (decoded on the device) against in memory"
       pool=$STUDYLIB_RUNS/../pool256
-      if [ "$device" = cuda ]; then n=20000 sets=(--set model=B/16); else n=64 sets=(--set model=pico); fi
-      python3 - "$pool" "$n" <<'PY'  # an image folder of n photo-like 341 x 256 JPEGs, 10 classes
+      "$PYTHON" - "$pool" "$n" <<'PY'  # an image folder of n photo-like 341 x 256 JPEGs, 10 classes
 import sys
 from pathlib import Path
 import numpy as np
@@ -50,10 +70,10 @@ for i, (image, label) in enumerate(zip(data.train_images, data.train_labels)):
     (root / "train" / f"c{int(label)}").mkdir(parents=True, exist_ok=True)
     Image.fromarray(noisy).save(root / "train" / f"c{int(label)}" / f"{i:06d}.jpg", quality=90)
 PY
-      python3 -m studylib shards --preset gpu --set data.pretrain="$pool" --out "$pool-shards"
+      "$PYTHON" -m studylib shards --preset gpu --set data.pretrain="$pool" --out "$pool-shards"
       for form in "$pool" "$pool-shards"; do
         for arm in mae wsp; do
-          python3 -m studylib submit "$arm" --preset gpu "${sets[@]}" --set device="$device" \
+          "$PYTHON" -m studylib submit "$arm" --preset gpu "${stream[@]}" --set device="$device" \
             --set launch.executor=local \
             --set data.pretrain="$form" --set data.pretrain_fraction=1 --set mae.epochs=1 \
             --set wsp.epochs=1 | tail -n 2

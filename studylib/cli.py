@@ -366,7 +366,7 @@ def cmd_models(_args: argparse.Namespace) -> None:
 
 EXAMPLES = {
     "study": "  studylib study --preset smoke\n"
-    "  studylib study wsp_epochs --preset cpu --set studies.seeds=[13]\n"
+    "  studylib study wsp_epochs --preset cpu --set studies.seeds=[19]\n"
     "  studylib study --preset cpu --pilot",
     "notebooks": "  studylib notebooks --preset cpu\n"
     "  studylib notebooks --preset cpu --only wsp data_size",
