@@ -717,7 +717,7 @@ def load_experiment(
         _run_the_seed(exp, seeds_set="studies.seeds" in set_by_override)
     _check_together(exp, origins)
     exp.preset = preset
-    mine, theirs = _flatten(result_settings(exp)), _flatten(result_settings(own))
+    mine, theirs = flatten(result_settings(exp)), flatten(result_settings(own))
     exp.overrides = {k: v for k, v in mine.items() if theirs.get(k) != v}
     return exp
 
@@ -783,11 +783,12 @@ def _read_presets(path: Path, preset: str) -> dict[str, Any]:
     return presets
 
 
-def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: {'wsp': {'epochs': 2}} -> {'wsp.epochs': 2}."""
     flat = {}
     for key, value in settings.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from studylib import registry
-from studylib.config import load_experiment, result_settings, runs_dir
+from studylib.config import flatten, load_experiment, result_settings, runs_dir
 from studylib.errors import ConfigError, RunFolderError, StudylibError
 from studylib.io import atomic_write
 from studylib.registry import VIT_SIZES
@@ -103,20 +103,13 @@ def changed_settings(experiment: dict) -> list[str]:
     """'key=value' for each setting that decides results where the run's recorded experiment
     differs from its preset as configured now: its seed, its model, a study point's settings."""
     preset = load_experiment(experiment.get("preset", "cpu"))
-    settings = {k: v for k, v in result_settings(preset).items() if k != "studies"}
-
-    def walk(now: dict, then: dict, prefix: str) -> list[str]:
-        found = []
-        for key, value in now.items():
-            recorded = then.get(key, value) if isinstance(then, dict) else value
-            if isinstance(value, dict):
-                found += walk(value, recorded, f"{prefix}{key}.")
-            elif recorded != value:
-                shown = recorded if isinstance(recorded, str) else json.dumps(recorded)
-                found.append(f"{prefix}{key}={shown}")
-        return found
-
-    return walk(settings, experiment, "")
+    now = flatten({k: v for k, v in result_settings(preset).items() if k != "studies"})
+    then = flatten(experiment)
+    return [
+        f"{key}={then[key] if isinstance(then[key], str) else json.dumps(then[key])}"
+        for key, value in now.items()
+        if then.get(key, value) != value
+    ]
 
 
 def reproduce(run_name: str, record: dict) -> str:
