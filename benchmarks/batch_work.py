@@ -16,9 +16,10 @@ import sys
 import pandas as pd
 import torch
 
-from studylib.config import load_experiment, results_dir
+from studylib.config import load_experiment
 from studylib.data import load_dataset
 from studylib.models import VIT_SIZES, count_flops, vit
+from studylib.paths import results_dir
 from studylib.stages.probe import kept_per_class
 
 STUDIES = ("explore", "default", "model_size", "data_size", "wsp_epochs", "transfer")

@@ -29,12 +29,15 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from studylib.config import Experiment, TrainConfig, load_experiment
-from studylib.data import Batches, ImageTransform, synthetic
+from studylib.batches import Batches, ImageTransform
+from studylib.config import load_experiment
+from studylib.data import synthetic
 from studylib.distributed import native_bf16, resolve_device
 from studylib.engine import optimizer_for, train_step
+from studylib.experiment import Experiment
 from studylib.io import git_sha
 from studylib.models import VIT_SIZES, choose_attention, count_flops, vit
+from studylib.schema import TrainConfig
 from studylib.stages import mae
 from studylib.stages.wsp import wsp_loss
 

@@ -1,6 +1,6 @@
 """Does the loader worker's crop move a probe? The same trained encoders probed on CIFAR-10 images
 made by the worker's path before (torchcodec's decode, torchvision's antialiased bicubic resize) and
-now (simplejpeg's decode, `studylib.shards._crop`'s OpenCV resize).
+now (simplejpeg's decode, `studylib.decode.crop_resized`'s OpenCV resize).
 
     python benchmarks/decoder_probe.py --out benchmarks/results/decoder_probe_<commit>.json
 
@@ -31,10 +31,12 @@ from scipy import stats
 from torch import nn
 
 from studylib import arms
-from studylib.config import Experiment, load_experiment
+from studylib.config import load_experiment
 from studylib.data import load_dataset
 from studylib.distributed import device_and_dtype, precision_name
-from studylib.evaluation import extract_features, fit_head, frozen_encoder
+from studylib.evaluation import fit_head, frozen_encoder
+from studylib.experiment import Experiment
+from studylib.features import extract_features
 
 SIZE = 32
 # the worker's path before (torchcodec, torchvision's antialiased bicubic), now (simplejpeg, OpenCV)

@@ -8,13 +8,13 @@ same photos resized to a 256 px short side (what `studylib shards --max-size 256
 passes, the passes interleaved (each round times every path once):
 
 - decode only: the whole JPEG to RGB pixels, the limit of that decoder;
-- decode + crop: WSP's random-resized crop (crop_min 0.08, the boxes of `studylib.shards.crop_box`,
+- decode + crop: WSP's random-resized crop (crop_min 0.08, the boxes of `studylib.decode.crop_box`,
   the same for every decoder) resized to 224 px. PIL with `draft` (DCT-domain scaling to the
   smallest scale that still covers the crop; the worker's path until b71808d), simplejpeg with the
   same DCT-domain scaling (`min_width`/`min_height`) then PIL's resize, torchvision's deprecated
   `decode_jpeg` and torchcodec's `decode_jpeg` (whole image, then torchvision's antialiased
   `resized_crop`: the worker's path before), and simplejpeg's whole-image decode then OpenCV's
-  resize (`studylib.shards._crop`: the worker's `studylib.shards._decode` path now).
+  resize (`studylib.decode.crop_resized`: the worker's `studylib.decode.decode_sample` path now).
 
 Each path's crops are compared with PIL's: the mean absolute difference in pixel values (0-255).
 """
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from studylib.shards import _crop, crop_box
+from studylib.decode import crop_box, crop_resized
 
 SIZE, CROP_MIN = 224, 0.08
 
@@ -110,7 +110,7 @@ def torchcodec_whole(blob: bytes, box: tuple, size: int = SIZE) -> np.ndarray:
 def worker(blob: bytes, box: tuple, size: int = SIZE) -> np.ndarray:
     import simplejpeg
 
-    return _crop(simplejpeg.decode_jpeg(blob, "RGB"), box, size).permute(1, 2, 0).numpy()
+    return crop_resized(simplejpeg.decode_jpeg(blob, "RGB"), box, size).permute(1, 2, 0).numpy()
 
 
 def decode_only() -> dict[str, Callable[[bytes], object]]:

@@ -8,10 +8,10 @@ It writes `--images` photo-sized JPEGs (500 x 375, ImageNet's typical size, qual
 test images upscaled, with fine noise so they do not compress like flat colour) once as WebDataset
 shards and once as an image folder, then times, in this process (one worker's work), what each
 ShardStream worker runs: reading each sample (`TarShards.read`, `ImageFiles.read`), decoding it and
-random-resized-cropping it to 224 px (`studylib.shards._decode`: WSP's crop_min 0.08, simplejpeg's
-decode and OpenCV's resize); beside it, reading the shard alone (its share of the time; and by
-webdataset, the reader before studylib.tars), simplejpeg's decode alone (the worker's limit), and
-an old way, PIL decoding the whole JPEG then resizing it to 224 px; and the device side, flip +
+random-resized-cropping it to 224 px (`studylib.decode.decode_sample`: WSP's crop_min 0.08,
+simplejpeg's decode and OpenCV's resize); beside it, reading the shard alone (its share of the time;
+and by webdataset, the reader before studylib.tars), simplejpeg's decode alone (the worker's limit),
+and an old way, PIL decoding the whole JPEG then resizing it to 224 px; and the device side, flip +
 normalise of 224 px batches (what ShardBatches does after the workers). Workers per GPU = the
 recorded GPU step rate (benchmarks/RESULTS.md) / one worker's rate.
 """
@@ -33,8 +33,10 @@ import torch
 from PIL import Image
 
 from studylib import tars
-from studylib.data import ImageTransform, load_dataset
-from studylib.shards import ImageFiles, TarShards, _decode
+from studylib.batches import ImageTransform
+from studylib.data import load_dataset
+from studylib.decode import decode_sample
+from studylib.shards import ImageFiles, TarShards
 
 # img/s recorded in benchmarks/RESULTS.md (bf16, batch 256, compiled): WSP and MAE steps of B/16
 GPU_RATES = {
@@ -114,7 +116,7 @@ def main() -> None:
 
         def decoded(source: TarShards | ImageFiles, crop_min: float) -> None:
             for sample in source.read(source.units, seed=0):
-                _decode(sample, 224, crop_min)
+                decode_sample(sample, 224, crop_min)
 
         def read_only() -> None:
             for _ in shards.read(shards.units, seed=0):

@@ -19,8 +19,8 @@ import time
 
 import pandas as pd
 
+from studylib.comparisons import t_quantile_975
 from studylib.config import load_experiment
-from studylib.findings import t_quantile_975
 from studylib.io import git_sha
 from studylib.registry import compared_pairs
 from studylib.study import default_one_seed

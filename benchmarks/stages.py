@@ -28,10 +28,12 @@ import torch
 from benchmark import best_times, matmul, stage_step
 from torch import nn
 
-from studylib import evaluation
-from studylib.config import Experiment, load_experiment
+from studylib import features
+from studylib.config import load_experiment
 from studylib.distributed import device_and_dtype
-from studylib.evaluation import extract_features, fit_head
+from studylib.evaluation import fit_head
+from studylib.experiment import Experiment
+from studylib.features import extract_features
 from studylib.io import git_sha
 from studylib.models import count_flops, vit
 from studylib.stages import mae
@@ -150,13 +152,13 @@ def measure(threads: int, args: argparse.Namespace, start: multiprocessing.Barri
 
 def fused_features(exp: Experiment, uint8: torch.Tensor, dtype: torch.dtype) -> None:
     """`extract_features` as it ran before: torch's fused attention on the CPU too."""
-    real = evaluation.choose_attention
-    evaluation.choose_attention = lambda model, _device: real(model, torch.device("cuda"))
+    real = features.choose_attention
+    features.choose_attention = lambda model, _device: real(model, torch.device("cuda"))
     try:
         encoder = vit(exp.model).requires_grad_(False)
         extract_features(encoder, uint8, torch.device("cpu"), dtype)
     finally:
-        evaluation.choose_attention = real
+        features.choose_attention = real
 
 
 def _worker(threads: int, args: argparse.Namespace, start, queue) -> None:

@@ -20,15 +20,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from studylib import findings
-from studylib.config import REPO_ROOT, load_experiment
+from studylib import comparisons, findings
+from studylib.config import load_experiment
+from studylib.paths import REPO_ROOT
 
 STUDIES = ("default", "transfer", "wsp_epochs", "model_size", "data_size")
 
 
-def primaries(key: str, plan) -> dict[str, findings.Comparison]:
+def primaries(key: str, plan) -> dict[str, comparisons.Comparison]:
     """Each claim's primary comparison on the tables under $STUDYLIB_RESULTS/<key>."""
-    found = findings.analyse(findings.comparisons(key), plan)
+    found = findings.analyse(comparisons.comparisons(key), plan)
     return {c.claim: c for c in found if c.role == "primary"}
 
 
@@ -45,20 +46,20 @@ def tables_at(revision: str, key: str, folder: Path) -> None:
             (folder / key / f"{study}.csv").write_bytes(shown.stdout)
 
 
-def shift(before: findings.Comparison, after: findings.Comparison) -> dict:
+def shift(before: comparisons.Comparison, after: comparisons.Comparison) -> dict:
     """after - before: of the means, and per seed (both lists are in seed order) with its
     interval."""
     pairs = [a - b for a, b in zip(after.differences, before.differences, strict=True)]
     mean = statistics.fmean(pairs)
     half = (
-        findings.t_quantile_975(len(pairs) - 1) * statistics.stdev(pairs) / math.sqrt(len(pairs))
+        comparisons.t_quantile_975(len(pairs) - 1) * statistics.stdev(pairs) / math.sqrt(len(pairs))
         if len(pairs) > 1
         else math.nan
     )
     return {"shift": after.mean - before.mean, "per_seed_mean": mean, "per_seed_half_width": half}
 
 
-def describe(c: findings.Comparison) -> dict:
+def describe(c: comparisons.Comparison) -> dict:
     return {
         "key": c.key,
         "mean": c.mean,

@@ -10,8 +10,9 @@ import math
 import torch
 
 from studylib import pool
-from studylib.config import Experiment
+from studylib.experiment import Experiment
 from studylib.models import VIT_SIZES, count_flops, vit
+from studylib.pool import open_pool
 from studylib.runs import Run
 from studylib.stages import init, mae, wsp
 
@@ -39,7 +40,8 @@ def wsp_at_equal_flops(exp: Experiment, train: bool = True) -> list[Run]:
     batches), so the FLOPs match to half a batch an epoch; on a streamed pool (one pass an epoch),
     the nearest whole number of epochs."""
     extra = mae_in_wsp_epochs(exp)
-    if pool.streamed(exp):
+    images = open_pool(exp)
+    if images.streamed:
         epochs, per_epoch = exp.wsp.epochs + round(extra), 0
     else:
         epochs, batch = exp.wsp.epochs + math.ceil(extra), exp.wsp.batch_size

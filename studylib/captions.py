@@ -10,14 +10,11 @@ import re
 import pandas as pd
 import yaml
 
-from studylib.config import (
-    DEFAULT_CONFIG_FILE,
-    Experiment,
-    figures_dir,
-    load_experiment,
-    results_dir,
-)
-from studylib.findings import CLAIMS, paired, probe_top1, read_table, table_from
+from studylib.comparisons import paired, probe_top1, read_table, table_from
+from studylib.config import load_experiment
+from studylib.experiment import Experiment
+from studylib.findings import CLAIMS
+from studylib.paths import DEFAULT_CONFIG_FILE, figures_dir, results_dir
 from studylib.registry import FIGURES, call, labels
 
 INTERVAL = "mean and 95% t-interval"

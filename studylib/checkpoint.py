@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from studylib import distributed
-from studylib.config import TrainConfig
 from studylib.errors import RunFolderError, shown
 from studylib.io import warn
 from studylib.models import full_state
 from studylib.runs import SHARDED, SHARDED_PREVIOUS, WHOLE, Run
+from studylib.schema import TrainConfig
 
 # ranks decide together whether to checkpoint (clocks and signals differ by rank)
 AGREE_EVERY_STEPS = 10

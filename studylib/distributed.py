@@ -13,8 +13,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from studylib.config import Experiment
 from studylib.errors import ConfigError
+from studylib.experiment import Experiment
 
 
 def resolve_device(name: str) -> torch.device:

@@ -28,11 +28,11 @@ from studylib.checkpoint import (
     resume_epoch,
     set_training,
 )
-from studylib.config import TrainConfig
 from studylib.errors import DivergedError
 from studylib.io import duration
 from studylib.models import choose_attention
 from studylib.runs import Run
+from studylib.schema import TrainConfig
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 PROGRESS_EVERY_S = 10.0

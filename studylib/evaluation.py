@@ -1,76 +1,26 @@
 """The evaluation toolkit the transfer stages share: a finished run's frozen encoder or fine-tuned
-classifier, features extracted without augmentation, top-1, and the linear probe's solver.
+classifier, top-1, and the linear probe's solver (frozen features: studylib.features).
 
 The probe is L2-regularised multinomial logistic regression on standardised class-token features
 (MAE's BatchNorm without affine), convex, so solved to convergence, full batch, by L-BFGS on the
 training device rather than trained for some epochs: it then measures the features, not the
 optimiser. Its L2 strength is the one of probe.weight_decays that scores best on a held-out part of
 the training images; the head is then refit on all of them. Low-shot uses the same solver.
-
-Features are extracted by every rank of a job, each its share; full-batch L-BFGS then needs them on
-one device: ImageNet-1k's 1.28 M x 768 floats of B/16 are 3.9 GB.
+Full-batch L-BFGS needs the features on one device: ImageNet-1k's 1.28 M x 768 floats of B/16 are
+3.9 GB.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from studylib import distributed
-from studylib.config import Experiment, ProbeConfig
-from studylib.data import Batches, ImageTransform
-from studylib.errors import DataError, RunFolderError
-from studylib.models import choose_attention, vit
+from studylib.errors import RunFolderError
+from studylib.experiment import Experiment
+from studylib.features import extract_features
+from studylib.models import vit
 from studylib.runs import Run, load_encoder_from
-
-
-@torch.no_grad()
-def extract_features(
-    encoder: nn.Module,
-    images: torch.Tensor,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    batch_size: int = 128,
-) -> torch.Tensor:
-    """`encoder`'s outputs for uint8 `images`, in order, as float32 on `device`: class-token
-    features for a bare encoder, logits for a classifier. In a job of several ranks each rank
-    extracts its share (a contiguous 1/ranks of the images) and every rank receives all of them.
-    (Batches of 128 stay in a CPU's caches: 1.2-1.4x faster than 512 for micro on 2 cores.)"""
-    encoder.to(device).eval()
-    choose_attention(encoder, device)
-    transform = ImageTransform(encoder.patch_embed.img_size[0])
-    if len(images) == 0:
-        raise DataError(
-            "this dataset has no images in one of its splits; a probe needs train/ and test/"
-        )
-    share = math.ceil(len(images) / distributed.world_size())
-    counts = [min(share, max(0, len(images) - r * share)) for r in range(distributed.world_size())]
-    mine = images[distributed.rank() * share :][:share]
-    # every rank the same rows for the gather
-    padded = torch.cat([mine, images[: share - len(mine)]])
-    batches = Batches(
-        padded,
-        torch.zeros(share),
-        batch_size,
-        device,
-        transform,
-        shuffle=False,
-        drop_last=False,
-        shard=False,
-    )
-    return distributed.gather_rows(
-        torch.cat([forward(encoder, x, device, dtype) for x, _ in batches]), counts
-    )
-
-
-def forward(
-    encoder: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None
-) -> torch.Tensor:
-    """`encoder(x)` in the run's precision, as float32."""
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        return encoder(x).float()
+from studylib.schema import ProbeConfig
 
 
 def frozen_encoder(exp: Experiment, encoder_run: Run) -> nn.Module:

@@ -1,6 +1,7 @@
 """`studylib config --explain KEY`: what one setting means and does, read from the schema itself:
-the comment written above it in config.py (or its section's docstring), its allowed values, its
-default and the preset's value, and whether it enters a run's identity (and so its name)."""
+the comment written above it in studylib.schema or studylib.experiment (or its section's
+docstring), its allowed values, its default and the preset's value, and whether it enters a run's
+identity (and so its name)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import textwrap
 import tokenize
 from typing import Any
 
-from studylib.config import Experiment
 from studylib.errors import ConfigError
+from studylib.experiment import Experiment, names_runs
 
 
 @functools.cache
@@ -49,10 +50,10 @@ def docstring(cls: type) -> str:
 
 
 def _identity(path: list[dataclasses.Field]) -> str:
-    for f in path:
-        if f.metadata.get("identity", True) is False:
-            return "no: a speed or place setting, or the analysis plan; it names no run"
-    if path[-1].metadata.get("identity") == "when set":
+    """experiment.names_runs along the path from the Experiment to the setting, in words."""
+    if any(names_runs(f) is False for f in path):
+        return "no: a speed or place setting, or the analysis plan; it names no run"
+    if names_runs(path[-1]) == "when set":
         return "when set away from its default (runs made before it existed keep their names)"
     return "yes: the identity of the runs it shapes holds it; a change trains (and names) new runs"
 

@@ -16,9 +16,11 @@ from typing import Any
 import yaml
 
 from studylib import registry
-from studylib.config import flatten, load_experiment, result_settings, runs_dir
+from studylib.config import flatten, load_experiment
 from studylib.errors import ConfigError, RunFolderError, StudylibError
+from studylib.experiment import result_settings
 from studylib.io import atomic_write
+from studylib.paths import runs_dir
 from studylib.registry import VIT_SIZES
 
 ARCHITECTURE = "vit_base_patch16_224"  # timm's builder; the config's model_args give the size
@@ -38,7 +40,7 @@ def find_run(name: str, preset: str) -> Path:
 def timm_config(size: str) -> dict[str, Any]:
     """timm's Hub config.json for a studylib ViT size: the encoder's output is its normalised class
     token."""
-    from studylib.data import MEAN, STD
+    from studylib.batches import MEAN, STD
 
     spec = VIT_SIZES[size]
     return {

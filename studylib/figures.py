@@ -10,11 +10,8 @@ interval); every title states the number of seeds n; one seed draws no bar.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import textwrap
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,193 +23,43 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-import yaml  # noqa: E402
 
-from studylib.config import (  # noqa: E402
-    REPO_ROOT,
-    AnalysisConfig,
-    ClaimPlan,
-    figures_dir,
-    load_experiment,
-    results_dir,
-)
+from studylib.comparisons import comparisons  # noqa: E402
+from studylib.config import load_experiment  # noqa: E402
 from studylib.errors import one_line_in_notebooks  # noqa: E402
-from studylib.findings import (  # noqa: E402
-    CLAIMS,
-    Comparison,
-    analyse,
-    comparisons,
-    counterparts,
-    probe_top1,
-    read_table,
-    t_quantile_975,
+from studylib.findings import analyse, counterparts  # noqa: E402
+from studylib.panels import (  # noqa: E402
+    lowshot_panel,
+    paired_minus,
+    paired_panel,
+    robustness_panel,
+    verdict_panel,
+    whole_panel,
+    zeroshot_panel,
 )
-from studylib.io import atomic_write, git_sha  # noqa: E402
-from studylib.registry import ARMS, FIGURES, STUDIES, call, compared_pairs  # noqa: E402
-
-FORMATS = ("png", "svg")
-
-
-def arms(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
-    """`table` with each arm named by its label (figures are for people), then the labels of the
-    arms it holds in the registry's order (the legend's order) and their colours."""
-    present = [arm for name, arm in ARMS.items() if name in set(table.arm.dropna())]
-    labelled = table.assign(arm=table.arm.map({a.name: a.label for a in present}))
-    return labelled, [a.label for a in present], {a.label: a.color for a in present}
-
-
-def _relative(path: Path) -> str:
-    """`path` relative to the repository where it lies inside it: provenance that reads the same
-    anywhere."""
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
-def style() -> None:
-    # SVG text as text: searchable, and small
-    sns.set_theme(
-        context="notebook",
-        style="whitegrid",
-        font_scale=0.95,
-        rc={
-            "figure.dpi": 110,
-            "svg.hashsalt": "studylib",  # fixed SVG ids: same results, same file
-            "svg.fonttype": "none",
-        },
-    )
-
-
-def read(key: str, study: str) -> pd.DataFrame:
-    """A study's table, which the figure needs (read_table)."""
-    table = read_table(key, study)
-    if table is None:
-        raise FileNotFoundError(
-            f"{results_dir(key) / f'{study}.csv'}: no results yet; run the study first "
-            f"(studylib study {study})"
-        )
-    return table
-
-
-def save(
-    fig: plt.Figure, name: str, key: str, sources: list[str], table: pd.DataFrame
-) -> list[Path]:
-    """Write `fig` in every format and its provenance; returns the paths written."""
-    folder = figures_dir(key)
-    for clash in overlaps(fig):
-        print(f"warning: figure {name}: {clash}")
-    paths = [folder / f"{name}.{fmt}" for fmt in FORMATS]
-    for path in paths:
-        atomic_write(
-            path,
-            lambda f, fmt=path.suffix[1:]: fig.savefig(
-                f, format=fmt, bbox_inches="tight", dpi=150, metadata=_metadata(fmt)
-            ),
-            mode="wb",
-        )
-    runs = sorted({r for r in table.get("run", pd.Series(dtype=str)).dropna().unique()})
-    record = results_dir(key) / "experiment.yaml"
-    recorded = yaml.safe_load(record.read_text()) if record.exists() else {}
-    provenance = {
-        "figure": name,
-        "results_key": key,
-        "preset": recorded.get("preset", key),
-        "overrides": recorded.get("overrides", {}),
-        "git_sha": git_sha(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "sources": [_relative(results_dir(key) / f"{s}.csv") for s in sources],
-        "runs": runs,
-    }
-    atomic_write(folder / f"{name}.json", lambda f: json.dump(provenance, f, indent=2))
-    plt.close(fig)
-    return [*paths, folder / f"{name}.json"]
-
-
-def overlaps(fig: plt.Figure) -> list[str]:
-    """What collides in `fig` as drawn: tick labels of one axis that overlap each other, texts
-    (annotations, titles) that overlap each other, and legends that cover plotted points. Empty for
-    a clean figure."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    found = []
-
-    def boxes(texts: list) -> list:
-        return [
-            (t.get_text(), t.get_window_extent(renderer))
-            for t in texts
-            if t.get_visible() and t.get_text()
-        ]
-
-    def clashes(named: list, what: str) -> None:
-        for i, (a, box_a) in enumerate(named):
-            for b, box_b in named[i + 1 :]:
-                if box_a.overlaps(box_b):
-                    found.append(f"{what}: {a!r} and {b!r}")
-
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            clashes(boxes(axis.get_ticklabels()), f"{ax.get_title() or 'axes'} tick labels")
-        clashes(boxes([*ax.texts, ax.title]), f"{ax.get_title() or 'axes'} texts")
-        legend = ax.get_legend()
-        if legend is not None and legend.get_visible():
-            box = legend.get_window_extent(renderer)
-            points = [
-                ax.transData.transform(line.get_xydata())
-                for line in ax.lines
-                if len(line.get_xydata())
-            ]
-            points += [
-                ax.transData.transform(c.get_offsets())
-                for c in ax.collections
-                if len(c.get_offsets())
-            ]
-            covered = sum(
-                box.contains(x, y) for xy in points for x, y in xy if np.isfinite([x, y]).all()
-            )
-            if covered:
-                found.append(
-                    f"{ax.get_title() or 'axes'}: the legend covers {covered} plotted points"
-                )
-    return found
-
-
-def _metadata(fmt: str) -> dict:
-    # SVGs without a date: reruns of the same results match
-    return {"Date": None} if fmt == "svg" else {}
-
-
-class NothingToDraw(LookupError):
-    """A table without the rows a figure draws (say, a model-size table of one arm)."""
-
-
-def _probes(table: pd.DataFrame) -> pd.DataFrame:
-    probes = probe_top1(table)
-    if probes.empty:
-        raise NothingToDraw("no linear-probe top-1 rows in its table")
-    return probes
-
-
-def _seeds(table: pd.DataFrame) -> str:
-    n = table.seed.nunique()
-    return f"n = {n} seed{'s' if n > 1 else ''}" + (
-        ", mean and 95% t-interval" if n > 1 else ", no interval"
-    )
-
-
-def interval95(values: pd.Series) -> tuple[float, float]:
-    """The mean's 95% t-interval over seeds (a single value has none): every figure's error bars."""
-    mean, n = values.mean(), len(values)
-    if n < 2:
-        return mean, mean
-    half = t_quantile_975(n - 1) * values.std() / math.sqrt(n)
-    return mean - half, mean + half
+from studylib.paths import results_dir  # noqa: E402
+from studylib.plotting import (  # noqa: E402
+    NothingToDraw,
+    arm_hues,
+    arms,
+    finish,
+    interval95,
+    legend_below,
+    plan_of,
+    probe_rows,
+    read,
+    save,
+    seeds_text,
+    setting,
+    style,
+)
+from studylib.registry import ARMS, FIGURES, STUDIES, call  # noqa: E402
 
 
 def default(key: str) -> list[Path]:
     """Linear-probe top-1 of every arm on every probe dataset."""
     table = read(key, "default")
-    probes, order, palette = arms(_probes(table))
+    probes, order, palette = arms(probe_rows(table))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     dodge = 0.4 if len(order) > 1 else False
     sns.pointplot(
@@ -223,67 +70,16 @@ def default(key: str) -> list[Path]:
         linestyle="none",
         errorbar=interval95,
         ax=ax,
-        **_arm_hues(order, palette),
+        **arm_hues(order, palette),
     )
     ax.set(
         xlabel="probe dataset",
         ylabel="linear-probe top-1 (%)",
-        title=f"Every arm, linear probe (higher is better)\n{setting(key)}\n{_seeds(table)}",
+        title=f"Every arm, linear probe (higher is better)\n{setting(key)}\n{seeds_text(table)}",
     )
     ax.legend(title=None, fontsize=8)
     fig.tight_layout()
     return save(fig, "default", key, ["default"], table)
-
-
-def _arm_hues(order: list[str], palette: dict) -> dict:
-    """seaborn's keywords for one colour per arm, in registry order (each plot names its own
-    error bars)."""
-    return {"hue": "arm", "hue_order": order, "palette": palette}
-
-
-def setting(key: str, model: bool = True) -> str:
-    """What the results rest on, for titles: the model, the pool and the precision
-    (results/<key>/experiment.yaml)."""
-    exp = _recorded(key)
-    data = exp.get("data") or {}
-    if not exp:
-        return "setting not recorded"
-    share = f" x {data.get('pretrain_fraction'):g}" if data.get("pretrain_fraction", 1) != 1 else ""
-    pool = (
-        f"pool {Path(str(data.get('pretrain'))).name}{share}, "
-        f"{_precision(key) or exp.get('precision')}"
-    )
-    return f"ViT-{exp.get('model')}, {pool}" if model else pool
-
-
-def _recorded(key: str) -> dict:
-    """The resolved experiment that results/<key>/experiment.yaml records ({} where there is
-    none)."""
-    path = results_dir(key) / "experiment.yaml"
-    return (
-        ((yaml.safe_load(path.read_text()) or {}).get("experiment") or {}) if path.exists() else {}
-    )
-
-
-def _precision(key: str) -> str:
-    """The precision the tables of results/<key>/ resolved to ('' where none records it)."""
-    for path in sorted(results_dir(key).glob("*.csv")):
-        try:
-            found = pd.read_csv(path, usecols=["precision"])["precision"].dropna()
-        except ValueError:  # a table without the column
-            continue
-        if len(found):
-            return str(found.iloc[0])
-    return ""
-
-
-def plan_of(key: str) -> AnalysisConfig:
-    """The analysis plan that results/<key>/ was run under (its experiment.yaml), else the default
-    plan."""
-    claims = _recorded(key).get("analysis")
-    if not claims:
-        return AnalysisConfig()
-    return AnalysisConfig(alpha=claims["alpha"], **{c: ClaimPlan(**claims[c]) for c in CLAIMS})
 
 
 def verdicts(key: str) -> list[Path]:
@@ -309,22 +105,14 @@ def verdicts(key: str) -> list[Path]:
     )
     for k, (ax, c) in enumerate(zip(axes.flat, shown, strict=False)):
         target = getattr(plan, c.claim).half_width if c.role == "primary" else 0.0
-        _verdict_panel(ax, c, target, first=k % columns == 0)
+        verdict_panel(ax, c, target, first=k % columns == 0)
     for ax in list(axes.flat)[len(shown) :]:
         ax.set_axis_off()
     entries = {}
     for ax in axes.flat:
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(text, handle)
-    fig.legend(
-        entries.values(),
-        entries.keys(),
-        loc="upper center",
-        ncol=min(len(entries), 3),
-        frameon=False,
-        bbox_to_anchor=(0.5, 0.0),
-        fontsize=8,
-    )
+    legend_below(fig, entries, columns=3)
     fig.suptitle(f"Each claim's primary comparisons, paired by seed\n{setting(key)}", fontsize=10)
     fig.tight_layout()
     return save(
@@ -336,69 +124,12 @@ def verdicts(key: str) -> list[Path]:
     )
 
 
-def _verdict_panel(ax: plt.Axes, c: Comparison, target: float, first: bool) -> None:
-    """One comparison: every seed's difference, the mean with the verdict's interval, the band of
-    +-the planned half-width around zero (target; 0: none) and the zero line."""
-    ax.axhline(0, color="black", lw=0.8)
-    ax.scatter(
-        np.linspace(-0.12, 0.12, c.n), c.differences, color="grey", s=14, zorder=3, label="one seed"
-    )
-    if c.n > 1:
-        ax.errorbar(
-            [0.35],
-            [c.mean],
-            yerr=[[c.holm_half_width]],
-            fmt="o",
-            color=ARMS[compared_pairs()[0][0]].color,
-            capsize=4,
-            label="mean, the verdict's interval (Holm-adjusted)",
-        )
-    if target and c.n > 1:
-        ax.axhspan(
-            -target,
-            target,
-            color="0.88",
-            zorder=0,
-            label="± the planned half-width: no effect beyond it where the interval lies inside",
-        )
-    what = textwrap.fill(c.what, 26, max_lines=4)
-    ax.set(
-        xlim=(-0.4, 0.75),
-        xticks=[],
-        ylabel="paired difference (top-1 points)" if first else "",
-        title=f"({c.claim}) {c.role}\n{what}\nn = {c.n}: {c.answer(target)}",
-    )
-    ax.title.set_fontsize(8)
-
-
-def _legend_below(fig: plt.Figure, axes: Sequence[plt.Axes]) -> None:
-    """One legend for the figure, under its axes (where it covers no data), holding every entry of
-    the axes' own legends once; those are removed."""
-    entries = {}
-    for ax in axes:
-        legend = ax.get_legend()
-        if legend is not None:
-            for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
-                if text.get_text() not in ("arm", "dataset"):  # seaborn's section titles
-                    entries.setdefault(text.get_text(), handle)
-            legend.remove()
-    fig.legend(
-        entries.values(),
-        entries.keys(),
-        loc="upper center",
-        ncol=min(len(entries), 6),
-        frameon=False,
-        bbox_to_anchor=(0.5, 0.0),
-        fontsize=8,
-    )
-
-
 def convergence(key: str) -> list[Path]:
     """Linear-probe top-1 against WSP epochs and against total training FLOPs (MAE's included)."""
     table = read(key, "wsp_epochs")
     flops = table[(table.stage == "pretraining") & (table.metric == "train_flops")]
     flops = flops[["arm", "wsp_epochs", "seed", "value"]].rename(columns={"value": "train_flops"})
-    probes, order, palette = arms(_probes(table).merge(flops, on=["arm", "wsp_epochs", "seed"]))
+    probes, order, palette = arms(probe_rows(table).merge(flops, on=["arm", "wsp_epochs", "seed"]))
     datasets = list(probes.dataset.unique())
     fig, axes = plt.subplots(2, len(datasets), figsize=(4.6 * len(datasets), 7), squeeze=False)
     for col, dataset in enumerate(datasets):
@@ -413,7 +144,7 @@ def convergence(key: str) -> list[Path]:
                 marker="o",
                 errorbar=interval95,
                 ax=ax,
-                **_arm_hues(order, palette),
+                **arm_hues(order, palette),
             )
             ax.set(
                 ylabel=f"{dataset} linear-probe top-1 (%)",
@@ -428,41 +159,11 @@ def convergence(key: str) -> list[Path]:
                 )
                 # no crowded minor labels
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    _legend_below(fig, list(axes.flat))
-    fig.suptitle(
+    title = (
         f"Every arm after full WSP schedules of each length, one run per length and seed\n"
-        f"{setting(key)}; {_seeds(table)}"
+        f"{setting(key)}; {seeds_text(table)}"
     )
-    fig.tight_layout()
-    return save(fig, "convergence", key, ["wsp_epochs"], table)
-
-
-def _paired_panel(ax: plt.Axes, diffs: pd.DataFrame, x: str, style: dict, ylabel: str) -> None:
-    """The paired view: each seed's difference (dots) and their mean with its 95% t-interval, on
-    categorical `x`, a dashed line at no difference."""
-    dodge = "hue" in style
-    sns.stripplot(
-        diffs, x=x, y="diff", dodge=dodge, alpha=0.4, size=3, ax=ax, legend=False, **style
-    )
-    sns.pointplot(
-        diffs, x=x, y="diff", dodge=0.4 if dodge else False, errorbar=interval95, ax=ax, **style
-    )
-    ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
-    ax.set(ylabel=ylabel)
-
-
-def _minus(probes: pd.DataFrame, by: str, partner: dict) -> pd.DataFrame:
-    """Each probe top-1 whose `by` is a key of `partner`, minus the same seed's and dataset's top-1
-    where `by` is that key's value (pairs of the same run, unchanged by `by`, are left out)."""
-    keys = ["seed", "dataset", *(c for c in ("model", "mae_data", "arm") if c != by)]
-    base = probes[probes[by].isin(partner.values())][[*keys, by, "value", "run"]]
-    paired = probes[probes[by].isin(partner)].assign(partner=lambda t: t[by].map(partner))
-    paired = paired.merge(
-        base.rename(columns={by: "partner", "value": "base", "run": "base_run"}),
-        on=[*keys, "partner"],
-    )
-    paired = paired[paired.run != paired.base_run]
-    return paired.assign(diff=paired.value - paired.base)
+    return save(finish(fig, axes.flat, title), "convergence", key, ["wsp_epochs"], table)
 
 
 def model_size(key: str) -> list[Path]:
@@ -471,7 +172,7 @@ def model_size(key: str) -> list[Path]:
     table = read(key, "model_size")
     params = table[table.metric == "params"][["model", "value"]].drop_duplicates("model")
     probes, order, palette = arms(
-        _probes(table).merge(params.rename(columns={"value": "params"}), on="model")
+        probe_rows(table).merge(params.rename(columns={"value": "params"}), on="model")
     )
     datasets = list(probes.dataset.unique())
     if not datasets:
@@ -479,7 +180,7 @@ def model_size(key: str) -> list[Path]:
     fig, axes = plt.subplots(2, len(datasets), figsize=(4.6 * len(datasets), 7), squeeze=False)
     sizes = params.sort_values("value").model.tolist()
     mae_wsp, wsp = ARMS["mae_wsp"].label, ARMS["wsp"].label
-    diffs = _minus(probes, "arm", {mae_wsp: wsp}) if {wsp, mae_wsp} <= set(order) else None
+    diffs = paired_minus(probes, "arm", {mae_wsp: wsp}) if {wsp, mae_wsp} <= set(order) else None
     for col, dataset in enumerate(datasets):
         ax = axes[0, col]
         sns.lineplot(
@@ -489,7 +190,7 @@ def model_size(key: str) -> list[Path]:
             marker="o",
             errorbar=interval95,
             ax=ax,
-            **_arm_hues(order, palette),
+            **arm_hues(order, palette),
         )
         for name, count in zip(params.model, params.value, strict=True):
             ax.annotate(
@@ -506,20 +207,18 @@ def model_size(key: str) -> list[Path]:
         if diffs is None:
             axes[1, col].set_axis_off()
             continue
-        _paired_panel(
+        paired_panel(
             axes[1, col],
             diffs[diffs.dataset == dataset],
             "model",
             {"order": sizes, "color": palette[mae_wsp]},
             f"MAE→WSP − WSP, {dataset} (points)",
         )
-    _legend_below(fig, list(axes.flat))
-    fig.suptitle(
+    title = (
         f"Model size: every arm, and MAE→WSP − WSP paired by seed\n"
-        f"{setting(key, model=False)}; {_seeds(table)}"
+        f"{setting(key, model=False)}; {seeds_text(table)}"
     )
-    fig.tight_layout()
-    return save(fig, "model_size", key, ["model_size"], table)
+    return save(finish(fig, axes.flat, title), "model_size", key, ["model_size"], table)
 
 
 def data_size(key: str) -> list[Path]:
@@ -532,10 +231,12 @@ def data_size(key: str) -> list[Path]:
         .groupby("mae_data")["value"]
         .mean()
     )
-    probes, order, palette = arms(_probes(table).assign(images=lambda t: t.mae_data.map(images)))
+    probes, order, palette = arms(probe_rows(table).assign(images=lambda t: t.mae_data.map(images)))
     datasets = list(probes.dataset.unique())
     fewest = images.idxmin()
-    diffs = _minus(probes, "mae_data", {point: fewest for point in images.index if point != fewest})
+    diffs = paired_minus(
+        probes, "mae_data", {point: fewest for point in images.index if point != fewest}
+    )
     fig, axes = plt.subplots(2, len(datasets), figsize=(4.6 * len(datasets), 7), squeeze=False)
     for col, dataset in enumerate(datasets):
         ax = axes[0, col]
@@ -547,7 +248,7 @@ def data_size(key: str) -> list[Path]:
             dodge=dodge,
             errorbar=interval95,
             ax=ax,
-            **_arm_hues(order, palette),
+            **arm_hues(order, palette),
         )
         ax.set_ylim(0, None)
         ax.set(
@@ -557,20 +258,18 @@ def data_size(key: str) -> list[Path]:
         ax.set_xticks(
             ax.get_xticks(), [f"{float(t.get_text()):,.0f}" for t in ax.get_xticklabels()]
         )
-        _paired_panel(
+        paired_panel(
             axes[1, col],
             diffs[diffs.dataset == dataset].assign(images=lambda t: t.images.map("{:,.0f}".format)),
             "images",
-            _arm_hues(order, palette),
+            arm_hues(order, palette),
             f"minus {images[fewest]:,.0f} images, {dataset} (points)",
         )
         axes[1, col].set(xlabel="MAE's distinct images, paired by seed with the fewest")
-    _legend_below(fig, list(axes.flat))
-    fig.suptitle(
-        f"Pre-pretraining data: MAE on more distinct images\n{setting(key)}; {_seeds(table)}"
+    title = (
+        f"Pre-pretraining data: MAE on more distinct images\n{setting(key)}; {seeds_text(table)}"
     )
-    fig.tight_layout()
-    return save(fig, "data_size", key, ["data_size"], table)
+    return save(finish(fig, axes.flat, title), "data_size", key, ["data_size"], table)
 
 
 def transfer(key: str) -> list[Path]:
@@ -580,85 +279,17 @@ def transfer(key: str) -> list[Path]:
     fig, grid = plt.subplots(2, 2, figsize=(10, 8))
     axes = list(grid.flat)
     top1 = table[table.metric == "top1"]
-    style = _arm_hues(order, palette)
-    _whole_panel(axes[0], top1, style)
-    _lowshot_panel(axes[1], top1, style)
-    _zeroshot_panel(axes[2], table[table.stage == "zeroshot"], style)
-    _robustness_panel(axes[3], top1, style)
-    _legend_below(fig, axes)
+    style = arm_hues(order, palette)
+    whole_panel(axes[0], top1, style)
+    lowshot_panel(axes[1], top1, style)
+    zeroshot_panel(axes[2], table[table.stage == "zeroshot"], style)
+    robustness_panel(axes[3], top1, style)
     draws = "seeds and draws" if table.seed.nunique() > 1 else "draws"
-    fig.suptitle(
-        f"Transfer ({setting(key)}; {_seeds(table)}; low-shot: sd over {draws}; higher is better)"
+    title = (
+        f"Transfer ({setting(key)}; {seeds_text(table)}; low-shot: sd over {draws}; "
+        "higher is better)"
     )
-    fig.tight_layout()
-    return save(fig, "transfer", key, ["transfer"], table)
-
-
-def _whole_panel(ax: plt.Axes, top1: pd.DataFrame, style: dict) -> None:
-    whole = top1[top1.stage.isin(["finetune", "probe"])].assign(
-        task=lambda t: t.stage + " " + t.dataset
-    )
-    sns.barplot(whole, x="task", y="value", errorbar=interval95, ax=ax, **style)
-    ax.set(title="fine-tune and linear probe", xlabel="", ylabel="top-1 (%)")
-    ax.set_xticks(ax.get_xticks(), [t.get_text().replace(" ", "\n") for t in ax.get_xticklabels()])
-
-
-def _lowshot_panel(ax: plt.Axes, top1: pd.DataFrame, style: dict) -> None:
-    low = top1[top1.stage == "lowshot"].assign(
-        shots=lambda t: t.variant.str.split("-").str[0].astype(int)
-    )
-    sns.lineplot(
-        low,
-        x="shots",
-        y="value",
-        style="dataset",
-        marker="o",
-        errorbar="sd",
-        err_style="bars",
-        ax=ax,
-        **style,
-    )
-    ax.set(
-        title="low-shot (mean ± sd over draws)",
-        xlabel="labelled images per class",
-        ylabel="top-1 (%)",
-        xscale="log",
-        xticks=sorted(low.shots.unique()),
-        xticklabels=sorted(low.shots.unique()),
-    )
-
-
-def _zeroshot_panel(ax: plt.Axes, zero: pd.DataFrame, style: dict) -> None:
-    sns.barplot(
-        zero[zero.metric == "top1"], x="variant", y="value", errorbar=interval95, ax=ax, **style
-    )
-    for i, chance in enumerate(zero[zero.metric == "chance"].drop_duplicates("variant")["value"]):
-        ax.hlines(
-            chance, i - 0.4, i + 0.4, color="black", ls=":", label="chance" if i == 0 else None
-        )
-    ax.set(
-        title=f"zero-shot (LiT) on {zero.dataset.iloc[0]}", xlabel="class names", ylabel="top-1 (%)"
-    )
-    ax.legend()
-
-
-def _robustness_panel(ax: plt.Axes, top1: pd.DataFrame, style: dict) -> None:
-    robust = top1[(top1.stage == "robustness") & top1.variant.str.contains("/")]
-    robust = robust.assign(severity=robust.variant.str.split("/").str[1].astype(int))
-    clean = top1[(top1.stage == "robustness") & (top1.variant == "clean")].assign(severity=0)
-    sns.lineplot(
-        pd.concat([clean, robust]),
-        x="severity",
-        y="value",
-        style="dataset",
-        marker="o",
-        errorbar=None,
-        ax=ax,
-        **style,
-    )
-    ax.set(
-        title="robustness: mean over corruptions", xlabel="severity (0: clean)", ylabel="top-1 (%)"
-    )
+    return save(finish(fig, axes, title), "transfer", key, ["transfer"], table)
 
 
 def reconstructions(key: str) -> list[Path]:

@@ -27,8 +27,10 @@ import submitit
 from tqdm.auto import tqdm
 
 from studylib import distributed, errors
-from studylib.config import Experiment, absolute_paths, load_experiment, runs_dir
+from studylib.config import load_experiment
 from studylib.errors import ConfigError
+from studylib.experiment import Experiment
+from studylib.paths import absolute_paths, runs_dir
 from studylib.registry import ARMS, STUDIES, call, targets
 
 

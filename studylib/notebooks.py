@@ -16,8 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from studylib.config import REPO_ROOT, folder_from, runs_dir
 from studylib.errors import ConfigError, StudylibError
+from studylib.paths import REPO_ROOT, folder_from, runs_dir
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 # registered by `make setup` (python -m ipykernel install --sys-prefix --name studylib)
@@ -52,7 +52,8 @@ def run_notebooks(
     import papermill
     from traitlets.config import Config
 
-    from studylib.config import check_folder, check_output_places, load_experiment
+    from studylib.config import load_experiment
+    from studylib.paths import check_folder, check_output_places
 
     # bad input fails before any notebook
     exp = load_experiment(preset, [*overrides, f"launch.executor={executor}"])

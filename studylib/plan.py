@@ -15,9 +15,11 @@ import math
 
 import pandas as pd
 
-from studylib.config import Experiment, results_dir
-from studylib.findings import CLAIMS, Comparison, analyse, comparisons, t_quantile_975
+from studylib.comparisons import Comparison, comparisons, t_quantile_975
+from studylib.experiment import Experiment
+from studylib.findings import CLAIMS, analyse
 from studylib.io import atomic_write
+from studylib.paths import results_dir
 
 # the chance, at the pilot's sd, that the confirmation's half-width meets its target
 ASSURANCE = 0.8

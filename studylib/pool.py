@@ -1,147 +1,296 @@
 """The pretraining pool: the images MAE and WSP train on (data.pretrain, data.pretrain_fraction of
-it), held in memory (a built-in dataset or an image folder) or streamed (a folder of shards, or an
-image folder with data.stream). One interface for all three: what a run's identity holds of it, its
-images or its count, its batches, and the tags of a streamed pool. The stages ask this module, never
-`data` or `shards`.
+it), held in memory (a built-in dataset or an image folder: `MemoryPool`) or streamed (a folder of
+shards, or an image folder with data.stream: `StreamedPool`). `open_pool` is the one door: both
+kinds answer the same questions (what a run's identity holds of them, their count, their tags,
+their batches, zero-shot's captioned features), so a stage never asks which kind it holds and
+never builds batches or tags itself.
 
-`dataset` and `fraction` below: `fraction` of the pool where `dataset` is None, else `fraction` of
-the whole `dataset` (MAE's images of the data-size study).
+`dataset` and `fraction` of `open_pool`: `fraction` of the pool where `dataset` is None, else
+`fraction` of the whole `dataset` (MAE's images of the data-size study), always held in memory.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
 
 from studylib import distributed
-from studylib.config import Experiment, ImageTrainConfig
-from studylib.data import ImageDataset, data_identity, load_dataset
+from studylib.batches import Batches, ImageTransform
+from studylib.data import data_identity, load_dataset
+from studylib.decode import decoder
 from studylib.errors import DataError
+from studylib.experiment import Experiment
+from studylib.features import extract_features, forward
+from studylib.images import ImageDataset
 from studylib.models import VIT_SIZES
+from studylib.schema import ImageTrainConfig
 from studylib.shards import (
-    ShardBatches,
-    ShardStream,
-    decoder,
+    INDEX,
     index_fingerprint,
-    is_shard_folder,
     open_folder,
     shard_fingerprint,
     tag_counts,
     vocabulary,
 )
+from studylib.stream import ShardBatches, ShardStream
+from studylib.weak_labels import Hashtags, simulate
 
 if TYPE_CHECKING:
-    import torch
-
-
-def _source(exp: Experiment, dataset: str | None, fraction: float) -> tuple[str, float]:
-    if dataset is None:
-        return exp.data.pretrain, exp.data.pretrain_fraction * fraction
-    return dataset, fraction
-
-
-def streamed(exp: Experiment) -> Path | None:
-    """The pool's folder where it is streamed, never held in memory: a folder of shards, or an image
-    folder with data.stream."""
-    is_streamed = exp.data.stream or is_shard_folder(exp.data.pretrain)
-    return Path(exp.data.pretrain).expanduser() if is_streamed else None
-
-
-def identity(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> dict[str, Any]:
-    """What a run's identity holds of its pretraining images; a streamed image folder is known by
-    its file index (names, not bytes: a million files are not read to name a run), shards by their
-    tars' bytes; both by the decoder that turns their samples into pixels."""
-    if dataset is None and exp.data.stream:
-        fingerprint = index_fingerprint(Path(exp.data.pretrain).expanduser())
-        return {
-            "dataset": exp.data.pretrain,
-            "fingerprint": fingerprint,
-            "stream": True,
-            "decoder": decoder(distributed.device_and_dtype(exp)[0]),
-            "fraction": exp.data.pretrain_fraction * fraction,
-            "subset_seed": exp.data.subset_seed,
-        }
-    if dataset is None and is_shard_folder(exp.data.pretrain):
-        return {
-            **data_identity(exp.data, exp.data.pretrain, exp.data.pretrain_fraction * fraction),
-            "fingerprint": shard_fingerprint(Path(exp.data.pretrain).expanduser()),
-            "decoder": decoder(distributed.device_and_dtype(exp)[0]),
-        }
-    return data_identity(exp.data, *_source(exp, dataset, fraction))
-
-
-def images(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> ImageDataset:
-    """The pretraining images in memory, nested: a smaller fraction of a dataset is a subset of a
-    larger one (and the pool of every fraction of data.pretrain above its own)."""
-    if dataset is None and exp.data.stream:
-        raise DataError(
-            f"data.pretrain {exp.data.pretrain} is streamed (data.stream), never held in memory; "
-            "allowed for the explore study: an in-memory pool (data.stream false)"
-        )
-    name, share = _source(exp, dataset, fraction)
-    return load_dataset(name, exp.data).subset(share, exp.data.subset_seed)
-
-
-def units(exp: Experiment, fraction: float = 1.0) -> list[dict]:
-    """The streamed pool's shards (or units of files) that a stage reads: the first
-    data.pretrain_fraction x fraction of them."""
-    found = open_folder(streamed(exp)).units
-    return found[
-        : max(distributed.world_size(), round(len(found) * exp.data.pretrain_fraction * fraction))
-    ]
+    from torch import nn
 
 
 def count(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> int:
-    """How many pretraining images there are, without reading a streamed pool's images."""
-    if dataset is None and streamed(exp):
-        return sum(unit["samples"] for unit in units(exp, fraction))
-    return len(images(exp, dataset, fraction).train_labels)
+    """How many images `open_pool(exp, dataset, fraction)` holds, without reading a streamed
+    pool's images."""
+    return open_pool(exp, dataset, fraction).count()
 
 
-def loader_workers(exp: Experiment) -> int:
-    """DataLoader workers of a streamed pool: all but one of launch.cpus_per_task (that one
-    trains)."""
-    return max(1, exp.launch.cpus_per_task - 1)
+@dataclass
+class PoolTags:
+    """WSP's classes of a pool: the tag vocabulary, how many images carry each of its tags, and how
+    many images there are."""
+
+    vocab: list[str]
+    carried: torch.Tensor
+    images: int
 
 
-def batches(
-    exp: Experiment,
-    config: ImageTrainConfig,
-    device: torch.device,
-    tags: list[str] | None = None,
-    fraction: float = 1.0,
-) -> ShardBatches:
-    """The streamed pool's batches for a stage trained with `config` (see units), read by
-    loader_workers."""
-    return ShardBatches(
-        streamed(exp),
-        config.batch_size,
-        device,
-        VIT_SIZES[exp.model]["img_size"],
-        config.crop_min,
-        tags,
-        workers=loader_workers(exp),
-        shards=len(units(exp, fraction)),
-    )
+class Pool(Protocol):
+    """What every kind of pool answers (MemoryPool, StreamedPool)."""
+
+    streamed: bool
+    images: ImageDataset  # in memory only: a streamed pool raises DataError
+    hashtags: Hashtags  # simulated on `images`, as images
+
+    def identity(self) -> dict[str, Any]: ...
+    def tag_identity(self) -> dict[str, Any]: ...
+    def test_identity(self) -> dict[str, Any]: ...
+    def count(self) -> int: ...
+    def tags(self) -> PoolTags: ...
+    def batches(
+        self, config: ImageTrainConfig, device: torch.device, tags: list[str] | None = None
+    ) -> Batches | ShardBatches: ...
+    def skipped(self, batches: Any) -> dict[str, int]: ...
+    def test_images(self) -> torch.Tensor | None: ...
+    def test_set(self) -> ImageDataset: ...
+    def captioned_features(
+        self, encoder: nn.Module, device: torch.device, dtype: torch.dtype | None
+    ) -> tuple[torch.Tensor, list[str]]: ...
 
 
-def samples(exp: Experiment, batch_size: int) -> ShardStream:
-    """The streamed pool's samples, uncropped, `batch_size` a rank (zero-shot reads its tags as
-    captions)."""
-    return ShardStream(
-        streamed(exp),
-        batch_size,
-        VIT_SIZES[exp.model]["img_size"],
-        seed=exp.seed,
-        workers=loader_workers(exp),
-        shards=len(units(exp)),
-    )
+def is_shard_folder(name: str) -> bool:
+    """Whether the dataset name `name` is a folder of shards (it holds shards.json)."""
+    return "/" in name and (Path(name).expanduser() / INDEX).is_file()
 
 
-def streamed_tags(exp: Experiment) -> tuple[list[str], Counter, int]:
-    """A streamed pool's tag vocabulary (its data.tag_vocabulary most frequent tags), how many
-    images carry each tag, and how many images there are."""
-    folder = streamed(exp)
-    counts, total = tag_counts(folder)
-    return vocabulary(counts, exp.data.tag_vocabulary), counts, total
+def open_pool(exp: Experiment, dataset: str | None = None, fraction: float = 1.0) -> Pool:
+    """The pool a stage reads: streamed where data.pretrain is (and `dataset` is None)."""
+    if dataset is None and (exp.data.stream or is_shard_folder(exp.data.pretrain)):
+        return StreamedPool(exp, fraction)
+    return MemoryPool(exp, dataset, fraction)
+
+
+@dataclass
+class MemoryPool:
+    """A pool held in memory, nested: a smaller fraction of a dataset is a subset of a larger one
+    (and the pool of every fraction of data.pretrain above its own). Its tags are simulated
+    hashtags (studylib.weak_labels)."""
+
+    exp: Experiment
+    dataset: str | None = None
+    fraction: float = 1.0
+    streamed = False
+
+    def _source(self) -> tuple[str, float]:
+        if self.dataset is None:
+            return self.exp.data.pretrain, self.exp.data.pretrain_fraction * self.fraction
+        return self.dataset, self.fraction
+
+    def identity(self) -> dict[str, Any]:
+        return data_identity(self.exp.data, *self._source())
+
+    def tag_identity(self) -> dict[str, Any]:
+        """What a WSP run's identity holds of the tags beyond the images: nothing (the tag draw is
+        the tags config's)."""
+        return {}
+
+    def test_identity(self) -> dict[str, Any]:
+        """What zero-shot's identity holds of its test set beyond the pool: nothing (its own)."""
+        return {}
+
+    @functools.cached_property
+    def images(self) -> ImageDataset:
+        name, share = self._source()
+        return load_dataset(name, self.exp.data).subset(share, self.exp.data.subset_seed)
+
+    @functools.cached_property
+    def hashtags(self) -> Hashtags:
+        return simulate(self.images, self.exp.tags)
+
+    def count(self) -> int:
+        return len(self.images.train_labels)
+
+    def tags(self) -> PoolTags:
+        tags = self.hashtags.tags
+        carried = torch.bincount(tags[tags >= 0], minlength=self.hashtags.vocab_size)
+        return PoolTags(self.hashtags.vocab, carried, len(tags))
+
+    def batches(
+        self, config: ImageTrainConfig, device: torch.device, tags: list[str] | None = None
+    ) -> Batches:
+        """The batches of a stage trained with `config`: images with their hashtags where `tags`
+        is given (the vocabulary of `tags()`), else with their labels (MAE ignores them)."""
+        crop = ImageTransform(VIT_SIZES[self.exp.model]["img_size"], config.crop_min)
+        targets = self.hashtags.tags if tags is not None else self.images.train_labels
+        return Batches(
+            self.images.train_images,
+            targets,
+            config.batch_size,
+            device,
+            crop,
+            images_per_epoch=config.epoch_images,
+        )
+
+    def skipped(self, _batches: Batches) -> dict[str, int]:
+        """What a run's results hold of the samples it could not use: none in memory."""
+        return {}
+
+    def test_images(self) -> torch.Tensor:
+        return self.images.test_images
+
+    def test_set(self) -> ImageDataset:
+        """Zero-shot's test set: the pool dataset's own."""
+        return self.images
+
+    def captioned_features(
+        self, encoder: nn.Module, device: torch.device, dtype: torch.dtype | None
+    ) -> tuple[torch.Tensor, list[str]]:
+        """Every training image's features under the frozen `encoder` and its hashtags as text."""
+        features = extract_features(encoder, self.images.train_images, device, dtype)
+        return features, self.hashtags.captions()
+
+
+@dataclass
+class StreamedPool:
+    """A pool read as it trains, never held in memory: a folder of shards (known by its tars' bytes)
+    or an image folder with data.stream (known by its file index: names, not bytes, so a million
+    files are not read to name a run); both also by the decoder that turns their samples into
+    pixels. A stage reads the first data.pretrain_fraction x `fraction` of its shards (or units of
+    files). Its tags are the images' own: WSP's classes are the data.tag_vocabulary most
+    frequent."""
+
+    exp: Experiment
+    fraction: float = 1.0
+    streamed = True
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.exp.data.pretrain).expanduser()
+
+    def identity(self) -> dict[str, Any]:
+        data = self.exp.data
+        fingerprint = index_fingerprint if data.stream else shard_fingerprint
+        return {
+            "dataset": data.pretrain,
+            "fingerprint": fingerprint(self.folder),
+            **({"stream": True} if data.stream else {}),
+            "decoder": decoder(distributed.device_and_dtype(self.exp)[0]),
+            "fraction": data.pretrain_fraction * self.fraction,
+            "subset_seed": data.subset_seed,
+        }
+
+    def tag_identity(self) -> dict[str, Any]:
+        """What a WSP run's identity holds of the tags beyond the images: how many classes."""
+        return {"tag_vocabulary": self.exp.data.tag_vocabulary}
+
+    def test_identity(self) -> dict[str, Any]:
+        """Zero-shot's test set: the first probe dataset's (a streamed pool has none of its own)."""
+        return {"evaluated_on": data_identity(self.exp.data, self.exp.data.probe[0])}
+
+    @property
+    def images(self) -> ImageDataset:
+        raise DataError(
+            f"data.pretrain {self.exp.data.pretrain} is streamed, never held in memory; allowed "
+            "for the explore study: an in-memory pool (data.stream false, not a shard folder)"
+        )
+
+    hashtags = images
+
+    @functools.cached_property
+    def units(self) -> list[dict]:
+        """The shards (or units of files) a stage reads."""
+        found = open_folder(self.folder).units
+        share = self.exp.data.pretrain_fraction * self.fraction
+        return found[: max(distributed.world_size(), round(len(found) * share))]
+
+    def count(self) -> int:
+        """How many images there are, without reading them."""
+        return sum(unit["samples"] for unit in self.units)
+
+    def tags(self) -> PoolTags:
+        counts, images = tag_counts(self.folder)
+        vocab = vocabulary(counts, self.exp.data.tag_vocabulary)
+        return PoolTags(vocab, torch.tensor([counts[tag] for tag in vocab]), images)
+
+    def _workers(self) -> int:
+        """DataLoader workers: all but one of launch.cpus_per_task (that one trains)."""
+        return max(1, self.exp.launch.cpus_per_task - 1)
+
+    def batches(
+        self, config: ImageTrainConfig, device: torch.device, tags: list[str] | None = None
+    ) -> ShardBatches:
+        """The batches of a stage trained with `config`, read by `_workers()` processes; targets:
+        the samples' tags in `tags`, or zeros without (MAE)."""
+        return ShardBatches(
+            self.folder,
+            config.batch_size,
+            device,
+            VIT_SIZES[self.exp.model]["img_size"],
+            config.crop_min,
+            tags,
+            workers=self._workers(),
+            shards=len(self.units),
+        )
+
+    def skipped(self, batches: ShardBatches) -> dict[str, int]:
+        """How many samples of the last epoch could not be used."""
+        return {"skipped_samples": len(batches.stream.skipped)}
+
+    def test_images(self) -> None:
+        """None: a streamed pool has no test images of its own."""
+
+    def test_set(self) -> ImageDataset:
+        return load_dataset(self.exp.data.probe[0], self.exp.data)
+
+    @torch.no_grad()
+    def captioned_features(
+        self, encoder: nn.Module, device: torch.device, dtype: torch.dtype | None
+    ) -> tuple[torch.Tensor, list[str]]:
+        """One pass of centre crops (each rank its shards, the stream's drop policy): the images'
+        features under the frozen `encoder` and their tags as text, every rank's share gathered in
+        rank order."""
+        encoder.to(device).eval()
+        stream = ShardStream(
+            self.folder,
+            64,
+            VIT_SIZES[self.exp.model]["img_size"],
+            seed=self.exp.seed,
+            workers=self._workers(),
+            shards=len(self.units),
+        )
+        normalise, features, captions = ImageTransform(stream.size), [], []
+        for images, _keys, tags in stream.epoch(0):
+            features.append(forward(encoder, normalise(images.to(device)), device, dtype))
+            captions += [" ".join(sample) for sample in tags]
+        if not features:
+            raise DataError(
+                f"{stream.folder}: fewer than 64 images a rank; allowed: a pool of at least 64 "
+                "images a rank"
+            )
+        mine = torch.cat(features)
+        gathered = distributed.gather_rows(mine, [len(mine)] * distributed.world_size())
+        return gathered, distributed.gather_objects(captions)

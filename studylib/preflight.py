@@ -5,9 +5,10 @@ images."""
 from __future__ import annotations
 
 from studylib import pool
-from studylib.config import Experiment
 from studylib.data import load_dataset
 from studylib.errors import ConfigError, DataError
+from studylib.experiment import Experiment
+from studylib.pool import open_pool
 from studylib.stages import mae
 
 
@@ -27,9 +28,10 @@ def check_batches(exp: Experiment) -> None:
     """Every batch fits its images (a batch larger than the set would shrink while its lr stays
     scaled for the configured one), and a streamed pool's tars and tags are sound (its fingerprint
     and tag counts, both cached for the runs)."""
-    if pool.streamed(exp):
-        pool.identity(exp)
-        pool.streamed_tags(exp)
+    images = open_pool(exp)
+    if images.streamed:
+        images.identity()
+        images.tags()
     pool_images, mae_images = pool.count(exp), pool.count(exp, *mae.image_source(exp))
     for key, batch, images, what in (
         ("mae.batch_size", exp.mae.batch_size, mae_images, "MAE's images"),

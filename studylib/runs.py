@@ -41,10 +41,11 @@ import torch
 import yaml
 
 from studylib import distributed
-from studylib.config import Experiment, config_hash, result_settings, runs_dir
 from studylib.errors import RunFolderError, shown
+from studylib.experiment import Experiment, config_hash, result_settings
 from studylib.io import atomic_write, git_sha, sha256, warn
 from studylib.models import encoder_state, load_encoder
+from studylib.paths import runs_dir
 from studylib.registry import STAGES
 
 # the run's checkpoint files (studylib.checkpoint writes them): one whole file, with
@@ -125,13 +126,14 @@ class Run:
     def __init__(self, experiment: Experiment, stage: str, inputs: dict[str, Any]) -> None:
         self.experiment = experiment
         self.stage = stage
+        precision = distributed.precision_name(experiment)
         sections = {
             name: result_settings(experiment.section(name)) for name in STAGES[stage].sections
         }
         self.identity = {
             "stage": stage,
             "version": RUN_VERSION,
-            "precision": distributed.precision_name(experiment),
+            "precision": precision,
             **sections,
             **inputs,
         }

@@ -20,18 +20,18 @@ import torch
 import yaml
 
 from studylib import pool, preflight
-from studylib.config import Experiment, parse_mae_data, results_dir
 from studylib.data import load_dataset
 from studylib.distributed import is_main, precision_name
 from studylib.errors import ConfigError, RunFolderError
+from studylib.experiment import Experiment, parse_mae_data
 from studylib.io import atomic_write, warn
 from studylib.models import VIT_SIZES, count_flops, count_params, vit
+from studylib.paths import results_dir
+from studylib.pool import is_shard_folder, open_pool
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
 from studylib.runs import Run
-from studylib.shards import is_shard_folder
 from studylib.stages import mae, probe
 from studylib.transfer import transfer_suite
-from studylib.weak_labels import simulate
 from studylib.workers import run_seeds
 
 COLUMNS = (
@@ -129,7 +129,7 @@ def _per_seed(
     """`one_seed` once per seed the study runs (studies.seeds_of: the confirmation seeds, or the
     pilot seeds). Every dataset the study reads (the pool, MAE's images, the probe datasets and
     `datasets`) is loaded first, so bad data stops it before anything trains."""
-    streamed = [exp.data.pretrain] if pool.streamed(exp) else []  # read as it trains
+    streamed = [exp.data.pretrain] if open_pool(exp).streamed else []  # read as it trains
     for name in dict.fromkeys([exp.data.pretrain, exp.mae.data, *exp.data.probe, *datasets]):
         if name != "pretrain" and name not in streamed and not is_shard_folder(name):
             load_dataset(name, exp.data)
@@ -300,7 +300,7 @@ def transfer_one_seed(exp: Experiment) -> list[dict]:
 def explore_study(exp: Experiment) -> pd.DataFrame:
     """Hashtag statistics of the pool and tag frequencies; MAE reconstructions saved beside the
     tables."""
-    hashtags = simulate(pool.images(exp), exp.tags)
+    hashtags = open_pool(exp).hashtags
     rows = [{"stage": "hashtags", "metric": k, "value": v} for k, v in hashtags.stats().items()]
     counts = torch.bincount(hashtags.tags[hashtags.tags >= 0], minlength=hashtags.vocab_size)
     rows += [

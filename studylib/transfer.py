@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from studylib.config import Experiment
 from studylib.distributed import is_main
 from studylib.errors import ConfigError
+from studylib.experiment import Experiment
 from studylib.io import atomic_write, sha256
 from studylib.registry import TASKS, call
 from studylib.runs import Run, train_once

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from studylib.config import TagsConfig
-from studylib.data import ImageDataset
+from studylib.images import ImageDataset
+from studylib.schema import TagsConfig
 
 SYNONYM_SUFFIXES = ("love", "daily", "gram", "pic", "photo", "lover", "life", "world")
 CONTEXT_SUFFIXES = ("life", "vibes", "world", "time", "day", "mood", "scene", "moments")

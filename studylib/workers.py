@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 import torch
 
 from studylib import distributed
-from studylib.config import Experiment
+from studylib.experiment import Experiment
 from studylib.io import duration
 
 OneSeed = Callable[[Experiment], list[dict]]

@@ -1096,7 +1096,7 @@ def _pool(d: Path, damage: Callable[[Path], None] = lambda folder: None) -> Path
     """A pool of 32 synthetic images in two shards of 16, then `damage`d."""
     from studylib.config import load_experiment
     from studylib.data import synthetic
-    from studylib.shards import write_shards
+    from studylib.shard_writer import write_shards
     from studylib.weak_labels import simulate
 
     data = synthetic(32, 8)
@@ -1611,25 +1611,25 @@ def test_an_error_inside_a_job_reaches_the_caller_as_its_one_line(tmp_path, caps
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
-    from studylib import cli
+    from studylib import cli, commands
 
     def interrupted(_args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_models", interrupted)
+    monkeypatch.setattr(commands, "cmd_models", interrupted)
     assert cli.main(["models"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("studylib: interrupted:")
 
 
 def test_sigterm_stops_a_command_as_ctrl_c_does(monkeypatch, capsys):
-    from studylib import cli
+    from studylib import cli, commands
 
     def terminated(_args):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the signal arrives first
 
-    monkeypatch.setattr(cli, "cmd_models", terminated)
+    monkeypatch.setattr(commands, "cmd_models", terminated)
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["models"]) == 130
     err = capsys.readouterr().err.strip().splitlines()

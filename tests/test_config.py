@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from studylib.cli import main
-from studylib.config import Experiment, config_hash, load_experiment
+from studylib.config import load_experiment
 from studylib.errors import ConfigError
+from studylib.experiment import Experiment, config_hash
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,17 +125,19 @@ def test_run_hash_ignores_speed_and_launch_settings_only():
 
 
 def test_mae_data_fraction_is_a_share_of_the_named_dataset_not_of_the_pool():
-    from studylib import pool
+    from studylib.pool import open_pool
 
     exp = load_experiment("smoke", ["data.pretrain_fraction=0.5"])
     total = exp.data.synthetic_train
-    assert len(pool.images(exp).train_labels) == total // 2  # the pool
+    assert len(open_pool(exp).images.train_labels) == total // 2  # the pool
     # 'pretrain:0.5': half the pool
-    assert len(pool.images(exp, None, 0.5).train_labels) == total // 4
-    assert len(pool.images(exp, "synthetic", 1.0).train_labels) == total  # 'synthetic:1': all of it
-    assert pool.identity(exp, "synthetic", 1.0)["fraction"] == 1.0
-    in_pool = set(pool.images(exp).train_images[:, 0, 0, 0].tolist())
-    larger = set(pool.images(exp, "synthetic", 0.75).train_images[:, 0, 0, 0].tolist())
+    assert len(open_pool(exp, None, 0.5).images.train_labels) == total // 4
+    assert (
+        len(open_pool(exp, "synthetic", 1.0).images.train_labels) == total
+    )  # 'synthetic:1': all of it
+    assert open_pool(exp, "synthetic", 1.0).identity()["fraction"] == 1.0
+    in_pool = set(open_pool(exp).images.train_images[:, 0, 0, 0].tolist())
+    larger = set(open_pool(exp, "synthetic", 0.75).images.train_images[:, 0, 0, 0].tolist())
     assert len(in_pool) > 1 and in_pool <= larger  # nested
 
 
@@ -174,7 +177,7 @@ def test_config_explain_reads_the_schema_and_agrees_with_the_identity_code(capsy
     """`studylib config --explain KEY`: the comment above the setting in config.py, its allowed
     values and defaults; and for every setting, whether it names runs as the identity code says
     (result_settings keeps it, or leaves it out)."""
-    from studylib.config import result_settings
+    from studylib.experiment import result_settings
     from studylib.explain import explain
 
     assert main(["config", "--preset", "cpu", "--explain", "wsp.epoch_images"]) == 0

@@ -2,9 +2,10 @@ import pytest
 import torch
 from PIL import Image
 
-from studylib import data as data_module
-from studylib.data import MEAN, STD, Batches, ImageTransform, image_folder, load_dataset, synthetic
+from studylib.batches import MEAN, STD, Batches, ImageTransform
+from studylib.data import load_dataset, synthetic
 from studylib.errors import DataError
+from studylib.image_folder import cached_image_folder, image_folder
 
 
 def _folder(root, classes=("cat", "dog"), per_class=3, size=8):
@@ -45,7 +46,7 @@ def test_an_image_folder_is_decoded_once_then_read_from_the_cache_until_an_image
 ):
     monkeypatch.setenv("STUDYLIB_CACHE", str(tmp_path / "cache"))
     folder = _folder(tmp_path / "pets")
-    first = data_module._image_folder_cached(folder)
+    first = cached_image_folder(folder)
     (cache,) = (tmp_path / "cache").iterdir()
     assert sorted(p.name for p in cache.iterdir()) == [
         "classes.json",
@@ -54,12 +55,12 @@ def test_an_image_folder_is_decoded_once_then_read_from_the_cache_until_an_image
         "train_images.npy",
         "train_labels.npy",
     ]
-    cached = data_module._image_folder_cached(folder)
+    cached = cached_image_folder(folder)
     for part in ("train_images", "train_labels", "test_images", "test_labels"):
         assert torch.equal(getattr(first, part), getattr(cached, part))
     assert cached.classes == first.classes == ["cat", "dog"]
     Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "train" / "dog" / "0.png")
-    changed = data_module._image_folder_cached(folder)
+    changed = cached_image_folder(folder)
     assert changed.train_images[3, :, 0, 0].tolist() == [1, 2, 3]
     assert len(list((tmp_path / "cache").iterdir())) == 2
 

@@ -9,27 +9,29 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from studylib import findings
-from studylib.config import REPO_ROOT, AnalysisConfig, ClaimPlan, load_experiment
+from studylib import comparisons, findings
+from studylib.config import load_experiment
 from studylib.errors import DataError
+from studylib.experiment import AnalysisConfig, ClaimPlan
+from studylib.paths import REPO_ROOT
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_interval_is_students_t_and_the_rule_gives_each_verdict():
-    c = findings.Comparison("a", "k", "x", [1.0, 2.0, 3.0])
+    c = comparisons.Comparison("a", "k", "x", [1.0, 2.0, 3.0])
     # mean 2, sd 1, n 3: half width t(0.975, 2) / sqrt(3) = 4.303 / 1.732
     assert c.mean == 2 and c.half_width == pytest.approx(4.303 / math.sqrt(3), rel=1e-4)
     assert c.verdict == "inconclusive"  # [-0.48, +4.48] holds 0
-    assert findings.Comparison("a", "k", "x", [2.0, 2.1, 1.9, 2.0]).verdict == "holds"
-    assert findings.Comparison("a", "k", "x", [-2.0, -2.1, -1.9]).verdict == "contradicted"
+    assert comparisons.Comparison("a", "k", "x", [2.0, 2.1, 1.9, 2.0]).verdict == "holds"
+    assert comparisons.Comparison("a", "k", "x", [-2.0, -2.1, -1.9]).verdict == "contradicted"
     # one seed: no interval
-    assert findings.Comparison("a", "k", "x", [5.0]).verdict == "inconclusive"
+    assert comparisons.Comparison("a", "k", "x", [5.0]).verdict == "inconclusive"
     # every seed the same difference: no t-test, so the corrected-p rule cannot say "holds"
-    same = findings.Comparison("a", "k", "x", [2.0, 2.0], role="primary")
+    same = comparisons.Comparison("a", "k", "x", [2.0, 2.0], role="primary")
     assert same.verdict == "inconclusive" and math.isnan(same.p)
     assert "sd 0): no t-test, no verdict" in same.sentence()
-    big = findings.Comparison("a", "k", "x", [float(i % 7) for i in range(50)])
+    big = comparisons.Comparison("a", "k", "x", [float(i % 7) for i in range(50)])
     assert big.half_width == pytest.approx(
         2.0096 * statistics.stdev(big.differences) / math.sqrt(50), rel=1e-4
     )
@@ -39,12 +41,12 @@ def test_p_value_and_holm_agree_with_their_definitions():
     """The paired t-test's p against the t distribution by hand, and Holm's step-down by hand."""
     from scipy import stats
 
-    c = findings.Comparison("a", "k", "x", [0.5, 1.5, 1.0, 2.0])
+    c = comparisons.Comparison("a", "k", "x", [0.5, 1.5, 1.0, 2.0])
     t = c.mean / (c.sd / math.sqrt(c.n))
     assert c.p == pytest.approx(2 * stats.t.sf(t, c.n - 1))
     plan = AnalysisConfig(a=ClaimPlan(primary="k1", secondary=["k*"]))
     found = [
-        findings.Comparison("a", f"k{i}", "x", d, runs=(str(i),))
+        comparisons.Comparison("a", f"k{i}", "x", d, runs=(str(i),))
         for i, d in enumerate(([0.5, 1.5, 1.0, 2.0], [0.1, -0.2, 0.3, 0.0], [3.0, 3.2, 2.9, 3.1]))
     ]
     analysed = findings.analyse(found, plan)
@@ -74,10 +76,10 @@ def test_a_result_shared_by_two_claims_is_counted_once_and_one_seed_is_descripti
     plan = AnalysisConfig(a=ClaimPlan(primary="probe/c"), b=ClaimPlan(primary="epochs2/c"))
     shared = ("probe-1", "probe-2")
     found = [
-        findings.Comparison("a", "probe/c", "x", [1.0, 1.2, 1.1], runs=shared),
-        findings.Comparison("a", "finetune/c", "x", [2.0]),
-        findings.Comparison("b", "epochs2/c", "x", [0.5, 0.7, 0.6], runs=("probe-3", "probe-4")),
-        findings.Comparison("b", "epochs8/c", "x", [1.0, 1.2, 1.1], runs=shared),
+        comparisons.Comparison("a", "probe/c", "x", [1.0, 1.2, 1.1], runs=shared),
+        comparisons.Comparison("a", "finetune/c", "x", [2.0]),
+        comparisons.Comparison("b", "epochs2/c", "x", [0.5, 0.7, 0.6], runs=("probe-3", "probe-4")),
+        comparisons.Comparison("b", "epochs8/c", "x", [1.0, 1.2, 1.1], runs=shared),
     ]
     roles = {(c.claim, c.key): c.role for c in findings.analyse(found, plan)}
     assert roles == {
@@ -96,7 +98,7 @@ def test_a_claim_at_every_size_holds_only_if_each_size_holds():
     plan = AnalysisConfig(c=ClaimPlan(primary="pico/d", every=["nano/d", "micro/d"], secondary=[]))
     for nano, verdict in ((clear, "holds"), (flat, "inconclusive"), (against, "contradicted")):
         found = [
-            findings.Comparison("c", key, key, d, runs=(key,))
+            comparisons.Comparison("c", key, key, d, runs=(key,))
             for key, d in (("pico/d", clear), ("nano/d", nano), ("micro/d", clear))
         ]
         analysed = findings.analyse(found, plan)
@@ -108,7 +110,7 @@ def test_a_claim_at_every_size_holds_only_if_each_size_holds():
 
 def test_a_claim_declared_descriptive_shows_its_interval_its_reason_and_no_verdict_word():
     plan = AnalysisConfig(d=ClaimPlan(primary="mae/d", descriptive="MAE too short to show it"))
-    found = [findings.Comparison("d", "mae/d", "MAE: more images", [2.0, 2.2, 1.9, 2.1])]
+    found = [comparisons.Comparison("d", "mae/d", "MAE: more images", [2.0, 2.2, 1.9, 2.1])]
     analysed = findings.analyse(found, plan)
     assert analysed[0].p_holm < 0.05 and analysed[0].verdict == "descriptive"
     assert findings.claim_verdict(analysed) == "descriptive"
@@ -145,7 +147,7 @@ def test_report_from_tables_pairs_by_seed_and_flags_arms_below_random(isolated_d
     text = findings.write("mine")
     (row,) = [
         c
-        for c in findings.analyse(findings.comparisons("mine"), AnalysisConfig())
+        for c in findings.analyse(comparisons.comparisons("mine"), AnalysisConfig())
         if c.claim == "a"
     ]
     assert (
@@ -242,13 +244,13 @@ def test_readme_captions_are_computed_from_the_committed_tables(monkeypatch):
 
 
 def test_figures_draw_the_same_95_interval_and_state_n(isolated_dirs):
-    from studylib import figures
+    from studylib import figures, plotting
 
-    low, high = figures.interval95(pd.Series([1.0, 2.0, 3.0]))
+    low, high = plotting.interval95(pd.Series([1.0, 2.0, 3.0]))
     assert (low + high) / 2 == 2 and (high - low) / 2 == pytest.approx(
         4.303 / math.sqrt(3), rel=1e-4
     )
-    assert figures.interval95(pd.Series([4.0])) == (4.0, 4.0)
+    assert plotting.interval95(pd.Series([4.0])) == (4.0, 4.0)
     folder = isolated_dirs / "results" / "mine"
     folder.mkdir(parents=True)
     _default_table({"wsp": 25.0, "mae_wsp": 27.0}).to_csv(folder / "default.csv")
@@ -260,18 +262,18 @@ def test_committed_figures_have_no_colliding_labels_or_legends_over_data(monkeyp
     """Every figure drawn from the committed cpu tables, checked with matplotlib's renderer: no tick
     labels or texts overlap, no legend covers a plotted point, and none is wider than 1,600 px
     (README width)."""
-    from studylib import figures
+    from studylib import figures, plotting
 
     monkeypatch.setenv("STUDYLIB_RESULTS", str(REPO_ROOT / "results"))
     checked = {}
 
     def check(fig, name, *_):
-        checked[name] = figures.overlaps(fig), fig.get_size_inches()[0] * 150
+        checked[name] = plotting.overlaps(fig), fig.get_size_inches()[0] * 150
         figures.plt.close(fig)
         return []
 
     monkeypatch.setattr(figures, "save", check)
-    figures.style()
+    plotting.style()
     names = (
         "default",
         "verdicts",
@@ -293,13 +295,13 @@ def test_committed_figures_have_no_colliding_labels_or_legends_over_data(monkeyp
 
 
 def test_the_layout_check_sees_overlapping_labels_and_a_legend_over_data():
-    from studylib import figures
+    from studylib import figures, plotting
 
     fig, ax = figures.plt.subplots(figsize=(2, 2))
     ax.plot([0, 1], [0, 1], marker="o", label="a line")
     ax.set_xticks([0, 0.02], ["a long tick label", "another long one"])
     ax.legend(loc="upper right", bbox_to_anchor=(1.05, 1.05))
-    found = figures.overlaps(fig)
+    found = plotting.overlaps(fig)
     assert any("tick labels" in f for f in found) and any("legend covers" in f for f in found)
     figures.plt.close(fig)
 
@@ -385,7 +387,7 @@ def test_every_key_an_analysis_plan_names_is_one_its_studies_make(preset):
 
 
 def test_the_paired_views_subtract_the_same_seed_and_leave_out_a_run_paired_with_itself():
-    from studylib import figures
+    from studylib import panels
 
     probes = pd.DataFrame(
         [
@@ -399,5 +401,5 @@ def test_the_paired_views_subtract_the_same_seed_and_leave_out_a_run_paired_with
             )
         ]
     )
-    diffs = figures._minus(probes, "mae_data", {"large": "small"})
+    diffs = panels.paired_minus(probes, "mae_data", {"large": "small"})
     assert set(diffs.arm) == {"MAE"} and list(diffs.sort_values("seed")["diff"]) == [3.0, 4.0]

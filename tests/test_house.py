@@ -65,6 +65,23 @@ def test_no_stage_imports_another_stage(stage):
     assert not {m for m in imports(stage) if m.startswith("studylib.stages.")}
 
 
+@pytest.mark.parametrize("stage", sorted((PACKAGE / "stages").glob("*.py")), ids=lambda p: p.stem)
+def test_no_stage_builds_the_pool_s_batches_or_tags_or_asks_its_kind(stage):
+    """The pretraining images reach a stage through pool.open_pool only (ARCHITECTURE.md)."""
+    text = stage.read_text()
+    assert not [word for word in ("simulate(", ".streamed", "Shard") if word in text]
+    assert not imports(stage) & {"studylib.shards", "studylib.weak_labels.simulate"}
+
+
+def test_both_kinds_of_pool_answer_everything_the_pool_interface_names():
+    from studylib.pool import MemoryPool, Pool, StreamedPool
+
+    names = set(Pool.__annotations__) | {n for n in vars(Pool) if not n.startswith("_")}
+    assert {"identity", "count", "tags", "batches", "captioned_features"} <= names
+    for kind in (MemoryPool, StreamedPool):
+        assert {n for n in names if not hasattr(kind, n)} == set(), kind
+
+
 def test_launch_imports_no_study_and_the_version_needs_no_torch():
     assert "studylib.study" not in imports(PACKAGE / "launch.py")
     import subprocess

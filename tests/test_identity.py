@@ -16,8 +16,9 @@ import yaml
 from PIL import Image
 
 from studylib.cli import main
-from studylib.config import Experiment, load_experiment, result_settings
+from studylib.config import load_experiment
 from studylib.errors import ConfigError, RunFolderError
+from studylib.experiment import Experiment, result_settings
 from studylib.registry import STAGES
 from studylib.runs import RUN_VERSION, Run
 from studylib.stages import mae

@@ -44,7 +44,7 @@ def test_a_wheel_installs_in_a_fresh_venv_and_runs_a_study_from_another_folder(t
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STUDYLIB_", "PYTHON"))}
     where = subprocess.check_output(
-        [python, "-c", "import studylib.config as c; print(c.PACKAGE, c.DEFAULT_CONFIG_FILE)"],
+        [python, "-c", "import studylib.paths as c; print(c.PACKAGE, c.DEFAULT_CONFIG_FILE)"],
         cwd=elsewhere,
         env=env,
         text=True,

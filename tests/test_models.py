@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from studylib.data import Batches, ImageTransform, synthetic
+from studylib.batches import Batches, ImageTransform
+from studylib.data import synthetic
 from studylib.models import (
     MAE,
     VIT_SIZES,

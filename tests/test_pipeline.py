@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from studylib import engine
-from studylib.config import load_experiment, results_dir
+from studylib.config import load_experiment
 from studylib.models import vit
+from studylib.paths import results_dir
 from studylib.stages import mae, probe, wsp
 from studylib.study import default_study, summary_text
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from studylib import pixels, shards
-from studylib.data import _read_images
+from studylib import decode, pixels
 from studylib.errors import DataError
+from studylib.image_folder import read_images
 
 
 def _photo(width: int = 40, height: int = 24) -> Image.Image:
@@ -44,27 +44,27 @@ def _sample(blob: bytes) -> dict:
 @pytest.mark.parametrize("form", ["JPEG", "PNG"])
 def test_the_stream_decodes_a_turned_photo_upright(form):
     blob = _with_orientation(_photo(), 6, form)
-    image, _, tags = shards._decode(_sample(blob), 24)
+    image, _, tags = decode.decode_sample(_sample(blob), 24)
     with Image.open(io.BytesIO(blob)) as opened:
         upright = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
     assert upright.shape == (40, 24, 3) and tags == ["a"]
-    box = shards.crop_box(24, 40, None, None)
-    assert np.array_equal(image.numpy(), shards._crop(upright, box, 24).numpy())
-    deferred, _, _ = shards._decode(_sample(blob), 24, defer=True)
-    assert not isinstance(deferred, shards.Encoded)  # a turned JPEG is decoded by the worker
+    box = decode.crop_box(24, 40, None, None)
+    assert np.array_equal(image.numpy(), decode.crop_resized(upright, box, 24).numpy())
+    deferred, _, _ = decode.decode_sample(_sample(blob), 24, defer=True)
+    assert not isinstance(deferred, decode.Encoded)  # a turned JPEG is decoded by the worker
 
 
 def test_sixteen_bit_images_keep_their_top_bits_and_deeper_ones_are_refused(tmp_path):
     ramp = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64).astype(np.uint16)
     path = tmp_path / "deep.png"
     Image.fromarray(ramp).save(path)
-    (in_memory,) = _read_images([path]).numpy()  # (3, H, W)
+    (in_memory,) = read_images([path]).numpy()  # (3, H, W)
     assert np.array_equal(in_memory[0], (ramp >> 8).astype(np.uint8))
-    streamed, _, _ = shards._decode(_sample(path.read_bytes()), 32)
+    streamed, _, _ = decode.decode_sample(_sample(path.read_bytes()), 32)
     assert streamed is not None and int(streamed.float().mean()) == int((ramp >> 8).mean())
     floats = tmp_path / "float.tif"
     Image.fromarray(np.ones((8, 8), np.float32)).save(floats)
-    image, _, why = shards._decode(_sample(floats.read_bytes()), 8)
+    image, _, why = decode.decode_sample(_sample(floats.read_bytes()), 8)
     assert image is None and "HighDepthError" in why and "float" in why
     with pytest.raises(DataError, match="float.tif: not a readable image .*HighDepthError"):
-        _read_images([floats])
+        read_images([floats])

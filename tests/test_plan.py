@@ -10,9 +10,10 @@ import pytest
 
 from studylib import plan
 from studylib.cli import main
-from studylib.config import load_experiment, results_dir
+from studylib.comparisons import t_quantile_975
+from studylib.config import load_experiment
 from studylib.errors import ConfigError
-from studylib.findings import t_quantile_975
+from studylib.paths import results_dir
 
 
 def test_seeds_needed_is_the_smallest_n_whose_half_width_meets_the_target_with_the_asked_chance():

@@ -10,9 +10,9 @@ import pytest
 
 from studylib import registry
 from studylib.cli import main, parser
+from studylib.comparisons import comparisons
 from studylib.config import load_experiment
 from studylib.figures import make_all
-from studylib.findings import comparisons
 from studylib.notebooks import notebooks
 from studylib.registry import targets
 from studylib.stages import mae
@@ -33,12 +33,12 @@ def count_arms(exp):
 
 
 def draw_arm_count(key):
-    from studylib import figures
+    from studylib import figures, plotting
 
-    table = figures.read(key, "arm_count")
+    table = plotting.read(key, "arm_count")
     fig = figures.plt.figure()
     fig.gca().bar(["arms"], table.value)
-    return figures.save(fig, "arm_count", key, ["arm_count"], table)
+    return plotting.save(fig, "arm_count", key, ["arm_count"], table)
 
 
 @pytest.fixture
@@ -208,3 +208,48 @@ def test_the_equal_flop_arm_is_wsp_given_mae_wsp_s_training_flops(isolated_dirs)
     assert found["mae_wsp-wsp_flops/probe/synthetic"].what.startswith(
         "MAE→WSP − WSP at MAE→WSP's FLOPs: linear probe"
     )
+
+
+def test_a_toy_stage_needs_only_what_architecture_md_lists_for_a_stage(isolated_dirs, capsys):
+    """A stage from test code alone, as ARCHITECTURE.md says to add one: its loss and head, trained
+    by engine.train on the pool's batches (pool.open_pool), registered with the config sections that
+    decide its result. Its run folder is named by those sections and the pool, trained once, reused
+    after, and a change to its section names another run."""
+    import torch
+    from torch import nn
+
+    from studylib.distributed import device_and_dtype
+    from studylib.engine import train
+    from studylib.models import vit
+    from studylib.pool import open_pool
+    from studylib.runs import Run, train_once
+
+    def toy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(images).float(), labels)
+
+    def toy(exp) -> Run:
+        images = open_pool(exp)
+        run = Run(exp, "toy", {"data": images.identity()})
+
+        def make_results() -> dict:
+            device, dtype = device_and_dtype(exp)
+            batches = images.batches(exp.wsp, device)
+            torch.manual_seed(exp.seed)
+            model = vit(exp.model, num_classes=int(images.images.train_labels.max()) + 1)
+            return train(run, model, toy_loss, batches, exp.wsp, device, dtype, exp.seed)
+
+        return train_once(run, make_results)
+
+    stage = registry.register(registry.Stage("toy", ("model", "wsp"), "a test's own stage"))
+    try:
+        exp = load_experiment("smoke", ["wsp.epochs=1"])
+        run = toy(exp)
+        assert run.name.startswith("toy-") and run.results()["epochs"] == 1
+        assert run.identity["wsp"]["epochs"] == 1 and "mae" not in run.identity
+        assert "images_seen" in run.results() and (run.path / "metrics.jsonl").exists()
+        again = toy(exp)
+        assert again.name == run.name and "reused" in capsys.readouterr().out
+        other = toy(load_experiment("smoke", ["wsp.epochs=1", "wsp.base_lr=0.002"]))
+        assert other.name != run.name
+    finally:
+        registry.unregister(stage)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from studylib import data, pool, registry, study
-from studylib.config import Experiment, load_experiment
+from studylib.config import load_experiment
+from studylib.experiment import Experiment
 
 RECORD = Path(__file__).with_name("run_names.json")
 PRESETS = ("smoke", "cpu")

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from studylib.config import WSPConfig, load_experiment
+from studylib.config import load_experiment
 from studylib.engine import checkpoint_blocks, train_step
 from studylib.models import MAE, vit
 from studylib.runs import load_weights
+from studylib.schema import WSPConfig
 from studylib.stages import mae, wsp
 
 REPO = Path(__file__).resolve().parent.parent
@@ -313,7 +314,7 @@ def _features_on_rank(rank: int, out: str, port: int) -> None:
     torch.set_num_threads(1)
     from studylib import distributed
     from studylib.data import synthetic
-    from studylib.evaluation import extract_features
+    from studylib.features import extract_features
 
     distributed.init()
     torch.manual_seed(0)
@@ -331,7 +332,7 @@ def test_two_ranks_extract_each_their_half_of_the_features_and_both_receive_all_
     import torch.multiprocessing as mp
 
     from studylib.data import synthetic
-    from studylib.evaluation import extract_features
+    from studylib.features import extract_features
 
     mp.start_processes(
         _features_on_rank, args=(str(tmp_path), 29651), nprocs=2, join=True, start_method="spawn"

@@ -19,19 +19,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from studylib import shards
+from studylib import decode, shards
 from studylib.config import load_experiment
 from studylib.data import synthetic
+from studylib.decode import crop_box
 from studylib.errors import DataError
-from studylib.shards import (
-    ImageFiles,
-    ShardStream,
-    crop_box,
-    epoch_shards,
-    file_index,
-    read_index,
-    write_shards,
-)
+from studylib.shard_writer import write_shards
+from studylib.shards import ImageFiles, file_index, read_index
+from studylib.stream import ShardStream, epoch_shards
 from studylib.weak_labels import simulate
 
 
@@ -188,7 +183,9 @@ def test_tags_that_are_not_a_list_of_strings_name_the_sample(tmp_path, isolated_
         DataError, match=r"00000.tar: sample 000000002.json: tags are cat; allowed: a list"
     ):
         shards.tag_counts(tmp_path)
-    image, key, why = shards._decode({"__key__": "k", "json": b'{"tags": "cat"}', "jpg": b""}, 32)
+    image, key, why = decode.decode_sample(
+        {"__key__": "k", "json": b'{"tags": "cat"}', "jpg": b""}, 32
+    )
     assert image is None and "tags are cat" in why
 
 
@@ -566,7 +563,7 @@ def test_random_resized_crops_stay_inside_the_image_and_cover_the_asked_share():
 def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(
     tmp_path, isolated_dirs, monkeypatch
 ):
-    from studylib import pool
+    from studylib.pool import open_pool
     from studylib.stages import mae, wsp, zeroshot
 
     _imagenet_layout(tmp_path / "imagenet", per_class=32)
@@ -601,7 +598,7 @@ def test_mae_then_wsp_stream_an_image_folder_pool_with_its_classes_as_tags(
     # the special tokens and the four class names, words of the captions
     assert lit.results()["text_vocab"] == 3 + 4
     with pytest.raises(DataError, match="is streamed"):
-        pool.images(exp)
+        _ = open_pool(exp).images
     resampled = wsp.pretrain(
         load_experiment("smoke", [*overrides, "wsp.epochs=1", "wsp.rare_tag_threshold=0.5"])
     )
@@ -627,14 +624,14 @@ def test_an_epoch_resumed_at_any_step_is_the_rest_of_that_epoch_and_decodes_noth
     )
     whole = list(stream.epoch(1))
     assert len(whole) == 33 and stream.repeats == 2
-    log, real = tmp_path / "decoded", shards._decode
+    log, real = tmp_path / "decoded", decode.decode_sample
 
     def logged(sample: dict, *args) -> tuple:
         with open(log, "a") as out:
             out.write(sample["__key__"] + "\n")
         return real(sample, *args)
 
-    monkeypatch.setattr(shards, "_decode", logged)
+    monkeypatch.setattr("studylib.stream.decode_sample", logged)
     for start in (1, 8, 20, 32):
         log.write_text("")
         rest = list(stream.epoch(1, start))
@@ -655,7 +652,7 @@ def test_a_streamed_jpeg_is_decoded_by_the_named_decoder_and_the_decoder_names_t
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2.functional import resize
 
-    from studylib import pool
+    from studylib.pool import open_pool
     from studylib.stages import mae
 
     _imagenet_layout(tmp_path / "pool", per_class=3)
@@ -669,7 +666,7 @@ def test_a_streamed_jpeg_is_decoded_by_the_named_decoder_and_the_decoder_names_t
     assert 24 < min(window.shape[:2]) and max(window.shape[:2]) < 48
     # enlarged, shrunk under 2x (bicubic); shrunk 2x or more on both sides (area: no moire)
     for size, how in ((64, cv2.INTER_CUBIC), (24, cv2.INTER_CUBIC), (8, cv2.INTER_AREA)):
-        image, key, tags = shards._decode(sample, size, crop_min=0.3, seed=1)
+        image, key, tags = decode.decode_sample(sample, size, crop_min=0.3, seed=1)
         expected = cv2.resize(window, (size, size), interpolation=how)
         assert (key, tags) == ("k", ["a"]) and np.array_equal(image.permute(1, 2, 0), expected)
         # torchvision's antialiased bicubic resize (the crop before) is close: under 2 of 255 on
@@ -678,10 +675,10 @@ def test_a_streamed_jpeg_is_decoded_by_the_named_decoder_and_the_decoder_names_t
         before = resize(window_chw, [size, size], InterpolationMode.BICUBIC, antialias=True)
         assert (image.int() - before.int()).abs().float().mean() < 2
     exp = load_experiment("smoke", [f"data.pretrain={tmp_path / 'pool'}", "data.stream=true"])
-    assert pool.identity(exp)["decoder"] == shards.decoder(torch.device("cpu"))
-    assert shards.decoder(torch.device("cuda")) != shards.decoder(torch.device("cpu"))
+    assert open_pool(exp).identity()["decoder"] == decode.decoder(torch.device("cpu"))
+    assert decode.decoder(torch.device("cuda")) != decode.decoder(torch.device("cpu"))
     before = mae.run_for(exp).name
-    monkeypatch.setattr(pool, "decoder", lambda device: "another decoder")
+    monkeypatch.setattr("studylib.pool.decoder", lambda device: "another decoder")
     assert mae.run_for(exp).name != before
 
 
@@ -710,7 +707,7 @@ def test_the_unfinished_folder_is_only_ever_this_programs_and_one_writer_holds_i
     import fcntl
 
     from studylib.errors import DataError
-    from studylib.shards import PARTIAL_MARKER
+    from studylib.shard_writer import PARTIAL_MARKER
 
     data = synthetic(16, 8)
     tags = simulate(data, load_experiment("smoke").tags)

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from studylib.batches import Batches
 from studylib.config import load_experiment
-from studylib.data import Batches, synthetic
+from studylib.data import synthetic
 from studylib.engine import param_groups, train
 from studylib.models import vit
 from studylib.runs import Run

@@ -1,7 +1,8 @@
 import torch
 
-from studylib.config import TagsConfig, load_experiment
+from studylib.config import load_experiment
 from studylib.data import synthetic
+from studylib.schema import TagsConfig
 from studylib.weak_labels import multi_hot, simulate
 
 

@@ -5,7 +5,7 @@ import errno
 
 import pytest
 
-from studylib import io, shards
+from studylib import io, shard_writer
 from studylib.cli import main
 from studylib.config import load_experiment
 from studylib.data import synthetic
@@ -45,10 +45,12 @@ def test_shards_on_a_full_disk_leave_no_folder(tmp_path, monkeypatch):
         calls.append(1)
         return _full() if len(calls) == 3 else real(*args, **kwargs)
 
-    real = shards._jpeg
-    monkeypatch.setattr(shards, "_jpeg", third_fails)
+    real = shard_writer._jpeg
+    monkeypatch.setattr(shard_writer, "_jpeg", third_fails)
     with pytest.raises(WriteError, match="pool: not written"):
-        shards.write_shards(data, simulate(data, load_experiment("smoke").tags), tmp_path / "pool")
+        shard_writer.write_shards(
+            data, simulate(data, load_experiment("smoke").tags), tmp_path / "pool"
+        )
     assert list(tmp_path.iterdir()) == []
 
 

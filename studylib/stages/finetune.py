@@ -17,11 +17,13 @@ import math
 import torch
 from torch import nn
 
-from studylib.config import Experiment
-from studylib.data import Batches, ImageTransform, data_identity, load_dataset
+from studylib.batches import Batches, ImageTransform
+from studylib.data import data_identity, load_dataset
 from studylib.distributed import device_and_dtype, is_main
 from studylib.engine import train
-from studylib.evaluation import classifier_top1, extract_features, fit_head, frozen_encoder
+from studylib.evaluation import classifier_top1, fit_head, frozen_encoder
+from studylib.experiment import Experiment
+from studylib.features import extract_features
 from studylib.models import VIT_SIZES, full_state, vit
 from studylib.runs import Run, load_encoder_from, train_once
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from studylib.checkpoint import check_free_disk
-from studylib.config import Experiment
+from studylib.experiment import Experiment
 from studylib.models import vit
 from studylib.runs import Run, save_encoder, train_once
 

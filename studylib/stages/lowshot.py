@@ -13,10 +13,12 @@ import statistics
 import torch
 from torch import nn
 
-from studylib.config import Experiment
-from studylib.data import ImageDataset, data_identity, load_dataset
+from studylib.data import data_identity, load_dataset
 from studylib.distributed import device_and_dtype
-from studylib.evaluation import extract_features, fit_logistic, frozen_encoder, top1
+from studylib.evaluation import fit_logistic, frozen_encoder, top1
+from studylib.experiment import Experiment
+from studylib.features import extract_features
+from studylib.images import ImageDataset
 from studylib.runs import Run, train_once
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from studylib import distributed, pool
-from studylib.config import Experiment
-from studylib.data import MEAN, STD, Batches, ImageTransform
+from studylib import distributed
+from studylib.batches import MEAN, STD, ImageTransform
 from studylib.distributed import device_and_dtype, is_main
 from studylib.engine import tensorboard_writer, train
 from studylib.errors import RunFolderError
+from studylib.experiment import Experiment
 from studylib.models import MAE, VIT_SIZES, count_flops, patchify, train_flops
+from studylib.pool import Pool, open_pool
 from studylib.runs import Run, save_encoder, train_once
 
 
@@ -33,9 +34,14 @@ def image_source(exp: Experiment) -> tuple[str | None, float]:
     return (None if exp.mae.data == "pretrain" else exp.mae.data), exp.mae.data_fraction
 
 
+def image_pool(exp: Experiment) -> Pool:
+    """MAE's images: mae.data_fraction of the pool (mae.data pretrain) or of another dataset."""
+    return open_pool(exp, *image_source(exp))
+
+
 def run_for(exp: Experiment) -> Run:
     """The run folder of MAE pre-pretraining under `exp`."""
-    return Run(exp, "mae", {"data": pool.identity(exp, *image_source(exp))})
+    return Run(exp, "mae", {"data": image_pool(exp).identity()})
 
 
 def pretrain(exp: Experiment) -> Run:
@@ -45,24 +51,17 @@ def pretrain(exp: Experiment) -> Run:
     def make_results() -> dict:
         device, dtype = device_and_dtype(exp)
         img_size = VIT_SIZES[exp.model]["img_size"]
-        data = None  # a pool of shards is streamed
-        if pool.streamed(exp) and exp.mae.data == "pretrain":
-            batches = pool.batches(exp, exp.mae, device, fraction=exp.mae.data_fraction)
-        else:
-            data = pool.images(exp, *image_source(exp))
-            images, labels = data.train_images, data.train_labels
-            crop, per_epoch = ImageTransform(img_size, exp.mae.crop_min), exp.mae.epoch_images
-            batches = Batches(
-                images, labels, exp.mae.batch_size, device, crop, images_per_epoch=per_epoch
-            )
+        images = image_pool(exp)
+        batches = images.batches(exp.mae, device)
         torch.manual_seed(exp.seed)
         model = build(exp)
         forward = count_flops(model, img_size)  # before training: FSDP2 shards the model in place
         summary = train(run, model, mae_loss, batches, exp.mae, device, dtype, exp.seed)
         save_encoder(run, model.encoder)
-        # TensorBoard: originals, masked, reconstructed
-        if is_main() and data is not None and len(data.test_images):
-            shown = reconstruct(model.cpu(), data.test_images[:8], exp)
+        # TensorBoard: originals, masked, reconstructed (a streamed pool has no test images)
+        test_images = images.test_images()
+        if is_main() and test_images is not None and len(test_images):
+            shown = reconstruct(model.cpu(), test_images[:8], exp)
             with tensorboard_writer(run) as writer:
                 writer.add_images(
                     "mae/original, masked, reconstruction",
@@ -86,7 +85,7 @@ def reconstructions(exp: Experiment, mae_run: Run, count: int = 8) -> dict[str, 
             "instead); allowed for the reconstructions: mae.checkpoint_format whole"
         )
     model.load_state_dict(state["model"])
-    return reconstruct(model, pool.images(exp, *image_source(exp)).test_images[:count], exp)
+    return reconstruct(model, image_pool(exp).images.test_images[:count], exp)
 
 
 @torch.no_grad()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 
-from studylib.config import Experiment
 from studylib.data import data_identity, load_dataset
 from studylib.distributed import device_and_dtype
-from studylib.evaluation import accuracy, extract_features, fit_head, frozen_encoder
+from studylib.evaluation import accuracy, fit_head, frozen_encoder
+from studylib.experiment import Experiment
+from studylib.features import extract_features
 from studylib.runs import Run, train_once
 
 

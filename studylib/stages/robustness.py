@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import statistics
 
-from studylib.config import Experiment
 from studylib.corruptions import SEVERITIES, corrupt
 from studylib.data import data_identity, load_dataset
 from studylib.distributed import device_and_dtype
 from studylib.evaluation import classifier_top1, load_finetuned
+from studylib.experiment import Experiment
 from studylib.runs import Run, train_once
 
 

@@ -17,14 +17,13 @@ import functools
 
 import torch
 
-from studylib import pool
-from studylib.config import Experiment
-from studylib.data import Batches, ImageTransform
 from studylib.distributed import device_and_dtype
 from studylib.engine import train
+from studylib.experiment import Experiment
 from studylib.models import VIT_SIZES, count_flops, train_flops, vit
+from studylib.pool import open_pool
 from studylib.runs import Run, load_encoder_from, save_encoder, train_once
-from studylib.weak_labels import multi_hot, simulate
+from studylib.weak_labels import multi_hot
 
 
 def wsp_loss(
@@ -64,59 +63,42 @@ def recipe(exp: Experiment, init: Run | None) -> Experiment:
 def run_for(exp: Experiment, init: Run | None = None) -> Run:
     """The run folder of WSP under `exp` from `init` (an encoder run) or from scratch (None)."""
     exp = recipe(exp, init)
-    identity = {"data": pool.identity(exp), "init": init.name if init else "scratch"}
-    if pool.streamed(exp):  # real tags: the classes are the pool's most frequent ones
-        identity["tag_vocabulary"] = exp.data.tag_vocabulary
-    return Run(exp, "wsp", identity)
+    images = open_pool(exp)
+    identity = {"data": images.identity(), "init": init.name if init else "scratch"}
+    return Run(exp, "wsp", {**identity, **images.tag_identity()})
 
 
 def pretrain(exp: Experiment, init: Run | None = None) -> Run:
     """WSP from random init (init=None) or from the encoder of a finished run."""
-    run, exp = run_for(exp, init), recipe(exp, init)
+    exp = recipe(exp, init)
+    run = run_for(exp, init)  # the recipe again: unchanged
 
     def make_results() -> dict:
         device, dtype = device_and_dtype(exp)
         img_size = VIT_SIZES[exp.model]["img_size"]
-        folder = pool.streamed(exp)
-        if folder:
-            vocab, counts, images = pool.streamed_tags(exp)
-            batches = pool.batches(exp, exp.wsp, device, vocab)
-            carried = torch.tensor([counts[tag] for tag in vocab])
-        else:
-            data = pool.images(exp)
-            hashtags = simulate(data, exp.tags)
-            vocab, images = hashtags.vocab, len(hashtags.tags)
-            crop = ImageTransform(img_size, exp.wsp.crop_min)
-            batches = Batches(
-                data.train_images,
-                hashtags.tags,
-                exp.wsp.batch_size,
-                device,
-                crop,
-                images_per_epoch=exp.wsp.epoch_images,
-            )
-            # an image's tags differ
-            carried = torch.bincount(hashtags.tags[hashtags.tags >= 0], minlength=len(vocab))
+        images = open_pool(exp)
+        tags = images.tags()
+        batches = images.batches(exp.wsp, device, tags.vocab)
         loss = wsp_loss
         if exp.wsp.rare_tag_threshold:
             loss = functools.partial(
                 wsp_loss,
-                tag_repeats=repeat_factors(carried, images, exp.wsp.rare_tag_threshold).to(device),
+                tag_repeats=repeat_factors(
+                    tags.carried, tags.images, exp.wsp.rare_tag_threshold
+                ).to(device),
             )
         torch.manual_seed(exp.seed)
-        model = vit(exp.model, num_classes=len(vocab))
+        model = vit(exp.model, num_classes=len(tags.vocab))
         if init is not None:
             load_encoder_from(init, model)
         forward = count_flops(model, img_size)  # before training: FSDP2 shards the model in place
         summary = train(run, model, loss, batches, exp.wsp, device, dtype, exp.seed)
         save_encoder(run, model)
-        # in the last epoch
-        streamed = {"skipped_samples": len(batches.stream.skipped)} if folder else {}
         return {
             **summary,
             "init": run.identity["init"],
-            "vocab_size": len(vocab),
-            **streamed,
+            "vocab_size": len(tags.vocab),
+            **images.skipped(batches),  # in the last epoch
             "train_flops": train_flops(forward, summary["images_seen"]),
         }
 

@@ -21,16 +21,16 @@ import re
 import torch
 from torch import nn
 
-from studylib import distributed, pool
-from studylib.config import Experiment, ZeroShotConfig
-from studylib.data import Batches, ImageDataset, ImageTransform, data_identity, load_dataset
+from studylib.batches import Batches
 from studylib.distributed import device_and_dtype
 from studylib.engine import train
-from studylib.errors import DataError
-from studylib.evaluation import extract_features, forward, frozen_encoder, top1
-from studylib.models import VIT_SIZES
+from studylib.evaluation import frozen_encoder, top1
+from studylib.experiment import Experiment
+from studylib.features import extract_features
+from studylib.images import ImageDataset
+from studylib.pool import open_pool
 from studylib.runs import Run, train_once
-from studylib.weak_labels import simulate
+from studylib.schema import ZeroShotConfig
 
 PAD, CLS, UNKNOWN = 0, 1, 2
 
@@ -125,33 +125,9 @@ def zeroshot_weights(
 
 
 def run_for(exp: Experiment, encoder_run: Run) -> Run:
-    identity = {"encoder": encoder_run.name, "data": pool.identity(exp)}
-    if pool.streamed(exp):
-        identity["evaluated_on"] = data_identity(exp.data, exp.data.probe[0])
-    return Run(exp, "zeroshot", identity)
-
-
-@torch.no_grad()
-def pool_features(
-    exp: Experiment, encoder: nn.Module, device: torch.device, dtype: torch.dtype | None
-) -> tuple[torch.Tensor, list[str]]:
-    """A streamed pool's image features and tag captions, every rank's share gathered in rank
-    order."""
-    encoder.to(device).eval()
-    stream = pool.samples(exp, 64)
-    normalise, features, captions = ImageTransform(VIT_SIZES[exp.model]["img_size"]), [], []
-    for images, _keys, tags in stream.epoch(0):
-        features.append(forward(encoder, normalise(images.to(device)), device, dtype))
-        captions += [" ".join(sample) for sample in tags]
-    if not features:
-        raise DataError(
-            f"{stream.folder}: fewer than 64 images a rank; allowed: a pool of at least 64 images "
-            "a rank"
-        )
-    mine = torch.cat(features)
-    return distributed.gather_rows(
-        mine, [len(mine)] * distributed.world_size()
-    ), distributed.gather_objects(captions)
+    images = open_pool(exp)
+    identity = {"encoder": encoder_run.name, "data": images.identity()}
+    return Run(exp, "zeroshot", {**identity, **images.test_identity()})
 
 
 def rows(exp: Experiment, encoder_run: Run, _dataset: None = None) -> list[dict]:
@@ -183,13 +159,9 @@ def zeroshot(exp: Experiment, encoder_run: Run) -> Run:
     def make_results() -> dict:
         device, dtype = device_and_dtype(exp)
         encoder = frozen_encoder(exp, encoder_run)
-        if pool.streamed(exp):
-            image_features, captions = pool_features(exp, encoder, device, dtype)
-            data = load_dataset(exp.data.probe[0], exp.data)
-        else:
-            data = pool.images(exp)
-            captions = simulate(data, exp.tags).captions()
-            image_features = extract_features(encoder, data.train_images, device, dtype)
+        images = open_pool(exp)
+        image_features, captions = images.captioned_features(encoder, device, dtype)
+        data = images.test_set()
         tokenizer = Tokenizer(captions)
         torch.manual_seed(exp.seed)
         tower = TextTower(len(tokenizer), config, encoder.embed_dim)
