@@ -177,7 +177,7 @@ def _read_presets(path: Path, preset: str) -> dict[str, Any]:
     if unknown_top:
         raise ConfigError(
             f"{path}: unknown top-level key {sorted(unknown_top)[0]!r}; allowed: ['presets'] "
-            "(defaults live in studylib/config.py)"
+            "(defaults live in studylib/schema.py and studylib/experiment.py)"
         )
     return presets
 

@@ -346,7 +346,7 @@ def train(
     run's checkpoint. Returns the final loss, wall time and images per second over all epochs.
 
     `batches` must draw each epoch's order when its iteration starts and all other randomness per
-    batch from torch's global generator (as studylib.data.Batches does): that is what makes a resume
+    batch from torch's global generator (as batches.Batches does): that is what makes a resume
     inside an epoch exact (checkpoint.resume_epoch). In a job of several tasks, each rank trains on
     its share of every batch (DDP or FSDP2) and only rank 0 writes."""
     trained = wrapped(run, model, config, device, dtype)

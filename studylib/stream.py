@@ -208,7 +208,7 @@ def _in_order(parts: Iterator[list], chunks: list[tuple[int, int, int]]) -> Iter
 
 
 class ShardBatches:
-    """A streamed folder as the engine's batches (like studylib.data.Batches): one epoch per
+    """A streamed folder as the engine's batches (like studylib.batches.Batches): one epoch per
     iteration, each rank `batch_size / ranks` images a step, random-resized-cropped in the
     DataLoader workers (crop_min set; on a CUDA device the JPEGs are decoded and cropped there, in
     one batched call a step), then flipped and normalised on `device`. The epoch's seed

@@ -174,7 +174,7 @@ def _leaves(value: object, prefix: str = "") -> list[str]:
 
 
 def test_config_explain_reads_the_schema_and_agrees_with_the_identity_code(capsys):
-    """`studylib config --explain KEY`: the comment above the setting in config.py, its allowed
+    """`studylib config --explain KEY`: the comment above the setting in the schema, its allowed
     values and defaults; and for every setting, whether it names runs as the identity code says
     (result_settings keeps it, or leaves it out)."""
     from studylib.experiment import result_settings
@@ -182,7 +182,7 @@ def test_config_explain_reads_the_schema_and_agrees_with_the_identity_code(capsy
 
     assert main(["config", "--preset", "cpu", "--explain", "wsp.epoch_images"]) == 0
     out = capsys.readouterr().out
-    assert "images drawn per epoch (0: one pass over the pool" in out  # its comment in config.py
+    assert "images drawn per epoch (0: one pass over the pool" in out  # its comment in the schema
     assert "allowed: >= 0" in out and "when set away from its default" in out
     exp = load_experiment("smoke")
     kept = result_settings(exp)
