@@ -10,9 +10,9 @@ import nbformat
 import pytest
 
 from studylib.errors import ConfigError
+from studylib.notebooks import notebooks, run_notebooks, select
 from studylib.plotting import FORMATS
 from studylib.registry import FIGURES
-from studylib.notebooks import notebooks, run_notebooks, select
 
 REPO = Path(__file__).resolve().parent.parent
 
