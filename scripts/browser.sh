@@ -13,11 +13,14 @@ present() { command -v chromium >/dev/null && command -v chromedriver >/dev/null
 
 case "${1:-status}" in
   install)
+    # Two test suites at once install once: the second waits for the first (and for apt's lock).
+    exec 9>/tmp/studylib-apt.lock
+    flock 9
     if ! present; then
       log "installing chromium and chromium-driver with apt-get"
       export DEBIAN_FRONTEND=noninteractive
-      apt-get update -qq
-      apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+      apt-get -o DPkg::Lock::Timeout=600 update -qq
+      apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
     fi
     chromium --version && chromedriver --version
     ;;

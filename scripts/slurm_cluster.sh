@@ -4,7 +4,12 @@
 #   scripts/slurm_cluster.sh start    # install if needed, configure, start daemons, wait for the node
 #   scripts/slurm_cluster.sh stop     # stop slurmd, slurmctld, munged (no-op if nothing runs)
 #   scripts/slurm_cluster.sh status   # print sinfo; non-zero exit if the cluster is not up
+#   scripts/slurm_cluster.sh hold PID     # PID (a test suite) uses the cluster: a release by another
+#   scripts/slurm_cluster.sh release PID  # suite stops it only when no live holder is left
 #
+# Two test suites at once share the one cluster: start, stop, hold and release take a lock, so
+# they never race, and the partition lets jobs share CPUs (OverSubscribe), so one suite's jobs
+# never wait on the other's.
 # Config, state, spool and logs live in $STUDYLIB_SLURM_DIR (default /tmp/studylib-slurm).
 # /etc/slurm/slurm.conf is made a symlink to our config so clients (sbatch from submitit)
 # find it without SLURM_CONF; `start` also prints the export line for callers who want it.
@@ -33,8 +38,8 @@ install_packages() {
   command -v slurmctld >/dev/null && command -v munged >/dev/null && return
   log "installing slurm-wlm and munge with apt-get"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 }
 
 start_munge() {
@@ -49,7 +54,7 @@ start_munge() {
   chmod 0400 /etc/munge/munge.key
   chmod 0755 /run/munge  # clients (any user) must reach the socket
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    runuser -u munge -- munged
+    runuser -u munge -- munged 9>&-
   fi
 }
 
@@ -91,7 +96,7 @@ SlurmdTimeout=30
 MinJobAge=300
 KillWait=5
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$(cpus) RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
   # Clients without SLURM_CONF (e.g. submitit's sbatch) read /etc/slurm/slurm.conf.
   if [[ -f /etc/slurm/slurm.conf && ! -L /etc/slurm/slurm.conf ]]; then
@@ -101,7 +106,7 @@ EOF
 }
 
 start() {
-  if node_up && grep -q "CPUs=$(cpus) " "$CONF"; then
+  if node_up && grep -q "CPUs=$(cpus) " "$CONF" && grep -q "OverSubscribe=FORCE" "$CONF"; then
     log "already up"
     echo "export SLURM_CONF=$CONF"
     return
@@ -110,8 +115,8 @@ start() {
   start_munge
   stop_slurm  # clear half-started daemons from an earlier failed start
   write_config
-  slurmctld -f "$CONF"
-  slurmd -f "$CONF"
+  slurmctld -f "$CONF" 9>&-   # the daemons must not keep the lock
+  slurmd -f "$CONF" 9>&-
   # Wait for the node to register; resume it if it came back DOWN/DRAINED.
   for _ in $(seq 60); do
     if node_up; then
@@ -152,14 +157,31 @@ stop() {
   log "stopped"
 }
 
+# hold PID / release PID: the suites using the cluster, a file each under $DIR/holders.
+hold() { mkdir -p "$DIR/holders" && touch "$DIR/holders/$1"; }
+
+release() {
+  rm -f "$DIR/holders/$1"
+  local pid
+  for pid in $(ls "$DIR/holders" 2>/dev/null); do
+    if kill -0 "$pid" 2>/dev/null; then log "kept up: suite $pid still uses it"; return; fi
+    rm -f "$DIR/holders/$pid"
+  done
+  stop
+}
+
 status() {
   node_up || { log "not up"; exit 1; }
   sinfo
 }
 
+mkdir -p "$DIR"
+exec 9>"$DIR.lock"
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
+  start) flock 9; start ;;
+  stop) flock 9; stop ;;
+  hold) flock 9; hold "${2:?hold PID}" ;;
+  release) flock 9; release "${2:?release PID}" ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|hold PID|release PID" >&2; exit 2 ;;
 esac
