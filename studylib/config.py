@@ -24,8 +24,8 @@ import yaml
 from studylib.errors import ConfigError, shown
 from studylib.experiment import Experiment, result_settings
 from studylib.paths import DEFAULT_CONFIG_FILE
-from studylib.registry import VIT_SIZES
-from studylib.schema import BUILTIN_DATASETS, INT_LIMIT
+from studylib.registry import DATASETS, VIT_SIZES
+from studylib.schema import INT_LIMIT
 
 PRESET_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -260,7 +260,7 @@ def _check_sources_and_seeds(exp: Experiment, origins: dict[str, str]) -> None:
             "seed (studies.seeds); allowed: pilot seeds apart from the seeds that decide the "
             "verdicts"
         )
-    if exp.data.stream and (exp.data.pretrain in BUILTIN_DATASETS or "+" in exp.data.pretrain):
+    if exp.data.stream and (exp.data.pretrain in DATASETS or "+" in exp.data.pretrain):
         raise ConfigError(
             f"{_where(origins, 'data.stream')}: data.pretrain {exp.data.pretrain} cannot be "
             "streamed; allowed: data.stream true with data.pretrain an image folder path, "

@@ -1,9 +1,10 @@
 """Datasets by name, held in memory as uint8 tensors (studylib.images), and what names them.
 
-Names: `cifar100`, `cifar10` (studylib.cifar), `synthetic` (generated here, for tests), or a path to
-an image folder (studylib.image_folder); names joined by `+` (`cifar10+cifar100`) are those datasets
-together, classes kept apart. A dataset is loaded once per process and source, and known in a
-run's identity by its fingerprint.
+Names: those of `registry.DATASETS` (`cifar100`, `cifar10` from studylib.cifar, `synthetic`
+generated here for tests, and any a user registers), or a path to an image folder
+(studylib.image_folder); names joined by `+` (`cifar10+cifar100`) are those datasets together,
+classes kept apart. A dataset read from files is loaded once per process and source, and known in
+a run's identity by its fingerprint.
 """
 
 from __future__ import annotations
@@ -22,25 +23,19 @@ from studylib.errors import DataError
 from studylib.image_folder import cached_image_folder
 from studylib.images import ImageDataset, check
 from studylib.io import sha256
+from studylib.registry import DATASETS, call
 from studylib.schema import DataConfig
 
 
 def load_dataset(name: str, config: DataConfig | None = None) -> ImageDataset:
-    """A dataset by name (see the module docstring); loaded once per process and source."""
+    """A dataset by name (see the module docstring); one read from files is loaded once per process
+    and source."""
     config = config or DataConfig()
     if "+" in name:
         return combined([load_dataset(part, config) for part in name.split("+")])
-    if name == "synthetic":
-        return synthetic(config.synthetic_train, config.synthetic_test)
-    path = source(name)
-    if (path / "shards.json").is_file():
-        raise DataError(
-            f"{path}: a folder of shards (shards.json), which MAE and WSP stream as data.pretrain; "
-            "allowed here (probes, transfer, the explore study): a built-in dataset or an image "
-            "folder"
-        )
-    stat = path.stat()
-    return _load(name, str(path), stat.st_mtime_ns, stat.st_size)
+    if name in DATASETS:
+        return check(call(DATASETS[name].load, name, config), name)
+    return read_named(name, config)
 
 
 def combined(parts: list[ImageDataset]) -> ImageDataset:
@@ -81,21 +76,40 @@ def source(name: str) -> Path:
     path = Path(name).expanduser()
     if not path.is_dir():
         raise DataError(
-            f"dataset {name!r}: no such image folder; allowed: cifar10, cifar100, synthetic, "
-            "or a folder path"
+            f"dataset {name!r}: no such image folder; allowed: {', '.join(DATASETS)}, or a "
+            "folder path"
         )
     return path.resolve()
 
 
+def read_named(name: str, _config: DataConfig) -> ImageDataset:
+    """CIFAR or an image folder, read from `source(name)` once per process and source."""
+    path = source(name)
+    if (path / "shards.json").is_file():
+        raise DataError(
+            f"{path}: a folder of shards (shards.json), which MAE and WSP stream as data.pretrain; "
+            "allowed here (probes, transfer, the explore study): a built-in dataset or an image "
+            "folder"
+        )
+    stat = path.stat()
+    return _load(name, str(path), stat.st_mtime_ns, stat.st_size)
+
+
 def fingerprint(name: str, config: DataConfig | None = None) -> str:
-    """What a run's identity holds of its data: a hash of the file's bytes (cifar100.npz), of the
-    download folder's files, or of an image folder's manifest (its resolved path, every file's name
-    and size); the sizes of generated data. Cached per source, size and modification time."""
+    """What a run's identity holds of its data (see `files_fingerprint`, `generated_fingerprint`
+    and the dataset's entry in registry.DATASETS); names joined by '+' joined the same way."""
     config = config or DataConfig()
     if "+" in name:
         return "+".join(fingerprint(part, config) for part in name.split("+"))
-    if name == "synthetic":
-        return f"synthetic-{config.synthetic_train}-{config.synthetic_test}"
+    if name in DATASETS:
+        return call(DATASETS[name].fingerprint, name, config)
+    return files_fingerprint(name, config)
+
+
+def files_fingerprint(name: str, _config: DataConfig) -> str:
+    """A hash of the file's bytes (cifar100.npz), of the download folder's files, or of an image
+    folder's manifest (its resolved path, every file's name and size). Cached per source, size and
+    modification time."""
     path = source(name)
     stat = path.stat()
     return _fingerprint(str(path), stat.st_mtime_ns, stat.st_size)
@@ -128,7 +142,7 @@ def _fingerprint(path: str, _mtime_ns: int, _size: int) -> str:
 def _load(name: str, path: str, _mtime_ns: int, _size: int) -> ImageDataset:
     source_path = Path(path)
     if name == "cifar100":
-        return check(read_cifar100(source_path), path)
+        return read_cifar100(source_path)
     dataset = (
         cached_image_folder(source_path)
         if source_path.name != "cifar-10-batches-py"
@@ -137,6 +151,15 @@ def _load(name: str, path: str, _mtime_ns: int, _size: int) -> ImageDataset:
     if name == "cifar10":
         dataset.name = "cifar10"
     return check(dataset, path)
+
+
+def generated(_name: str, config: DataConfig) -> ImageDataset:
+    """The `synthetic` dataset at the config's sizes."""
+    return synthetic(config.synthetic_train, config.synthetic_test)
+
+
+def generated_fingerprint(_name: str, config: DataConfig) -> str:
+    return f"synthetic-{config.synthetic_train}-{config.synthetic_test}"
 
 
 @functools.lru_cache(maxsize=4)

@@ -54,6 +54,13 @@ def extract_features(
     )
 
 
+def feature_batches(
+    features: torch.Tensor, targets: torch.Tensor, batch_size: int, device: torch.device
+) -> Batches:
+    """Shuffled batches of frozen features and their targets, for a head trained on them."""
+    return Batches(features, targets, batch_size, device)
+
+
 def forward(
     encoder: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None
 ) -> torch.Tensor:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from studylib.batches import Batches, ImageTransform
 from studylib.errors import DataError
 
 
@@ -55,6 +56,22 @@ class ImageDataset:
             idx = (labels == c).nonzero().flatten()
             picks.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
         return torch.cat(picks).sort().values
+
+    def train_batches(
+        self,
+        batch_size: int,
+        device: torch.device,
+        transform: ImageTransform,
+        per_class: int = 0,
+        seed: int = 0,
+    ) -> Batches:
+        """Shuffled, augmented batches of the training images (on `device`, in `.inputs` and
+        `.targets`): all of them, or `per_class` of each class drawn by `seed`."""
+        images, labels = self.train_images, self.train_labels
+        if per_class:
+            keep = self.per_class(per_class, seed)
+            images, labels = images[keep], labels[keep]
+        return Batches(images, labels, batch_size, device, transform)
 
 
 def check(dataset: ImageDataset, where: str) -> ImageDataset:

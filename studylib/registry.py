@@ -6,6 +6,7 @@ choices, the job targets, the notebook checks and the README's tables (`studylib
     ARMS         pretraining recipes that end in an encoder: random init, MAE only, WSP, MAE→WSP
     TASKS        transfer tasks run on an arm's encoder
     STUDIES      the paper's studies: the function, its notebook and figures, the arms it compares
+    DATASETS     datasets known by name (an image folder is known by its path instead)
     VIT_SIZES    model sizes;  CORRUPTIONS  the robustness task's corruptions
 
 Functions are named 'module:function' and imported on first call, so this module imports nothing
@@ -91,15 +92,36 @@ class Figure:
     caption: Ref | None = None  # caption(results_key, table) -> its caption, from the table
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset known by name: `load(name, data_config)` returns it in memory (a
+    `studylib.images.ImageDataset`), `fingerprint(name, data_config)` what the identity of every run
+    that reads it holds (a hash of its files, or the sizes it is generated at)."""
+
+    name: str
+    load: Ref
+    fingerprint: Ref
+    summary: str
+
+
 STAGES: dict[str, Stage] = {}
 ARMS: dict[str, Arm] = {}
 TASKS: dict[str, Task] = {}
 STUDIES: dict[str, Study] = {}
 FIGURES: dict[str, Figure] = {}
-_TABLES = {Stage: STAGES, Arm: ARMS, Task: TASKS, Study: STUDIES, Figure: FIGURES}
+DATASETS: dict[str, Dataset] = {}
+_TABLES = {
+    Stage: STAGES,
+    Arm: ARMS,
+    Task: TASKS,
+    Study: STUDIES,
+    Figure: FIGURES,
+    Dataset: DATASETS,
+}
+Item = Stage | Arm | Task | Study | Figure | Dataset
 
 
-def register(item: Stage | Arm | Task | Study | Figure) -> Any:
+def register(item: Item) -> Any:
     """Add `item` to its table; returns it. A name already taken is refused (unregister it
     first)."""
     table = _TABLES[type(item)]
@@ -112,7 +134,7 @@ def register(item: Stage | Arm | Task | Study | Figure) -> Any:
     return item
 
 
-def unregister(item: Stage | Arm | Task | Study | Figure) -> None:
+def unregister(item: Item) -> None:
     """Take `item`'s name out of its table (a test's or a notebook's own entries)."""
     _TABLES[type(item)].pop(item.name, None)
 
@@ -142,6 +164,24 @@ def labels() -> dict[str, str]:
 
 
 for _item in (
+    Dataset(
+        "cifar10",
+        "studylib.data:read_named",
+        "studylib.data:files_fingerprint",
+        "CIFAR-10: 50,000 + 10,000 images of 32 px, 10 classes",
+    ),
+    Dataset(
+        "cifar100",
+        "studylib.data:read_named",
+        "studylib.data:files_fingerprint",
+        "CIFAR-100: 50,000 + 10,000 images of 32 px, 100 classes in 20 superclasses",
+    ),
+    Dataset(
+        "synthetic",
+        "studylib.data:generated",
+        "studylib.data:generated_fingerprint",
+        "gratings in colour pairs, 10 classes in 5 superclasses, data.synthetic_train/test images",
+    ),
     Stage("init", ("model", "seed"), "a randomly initialised encoder, saved as it is"),
     Stage("mae", ("model", "seed", "mae"), "MAE pre-pretraining on the pool (or mae.data)"),
     Stage(

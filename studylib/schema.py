@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studylib.registry import CORRUPTIONS, TASKS
+from studylib.registry import CORRUPTIONS, DATASETS, TASKS
 
-BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")
+BUILTIN_DATASETS = tuple(DATASETS)  # those this package registers, for messages
 INT_LIMIT = 2**31 - 1  # no int setting is larger: seeds, sizes and epochs stay far below it
 MAX_EPOCHS = 10_000
 
@@ -55,10 +55,11 @@ def list_of(choices: typing.Collection[str], **kwargs: Any) -> Any:
 
 
 def is_dataset_name(name: str) -> bool:
-    """A built-in dataset, an existing image folder, or several of them joined by '+'."""
+    """A dataset known by name (registry.DATASETS), an existing image folder, or several of them
+    joined by '+'."""
     if "+" in name:
         return all(is_dataset_name(part) for part in name.split("+"))
-    return name in BUILTIN_DATASETS or ("/" in name and Path(name).expanduser().is_dir())
+    return name in DATASETS or ("/" in name and Path(name).expanduser().is_dir())
 
 
 # field metadata: changes speed, never the recipe, so no run hash or table. Like thread counts and

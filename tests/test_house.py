@@ -67,9 +67,11 @@ def test_no_stage_imports_another_stage(stage):
 
 @pytest.mark.parametrize("stage", sorted((PACKAGE / "stages").glob("*.py")), ids=lambda p: p.stem)
 def test_no_stage_builds_the_pool_s_batches_or_tags_or_asks_its_kind(stage):
-    """The pretraining images reach a stage through pool.open_pool only (ARCHITECTURE.md)."""
+    """The pretraining images reach a stage through pool.open_pool only, and no stage builds
+    batches itself: the pool, a dataset's `train_batches` and `features.feature_batches` do
+    (ARCHITECTURE.md)."""
     text = stage.read_text()
-    assert not [word for word in ("simulate(", ".streamed", "Shard") if word in text]
+    assert not [word for word in ("simulate(", ".streamed", "Shard", "Batches(") if word in text]
     assert not imports(stage) & {"studylib.shards", "studylib.weak_labels.simulate"}
 
 

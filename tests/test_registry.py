@@ -253,3 +253,41 @@ def test_a_toy_stage_needs_only_what_architecture_md_lists_for_a_stage(isolated_
         assert other.name != run.name
     finally:
         registry.unregister(stage)
+
+
+def test_a_toy_data_source_needs_only_what_architecture_md_lists_for_one(isolated_dirs):
+    """A dataset from test code alone, as ARCHITECTURE.md says to add one: its load and fingerprint,
+    registered by name. The config then takes the name as the pool and as a probe, MAE trains on its
+    images, the probe reads it, and its fingerprint names the runs: a new version of the data (a
+    new fingerprint) names new runs."""
+    import dataclasses
+
+    from studylib.data import synthetic
+    from studylib.stages import probe
+
+    version = {"v": "1"}
+
+    def toy_load(name, config):
+        return dataclasses.replace(synthetic(96, 40, num_classes=4, seed=7), name=name)
+
+    def toy_fingerprint(name, config):
+        return f"toy-v{version['v']}"
+
+    toy = registry.register(registry.Dataset("toy", toy_load, toy_fingerprint, "a test's data"))
+    try:
+        settings = ["data.pretrain=toy", "data.probe=[toy]", "mae.epochs=1", "mae.batch_size=32"]
+        exp = load_experiment("smoke", settings)
+        encoder = mae.pretrain(exp)
+        assert encoder.identity["data"]["fingerprint"] == "toy-v1"
+        assert encoder.results()["images_seen"] == 96  # one epoch of the toy's training images
+        top1 = probe.probe(exp, encoder, "toy")
+        assert top1.identity["data"]["fingerprint"] == "toy-v1"
+        results = top1.results()
+        assert results["dataset"] == "toy" and results["train_images"] == 96
+        assert results["top1"] > 25  # above chance on the toy's 4 classes
+        version["v"] = "2"
+        assert mae.run_for(exp).name != encoder.name
+    finally:
+        registry.unregister(toy)
+    with pytest.raises(Exception, match="data.pretrain.*toy"):
+        load_experiment("smoke", ["data.pretrain=toy"])

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from studylib.batches import Batches, ImageTransform
+from studylib.batches import ImageTransform
 from studylib.data import data_identity, load_dataset
 from studylib.distributed import device_and_dtype, is_main
 from studylib.engine import train
@@ -58,22 +58,21 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
 
     def make_results() -> dict:
         data = load_dataset(dataset, exp.data)
-        images, labels = data.train_images, data.train_labels
-        if config.train_per_class:
-            keep = data.per_class(config.train_per_class, exp.data.subset_seed)
-            images, labels = images[keep], labels[keep]
         device, dtype = device_and_dtype(exp)
+        transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], config.crop_min)
+        batches = data.train_batches(
+            config.batch_size, device, transform, config.train_per_class, exp.data.subset_seed
+        )
         torch.manual_seed(exp.seed)
         model = vit(exp.model, num_classes=data.num_classes, drop_path=config.drop_path)
         load_encoder_from(encoder_run, model)
         if config.head_from_probe:
-            features = extract_features(frozen_encoder(exp, encoder_run), images, device, dtype)
+            encoder = frozen_encoder(exp, encoder_run)
+            features = extract_features(encoder, batches.inputs, device, dtype)
             head, _ = fit_head(
-                features, labels.to(device), data.num_classes, exp.probe, exp.data.subset_seed
+                features, batches.targets, data.num_classes, exp.probe, exp.data.subset_seed
             )
             model.head.load_state_dict(head.state_dict())
-        transform = ImageTransform(VIT_SIZES[exp.model]["img_size"], config.crop_min)
-        batches = Batches(images, labels, config.batch_size, device, transform)
         epochs = max(config.epochs, math.ceil(config.min_steps / len(batches)))
         summary = train(
             run,
@@ -93,7 +92,7 @@ def finetune(exp: Experiment, encoder_run: Run, dataset: str) -> Run:
             "top1": classifier_top1(model, data.test_images, data.test_labels, device, dtype),
             "dataset": dataset,
             "encoder": encoder_run.name,
-            "train_images": len(images),
+            "train_images": len(batches.inputs),
             "steps": epochs * len(batches),
         }
 

@@ -21,12 +21,11 @@ import re
 import torch
 from torch import nn
 
-from studylib.batches import Batches
 from studylib.distributed import device_and_dtype
 from studylib.engine import train
 from studylib.evaluation import frozen_encoder, top1
 from studylib.experiment import Experiment
-from studylib.features import extract_features
+from studylib.features import extract_features, feature_batches
 from studylib.images import ImageDataset
 from studylib.pool import open_pool
 from studylib.runs import Run, train_once
@@ -165,9 +164,8 @@ def zeroshot(exp: Experiment, encoder_run: Run) -> Run:
         tokenizer = Tokenizer(captions)
         torch.manual_seed(exp.seed)
         tower = TextTower(len(tokenizer), config, encoder.embed_dim)
-        batches = Batches(
-            image_features, tokenizer(captions, config.max_tokens), config.batch_size, device
-        )
+        tokens = tokenizer(captions, config.max_tokens)
+        batches = feature_batches(image_features, tokens, config.batch_size, device)
         summary = train(run, tower, contrastive_loss, batches, config, device, dtype, exp.seed)
         test = nn.functional.normalize(
             extract_features(encoder, data.test_images, device, dtype), dim=-1
