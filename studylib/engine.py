@@ -308,12 +308,13 @@ class EpochLoop:
                 act_on_preemption()
             if (i + 1) % LOG_EVERY_STEPS == 0 or i + 1 == steps:
                 norm = grad_norm(self.model)  # every rank: a collective under FSDP2
+                running = distributed.mean(loss_sum).item()  # every rank: they stop together
+                if not math.isfinite(running):
+                    self.diverged(running, epoch, f"{int(first_bad_step)}/{steps}", history)
                 rate = (images - skip * len(inputs) * distributed.world_size()) / (now - start)
                 if distributed.is_main():
                     self.progress.step(bar, epoch, i, loss, lr, norm, rate)
-        epoch_loss = distributed.mean(loss_sum / steps).item()
-        if not math.isfinite(epoch_loss):
-            self.diverged(epoch_loss, epoch, f"{int(first_bad_step)}/{steps}", history)
+        epoch_loss = distributed.mean(loss_sum / steps).item()  # finite: checked at the last step
         seconds = seconds_before + time.perf_counter() - start
         return {
             "epoch": epoch + 1,
@@ -324,7 +325,8 @@ class EpochLoop:
         }
 
     def diverged(self, loss: float, epoch: int, step: str, history: list[dict]) -> None:
-        """Stop on a non-finite epoch loss, naming the first bad step and what was kept."""
+        """Stop on a non-finite loss, seen at the first log point after it (every LOG_EVERY_STEPS
+        steps, where the ranks sync already), naming the first bad step and what was kept."""
         kept = f"the checkpoint of epoch {len(history)} is kept"
         raise DivergedError(
             f"{self.checkpointer.run.path}: loss is {loss} at epoch {epoch + 1}, step {step}; "

@@ -156,3 +156,21 @@ def test_nan_loss_stops_with_run_epoch_and_step(smoke, monkeypatch, capsys):
     monkeypatch.setattr(wsp, "wsp_loss", lambda m, x, t: real(m, x, t) * float("inf"))
     assert main(["study", "--preset", "smoke"]) == 1  # the CLI reports it and fails
     assert "studylib: diverged:" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_at_the_next_log_point_not_at_the_epoch_end(monkeypatch):
+    """A loss that goes NaN at step 3 of a 32-step epoch stops training at step 10 (the first log
+    point after it, LOG_EVERY_STEPS), not after the epoch's 29 more steps."""
+    from studylib.engine import LOG_EVERY_STEPS
+
+    exp = load_experiment("smoke", ["data.synthetic_train=512", "wsp.batch_size=16"])
+    real, steps = wsp.wsp_loss, {"n": 0}
+
+    def nan_at_step_3(model, images, tags):
+        steps["n"] += 1
+        return real(model, images, tags) * (float("nan") if steps["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(wsp, "wsp_loss", nan_at_step_3)
+    with pytest.raises(DivergedError, match=r"loss is nan at epoch 1, step 3/32; no checkpoint"):
+        wsp.pretrain(exp)
+    assert steps["n"] == LOG_EVERY_STEPS == 10
