@@ -100,6 +100,7 @@ class Batches:
         self.images = images_per_epoch or len(inputs)
         if self.images != len(inputs) and not shuffle:
             raise ValueError("images_per_epoch needs shuffle=True")
+        self.start_step = 0  # where the next epoch starts (once): a resumed epoch's step
 
     def __len__(self) -> int:
         return (
@@ -109,6 +110,8 @@ class Batches:
         )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's order is drawn here, when iteration starts; the batches follow from
+        `start_step` (a resumed epoch's, then 0 again)."""
         n = len(self.inputs)
         order = None
         if self.shuffle:
@@ -117,7 +120,13 @@ class Batches:
                 for _ in range(math.ceil(self.images / n))
             ]
             order = torch.cat(passes)[: self.images]
-        for i in range(len(self)):
+        start, self.start_step = self.start_step, 0
+        return self._batches(order, start)
+
+    def _batches(
+        self, order: torch.Tensor | None, start: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(start, len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = order[sl] if order is not None else sl
             x, y = self.inputs[idx], self.targets[idx]

@@ -1,5 +1,6 @@
-"""A run's checkpoint, in one place: what it holds (weights, AdamW moments, the finished epochs'
-history and, inside an epoch, the position reached with the random state there), when it is written
+"""A run's checkpoint, in one place: what it holds (the state dicts of the model, of AdamW and of
+the `TrainState`: the finished epochs' history and, inside an epoch, the position reached with the
+random state there; the batches start at that step themselves), when it is written
 (after every epoch; every `checkpoint_every_steps` steps or `checkpoint_every_min` minutes; at a
 preemption signal), its form (checkpoint.pth from rank 0, or checkpoint.dcp/ with a shard from every
 rank) and how a run resumes from it. The checkpoint before is kept as the fallback until the run
@@ -10,9 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -80,8 +82,46 @@ def load_whole_state(
                     moments[key] = like(value, param)
 
 
+class EpochBatches(Protocol):
+    """What the engine trains on (batches.Batches, stream.ShardBatches): an epoch's batches at every
+    iteration, its order drawn when the iteration starts, from `start_step` (a resumed epoch's
+    step, used once)."""
+
+    start_step: int
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass
+class TrainState:
+    """Where training is: the finished epochs' `history` and, inside an epoch, the `position`
+    reached (step, images, seconds, loss sum, first bad step) with the random state after it. The
+    checkpoint holds it beside the model and the optimizer, each through its own `state_dict`."""
+
+    history: list[dict] = field(default_factory=list)
+    position: dict[str, Any] | None = None
+
+    def reach(self, position: dict[str, Any], device: torch.device) -> None:
+        """Inside an epoch, at `position`: the random state is taken with it."""
+        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        self.position = {**position, "rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+    def finish_epoch(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        self.position = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, **({"position": self.position} if self.position else {})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history, self.position = state["history"], state.get("position")
+
+
 class Checkpointer:
-    """The checkpoint of one run's training; every method is called on every rank."""
+    """The checkpoint of one run's training: the model's, the optimizer's and the `TrainState`'s
+    state dicts in one file (or one DCP folder); every method is called on every rank."""
 
     def __init__(
         self,
@@ -94,23 +134,14 @@ class Checkpointer:
         self.run, self.model, self.optimizer = run, model, optimizer
         self.config, self.device = config, device
 
-    def save(self, history: list[dict], reached: dict[str, Any] | None = None) -> None:
-        """The weights, the finished epochs' `history` and, inside an epoch, the position `reached`
-        (step, images, seconds, loss sum, first bad step) with the random state after it."""
-        progress: dict[str, Any] = {"history": history}
-        if reached is not None:
-            cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-            progress["position"] = {**reached, "rng": torch.get_rng_state(), "cuda_rng": cuda}
+    def save(self, train: TrainState) -> None:
         if self.config.checkpoint_format == "whole":
             # FSDP2's shards gathered
-            state = {
-                **whole_state(self.model, self.optimizer),
-                **progress,
-            }
+            state = {**whole_state(self.model, self.optimizer), **train.state_dict()}
             if distributed.is_main():
                 self.run.save(WHOLE, state, keep_previous=True)
         else:
-            self._save_sharded(progress)
+            self._save_sharded(train.state_dict())
 
     def _save_sharded(self, progress: dict[str, Any]) -> None:
         import torch.distributed.checkpoint as dcp
@@ -138,21 +169,24 @@ class Checkpointer:
             new.rename(folder)
         distributed.barrier()
 
-    def load(self) -> dict[str, Any] | None:
-        """The saved progress (history, and the position inside an epoch), its weights and optimizer
-        state loaded; None where there is none. A sharded one is resharded to this job's ranks;
-        where it cannot be read, the one before it."""
+    def load(self) -> TrainState:
+        """The saved `TrainState`, its weights and optimizer state loaded; a fresh one where there
+        is none. A sharded one is resharded to this job's ranks; where it cannot be read, the one
+        before it."""
+        train = TrainState()
         if self.config.checkpoint_format == "whole":
             state = self.run.load(WHOLE, map_location=self.device)
             if state is not None:
                 load_whole_state(self.model, self.optimizer, state)
-            return state
+                train.load_state_dict(state)
+            return train
         for folder in (self.run.path / SHARDED, self.run.path / SHARDED_PREVIOUS):
             if (folder / ".metadata").is_file() and (
                 progress := self._load_sharded(folder)
             ) is not None:
-                return progress
-        return None
+                train.load_state_dict(progress)
+                break
+        return train
 
     def _load_sharded(self, folder: Path) -> dict[str, Any] | None:
         import torch.distributed.checkpoint as dcp
@@ -198,15 +232,12 @@ class Checkpointer:
         return save, preempted
 
 
-def resume_epoch(batches: Iterable, position: dict[str, Any], device: torch.device) -> Iterator:
+def resume_epoch(batches: EpochBatches, position: dict[str, Any], device: torch.device) -> Iterator:
     """The epoch's batches from the saved position's step on, with the random state as it was there.
-    The epoch's order is drawn first, from the epoch's seed; batches with a `start_step` (streamed
-    ones) start at the step themselves, others are passed over up to it."""
-    if hasattr(batches, "start_step"):
-        batches.start_step = position["step"]
+    The batches draw the epoch's order when their iteration starts (from the epoch's seed) and
+    start at their `start_step`; the random state is restored after that."""
+    batches.start_step = position["step"]
     epoch_batches = iter(batches)
-    for _ in range(0 if hasattr(batches, "start_step") else position["step"]):
-        next(epoch_batches)
     torch.set_rng_state(position["rng"].cpu())
     if device.type == "cuda":
         torch.cuda.set_rng_state(position["cuda_rng"].cpu(), device)

@@ -67,33 +67,22 @@ EXAMPLES = {
 }
 
 
+# in the order of `studylib --help`: each is commands.cmd_NAME, its help its docstring's first line
+SUBCOMMANDS = (
+    "study notebooks transfer figures submit config findings plan export runs registry tags shards "
+    "models"
+).split()
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="studylib", description=__doc__.split("\n")[0])
     root.add_argument(
         "--version", nargs=0, action=_Version, help="show the version and the checkout's commit"
     )
     sub = root.add_subparsers(dest="command", required=True)
-    subcommands = (  # looked up per call: a patched commands.cmd_* is the one that runs
-        ("study", commands.cmd_study, "run a study (default: the default study)"),
-        ("notebooks", commands.cmd_notebooks, "run the study notebooks in batch with papermill"),
-        ("transfer", commands.cmd_transfer, "run the transfer suite"),
-        ("figures", commands.cmd_figures, "make every figure from the results"),
-        ("submit", commands.cmd_submit, "submit a job through submitit and watch it"),
-        ("config", commands.cmd_config, "print the resolved configuration"),
-        ("findings", commands.cmd_findings, "check the paper's claims against the results"),
-        ("plan", commands.cmd_plan, "seeds each claim needs, from the pilot seeds' results"),
-        ("export", commands.cmd_export, "a run's encoder for timm and the Hugging Face Hub"),
-        ("runs", commands.cmd_runs, "list the finished runs of a preset"),
-        ("registry", commands.cmd_registry, "print the arms, studies, tasks and stages"),
-        ("tags", commands.cmd_tags, "print hashtag statistics"),
-        (
-            "shards",
-            commands.cmd_shards,
-            "write the pool with its hashtags as WebDataset shards, or index a folder of tars",
-        ),
-        ("models", commands.cmd_models, "print model sizes"),
-    )
-    for name, func, text in subcommands:
+    for name in SUBCOMMANDS:
+        func = getattr(commands, f"cmd_{name}")  # looked up per call: a patched one is the one run
+        text = func.__doc__.split("\n")[0]  # its docstring's first line
         p = sub.add_parser(
             name,
             help=text,
@@ -184,12 +173,8 @@ def _shards_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--explain",
-        metavar="KEY",
-        default=None,
-        help="what one setting means, its allowed values and default, and whether it names runs",
-    )
+    meaning = "what one setting means, its allowed values and default, and whether it names runs"
+    p.add_argument("--explain", metavar="KEY", help=meaning)
 
 
 OWN_ARGUMENTS = {

@@ -42,6 +42,7 @@ def _choose(kind: str, name: str, choices: dict) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> None:
+    """run a study (default: the default study)"""
     _choose("study", args.name, registry.STUDIES)
     exp = _experiment(args)  # checked before torch is imported: bad input costs no wait
     from studylib import distributed
@@ -76,6 +77,7 @@ def _figures_and_findings(exp: Experiment, study: str) -> None:
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:
+    """run the study notebooks in batch with papermill"""
     from studylib.notebooks import run_notebooks
 
     start = time.perf_counter()
@@ -86,6 +88,7 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
+    """run the transfer suite"""
     for name in args.arms:
         _choose("arm", name, registry.ARMS)
     exp = _experiment(args)
@@ -110,6 +113,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
+    """make every figure from the results"""
     from studylib.figures import make_all
 
     for name, paths in make_all(_experiment(args).results_key).items():
@@ -117,6 +121,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
+    """submit a job through submitit and watch it"""
     import pandas as pd
 
     from studylib.launch import submit, watch
@@ -137,7 +142,9 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> None:
-    """The resolved experiment (every value that decides results), and where its tables go; or one
+    """print the resolved configuration
+
+    The resolved experiment (every value that decides results), and where its tables go; or one
     setting explained (--explain KEY)."""
     exp = _experiment(args, writes=False)
     if args.explain:
@@ -194,6 +201,7 @@ def fill_readme(block: str, text: str) -> None:
 
 
 def cmd_registry(args: argparse.Namespace) -> None:
+    """print the arms, studies, tasks and stages"""
     text = registry.markdown()
     if args.readme:
         fill_readme("registry", text)
@@ -202,7 +210,9 @@ def cmd_registry(args: argparse.Namespace) -> None:
 
 
 def cmd_findings(args: argparse.Namespace) -> None:
-    """The paper's claims against the study tables of a preset (and overrides):
+    """check the paper's claims against the results
+
+    The paper's claims against the study tables of a preset (and overrides):
     results/<key>/findings.md."""
     from studylib.findings import write
 
@@ -234,7 +244,9 @@ def cmd_findings(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    """Seeds each claim needs, from the pilot seeds' tables: results/<key>/plan.md."""
+    """seeds each claim needs, from the pilot seeds' results
+
+    Written to results/<key>/plan.md, from the pilot seeds' tables."""
     from studylib.plan import write
 
     exp = _experiment(args)
@@ -243,7 +255,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """A run's encoder as model.safetensors, a timm config.json and a model card, ready for the
+    """a run's encoder for timm and the Hugging Face Hub
+
+    A run's encoder as model.safetensors, a timm config.json and a model card, ready for the
     Hub: the run by name or folder, or an arm's encoder run at the preset's seed (--set seed=N)."""
     from studylib.export import export, find_run
 
@@ -258,6 +272,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_tags(args: argparse.Namespace) -> None:
+    """print hashtag statistics"""
     from studylib.pool import open_pool
 
     exp = _experiment(args, writes=False)
@@ -270,6 +285,7 @@ def cmd_tags(args: argparse.Namespace) -> None:
 
 
 def cmd_shards(args: argparse.Namespace) -> None:
+    """write the pool with its hashtags as WebDataset shards, or index a folder of tars"""
     from studylib.pool import open_pool
     from studylib.shard_writer import folder_labels, index_shards, write_shards
     from studylib.weak_labels import simulate
@@ -313,7 +329,9 @@ def _shards_out(out: Path, source: Path | None, per_shard: int, max_size: int) -
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
-    """The finished runs under the preset's runs folder, one line each (what export takes)."""
+    """list the finished runs of a preset
+
+    One line a finished run under the preset's runs folder (what export takes)."""
     import pandas as pd
 
     from studylib.runs import finished_runs
@@ -326,6 +344,7 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 
 def cmd_models(_args: argparse.Namespace) -> None:
+    """print model sizes"""
     import pandas as pd
 
     from studylib.models import size_table

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 from studylib import distributed
 from studylib.checkpoint import (
     Checkpointer,
+    EpochBatches,
+    TrainState,
     act_on_preemption,
     check_free_disk,
     preemption_pending,
@@ -264,9 +266,10 @@ class EpochLoop:
         return lr
 
     def run(
-        self, epoch: int, batches: Iterable, history: list[dict], position: dict | None, seed: int
+        self, epoch: int, batches: EpochBatches, state: TrainState, seed: int
     ) -> dict[str, Any]:
-        """Epoch `epoch` (from the saved `position` inside it, if any); its line of the history."""
+        """Epoch `epoch` (from the position inside it that `state` holds, if any); its line of the
+        history."""
         torch.manual_seed(epoch_seed(seed, epoch))
         self.model.train()
         start = last_save = time.perf_counter()
@@ -274,6 +277,7 @@ class EpochLoop:
         # the first step with a non-finite loss, tracked on the device: no sync per step
         first_bad_step = torch.full((), -1, device=self.device)
         images, seconds_before, skip, steps = 0, 0.0, 0, len(batches)
+        position, history = state.position, state.history
         if position is None:
             epoch_batches = iter(batches)  # draws the epoch's order, from the epoch's seed
         else:
@@ -302,7 +306,8 @@ class EpochLoop:
                     "loss_sum": loss_sum.item(),
                     "first_bad_step": int(first_bad_step),
                 }
-                self.checkpointer.save(history, reached)
+                state.reach(reached, self.device)
+                self.checkpointer.save(state)
                 last_save = now
             if preempted and i + 1 < steps:
                 act_on_preemption()
@@ -338,7 +343,7 @@ def train(
     run: Run,
     model: nn.Module,
     loss_fn: LossFn,
-    batches: Iterable,
+    batches: EpochBatches,
     config: TrainConfig,
     device: torch.device,
     dtype: torch.dtype | None,
@@ -355,10 +360,10 @@ def train(
     optimizer = optimizer_for(model, config)
     checkpointer = Checkpointer(run, model, optimizer, config, device)
     state = checkpointer.load()
-    history, position = (state["history"], state.get("position")) if state else ([], None)
-    if state and distributed.is_main():
+    history = state.history
+    if (history or state.position) and distributed.is_main():
         run.write_metrics(history)  # the checkpoint is the truth; drop lines of an unfinished epoch
-        _say_resuming(run, len(history), config.epochs, position, len(batches))
+        _say_resuming(run, len(history), config.epochs, state.position, len(batches))
     progress = Progress(run, config.epochs, len(batches))
     loop = EpochLoop(
         model, trained, loss_fn, optimizer, config, device, dtype, checkpointer, progress
@@ -366,9 +371,8 @@ def train(
     set_training(True)
     try:
         for epoch in range(len(history), config.epochs):
-            history.append(loop.run(epoch, batches, history, position, seed))
-            position = None
-            checkpointer.save(history)
+            state.finish_epoch(loop.run(epoch, batches, state, seed))
+            checkpointer.save(state)
             if distributed.is_main():
                 run.write_metrics(history)
                 progress.epoch(history[-1])
