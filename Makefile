@@ -4,7 +4,7 @@ PRESET ?= cpu
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup study studies test lint lab rehearse
+.PHONY: setup study studies test lint lab rehearse lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,8 @@ lab: setup  ## JupyterLab on the notebooks (as root too, as in a container)
 
 rehearse: setup  ## the GPU scripts (benchmarks/gpu_check.sh, gpu_studies.sh) at toy size on the CPU, 8.5 min
 	$(VENV)/bin/python -m pytest -q -m rehearsal tests/test_gpu_rehearsal.py
+
+lock: setup  ## requirements.lock: every package version of .venv (the one behind the committed results)
+	{ echo "# pip freeze of the .venv behind results/ (Python $$($(VENV)/bin/python -c 'import platform; print(platform.python_version())')):"; \
+	  echo "# $(VENV)/bin/pip install -r requirements.lock && $(VENV)/bin/pip install --no-deps -e ."; \
+	  $(VENV)/bin/pip freeze --exclude-editable --disable-pip-version-check; } > requirements.lock

@@ -119,6 +119,18 @@ def versions() -> dict[str, str]:
     return found
 
 
+def trained_with(preset: str, names: list[str]) -> list[dict]:
+    """The package versions that ran the runs `names` of `preset` (every attempt its meta.json
+    records), each distinct set once with the number of attempts it made."""
+    attempts: dict[str, int] = {}
+    for name in sorted(set(names)):
+        meta = runs_dir() / preset / name / "meta.json"
+        for attempt in json.loads(meta.read_text())["attempts"] if meta.is_file() else []:
+            key = json.dumps(attempt["versions"], sort_keys=True)
+            attempts[key] = attempts.get(key, 0) + 1
+    return [{**json.loads(key), "attempts": n} for key, n in attempts.items()]
+
+
 class Run:
     """The run of `stage` under `experiment`, reading `inputs` (data fingerprints, upstream
     runs)."""

@@ -29,7 +29,7 @@ from studylib.models import VIT_SIZES, count_flops, count_params, vit
 from studylib.paths import results_dir
 from studylib.pool import is_shard_folder, open_pool
 from studylib.registry import ARMS, STUDIES, Arm, call, labels
-from studylib.runs import Run
+from studylib.runs import Run, trained_with
 from studylib.stages import mae, probe
 from studylib.transfer import transfer_suite
 from studylib.workers import run_seeds
@@ -144,7 +144,8 @@ def _per_seed(
 
 def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
     """The study's table, written to results/<key>/<study>.csv beside experiment.yaml, which records
-    the preset, its overrides and the whole resolved experiment."""
+    the preset, its overrides, the whole resolved experiment and the package versions its runs were
+    trained with."""
     table = pd.DataFrame(rows).assign(study=study)
     table = table.reindex(columns=COLUMNS + [c for c in table.columns if c not in COLUMNS])
     # all-NaN (float) when no point sets it
@@ -156,12 +157,29 @@ def _table(exp: Experiment, study: str, rows: list[dict]) -> pd.DataFrame:
         _say_if_precision_changes(
             folder / f"{study}.csv", table["precision"].iloc[0] if len(table) else ""
         )
-        record = {"preset": exp.preset, "overrides": exp.overrides, "experiment": exp.to_dict()}
+        record = {
+            "preset": exp.preset,
+            "overrides": exp.overrides,
+            "experiment": exp.to_dict(),
+            "trained_with": _trained_with(folder / "experiment.yaml", study, exp.preset, table),
+        }
         atomic_write(
             folder / "experiment.yaml", lambda f: yaml.safe_dump(record, f, sort_keys=False)
         )
         atomic_write(folder / f"{study}.csv", lambda f: table.to_csv(f, index=False))
     return table
+
+
+def _trained_with(record: Path, study: str, preset: str, table: pd.DataFrame) -> dict[str, list]:
+    """Per study, the package versions its table's runs were trained with (their meta.json): this
+    study's now, the others' as `record` had them."""
+    try:
+        earlier = (yaml.safe_load(record.read_text()) or {}).get("trained_with")
+    except (OSError, yaml.YAMLError, AttributeError):
+        earlier = None
+    earlier = earlier if isinstance(earlier, dict) else {}
+    runs = [name for name in table.get("run", []) if isinstance(name, str)]
+    return {**earlier, study: trained_with(preset, runs)}
 
 
 def _say_if_precision_changes(path: Path, precision: str) -> None:

@@ -64,3 +64,20 @@ def test_a_wheel_installs_in_a_fresh_venv_and_runs_a_study_from_another_folder(t
     assert set(probes.arm) == {"random", "mae", "wsp", "mae_wsp", "wsp_flops"}
     assert (elsewhere / "runs" / "smoke").is_dir()
     assert not (REPO / "results" / table.parent.name).exists()  # nothing written into the clone
+
+
+def test_the_lock_file_pins_the_versions_the_committed_cpu_results_were_trained_with():
+    """requirements.lock (`make lock`) is the environment behind results/cpu: its pins of the
+    packages a run records equal those every study's runs were trained with."""
+    import yaml
+
+    record = yaml.safe_load((REPO / "results" / "cpu" / "experiment.yaml").read_text())
+    recorded = [found for study in record["trained_with"].values() for found in study]
+    assert len(record["trained_with"]) == 6 and recorded  # every study of the batch
+    lock = (REPO / "requirements.lock").read_text()
+    pins = dict(line.split("==", 1) for line in lock.splitlines() if "==" in line)
+    for found in recorded:
+        assert {k: pins[k] for k in ("torch", "torchvision", "timm", "numpy")} == {
+            k: found[k] for k in ("torch", "torchvision", "timm", "numpy")
+        }
+        assert f"(Python {found['python']})" in lock.splitlines()[0]

@@ -291,3 +291,19 @@ def test_a_toy_data_source_needs_only_what_architecture_md_lists_for_one(isolate
         registry.unregister(toy)
     with pytest.raises(Exception, match="data.pretrain.*toy"):
         load_experiment("smoke", ["data.pretrain=toy"])
+
+
+def test_a_table_records_per_study_the_versions_its_runs_were_trained_with():
+    """experiment.yaml beside the tables says, per study, which package versions trained the runs of
+    its table (each run's meta.json, every attempt), so the committed results name theirs."""
+    import yaml
+
+    from studylib.paths import results_dir
+    from studylib.runs import versions
+
+    exp = load_experiment("smoke", ["mae.epochs=1"])
+    run = mae.pretrain(exp)
+    _table(exp, "default", [{"stage": "mae", "metric": "x", "value": 1.0, "run": run.name}])
+    _table(exp, "other", [{"stage": "mae", "metric": "x", "value": 1.0}])
+    record = yaml.safe_load((results_dir(exp.results_key) / "experiment.yaml").read_text())
+    assert record["trained_with"] == {"default": [{**versions(), "attempts": 1}], "other": []}
