@@ -1,5 +1,6 @@
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,19 @@ REPO = Path(__file__).resolve().parent.parent
 SESSION = Path(tempfile.mkdtemp(prefix="studylib-tests-"))
 for _name in ("RUNS", "RESULTS", "FIGURES", "CACHE"):
     os.environ[f"STUDYLIB_{_name}"] = str(SESSION / _name.lower())
+
+
+@pytest.fixture
+def free_port():
+    """A function that gives a TCP port free on this machine now (for the ranks' rendezvous), so
+    two test suites at once never ask for the same one."""
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -259,31 +259,35 @@ def _two_ranks(
     return load_weights(runs / "smoke" / run.name / "encoder.pth")["state"]
 
 
-def test_fsdp2_matches_ddp_and_resumes_from_whole_or_sharded_checkpoints(tmp_path, monkeypatch):
+def test_fsdp2_matches_ddp_and_resumes_from_whole_or_sharded_checkpoints(
+    tmp_path, monkeypatch, free_port
+):
     """2 gloo ranks on this CPU, WSP on smoke data for 2 epochs: FSDP2 (fully_shard per block) ends
     where DDP does; an FSDP2 job that crashes in epoch 2 and is rerun ends where the uninterrupted
     one does, from its whole-tensor checkpoint.pth or from a sharded checkpoint
     (torch.distributed.checkpoint: checkpoint.dcp/, one file of shards a rank), which a single
     process also resumes (the shards read back resharded)."""
-    ddp = _two_ranks(tmp_path / "ddp", "ddp", 29641)
-    fsdp = _two_ranks(tmp_path / "fsdp", "fsdp", 29642)
+    ddp = _two_ranks(tmp_path / "ddp", "ddp", free_port())
+    fsdp = _two_ranks(tmp_path / "fsdp", "fsdp", free_port())
     assert ddp.keys() == fsdp.keys()
     worst = max((ddp[k] - fsdp[k]).abs().max().item() for k in ddp)
     print(f"largest weight difference, FSDP2 vs DDP: {worst:.2e}")
     assert worst < 1e-4
     with pytest.raises(Exception, match="crash"):
-        _two_ranks(tmp_path / "crashed", "fsdp", 29643, crash_at=8 + 3)  # smoke: 8 steps an epoch
+        _two_ranks(
+            tmp_path / "crashed", "fsdp", free_port(), crash_at=8 + 3
+        )  # smoke: 8 steps an epoch
     checkpoint = load_weights(
         next((tmp_path / "crashed" / "smoke").glob("wsp-*")) / "checkpoint.pth"
     )["state"]
     assert len(checkpoint["history"]) == 1 and all(
         type(v) is torch.Tensor for v in checkpoint["model"].values()
     )
-    resumed = _two_ranks(tmp_path / "crashed", "fsdp", 29644)
+    resumed = _two_ranks(tmp_path / "crashed", "fsdp", free_port())
     assert max((resumed[k] - fsdp[k]).abs().max().item() for k in fsdp) < 1e-6
 
     with pytest.raises(Exception, match="crash"):
-        _two_ranks(tmp_path / "sharded", "fsdp", 29645, crash_at=8 + 3, checkpoints="sharded")
+        _two_ranks(tmp_path / "sharded", "fsdp", free_port(), crash_at=8 + 3, checkpoints="sharded")
     folder = next((tmp_path / "sharded" / "smoke").glob("wsp-*"))
     assert sorted(p.name for p in (folder / "checkpoint.dcp").iterdir()) == [
         ".metadata",
@@ -292,7 +296,7 @@ def test_fsdp2_matches_ddp_and_resumes_from_whole_or_sharded_checkpoints(tmp_pat
     ]
     assert not (folder / "checkpoint.pth").exists()
     shutil.copytree(tmp_path / "sharded", tmp_path / "one process")
-    resumed = _two_ranks(tmp_path / "sharded", "fsdp", 29646, checkpoints="sharded")
+    resumed = _two_ranks(tmp_path / "sharded", "fsdp", free_port(), checkpoints="sharded")
     assert max((resumed[k] - fsdp[k]).abs().max().item() for k in fsdp) < 1e-6
     monkeypatch.setenv("STUDYLIB_RUNS", str(tmp_path / "one process"))
     run = wsp.pretrain(load_experiment("smoke", ["wsp.epochs=2", "wsp.checkpoint_format=sharded"]))
@@ -328,14 +332,20 @@ def _features_on_rank(rank: int, out: str, port: int) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_two_ranks_extract_each_their_half_of_the_features_and_both_receive_all_in_order(tmp_path):
+def test_two_ranks_extract_each_their_half_of_the_features_and_both_receive_all_in_order(
+    tmp_path, free_port
+):
     import torch.multiprocessing as mp
 
     from studylib.data import synthetic
     from studylib.features import extract_features
 
     mp.start_processes(
-        _features_on_rank, args=(str(tmp_path), 29651), nprocs=2, join=True, start_method="spawn"
+        _features_on_rank,
+        args=(str(tmp_path), free_port()),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
     )
     torch.manual_seed(0)
     alone = extract_features(

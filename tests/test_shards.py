@@ -66,10 +66,12 @@ def _two_ranks(tmp_path: Path, folder: Path, port: int) -> dict[int, dict[str, l
     return {rank: json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)}
 
 
-def test_two_ranks_of_two_workers_read_every_sample_once_per_epoch_in_equal_steps(tmp_path):
+def test_two_ranks_of_two_workers_read_every_sample_once_per_epoch_in_equal_steps(
+    tmp_path, free_port
+):
     folder = tmp_path / "shards"
     _shards(folder, 320, 16)  # 20 shards
-    seen = _two_ranks(tmp_path, folder, 29517)
+    seen = _two_ranks(tmp_path, folder, free_port())
     everything = {f"{i:09d}" for i in range(320)}
     for epoch in ("0", "1"):
         steps = [len(seen[rank][epoch]) for rank in (0, 1)]
@@ -77,7 +79,7 @@ def test_two_ranks_of_two_workers_read_every_sample_once_per_epoch_in_equal_step
         keys = Counter(k for rank in (0, 1) for batch in seen[rank][epoch] for k in batch)
         assert set(keys) == everything and set(keys.values()) == {1}
     assert seen[0]["0"] != seen[0]["1"]  # each epoch its own shard order
-    assert _two_ranks(tmp_path, folder, 29518) == seen  # and the same order on a rerun
+    assert _two_ranks(tmp_path, folder, free_port()) == seen  # and the same order on a rerun
 
 
 def test_unequal_shards_drop_the_surplus_so_ranks_take_equal_steps(tmp_path):
