@@ -82,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         func = getattr(commands, f"cmd_{name}")  # looked up per call: a patched one is the one run
-        text = func.__doc__.split("\n")[0]  # its docstring's first line
+        text = (func.__doc__ or name).split("\n")[0]  # its docstring's first line
         p = sub.add_parser(
             name,
             help=text,
