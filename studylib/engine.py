@@ -268,8 +268,7 @@ class EpochLoop:
     def run(
         self, epoch: int, batches: EpochBatches, state: TrainState, seed: int
     ) -> dict[str, Any]:
-        """Epoch `epoch` (from the position inside it that `state` holds, if any); its line of the
-        history."""
+        """Epoch `epoch` (from the position `state` holds inside it, if any); its history line."""
         torch.manual_seed(epoch_seed(seed, epoch))
         self.model.train()
         start = last_save = time.perf_counter()
@@ -313,9 +312,7 @@ class EpochLoop:
                 act_on_preemption()
             if (i + 1) % LOG_EVERY_STEPS == 0 or i + 1 == steps:
                 norm = grad_norm(self.model)  # every rank: a collective under FSDP2
-                running = distributed.mean(loss_sum).item()  # every rank: they stop together
-                if not math.isfinite(running):
-                    self.diverged(running, epoch, f"{int(first_bad_step)}/{steps}", history)
+                self.stop_if_diverged(loss_sum, epoch, f"{int(first_bad_step)}/{steps}", history)
                 rate = (images - skip * len(inputs) * distributed.world_size()) / (now - start)
                 if distributed.is_main():
                     self.progress.step(bar, epoch, i, loss, lr, norm, rate)
@@ -329,9 +326,15 @@ class EpochLoop:
             "images_per_s": images / seconds,
         }
 
-    def diverged(self, loss: float, epoch: int, step: str, history: list[dict]) -> None:
+    def stop_if_diverged(
+        self, loss_sum: torch.Tensor, epoch: int, step: str, history: list[dict]
+    ) -> None:
         """Stop on a non-finite loss, seen at the first log point after it (every LOG_EVERY_STEPS
-        steps, where the ranks sync already), naming the first bad step and what was kept."""
+        steps, where the ranks sync already: they stop together), naming the first bad step and
+        what was kept."""
+        loss = distributed.mean(loss_sum).item()
+        if math.isfinite(loss):
+            return
         kept = f"the checkpoint of epoch {len(history)} is kept"
         raise DivergedError(
             f"{self.checkpointer.run.path}: loss is {loss} at epoch {epoch + 1}, step {step}; "
