@@ -312,7 +312,7 @@ class EpochLoop:
                 act_on_preemption()
             if (i + 1) % LOG_EVERY_STEPS == 0 or i + 1 == steps:
                 norm = grad_norm(self.model)  # every rank: a collective under FSDP2
-                self.stop_if_diverged(loss_sum, epoch, f"{int(first_bad_step)}/{steps}", history)
+                self.stop_if_diverged(loss_sum, first_bad_step, epoch, steps, history)
                 rate = (images - skip * len(inputs) * distributed.world_size()) / (now - start)
                 if distributed.is_main():
                     self.progress.step(bar, epoch, i, loss, lr, norm, rate)
@@ -327,7 +327,12 @@ class EpochLoop:
         }
 
     def stop_if_diverged(
-        self, loss_sum: torch.Tensor, epoch: int, step: str, history: list[dict]
+        self,
+        loss_sum: torch.Tensor,
+        first_bad_step: torch.Tensor,
+        epoch: int,
+        steps: int,
+        history: list[dict],
     ) -> None:
         """Stop on a non-finite loss, seen at the first log point after it (every LOG_EVERY_STEPS
         steps, where the ranks sync already: they stop together), naming the first bad step and
@@ -337,7 +342,8 @@ class EpochLoop:
             return
         kept = f"the checkpoint of epoch {len(history)} is kept"
         raise DivergedError(
-            f"{self.checkpointer.run.path}: loss is {loss} at epoch {epoch + 1}, step {step}; "
+            f"{self.checkpointer.run.path}: loss is {loss} at epoch {epoch + 1}, step "
+            f"{int(first_bad_step)}/{steps}; "
             f"{kept if history else 'no checkpoint was written'}"
         )
 
